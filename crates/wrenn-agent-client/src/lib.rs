@@ -1,0 +1,1 @@
+//! Client of the wrenn-agent protocol over a unix socket.

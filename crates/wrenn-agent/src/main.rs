@@ -1,0 +1,2 @@
+//! The in-capsule agent.
+fn main() {}

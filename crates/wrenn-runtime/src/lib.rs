@@ -1,0 +1,131 @@
+//! Capsule runtimes: turn a template and limits into an isolated, running capsule with a
+//! `wrenn-agent` inside, and back (pause, resume, destroy).
+//!
+//! The server only sees the [`Runtime`] trait; backends (`container` now, `microvm` later) are
+//! chosen at start-up. Every backend reaches the capsule's agent through a unix socket path it
+//! hands out ([`CapsuleHandle::agent_socket`]).
+#![warn(missing_docs)]
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+pub mod error;
+
+pub use error::RuntimeError;
+
+/// Whether a capsule may reach beyond its host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NetworkMode {
+    /// Own network namespace, veth to the host, NAT egress.
+    #[default]
+    Egress,
+    /// Own network namespace with loopback only.
+    Isolated,
+}
+
+/// What to create.
+#[derive(Debug, Clone)]
+pub struct CapsuleSpec {
+    /// `cl-` + 25 base36 chars; also the hostname.
+    pub id: String,
+    /// Template name (a built-in base or a snapshot).
+    pub template: String,
+    /// CPU quota in whole CPUs.
+    pub vcpus: u32,
+    /// Memory limit; an OOM kills inside the capsule only.
+    pub memory_mb: u32,
+    /// Maximum number of processes (pids cgroup).
+    pub pids_limit: u32,
+    /// Network mode.
+    pub network: NetworkMode,
+}
+
+/// A running capsule as the runtime reports it.
+#[derive(Debug, Clone)]
+pub struct CapsuleHandle {
+    /// Capsule id.
+    pub id: String,
+    /// Host path of the agent's unix socket.
+    pub agent_socket: PathBuf,
+    /// The capsule's address on its veth, when it has one.
+    pub ip: Option<Ipv4Addr>,
+    /// Host pid of the capsule's init (the agent).
+    pub init_pid: i32,
+}
+
+/// Live resource use of one capsule.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ResourceUsage {
+    /// CPU time used since creation, nanoseconds.
+    pub cpu_ns: u64,
+    /// Memory in use now, bytes.
+    pub memory_bytes: u64,
+    /// Bytes written to the capsule's own layer.
+    pub disk_bytes: u64,
+}
+
+/// A template on disk.
+#[derive(Debug, Clone)]
+pub struct TemplateInfo {
+    /// Name.
+    pub name: String,
+    /// Built-in base template (cannot be deleted) or a snapshot.
+    pub base: bool,
+    /// Size of the tree on disk; 0 until built.
+    pub size_bytes: u64,
+    /// When it was built; `None` until built.
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+/// What a start-up sweep found.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryReport {
+    /// Known capsules still alive and re-adopted.
+    pub adopted: Vec<CapsuleHandle>,
+    /// Known capsules whose remains were found dead and cleaned up.
+    pub lost: Vec<String>,
+    /// Unknown capsules (leftovers of a crash) that were removed.
+    pub removed: Vec<String>,
+}
+
+/// One capsule backend. Every method is safe to call from the tokio runtime: backends that fork
+/// do it in a helper process.
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// Short backend name (`container`, `microvm`).
+    fn kind(&self) -> &'static str;
+
+    /// Creates and starts a capsule; returns once its agent answers `/health`. On failure,
+    /// everything made so far is removed.
+    async fn create(&self, spec: &CapsuleSpec) -> Result<CapsuleHandle, RuntimeError>;
+
+    /// Stops all execution; state (memory, processes, files) is kept.
+    async fn pause(&self, id: &str) -> Result<(), RuntimeError>;
+
+    /// Undoes [`Runtime::pause`].
+    async fn resume(&self, id: &str) -> Result<(), RuntimeError>;
+
+    /// Kills everything and frees every resource the capsule had. Idempotent: destroying an
+    /// unknown or already destroyed capsule succeeds.
+    async fn destroy(&self, id: &str) -> Result<(), RuntimeError>;
+
+    /// Start-up sweep: re-adopts the `known` capsules that are still alive, cleans up the
+    /// remains of dead ones and removes everything else this runtime once made.
+    async fn recover(&self, known: &[String]) -> Result<RecoveryReport, RuntimeError>;
+
+    /// Host path of the agent socket of capsule `id`.
+    fn agent_socket(&self, id: &str) -> PathBuf;
+
+    /// Current resource use.
+    async fn usage(&self, id: &str) -> Result<ResourceUsage, RuntimeError>;
+
+    /// Built-in base template names and the snapshots on disk.
+    async fn list_templates(&self) -> Result<Vec<TemplateInfo>, RuntimeError>;
+
+    /// Makes sure template `name` is on disk, building a built-in base on first use.
+    /// [`RuntimeError::TemplateNotFound`] for names that are neither built-in nor on disk.
+    async fn ensure_template(&self, name: &str) -> Result<TemplateInfo, RuntimeError>;
+}

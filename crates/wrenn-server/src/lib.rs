@@ -1,0 +1,1 @@
+//! The Wrenn API server: auth, store, capsule lifecycle, proxying to agents.

@@ -1,0 +1,1 @@
+//! Public REST shapes of the contract (`../shared/contract/wrenn-api.md`).

@@ -1,0 +1,90 @@
+//! The error body every non-2xx JSON response carries, on the agent and the public API.
+
+use serde::{Deserialize, Serialize};
+
+/// `{"error": {"code": "...", "message": "..."}}`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// The code and message.
+    pub error: ErrorDetail,
+}
+
+/// Inside [`ErrorBody`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorDetail {
+    /// Machine-readable code (see [`AgentErrorCode`] for the agent's set).
+    pub code: String,
+    /// Human-readable message, lowercase, no trailing period.
+    pub message: String,
+}
+
+impl ErrorBody {
+    /// Builds a body from a code and message.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            error: ErrorDetail {
+                code: code.into(),
+                message: message.into(),
+            },
+        }
+    }
+}
+
+/// The error codes the agent answers with. The server maps them to the public codes.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentErrorCode {
+    /// Malformed request (400).
+    InvalidRequest,
+    /// Path, process or PTY session does not exist (404).
+    NotFound,
+    /// A path component or the target is not a directory (400).
+    NotADirectory,
+    /// The target is a directory where a file was expected (400).
+    IsADirectory,
+    /// The target exists already (409).
+    AlreadyExists,
+    /// The operating system refused (403).
+    PermissionDenied,
+    /// Anything else (500).
+    Internal,
+}
+
+impl AgentErrorCode {
+    /// The wire string of the code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::NotFound => "not_found",
+            Self::NotADirectory => "not_a_directory",
+            Self::IsADirectory => "is_a_directory",
+            Self::AlreadyExists => "already_exists",
+            Self::PermissionDenied => "permission_denied",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// Parses a wire string; unknown strings become [`AgentErrorCode::Internal`].
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "invalid_request" => Self::InvalidRequest,
+            "not_found" => Self::NotFound,
+            "not_a_directory" => Self::NotADirectory,
+            "is_a_directory" => Self::IsADirectory,
+            "already_exists" => Self::AlreadyExists,
+            "permission_denied" => Self::PermissionDenied,
+            _ => Self::Internal,
+        }
+    }
+
+    /// The HTTP status the agent answers with for this code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::InvalidRequest | Self::NotADirectory | Self::IsADirectory => 400,
+            Self::NotFound => 404,
+            Self::AlreadyExists => 409,
+            Self::PermissionDenied => 403,
+            Self::Internal => 500,
+        }
+    }
+}
