@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the system packages wrenn-rs needs to build, run and test, on Debian 12.
+# Idempotent; run as root.
+set -euo pipefail
+
+need_apt=()
+for pkg in debootstrap busybox-static nftables iproute2 pkg-config gcc libc6-dev \
+           ca-certificates curl python3 python3-venv git file; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "==> apt-get install ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  [ -x "$HOME/.cargo/bin/cargo" ] || {
+    echo "==> installing the Rust toolchain with rustup"
+    curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+  }
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+echo "==> dependencies ready ($(cargo --version))"

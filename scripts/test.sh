@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs the whole test suite as root: unit tests, the agent's and the runtime's real-capsule
+# tests, and the end-to-end tests that drive a real server with the official `wrenn` SDK.
+# Base templates are cached in $WRENN_CACHE (default /var/cache/wrenn) across runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "run as root (capsules need namespaces, cgroups and mounts)"; exit 1; }
+bash scripts/deps.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+export WRENN_CACHE="${WRENN_CACHE:-/var/cache/wrenn}"
+mkdir -p "$WRENN_CACHE"
+
+echo "==> building"
+cargo build --workspace --all-targets
+export WRENN_AGENT="$PWD/$(bash scripts/build-agent.sh | tail -n 1)"
+export WRENN_BIN="$PWD/target/debug/wrenn"
+
+echo "==> cargo test"
+cargo test --workspace -- --test-threads=2
+
+echo "==> end-to-end tests with the official SDK"
+bash scripts/e2e-venv.sh .venv
+.venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider
