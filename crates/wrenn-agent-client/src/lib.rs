@@ -1,1 +1,362 @@
 //! Client of the wrenn-agent protocol over a unix socket.
+//!
+//! One fresh HTTP/1.1 connection per request (the agent is local, connects are cheap), so the
+//! client holds no connection state and is trivially `Clone`. WebSocket endpoints are opened
+//! with [`AgentClient::websocket`] and spoken with the message types of [`wrenn_types::stream`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), wrenn_agent_client::AgentError> {
+//! use wrenn_agent_client::{AgentClient, ExecOutcome};
+//! use wrenn_types::agent::ExecRequest;
+//! let agent = AgentClient::new("/run/wrenn/cl-1/agent.sock");
+//! let req = ExecRequest { cmd: "/bin/sh".into(), args: vec!["-c".into(), "uname -a".into()], ..Default::default() };
+//! if let ExecOutcome::Finished(r) = agent.exec(&req).await? {
+//!     println!("{}", r.stdout);
+//! }
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::net::UnixStream;
+use tokio_tungstenite::WebSocketStream;
+use wrenn_types::agent::{
+    BackgroundStarted, ExecRequest, ExecResult, Health, KillSignal, ProcessList,
+};
+use wrenn_types::error::{AgentErrorCode, ErrorBody};
+use wrenn_types::files::{EntryResponse, FileEntry, ListRequest, ListResponse, PathRequest};
+
+pub use tokio_tungstenite;
+
+type ReqBody = UnsyncBoxBody<Bytes, std::io::Error>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A call to the agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The socket is missing or refuses connections (agent not up, or gone).
+    #[error("cannot connect to agent socket {}", socket.display())]
+    Connect {
+        /// The socket path.
+        socket: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP or WebSocket exchange broke mid-request.
+    #[error("agent request failed")]
+    Transport(#[source] BoxError),
+    /// The agent answered with an error body.
+    #[error("agent error {status} {}: {message}", code.as_str())]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The agent's code (`internal` for unknown codes or non-JSON bodies).
+        code: AgentErrorCode,
+        /// The agent's message.
+        message: String,
+    },
+    /// The agent's answer was not the expected JSON.
+    #[error("cannot decode agent response")]
+    Decode(#[source] BoxError),
+}
+
+impl AgentError {
+    /// The agent's error code, for [`AgentError::Api`].
+    pub fn code(&self) -> Option<AgentErrorCode> {
+        match self {
+            Self::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+fn transport(e: impl Into<BoxError>) -> AgentError {
+    AgentError::Transport(e.into())
+}
+
+/// What `POST /exec` answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecOutcome {
+    /// A foreground run finished (200).
+    Finished(ExecResult),
+    /// A background process started (202).
+    Started(BackgroundStarted),
+}
+
+/// Client of one agent socket.
+#[derive(Debug, Clone)]
+pub struct AgentClient {
+    socket: PathBuf,
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters (and `/` when `keep_slash`).
+fn percent_encode(s: &str, keep_slash: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || (keep_slash && b == b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn empty() -> ReqBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+impl AgentClient {
+    /// A client of the agent listening on `socket`.
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self {
+            socket: socket.into(),
+        }
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    async fn connect(&self) -> Result<UnixStream, AgentError> {
+        UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| AgentError::Connect {
+                socket: self.socket.clone(),
+                source,
+            })
+    }
+
+    /// Sends one request on a fresh connection; non-2xx answers become [`AgentError::Api`].
+    async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        content_type: Option<&str>,
+        body: ReqBody,
+    ) -> Result<Response<Incoming>, AgentError> {
+        let stream = self.connect().await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(transport)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path_and_query)
+            .header(header::HOST, "localhost");
+        if let Some(ct) = content_type {
+            req = req.header(header::CONTENT_TYPE, ct);
+        }
+        let req = req.body(body).map_err(transport)?;
+        let resp = sender.send_request(req).await.map_err(transport)?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(transport)?
+            .to_bytes();
+        Err(api_error(status, &body))
+    }
+
+    async fn send_json<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &B,
+    ) -> Result<Response<Incoming>, AgentError> {
+        let json = serde_json::to_vec(body).map_err(|e| AgentError::Decode(e.into()))?;
+        let body = Full::new(Bytes::from(json))
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        self.send(method, path, Some("application/json"), body)
+            .await
+    }
+
+    /// `GET /health`.
+    pub async fn health(&self) -> Result<Health, AgentError> {
+        decode(self.send(Method::GET, "/health", None, empty()).await?).await
+    }
+
+    /// `POST /exec`: a foreground run's result, or a started background process.
+    pub async fn exec(&self, req: &ExecRequest) -> Result<ExecOutcome, AgentError> {
+        let resp = self.send_json(Method::POST, "/exec", req).await?;
+        if resp.status() == StatusCode::ACCEPTED {
+            Ok(ExecOutcome::Started(decode(resp).await?))
+        } else {
+            Ok(ExecOutcome::Finished(decode(resp).await?))
+        }
+    }
+
+    /// `GET /processes`.
+    pub async fn processes(&self) -> Result<ProcessList, AgentError> {
+        decode(self.send(Method::GET, "/processes", None, empty()).await?).await
+    }
+
+    /// `DELETE /processes/{selector}?signal=`: `selector` is a decimal pid or a tag.
+    pub async fn kill(&self, selector: &str, signal: KillSignal) -> Result<(), AgentError> {
+        let name = match signal {
+            KillSignal::Kill => "SIGKILL",
+            KillSignal::Term => "SIGTERM",
+        };
+        let path = format!(
+            "/processes/{}?signal={name}",
+            percent_encode(selector, false)
+        );
+        self.send(Method::DELETE, &path, None, empty()).await?;
+        Ok(())
+    }
+
+    /// `POST /files/list`.
+    pub async fn list(&self, path: &str, depth: u32) -> Result<ListResponse, AgentError> {
+        let req = ListRequest {
+            path: path.to_string(),
+            depth,
+        };
+        decode(self.send_json(Method::POST, "/files/list", &req).await?).await
+    }
+
+    /// `POST /files/mkdir` (`mkdir -p`; `already_exists` when it is a directory already).
+    pub async fn mkdir(&self, path: &str) -> Result<FileEntry, AgentError> {
+        let resp = self
+            .send_json(Method::POST, "/files/mkdir", &path_req(path))
+            .await?;
+        Ok(decode::<EntryResponse>(resp).await?.entry)
+    }
+
+    /// `POST /files/remove` (recursive).
+    pub async fn remove(&self, path: &str) -> Result<(), AgentError> {
+        self.send_json(Method::POST, "/files/remove", &path_req(path))
+            .await?;
+        Ok(())
+    }
+
+    /// `POST /files/stat`.
+    pub async fn stat(&self, path: &str) -> Result<FileEntry, AgentError> {
+        decode(
+            self.send_json(Method::POST, "/files/stat", &path_req(path))
+                .await?,
+        )
+        .await
+    }
+
+    /// Streams a file; the length when known.
+    pub async fn read(
+        &self,
+        path: &str,
+    ) -> Result<(Option<u64>, BoxStream<'static, Result<Bytes, AgentError>>), AgentError> {
+        let resp = self
+            .send_json(Method::POST, "/files/read", &path_req(path))
+            .await?;
+        let len = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let stream = resp.into_body().into_data_stream().map_err(transport);
+        Ok((len, stream.boxed()))
+    }
+
+    /// Streams `body` into `path` (parents created, replaced atomically).
+    pub async fn write<S>(&self, path: &str, body: S) -> Result<(), AgentError>
+    where
+        S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    {
+        let body = StreamBody::new(body.map_ok(Frame::data)).boxed_unsync();
+        let uri = format!("/files/write?path={}", percent_encode(path, true));
+        self.send(Method::POST, &uri, Some("application/octet-stream"), body)
+            .await?;
+        Ok(())
+    }
+
+    /// Opens an agent WebSocket endpoint, e.g. "/pty", "/exec/stream",
+    /// "/processes/proc-1a2b3c4d/stream". A refused upgrade with an error body becomes
+    /// [`AgentError::Api`].
+    pub async fn websocket(
+        &self,
+        path_and_query: &str,
+    ) -> Result<WebSocketStream<UnixStream>, AgentError> {
+        let stream = self.connect().await?;
+        let url = format!("ws://localhost{path_and_query}");
+        match tokio_tungstenite::client_async(url, stream).await {
+            Ok((ws, _)) => Ok(ws),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                let body = resp.body().clone().unwrap_or_default();
+                Err(api_error(resp.status(), &body))
+            }
+            Err(e) => Err(transport(e)),
+        }
+    }
+}
+
+fn path_req(path: &str) -> PathRequest {
+    PathRequest {
+        path: path.to_string(),
+    }
+}
+
+fn api_error(status: StatusCode, body: &[u8]) -> AgentError {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(b) => AgentError::Api {
+            status: status.as_u16(),
+            code: AgentErrorCode::parse(&b.error.code),
+            message: b.error.message,
+        },
+        Err(_) => AgentError::Api {
+            status: status.as_u16(),
+            code: AgentErrorCode::Internal,
+            message: String::from_utf8_lossy(body).into_owned(),
+        },
+    }
+}
+
+async fn decode<T: DeserializeOwned>(resp: Response<Incoming>) -> Result<T, AgentError> {
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(transport)?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| AgentError::Decode(e.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_encodes() {
+        assert_eq!(percent_encode("/a b/ü?&=", true), "/a%20b/%C3%BC%3F%26%3D");
+        assert_eq!(percent_encode("proc-1/x", false), "proc-1%2Fx");
+    }
+
+    #[test]
+    fn parses_error_bodies() {
+        let e = api_error(
+            StatusCode::NOT_FOUND,
+            br#"{"error":{"code":"not_found","message":"gone"}}"#,
+        );
+        assert_eq!(e.code(), Some(AgentErrorCode::NotFound));
+        let e = api_error(StatusCode::BAD_GATEWAY, b"oops");
+        assert!(matches!(e, AgentError::Api { status: 502, .. }));
+    }
+}

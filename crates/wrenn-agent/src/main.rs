@@ -1,2 +1,197 @@
-//! The in-capsule agent.
-fn main() {}
+//! The in-capsule agent: PID 1 of the capsule's PID namespace, serving the agent protocol
+//! (see `wrenn_types::agent`) over a unix socket.
+//!
+//! Run with: `wrenn-agent --socket /run/wrenn/agent.sock [--seccomp /run/wrenn/seccomp.bpf]`
+//!
+//! Startup order matters: the process-wide `prctl`s and the seccomp filter are installed while
+//! the process still has a single thread, so every runtime thread and every child inherits them.
+
+mod exec;
+mod files;
+mod processes;
+mod pty;
+mod reaper;
+mod server;
+mod spawn;
+mod stream;
+mod sys;
+mod users;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+
+const USAGE: &str = "usage: wrenn-agent --socket PATH [--seccomp FILE]";
+
+#[derive(Debug)]
+struct Args {
+    socket: PathBuf,
+    seccomp: Option<PathBuf>,
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut socket = None;
+    let mut seccomp = None;
+    while let Some(arg) = args.next() {
+        let (key, inline) = match arg.split_once('=') {
+            Some((k, v)) => (k.to_string(), Some(v.to_string())),
+            None => (arg, None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| format!("{key} needs a value"))
+        };
+        match key.as_str() {
+            "--socket" => socket = Some(PathBuf::from(value()?)),
+            "--seccomp" => seccomp = Some(PathBuf::from(value()?)),
+            "-h" | "--help" => return Err(String::new()),
+            "-V" | "--version" => return Err(format!("wrenn-agent {}", env!("CARGO_PKG_VERSION"))),
+            other => return Err(format!("unknown argument: {other}")),
+        }
+    }
+    Ok(Args {
+        socket: socket.ok_or("--socket is required")?,
+        seccomp,
+    })
+}
+
+fn harden(args: &Args) -> Result<(), String> {
+    if !sys::is_pid1() {
+        sys::set_child_subreaper().map_err(|e| error_chain(&e))?;
+    }
+    sys::set_no_new_privs().map_err(|e| error_chain(&e))?;
+    sys::set_not_dumpable().map_err(|e| error_chain(&e))?;
+    if let Some(path) = &args.seccomp {
+        let program = std::fs::read(path)
+            .map_err(|e| format!("cannot read seccomp program {}: {e}", path.display()))?;
+        sys::load_seccomp(&program).map_err(|e| {
+            format!(
+                "cannot load seccomp program {}: {}",
+                path.display(),
+                error_chain(&e)
+            )
+        })?;
+    }
+    Ok(())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(c) = source {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        source = c.source();
+    }
+    s
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WRENN_AGENT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(msg) if msg.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(msg) if msg.starts_with("wrenn-agent ") => {
+            println!("{msg}");
+            return ExitCode::SUCCESS;
+        }
+        Err(msg) => {
+            eprintln!("wrenn-agent: {msg}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(msg) = harden(&args) {
+        eprintln!("wrenn-agent: {msg}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wrenn-agent: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("wrenn-agent: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: Args) -> Result<(), String> {
+    let state = Arc::new(server::AppState::default());
+    state
+        .reaper
+        .start()
+        .map_err(|e| format!("cannot watch SIGCHLD: {e}"))?;
+    match std::fs::remove_file(&args.socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(format!(
+                "cannot remove stale socket {}: {e}",
+                args.socket.display()
+            ))
+        }
+    }
+    let listener = UnixListener::bind(&args.socket)
+        .map_err(|e| format!("cannot bind {}: {e}", args.socket.display()))?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(|e| format!("cannot watch SIGINT: {e}"))?;
+    tracing::info!(socket = %args.socket.display(), version = env!("CARGO_PKG_VERSION"), "agent serving");
+    let app = server::app(Arc::clone(&state));
+    tokio::select! {
+        r = axum::serve(listener, app) => r.map_err(|e| format!("server failed: {e}"))?,
+        _ = sigterm.recv() => {}
+        _ = sigint.recv() => {}
+    }
+    // Take our process groups down with us rather than leaving them orphaned.
+    for pid in state.procs.pids() {
+        let _ = sys::kill_group(pid, libc::SIGKILL);
+    }
+    let _ = std::fs::remove_file(&args.socket);
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: &[&str]) -> Result<Args, String> {
+        parse_args(v.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn parses_arguments() {
+        let a = parse(&["--socket", "/s", "--seccomp=/f"]).expect("valid");
+        assert_eq!(a.socket, PathBuf::from("/s"));
+        assert_eq!(a.seccomp, Some(PathBuf::from("/f")));
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--socket"]).is_err());
+        assert!(parse(&["--socket", "/s", "--bogus"]).is_err());
+    }
+}

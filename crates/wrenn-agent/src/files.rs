@@ -1,0 +1,406 @@
+//! File endpoints (contract §8): streamed read and atomic streamed write, list, mkdir, remove,
+//! stat. They run as the agent's user (root).
+//!
+//! Errors keep the errno's meaning: ENOENT → `not_found`, ENOTDIR → `not_a_directory`, EISDIR →
+//! `is_a_directory`, EEXIST → `already_exists`, EACCES/EPERM/EROFS → `permission_denied`.
+
+use std::fs::{self, Metadata};
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use axum::body::Body;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::Query;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::io::ReaderStream;
+use wrenn_types::error::AgentErrorCode;
+use wrenn_types::files::{
+    EntryResponse, FileEntry, FileType, ListRequest, ListResponse, PathRequest,
+};
+
+use crate::server::{json_rejection, ApiError};
+use crate::users::Names;
+
+/// Read chunk size of streamed downloads.
+const READ_CHUNK: usize = 64 * 1024;
+
+fn check_path(path: &str) -> Result<String, ApiError> {
+    if path.is_empty() {
+        return Err(ApiError::invalid("path is required"));
+    }
+    if !path.starts_with('/') {
+        return Err(ApiError::invalid(format!("path must be absolute: {path}")));
+    }
+    let trimmed = path.trim_end_matches('/');
+    Ok(if trimmed.is_empty() { "/" } else { trimmed }.to_string())
+}
+
+/// Maps an I/O error of `op` on `path` to its agent error.
+fn io_error(op: &str, path: &str, e: &io::Error) -> ApiError {
+    let (code, reason) = match e.raw_os_error() {
+        Some(libc::ENOENT) => (AgentErrorCode::NotFound, "no such file or directory"),
+        Some(libc::ENOTDIR) => (AgentErrorCode::NotADirectory, "not a directory"),
+        Some(libc::EISDIR) => (AgentErrorCode::IsADirectory, "is a directory"),
+        Some(libc::EEXIST) => (AgentErrorCode::AlreadyExists, "already exists"),
+        Some(libc::EACCES) | Some(libc::EPERM) => {
+            (AgentErrorCode::PermissionDenied, "permission denied")
+        }
+        Some(libc::EROFS) => (AgentErrorCode::PermissionDenied, "read-only file system"),
+        _ => {
+            return ApiError::new(AgentErrorCode::Internal, format!("{op} {path}: {e}"));
+        }
+    };
+    ApiError::new(code, format!("{op} {path}: {reason}"))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(AgentErrorCode::Internal, format!("file task failed: {e}")))?
+}
+
+/// `POST /files/read`: the file's bytes, streamed, with its length.
+pub async fn read(req: Result<Json<PathRequest>, JsonRejection>) -> Result<Response, ApiError> {
+    let path = check_path(&req.map_err(json_rejection)?.0.path)?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| io_error("read", &path, &e))?;
+    let meta = file
+        .metadata()
+        .await
+        .map_err(|e| io_error("read", &path, &e))?;
+    if meta.is_dir() {
+        return Err(ApiError::new(
+            AgentErrorCode::IsADirectory,
+            format!("read {path}: is a directory"),
+        ));
+    }
+    let mut builder =
+        axum::http::Response::builder().header(header::CONTENT_TYPE, "application/octet-stream");
+    // Pseudo files (procfs) report size 0 but have content: stream those without a length.
+    let body = if meta.is_file() && meta.len() > 0 {
+        builder = builder.header(header::CONTENT_LENGTH, meta.len());
+        Body::from_stream(ReaderStream::with_capacity(
+            file.take(meta.len()),
+            READ_CHUNK,
+        ))
+    } else {
+        Body::from_stream(ReaderStream::with_capacity(file, READ_CHUNK))
+    };
+    builder
+        .body(body)
+        .map_err(|e| ApiError::new(AgentErrorCode::Internal, format!("read {path}: {e}")))
+}
+
+/// Query of `POST /files/write`.
+#[derive(Debug, Deserialize)]
+pub struct WriteQuery {
+    #[serde(default)]
+    path: String,
+}
+
+/// `POST /files/write?path=`: the raw body into a temp file next to `path`, then renamed over it.
+pub async fn write(
+    query: Result<Query<WriteQuery>, QueryRejection>,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let path = check_path(&query.path)?;
+    let target = PathBuf::from(&path);
+    let (parent, name) = match (target.parent(), target.file_name()) {
+        (Some(p), Some(n)) => (p.to_path_buf(), n.to_string_lossy().into_owned()),
+        _ => {
+            return Err(ApiError::new(
+                AgentErrorCode::IsADirectory,
+                format!("write {path}: is a directory"),
+            ))
+        }
+    };
+    let existing_mode = {
+        let path = path.clone();
+        let parent = parent.clone();
+        blocking(move || {
+            if let Err(e) = fs::create_dir_all(&parent) {
+                let e = match e.raw_os_error() {
+                    // A parent component exists as a file.
+                    Some(libc::EEXIST) => io::Error::from_raw_os_error(libc::ENOTDIR),
+                    _ => e,
+                };
+                return Err(io_error("write", &path, &e));
+            }
+            match fs::metadata(&path) {
+                Ok(m) if m.is_dir() => Err(ApiError::new(
+                    AgentErrorCode::IsADirectory,
+                    format!("write {path}: is a directory"),
+                )),
+                Ok(m) => Ok(Some(m.permissions())),
+                Err(_) => Ok(None),
+            }
+        })
+        .await?
+    };
+    let tmp = parent.join(format!(".{name}.wrenn-{:08x}.tmp", rand::random::<u32>()));
+    let result = write_tmp(&path, &tmp, body, existing_mode).await;
+    let result = match result {
+        Ok(()) => tokio::fs::rename(&tmp, &target)
+            .await
+            .map_err(|e| io_error("write", &path, &e)),
+        Err(e) => Err(e),
+    };
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    result.map(|()| StatusCode::NO_CONTENT)
+}
+
+async fn write_tmp(
+    path: &str,
+    tmp: &Path,
+    body: Body,
+    mode: Option<fs::Permissions>,
+) -> Result<(), ApiError> {
+    let mut file = tokio::fs::File::create(tmp)
+        .await
+        .map_err(|e| io_error("write", path, &e))?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::invalid(format!("write {path}: reading body: {e}")))?;
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| io_error("write", path, &e))?;
+    }
+    if let Some(mode) = mode {
+        file.set_permissions(mode)
+            .await
+            .map_err(|e| io_error("write", path, &e))?;
+    }
+    file.sync_data()
+        .await
+        .map_err(|e| io_error("write", path, &e))?;
+    Ok(())
+}
+
+/// `POST /files/list`.
+pub async fn list(
+    req: Result<Json<ListRequest>, JsonRejection>,
+) -> Result<Json<ListResponse>, ApiError> {
+    let Json(req) = req.map_err(json_rejection)?;
+    let path = check_path(&req.path)?;
+    let depth = req.depth.max(1);
+    blocking(move || {
+        let meta = fs::metadata(&path).map_err(|e| io_error("list", &path, &e))?;
+        if !meta.is_dir() {
+            return Err(ApiError::new(
+                AgentErrorCode::NotADirectory,
+                format!("list {path}: not a directory"),
+            ));
+        }
+        let names = Names::load();
+        let mut entries = Vec::new();
+        list_dir(&names, &path, depth, &mut entries).map_err(|e| io_error("list", &path, &e))?;
+        Ok(Json(ListResponse { entries }))
+    })
+    .await
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.ends_with('/') {
+        format!("{dir}{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+fn list_dir(names: &Names, dir: &str, depth: u32, out: &mut Vec<FileEntry>) -> io::Result<()> {
+    let mut children: Vec<String> = fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    children.sort();
+    for name in children {
+        let path = join(dir, &name);
+        // Entries may vanish while we list; skip those.
+        let Ok((entry, meta)) = entry_of(names, &path) else {
+            continue;
+        };
+        out.push(entry);
+        if depth > 1 && meta.is_dir() {
+            // Unreadable subdirectories are listed but not entered.
+            let _ = list_dir(names, &path, depth - 1, out);
+        }
+    }
+    Ok(())
+}
+
+/// The entry of `path` (lstat), with its lstat metadata.
+fn entry_of(names: &Names, path: &str) -> io::Result<(FileEntry, Metadata)> {
+    let meta = fs::symlink_metadata(path)?;
+    let is_link = meta.file_type().is_symlink();
+    let (file_type, symlink_target) = if is_link {
+        let target = fs::canonicalize(path)
+            .or_else(|_| fs::read_link(path))
+            .ok()
+            .map(|t| t.to_string_lossy().into_owned());
+        let kind = match fs::metadata(path) {
+            Ok(m) if m.is_dir() => FileType::Directory,
+            Ok(_) => FileType::File,
+            Err(_) => FileType::Symlink,
+        };
+        (kind, target)
+    } else if meta.is_dir() {
+        (FileType::Directory, None)
+    } else {
+        (FileType::File, None)
+    };
+    let name = Path::new(path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "/".to_string());
+    let entry = FileEntry {
+        name,
+        path: path.to_string(),
+        file_type: Some(file_type),
+        size: meta.len(),
+        mode: meta.mode() & 0o7777,
+        permissions: permissions(&meta),
+        owner: names.user(meta.uid()),
+        group: names.group(meta.gid()),
+        modified_at: meta.mtime(),
+        symlink_target,
+    };
+    Ok((entry, meta))
+}
+
+/// `ls -l` style mode string; `L` first for symlinks.
+fn permissions(meta: &Metadata) -> String {
+    use std::os::unix::fs::FileTypeExt;
+    let ft = meta.file_type();
+    let first = if ft.is_symlink() {
+        'L'
+    } else if ft.is_dir() {
+        'd'
+    } else if ft.is_char_device() {
+        'c'
+    } else if ft.is_block_device() {
+        'b'
+    } else if ft.is_fifo() {
+        'p'
+    } else if ft.is_socket() {
+        's'
+    } else {
+        '-'
+    };
+    mode_string(first, meta.permissions().mode())
+}
+
+fn mode_string(first: char, mode: u32) -> String {
+    let mut s = String::with_capacity(10);
+    s.push(first);
+    let specials = [(0o4000, 's', 'S'), (0o2000, 's', 'S'), (0o1000, 't', 'T')];
+    for (i, (bit, set_x, set_nox)) in specials.iter().enumerate() {
+        let shift = 6 - 3 * i;
+        let bits = (mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        let x = bits & 1 != 0;
+        s.push(match (mode & bit != 0, x) {
+            (true, true) => *set_x,
+            (true, false) => *set_nox,
+            (false, true) => 'x',
+            (false, false) => '-',
+        });
+    }
+    s
+}
+
+/// `POST /files/mkdir`: `mkdir -p`; 409 when it exists as a directory.
+pub async fn mkdir(
+    req: Result<Json<PathRequest>, JsonRejection>,
+) -> Result<Json<EntryResponse>, ApiError> {
+    let path = check_path(&req.map_err(json_rejection)?.0.path)?;
+    blocking(move || {
+        match fs::metadata(&path) {
+            Ok(m) if m.is_dir() => {
+                return Err(ApiError::new(
+                    AgentErrorCode::AlreadyExists,
+                    format!("mkdir {path}: directory already exists"),
+                ))
+            }
+            Ok(_) => {
+                return Err(ApiError::new(
+                    AgentErrorCode::NotADirectory,
+                    format!("mkdir {path}: exists and is not a directory"),
+                ))
+            }
+            Err(_) => {}
+        }
+        fs::create_dir_all(&path).map_err(|e| {
+            let e = match e.raw_os_error() {
+                Some(libc::EEXIST) => io::Error::from_raw_os_error(libc::ENOTDIR),
+                _ => e,
+            };
+            io_error("mkdir", &path, &e)
+        })?;
+        let (entry, _) =
+            entry_of(&Names::load(), &path).map_err(|e| io_error("mkdir", &path, &e))?;
+        Ok(Json(EntryResponse { entry }))
+    })
+    .await
+}
+
+/// `POST /files/remove`: recursive; 404 when missing.
+pub async fn remove(req: Result<Json<PathRequest>, JsonRejection>) -> Result<StatusCode, ApiError> {
+    let path = check_path(&req.map_err(json_rejection)?.0.path)?;
+    blocking(move || {
+        let meta = fs::symlink_metadata(&path).map_err(|e| io_error("remove", &path, &e))?;
+        let result = if meta.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        result.map_err(|e| io_error("remove", &path, &e))?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+/// `POST /files/stat`.
+pub async fn stat(req: Result<Json<PathRequest>, JsonRejection>) -> Result<Response, ApiError> {
+    let path = check_path(&req.map_err(json_rejection)?.0.path)?;
+    blocking(move || {
+        let (entry, _) =
+            entry_of(&Names::load(), &path).map_err(|e| io_error("stat", &path, &e))?;
+        Ok(Json(entry).into_response())
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mode_strings() {
+        assert_eq!(mode_string('-', 0o644), "-rw-r--r--");
+        assert_eq!(mode_string('d', 0o1777), "drwxrwxrwt");
+        assert_eq!(mode_string('-', 0o4754), "-rwsr-xr--");
+        assert_eq!(mode_string('L', 0o2640), "Lrw-r-S---");
+    }
+
+    #[test]
+    fn paths_are_checked() {
+        assert_eq!(check_path("/a/b/").expect("abs"), "/a/b");
+        assert_eq!(check_path("/").expect("root"), "/");
+        assert!(check_path("").is_err());
+        assert!(check_path("a/b").is_err());
+    }
+}

@@ -1,0 +1,355 @@
+//! PTY sessions (contract §7): `GET /pty`.
+//!
+//! Exchange: first text frame `start` (new session) or `connect` {tag} (re-attach) → `started`
+//! {tag, pid} → replay of the last [`RING_BYTES`] of output (binary, re-attach only has any) →
+//! binary frames both ways, `resize`/`kill`/`pong` text frames in, `ping` every 30 s out →
+//! `exit` {exit_code} and close when the process ends.
+//!
+//! Design: a session outlives its socket. One reader task per session always drains the master
+//! (so the shell never blocks on a full terminal), keeps a ring of recent output and forwards to
+//! the one attached client, if any. A new `connect` replaces the attached client; a client that
+//! falls behind is detached (it can re-attach and gets the ring replayed).
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use bytes::Bytes;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+use wrenn_types::error::AgentErrorCode;
+use wrenn_types::stream::{PtyClientMessage, PtyServerMessage};
+
+use crate::reaper::ExitReceiver;
+use crate::server::{ApiError, SharedState};
+use crate::spawn::{self, ChildIo, SpawnSpec};
+use crate::stream::{close, next_text, send_json, FIRST_MESSAGE_TIMEOUT, PING_PERIOD};
+use crate::sys;
+
+/// Output kept for replay on re-attach.
+pub const RING_BYTES: usize = 64 * 1024;
+/// Largest binary frame sent.
+const FRAME_BYTES: usize = 64 * 1024;
+/// Output still read after the process exited, for the last bytes in the terminal buffer.
+const EXIT_GRACE: Duration = Duration::from_millis(200);
+/// Error of a bad first message.
+const FIRST_MESSAGE_ERROR: &str = "first message must be type 'start' or 'connect'";
+
+#[derive(Debug)]
+enum PtyOut {
+    Output(Bytes),
+    Exit(i32),
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    ring: VecDeque<u8>,
+    client: Option<(u64, mpsc::Sender<PtyOut>)>,
+    next_client: u64,
+    exited: bool,
+}
+
+/// One live PTY session.
+#[derive(Debug)]
+pub struct PtySession {
+    tag: String,
+    pid: u32,
+    master: AsyncFd<OwnedFd>,
+    shared: Mutex<Shared>,
+}
+
+impl PtySession {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let mut guard = self.master.readable().await?;
+            if let Ok(r) = guard.try_io(|fd| sys::read_fd(fd.get_ref().as_fd(), buf)) {
+                return r;
+            }
+        }
+    }
+
+    async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let mut guard = self.master.writable().await?;
+            if let Ok(r) = guard.try_io(|fd| sys::write_fd(fd.get_ref().as_fd(), data)) {
+                data = &data[r?..];
+            }
+        }
+        Ok(())
+    }
+
+    fn output(&self, bytes: &[u8]) {
+        let mut shared = self.lock();
+        shared.ring.extend(bytes);
+        let excess = shared.ring.len().saturating_sub(RING_BYTES);
+        shared.ring.drain(..excess);
+        if let Some((_, tx)) = &shared.client {
+            if tx
+                .try_send(PtyOut::Output(Bytes::copy_from_slice(bytes)))
+                .is_err()
+            {
+                shared.client = None;
+            }
+        }
+    }
+
+    fn finish(&self, code: i32) {
+        let mut shared = self.lock();
+        shared.exited = true;
+        if let Some((_, tx)) = shared.client.take() {
+            let _ = tx.try_send(PtyOut::Exit(code));
+        }
+    }
+
+    /// Becomes the attached client: its id, its output and the replay.
+    fn attach(&self) -> Option<(u64, mpsc::Receiver<PtyOut>, Vec<u8>)> {
+        let mut shared = self.lock();
+        if shared.exited {
+            return None;
+        }
+        let (tx, rx) = mpsc::channel(256);
+        shared.next_client += 1;
+        let id = shared.next_client;
+        shared.client = Some((id, tx));
+        Some((id, rx, shared.ring.iter().copied().collect()))
+    }
+
+    fn detach(&self, id: u64) {
+        let mut shared = self.lock();
+        if shared.client.as_ref().is_some_and(|(c, _)| *c == id) {
+            shared.client = None;
+        }
+    }
+}
+
+/// Live sessions by tag.
+#[derive(Debug, Default)]
+pub struct PtyTable {
+    inner: Mutex<HashMap<String, Arc<PtySession>>>,
+}
+
+impl PtyTable {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<PtySession>>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, tag: &str) -> Option<Arc<PtySession>> {
+        self.lock().get(tag).cloned()
+    }
+}
+
+fn start_session(state: &SharedState, msg: PtyClientMessage) -> Result<Arc<PtySession>, ApiError> {
+    let PtyClientMessage::Start {
+        cmd,
+        args,
+        mut envs,
+        cwd,
+        user,
+        cols,
+        rows,
+    } = msg
+    else {
+        return Err(ApiError::invalid(FIRST_MESSAGE_ERROR));
+    };
+    let cmd = if !cmd.is_empty() {
+        cmd
+    } else if std::path::Path::new("/bin/bash").exists() {
+        "/bin/bash".to_string()
+    } else {
+        "/bin/sh".to_string()
+    };
+    envs.entry("TERM".to_string())
+        .or_insert_with(|| "xterm-256color".to_string());
+    let (cols, rows) = (
+        if cols == 0 { 80 } else { cols },
+        if rows == 0 { 24 } else { rows },
+    );
+    let internal = |what: &str, e: io::Error| {
+        ApiError::new(AgentErrorCode::Internal, format!("cannot {what}: {e}"))
+    };
+    let (master, slave) = sys::open_pty(cols, rows).map_err(|e| internal("open pty", e))?;
+    let spec = SpawnSpec {
+        cmd,
+        args,
+        envs,
+        cwd,
+        user,
+    };
+    let spawned = spawn::spawn(&state.reaper, &spec, ChildIo::Pty(slave))?;
+    let pid = spawned.pid;
+    let master = sys::set_nonblocking(master.as_fd())
+        .and_then(|()| {
+            // SAFETY: `master` is an open OwnedFd moved into the AsyncFd, which owns it until it
+            // is dropped; `OwnedFd::as_raw_fd` always returns that same descriptor.
+            unsafe { AsyncFd::register(master) }.map_err(io::Error::from)
+        })
+        .map_err(|e| {
+            let _ = sys::kill_group(pid, libc::SIGKILL);
+            internal("watch pty", e)
+        })?;
+    let session = {
+        let mut ptys = state.ptys.lock();
+        let mut tag = spawn::new_tag("pty-");
+        while ptys.contains_key(&tag) || state.procs.tag_in_use(&tag) {
+            tag = spawn::new_tag("pty-");
+        }
+        let session = Arc::new(PtySession {
+            tag: tag.clone(),
+            pid,
+            master,
+            shared: Mutex::default(),
+        });
+        ptys.insert(tag.clone(), Arc::clone(&session));
+        session
+    };
+    let _ = state
+        .procs
+        .insert(pid, Some(session.tag.clone()), &spec.cmd, &spec.args, None);
+    let reader = Arc::clone(&session);
+    let st = SharedState::clone(state);
+    tokio::spawn(async move { run_reader(st, reader, spawned.exit).await });
+    Ok(session)
+}
+
+async fn run_reader(state: SharedState, session: Arc<PtySession>, mut exit: ExitReceiver) {
+    let mut buf = vec![0u8; FRAME_BYTES];
+    let mut eof = false;
+    let mut code: Option<i32> = None;
+    let mut grace = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+    while !(eof && code.is_some()) {
+        tokio::select! {
+            r = session.read(&mut buf), if !eof => match r {
+                Ok(n) if n > 0 => session.output(&buf[..n]),
+                // EIO: every slave fd is closed.
+                _ => eof = true,
+            },
+            c = &mut exit, if code.is_none() => {
+                code = Some(c.unwrap_or(-1));
+                grace = tokio::time::Instant::now() + EXIT_GRACE;
+            }
+            _ = tokio::time::sleep_until(grace), if code.is_some() => break,
+        }
+    }
+    let code = code.unwrap_or(-1);
+    state.ptys.lock().remove(&session.tag);
+    state.procs.finish(session.pid, code);
+    session.finish(code);
+    tracing::debug!(tag = %session.tag, code, "pty session ended");
+}
+
+/// `GET /pty`.
+pub async fn pty(State(state): State<SharedState>, ws: WebSocketUpgrade) -> Response {
+    ws.on_upgrade(move |socket| run_pty(state, socket))
+}
+
+async fn fatal(socket: &mut WebSocket, data: String) {
+    send_json(socket, &PtyServerMessage::Error { data, fatal: true }).await;
+    close(socket).await;
+}
+
+async fn run_pty(state: SharedState, mut socket: WebSocket) {
+    let first = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, next_text(&mut socket))
+        .await
+        .ok()
+        .flatten()
+        .and_then(|t| serde_json::from_str::<PtyClientMessage>(&t).ok());
+    let session = match first {
+        Some(msg @ PtyClientMessage::Start { .. }) => match start_session(&state, msg) {
+            Ok(s) => s,
+            Err(e) => return fatal(&mut socket, e.message).await,
+        },
+        Some(PtyClientMessage::Connect { tag }) if tag.is_empty() => {
+            return fatal(&mut socket, "connect requires a tag".to_string()).await
+        }
+        Some(PtyClientMessage::Connect { tag }) => match state.ptys.get(&tag) {
+            Some(s) => s,
+            None => return fatal(&mut socket, format!("pty session not found: {tag}")).await,
+        },
+        _ => return fatal(&mut socket, FIRST_MESSAGE_ERROR.to_string()).await,
+    };
+    let Some((id, mut rx, replay)) = session.attach() else {
+        return fatal(
+            &mut socket,
+            format!("pty session has ended: {}", session.tag),
+        )
+        .await;
+    };
+    serve_client(&mut socket, &session, &mut rx, replay).await;
+    session.detach(id);
+}
+
+async fn serve_client(
+    socket: &mut WebSocket,
+    session: &PtySession,
+    rx: &mut mpsc::Receiver<PtyOut>,
+    replay: Vec<u8>,
+) {
+    let started = PtyServerMessage::Started {
+        tag: session.tag.clone(),
+        pid: session.pid,
+    };
+    if !send_json(socket, &started).await {
+        return;
+    }
+    for chunk in replay.chunks(FRAME_BYTES) {
+        if socket
+            .send(Message::Binary(Bytes::copy_from_slice(chunk)))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_PERIOD, PING_PERIOD);
+    loop {
+        tokio::select! {
+            out = rx.recv() => match out {
+                Some(PtyOut::Output(b)) => {
+                    if socket.send(Message::Binary(b)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(PtyOut::Exit(exit_code)) => {
+                    send_json(socket, &PtyServerMessage::Exit { exit_code }).await;
+                    return close(socket).await;
+                }
+                // Another client took over, or we fell behind.
+                None => return close(socket).await,
+            },
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Binary(b))) => {
+                    if let Err(error) = session.write_all(&b).await {
+                        tracing::debug!(%error, "pty write failed");
+                    }
+                }
+                Some(Ok(Message::Text(t))) => match serde_json::from_str::<PtyClientMessage>(&t) {
+                    Ok(PtyClientMessage::Resize { cols, rows }) if cols > 0 && rows > 0 => {
+                        if let Err(error) = sys::set_winsize(session.master.get_ref().as_fd(), cols, rows) {
+                            tracing::debug!(%error, "pty resize failed");
+                        }
+                    }
+                    Ok(PtyClientMessage::Kill) => {
+                        let _ = sys::kill_group(session.pid, libc::SIGKILL);
+                    }
+                    _ => {}
+                },
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            },
+            _ = ping.tick() => {
+                if !send_json(socket, &PtyServerMessage::Ping).await {
+                    return;
+                }
+            }
+        }
+    }
+}

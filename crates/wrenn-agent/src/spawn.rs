@@ -1,0 +1,238 @@
+//! Turning a request (cmd, args, envs, cwd, user) into a running child.
+//!
+//! Design: everything that can fail with a clear message (unknown user, missing cwd) is checked
+//! in the parent before the fork; the child only runs [`sys::child_setup`]. Every child leads its
+//! own session and process group, so kills and deadlines hit all its descendants.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use wrenn_types::error::AgentErrorCode;
+
+use crate::reaper::{ExitReceiver, Reaper};
+use crate::sys::{self, ChildSetup};
+use crate::users::{self, ResolveUserError};
+
+/// `PATH` every process starts with.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What to run.
+#[derive(Debug, Clone, Default)]
+pub struct SpawnSpec {
+    /// Program (path or name looked up in `PATH`).
+    pub cmd: String,
+    /// Arguments.
+    pub args: Vec<String>,
+    /// Extra environment on top of the defaults.
+    pub envs: BTreeMap<String, String>,
+    /// Working directory; default the user's home, or `/`.
+    pub cwd: Option<String>,
+    /// User name or uid; default root.
+    pub user: Option<String>,
+}
+
+/// Starting a process failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// `cmd` was empty.
+    #[error("cmd is required")]
+    MissingCmd,
+    /// The user does not exist.
+    #[error(transparent)]
+    User(#[from] ResolveUserError),
+    /// Switching users needs root.
+    #[error("cannot run as user {user}: the agent is not root")]
+    NotRoot {
+        /// Requested user.
+        user: String,
+    },
+    /// The working directory does not exist.
+    #[error("working directory not found: {cwd}")]
+    CwdNotFound {
+        /// Requested cwd.
+        cwd: String,
+    },
+    /// The working directory is not a directory.
+    #[error("working directory is not a directory: {cwd}")]
+    CwdNotADirectory {
+        /// Requested cwd.
+        cwd: String,
+    },
+    /// The working directory must be absolute.
+    #[error("working directory must be absolute: {cwd}")]
+    CwdRelative {
+        /// Requested cwd.
+        cwd: String,
+    },
+    /// `execve` found no such program.
+    #[error("command not found: {cmd}")]
+    CommandNotFound {
+        /// Requested cmd.
+        cmd: String,
+    },
+    /// `execve` refused the program (not executable, not a binary format, a directory, ...).
+    #[error("command cannot be executed: {cmd}")]
+    NotExecutable {
+        /// Requested cmd.
+        cmd: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Anything else (fork failure, pipes).
+    #[error("cannot start {cmd}")]
+    Io {
+        /// Requested cmd.
+        cmd: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl SpawnError {
+    /// The agent error code of this failure. A program that does not exist is `not_found`
+    /// (404), one that exists but cannot be run is `invalid_request` (400).
+    pub fn code(&self) -> AgentErrorCode {
+        match self {
+            Self::MissingCmd | Self::User(_) | Self::CwdRelative { .. } => {
+                AgentErrorCode::InvalidRequest
+            }
+            Self::NotExecutable { .. } => AgentErrorCode::InvalidRequest,
+            Self::NotRoot { .. } => AgentErrorCode::PermissionDenied,
+            Self::CwdNotFound { .. } | Self::CommandNotFound { .. } => AgentErrorCode::NotFound,
+            Self::CwdNotADirectory { .. } => AgentErrorCode::NotADirectory,
+            Self::Io { .. } => AgentErrorCode::Internal,
+        }
+    }
+}
+
+/// Where the child's stdio goes.
+#[derive(Debug)]
+pub enum ChildIo {
+    /// stdin `/dev/null`, stdout and stderr pipes.
+    Pipes,
+    /// All three on this PTY slave, which becomes the controlling terminal.
+    Pty(std::os::fd::OwnedFd),
+}
+
+/// A started child. Its exit status comes only through `exit` (never wait on `child`).
+#[derive(Debug)]
+pub struct Spawned {
+    /// Process id (also its process group id).
+    pub pid: u32,
+    /// The std handle, for its stdout/stderr pipes only.
+    pub child: Child,
+    /// Exit code from the reaper.
+    pub exit: ExitReceiver,
+}
+
+/// Starts `spec` with `io`, registered with `reaper`.
+pub fn spawn(reaper: &Reaper, spec: &SpawnSpec, io: ChildIo) -> Result<Spawned, SpawnError> {
+    if spec.cmd.is_empty() {
+        return Err(SpawnError::MissingCmd);
+    }
+    let user = users::resolve(spec.user.as_deref())?;
+    let cwd = match &spec.cwd {
+        Some(cwd) if !cwd.is_empty() => {
+            if !cwd.starts_with('/') {
+                return Err(SpawnError::CwdRelative { cwd: cwd.clone() });
+            }
+            match std::fs::metadata(cwd) {
+                Ok(m) if m.is_dir() => cwd.clone(),
+                Ok(_) => return Err(SpawnError::CwdNotADirectory { cwd: cwd.clone() }),
+                Err(_) => return Err(SpawnError::CwdNotFound { cwd: cwd.clone() }),
+            }
+        }
+        _ if Path::new(&user.home).is_dir() => user.home.clone(),
+        _ => "/".to_string(),
+    };
+    let credentials = if user.uid == sys::euid() && spec.user.is_none() {
+        None
+    } else if sys::euid() == 0 {
+        Some((user.uid, user.gid, user.groups.clone()))
+    } else if user.uid == sys::euid() {
+        None
+    } else {
+        return Err(SpawnError::NotRoot { user: user.name });
+    };
+
+    let mut cmd = Command::new(&spec.cmd);
+    cmd.args(&spec.args)
+        .env_clear()
+        .env("PATH", DEFAULT_PATH)
+        .env("HOME", &user.home)
+        .env("USER", &user.name)
+        .env("LOGNAME", &user.name)
+        .env("LANG", "C.UTF-8")
+        .envs(&spec.envs)
+        .current_dir(&cwd);
+    let setup = ChildSetup {
+        controlling_tty: matches!(io, ChildIo::Pty(_)),
+        credentials,
+    };
+    match io {
+        ChildIo::Pipes => {
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+        }
+        ChildIo::Pty(slave) => {
+            let io_err = |source| SpawnError::Io {
+                cmd: spec.cmd.clone(),
+                source,
+            };
+            let out = slave.try_clone().map_err(io_err)?;
+            let err = slave.try_clone().map_err(io_err)?;
+            cmd.stdin(Stdio::from(slave))
+                .stdout(Stdio::from(out))
+                .stderr(Stdio::from(err));
+        }
+    }
+    // SAFETY: `child_setup` only calls async-signal-safe functions (setsid, ioctl TIOCSCTTY,
+    // setgroups, setgid, setuid) on data allocated before the fork, as required after fork in
+    // a multi-threaded process.
+    unsafe {
+        cmd.pre_exec(move || sys::child_setup(&setup));
+    }
+    // `cmd` (and with it the PTY slave copies) is dropped at the end of this function, so the
+    // parent keeps no slave fd and the master sees EIO once the session's processes are gone.
+    let (child, exit) = reaper
+        .spawn(&mut cmd)
+        .map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => SpawnError::CommandNotFound {
+                cmd: spec.cmd.clone(),
+            },
+            io::ErrorKind::PermissionDenied => SpawnError::NotExecutable {
+                cmd: spec.cmd.clone(),
+                source,
+            },
+            _ if matches!(
+                source.raw_os_error(),
+                Some(libc::ENOEXEC) | Some(libc::EISDIR) | Some(libc::ENOTDIR)
+            ) =>
+            {
+                SpawnError::NotExecutable {
+                    cmd: spec.cmd.clone(),
+                    source,
+                }
+            }
+            _ => SpawnError::Io {
+                cmd: spec.cmd.clone(),
+                source,
+            },
+        })?;
+    Ok(Spawned {
+        pid: child.id(),
+        child,
+        exit,
+    })
+}
+
+/// A fresh `prefix` + 8 lowercase hex digits tag.
+pub fn new_tag(prefix: &str) -> String {
+    format!("{prefix}{:08x}", rand::random::<u32>())
+}

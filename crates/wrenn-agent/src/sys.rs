@@ -1,0 +1,255 @@
+//! Every raw syscall of the agent: safe functions in, typed `Result` out.
+//!
+//! Design: callers never touch `libc` directly. The one exception is [`child_setup`], which runs
+//! between `fork` and `exec` and therefore may only use async-signal-safe libc calls.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+/// Largest classic BPF program the kernel accepts (`BPF_MAXINSNS`, linux/bpf_common.h).
+const BPF_MAXINSNS: usize = 4096;
+
+/// Errors of the process-wide hardening done before serving.
+#[derive(Debug, thiserror::Error)]
+pub enum HardenError {
+    /// `prctl` refused an option.
+    #[error("prctl {option} failed")]
+    Prctl {
+        /// Option name.
+        option: &'static str,
+        /// Cause.
+        #[source]
+        source: Errno,
+    },
+    /// The seccomp program file has the wrong size.
+    #[error("seccomp program has {len} bytes; expected a non-empty multiple of 8, at most {max} instructions")]
+    SeccompSize {
+        /// File size.
+        len: usize,
+        /// `BPF_MAXINSNS`.
+        max: usize,
+    },
+}
+
+fn prctl(option: libc::c_int, name: &'static str, arg: libc::c_ulong) -> Result<(), HardenError> {
+    // SAFETY: the options used here take a plain integer second argument and ignore the rest;
+    // no pointer is passed, so no memory can be touched by the kernel.
+    let rc = unsafe {
+        libc::prctl(
+            option,
+            arg,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if rc == -1 {
+        return Err(HardenError::Prctl {
+            option: name,
+            source: Errno::last(),
+        });
+    }
+    Ok(())
+}
+
+/// `PR_SET_NO_NEW_PRIVS`: no exec may gain privileges (needed for an unprivileged seccomp filter).
+pub fn set_no_new_privs() -> Result<(), HardenError> {
+    prctl(libc::PR_SET_NO_NEW_PRIVS, "PR_SET_NO_NEW_PRIVS", 1)
+}
+
+/// `PR_SET_DUMPABLE 0`: processes of the same uid cannot ptrace the agent or read its memory.
+pub fn set_not_dumpable() -> Result<(), HardenError> {
+    prctl(libc::PR_SET_DUMPABLE, "PR_SET_DUMPABLE", 0)
+}
+
+/// `PR_SET_CHILD_SUBREAPER`: orphans below us are re-parented to us (prctl(2)), so we reap them
+/// even when we are not PID 1 of a PID namespace.
+pub fn set_child_subreaper() -> Result<(), HardenError> {
+    prctl(libc::PR_SET_CHILD_SUBREAPER, "PR_SET_CHILD_SUBREAPER", 1)
+}
+
+/// Installs `program` (raw `struct sock_filter` array, native endian) with
+/// `prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER)`. It applies to the calling thread and everything
+/// it later creates, so call it before any other thread exists.
+pub fn load_seccomp(program: &[u8]) -> Result<(), HardenError> {
+    if program.is_empty()
+        || !program.chunks_exact(8).remainder().is_empty()
+        || program.len() / 8 > BPF_MAXINSNS
+    {
+        return Err(HardenError::SeccompSize {
+            len: program.len(),
+            max: BPF_MAXINSNS,
+        });
+    }
+    let mut filter: Vec<libc::sock_filter> = program
+        .chunks_exact(8)
+        .map(|c| libc::sock_filter {
+            code: u16::from_ne_bytes([c[0], c[1]]),
+            jt: c[2],
+            jf: c[3],
+            k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+        })
+        .collect();
+    let prog = libc::sock_fprog {
+        // Fits: bounded by BPF_MAXINSNS above.
+        len: filter.len() as libc::c_ushort,
+        filter: filter.as_mut_ptr(),
+    };
+    // SAFETY: `prog` points at `filter`, which lives until after the call; the kernel copies the
+    // program during the call and keeps no pointer into our memory.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+            &prog as *const libc::sock_fprog as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if rc == -1 {
+        return Err(HardenError::Prctl {
+            option: "PR_SET_SECCOMP",
+            source: Errno::last(),
+        });
+    }
+    Ok(())
+}
+
+/// Whether we are PID 1 of our PID namespace.
+pub fn is_pid1() -> bool {
+    std::process::id() == 1
+}
+
+/// One `waitpid(-1, WNOHANG)`: `Ok(Some((pid, exit_code)))` for a reaped child, `Ok(None)` when
+/// no child has changed state (or there are no children at all). Signal deaths give 128+N.
+pub fn reap_one() -> Result<Option<(i32, i32)>, Errno> {
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => return Ok(Some((pid.as_raw(), code))),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                return Ok(Some((pid.as_raw(), 128 + sig as i32)))
+            }
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return Ok(None),
+            // Stop/continue reports are not requested (no WUNTRACED); skip anything else.
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Sends `signal` to the process group led by `pgid` (every spawned process leads its own).
+pub fn kill_group(pgid: u32, signal: i32) -> Result<(), Errno> {
+    let sig = Signal::try_from(signal)?;
+    let pgid = i32::try_from(pgid).map_err(|_| Errno::EINVAL)?;
+    nix::sys::signal::killpg(Pid::from_raw(pgid), sig)
+}
+
+/// Opens a PTY pair sized `cols`x`rows`; both ends close-on-exec.
+pub fn open_pty(cols: u16, rows: u16) -> io::Result<(OwnedFd, OwnedFd)> {
+    let ws = winsize(cols, rows);
+    let pty = nix::pty::openpty(Some(&ws), None).map_err(io::Error::from)?;
+    for fd in [&pty.master, &pty.slave] {
+        nix::fcntl::fcntl(
+            fd.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .map_err(io::Error::from)?;
+    }
+    Ok((pty.master, pty.slave))
+}
+
+fn winsize(cols: u16, rows: u16) -> nix::pty::Winsize {
+    nix::pty::Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    }
+}
+
+/// `ioctl(TIOCSWINSZ)` on a PTY master; the kernel sends SIGWINCH to the foreground group.
+pub fn set_winsize(fd: BorrowedFd<'_>, cols: u16, rows: u16) -> io::Result<()> {
+    let ws = winsize(cols, rows);
+    // SAFETY: TIOCSWINSZ reads one `struct winsize` from the pointer, which is valid for the call.
+    let rc = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TIOCSWINSZ,
+            &ws as *const nix::pty::Winsize,
+        )
+    };
+    if rc == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets `O_NONBLOCK` on `fd`.
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL).map_err(io::Error::from)?;
+    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
+    Ok(())
+}
+
+/// `read(2)` into `buf`.
+pub fn read_fd(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    nix::unistd::read(fd.as_raw_fd(), buf).map_err(io::Error::from)
+}
+
+/// `write(2)` from `buf`.
+pub fn write_fd(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    nix::unistd::write(fd, buf).map_err(io::Error::from)
+}
+
+/// The effective uid of the agent.
+pub fn euid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// What a child does between `fork` and `exec`, prepared (allocated) before the fork.
+#[derive(Debug, Clone, Default)]
+pub struct ChildSetup {
+    /// Make fd 0 (a PTY slave) the controlling terminal after `setsid`.
+    pub controlling_tty: bool,
+    /// Switch to these credentials: (uid, gid, supplementary groups).
+    pub credentials: Option<(u32, u32, Vec<libc::gid_t>)>,
+}
+
+/// Runs in the forked child before `exec`: `setsid` (own session and process group, so a kill of
+/// the group reaches every descendant), optionally `TIOCSCTTY`, then `setgroups`/`setgid`/
+/// `setuid` in that order (dropping uid last, or the others would be refused).
+///
+/// # Safety
+/// Must only be called in a freshly forked child (from `CommandExt::pre_exec`). It performs no
+/// allocation and calls only async-signal-safe functions (signal-safety(7)).
+pub unsafe fn child_setup(setup: &ChildSetup) -> io::Result<()> {
+    // SAFETY: plain syscalls on integers or on `groups`, a slice allocated before
+    // the fork and still alive; all are async-signal-safe.
+    unsafe {
+        if libc::setsid() == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        if setup.controlling_tty && libc::ioctl(0, libc::TIOCSCTTY, 0) == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        if let Some((uid, gid, groups)) = &setup.credentials {
+            if libc::setgroups(groups.len(), groups.as_ptr()) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::setgid(*gid) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::setuid(*uid) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
