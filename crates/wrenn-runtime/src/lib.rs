@@ -129,3 +129,9 @@ pub trait Runtime: Send + Sync + 'static {
     /// [`RuntimeError::TemplateNotFound`] for names that are neither built-in nor on disk.
     async fn ensure_template(&self, name: &str) -> Result<TemplateInfo, RuntimeError>;
 }
+
+pub mod bench;
+pub mod container;
+pub mod templates;
+
+pub use container::{ContainerConfig, ContainerRuntime};

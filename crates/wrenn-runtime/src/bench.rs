@@ -1,0 +1,1 @@
+//! Latency benchmark of the container runtime (placeholder, filled in below).

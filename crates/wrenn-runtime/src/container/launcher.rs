@@ -1,0 +1,118 @@
+//! The single-threaded launcher: the only place that calls libcontainer's create/start.
+//!
+//! libcontainer clones the calling process and changes process-global state (cwd, signal
+//! masks), which is undefined behaviour in a multi-threaded tokio server. So the runtime execs a
+//! fresh launcher process per capsule (`wrenn __launch`, or the `wrenn-launcher` binary of this
+//! crate), which does exactly one create+start and exits.
+//!
+//! Exchange (one shot, over the launcher's stdin/stdout):
+//! 1. The runtime spawns the launcher with stdin and stdout as pipes, stderr inherited.
+//! 2. The runtime writes one JSON [`LaunchRequest`] and closes stdin.
+//! 3. The launcher builds and starts the container (detached; the container's own stdio is
+//!    /dev/null, never the reply pipe, so nothing keeps that pipe open after the launcher exits).
+//! 4. The launcher writes one JSON [`LaunchReply`] line to stdout and exits 0 (1 on error).
+//!
+//! The container init re-parents to the nearest subreaper (the runtime's process) once the
+//! launcher and libcontainer's intermediate process have exited.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use serde::{Deserialize, Serialize};
+
+/// What to start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchRequest {
+    /// Capsule id (libcontainer container id).
+    pub id: String,
+    /// Bundle dir holding `config.json`.
+    pub bundle: PathBuf,
+    /// libcontainer state root.
+    pub root: PathBuf,
+}
+
+/// Result of one launch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LaunchReply {
+    /// Started; host pid of the container init.
+    Started {
+        /// Host pid.
+        pid: i32,
+    },
+    /// Failed; the error chain, outermost first.
+    Failed {
+        /// Messages.
+        error: Vec<String>,
+    },
+}
+
+/// Entry point of the launcher process. `args` are ignored for now (the request comes on
+/// stdin); they are taken so a CLI can forward its argv unchanged.
+pub fn launcher_main(_args: Vec<OsString>) -> ExitCode {
+    let reply = match read_request().and_then(|req| launch(&req)) {
+        Ok(pid) => LaunchReply::Started { pid },
+        Err(e) => LaunchReply::Failed {
+            error: chain(e.as_ref()),
+        },
+    };
+    let ok = matches!(reply, LaunchReply::Started { .. });
+    let mut out = std::io::stdout().lock();
+    let line = serde_json::to_string(&reply).unwrap_or_else(|_| "{}".into());
+    if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+        return ExitCode::from(2);
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn chain(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut v = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        v.push(s.to_string());
+        cur = s.source();
+    }
+    v
+}
+
+fn read_request() -> Result<LaunchRequest, BoxError> {
+    let mut buf = String::new();
+    std::io::stdin().read_to_string(&mut buf)?;
+    Ok(serde_json::from_str(&buf)?)
+}
+
+fn launch(req: &LaunchRequest) -> Result<i32, BoxError> {
+    use libcontainer::container::builder::ContainerBuilder;
+    use libcontainer::syscall::syscall::SyscallType;
+
+    let null = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+    };
+    let mut container = ContainerBuilder::new(req.id.clone(), SyscallType::default())
+        .with_root_path(&req.root)?
+        .validate_id()?
+        .with_stdin(null()?)
+        .with_stdout(null()?)
+        .with_stderr(null()?)
+        .as_init(&req.bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()?;
+    container.start()?;
+    let pid = container
+        .pid()
+        .ok_or_else(|| BoxError::from("container started without a pid"))?;
+    Ok(pid.as_raw())
+}

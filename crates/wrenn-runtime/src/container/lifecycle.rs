@@ -1,0 +1,385 @@
+//! Create, destroy and recover: the verbs that make or remove host resources.
+
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::launcher::{LaunchReply, LaunchRequest};
+use super::net::{self, CapsuleNet};
+use super::overlay::CapsuleDirs;
+use super::record::CapsuleRecord;
+use super::watch::InitWatch;
+use super::{health, host_err, spec, sys, Capsule, ContainerRuntime, READY_TIMEOUT};
+use crate::{CapsuleHandle, CapsuleSpec, NetworkMode, RecoveryReport, RuntimeError};
+
+/// How long destroy waits for a capsule's tasks to die.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Capsule ids become paths, hostnames, cgroup and netns names: keep them tame.
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl ContainerRuntime {
+    pub(super) async fn create_capsule(
+        &self,
+        s: &CapsuleSpec,
+    ) -> Result<CapsuleHandle, RuntimeError> {
+        let id = s.id.as_str();
+        if !valid_id(id) {
+            return Err(RuntimeError::Launch {
+                id: id.to_owned(),
+                source: anyhow::anyhow!("invalid capsule id"),
+            });
+        }
+        let dirs = self.dirs(id);
+        if self.lock().contains_key(id) || dirs.root.exists() {
+            return Err(RuntimeError::InvalidState {
+                id: id.to_owned(),
+                state: "already exists".into(),
+            });
+        }
+        self.inner.templates.ensure(&s.template).await?;
+        let lower = self.inner.templates.rootfs(&s.template);
+        if s.network == NetworkMode::Egress {
+            self.inner
+                .host_net
+                .get_or_try_init(|| async { net::setup_host().await })
+                .await
+                .map_err(|e| host_err("set up host network", id, e))?;
+        }
+        dirs.create()
+            .map_err(|e| host_err("create capsule dir", id, e))?;
+        let mut record = CapsuleRecord {
+            id: id.to_owned(),
+            template: s.template.clone(),
+            lower,
+            net: CapsuleNet {
+                netns: id.to_owned(),
+                slot: None,
+            },
+            init_pid: None,
+            init_start: None,
+        };
+        match self.start(s, &dirs, &mut record).await {
+            Ok(handle) => Ok(handle),
+            Err(e) => {
+                if let Err(ce) = self.teardown(&record, None).await {
+                    tracing::error!(capsule = id, error = %ce, "cleanup after failed create");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The steps of create after the capsule dir exists; the caller cleans up on error.
+    async fn start(
+        &self,
+        s: &CapsuleSpec,
+        dirs: &CapsuleDirs,
+        record: &mut CapsuleRecord,
+    ) -> Result<CapsuleHandle, RuntimeError> {
+        let id = s.id.as_str();
+        let t0 = Instant::now();
+        if s.network == NetworkMode::Egress {
+            record.net.slot = Some(
+                net::claim_slot(&self.inner.cfg.data_dir, id)
+                    .map_err(|e| host_err("allocate network slot", id, e))?,
+            );
+        }
+        record
+            .save(&dirs.record())
+            .map_err(|e| host_err("write capsule.json", id, e))?;
+        let (lower, d2) = (record.lower.clone(), dirs.clone());
+        let mount = tokio::task::spawn_blocking(move || d2.mount(&lower));
+        let (net_res, mount_res) = tokio::join!(net::create(&record.net), mount);
+        net_res.map_err(|e| host_err("create network", id, e))?;
+        mount_res
+            .map_err(|e| host_err("mount overlay", id, e))?
+            .map_err(|e| host_err("mount overlay", id, e))?;
+        let t_prep = t0.elapsed();
+
+        let config = spec::build(&spec::SpecInput {
+            id,
+            rootfs: &dirs.rootfs(),
+            runtime_dir: &self.inner.cfg.data_dir.join("runtime"),
+            run_dir: &dirs.run(),
+            netns: &record.net.netns_path(),
+            vcpus: s.vcpus,
+            memory_mb: s.memory_mb,
+            pids_limit: s.pids_limit,
+            nofile: self.inner.nofile,
+        });
+        let bytes = serde_json::to_vec(&config).map_err(|e| host_err("write bundle", id, e))?;
+        std::fs::write(dirs.bundle().join("config.json"), bytes)
+            .map_err(|e| host_err("write bundle", id, e))?;
+
+        let pid = self
+            .launch(&LaunchRequest {
+                id: id.to_owned(),
+                bundle: dirs.bundle(),
+                root: self.state_root(),
+            })
+            .await
+            .map_err(|source| RuntimeError::Launch {
+                id: id.to_owned(),
+                source,
+            })?;
+        let t_launch = t0.elapsed();
+        record.init_pid = Some(pid);
+        record.init_start = sys::pid_start_time(pid);
+        record
+            .save(&dirs.record())
+            .map_err(|e| host_err("write capsule.json", id, e))?;
+        let watch = InitWatch::start(id, pid).map_err(|e| host_err("watch capsule init", id, e))?;
+
+        if self.inner.health_check.load(Ordering::Relaxed) {
+            let w = watch.clone();
+            health::wait_ready(&dirs.agent_socket(), READY_TIMEOUT, move || w.alive())
+                .await
+                .map_err(|waited| RuntimeError::AgentNotReady {
+                    id: id.to_owned(),
+                    waited_ms: waited.as_millis() as u64,
+                })?;
+        }
+        tracing::debug!(
+            capsule = id,
+            prep_ms = t_prep.as_secs_f64() * 1e3,
+            launch_ms = (t_launch - t_prep).as_secs_f64() * 1e3,
+            ready_ms = (t0.elapsed() - t_launch).as_secs_f64() * 1e3,
+            "capsule created"
+        );
+        self.lock().insert(
+            id.to_owned(),
+            Capsule {
+                record: record.clone(),
+                watch,
+            },
+        );
+        Ok(CapsuleHandle {
+            id: id.to_owned(),
+            agent_socket: dirs.agent_socket(),
+            ip: record.net.capsule_ip(),
+            init_pid: pid,
+        })
+    }
+
+    /// Runs the launcher once; returns the init pid.
+    async fn launch(&self, req: &LaunchRequest) -> anyhow::Result<i32> {
+        let argv = &self.inner.cfg.launcher;
+        let mut child = tokio::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn launcher")?;
+        let mut stdin = child.stdin.take().context("launcher stdin")?;
+        stdin
+            .write_all(&serde_json::to_vec(req)?)
+            .await
+            .context("write launch request")?;
+        drop(stdin);
+        let mut out = Vec::new();
+        child
+            .stdout
+            .take()
+            .context("launcher stdout")?
+            .read_to_end(&mut out)
+            .await
+            .context("read launch reply")?;
+        let status = child.wait().await.context("wait launcher")?;
+        let reply: LaunchReply = serde_json::from_slice(&out).with_context(|| {
+            format!(
+                "launcher ({status}) replied {:?}",
+                String::from_utf8_lossy(&out)
+            )
+        })?;
+        match reply {
+            LaunchReply::Started { pid } => Ok(pid),
+            LaunchReply::Failed { error } => Err(anyhow::anyhow!("{}", error.join(": "))),
+        }
+    }
+
+    pub(super) async fn destroy_capsule(&self, id: &str) -> Result<(), RuntimeError> {
+        let live = self.lock().remove(id);
+        let (record, watch) = match live {
+            Some(c) => (c.record, Some(c.watch)),
+            None => match CapsuleRecord::load(&self.dirs(id).record()) {
+                Ok(r) => (r, None),
+                Err(_) => {
+                    // Nothing recorded; still sweep what a crash may have left under this id.
+                    let r = CapsuleRecord {
+                        id: id.to_owned(),
+                        template: String::new(),
+                        lower: Default::default(),
+                        net: CapsuleNet {
+                            netns: id.to_owned(),
+                            slot: None,
+                        },
+                        init_pid: None,
+                        init_start: None,
+                    };
+                    if !self.dirs(id).root.exists()
+                        && !self.state_root().join(id).exists()
+                        && !self.cgroup(id).exists()
+                        && !r.net.netns_path().exists()
+                    {
+                        return Ok(());
+                    }
+                    (r, None)
+                }
+            },
+        };
+        self.teardown(&record, watch).await
+    }
+
+    /// Removes every host resource of a capsule. Each step tolerates its resource being gone.
+    async fn teardown(
+        &self,
+        record: &CapsuleRecord,
+        watch: Option<InitWatch>,
+    ) -> Result<(), RuntimeError> {
+        let id = record.id.as_str();
+        let cg = self.cgroup(id);
+        let init = record.init_pid.filter(|p| {
+            sys::pid_start_time(*p).is_some() && sys::pid_start_time(*p) == record.init_start
+        });
+        tokio::task::spawn_blocking(move || {
+            if let Some(pid) = init {
+                sys::sigkill(pid)?;
+            }
+            cg.kill_and_remove(KILL_TIMEOUT)
+        })
+        .await
+        .map_err(|e| host_err("kill capsule", id, e))?
+        .map_err(|e| host_err("kill capsule", id, e))?;
+        // Reap the init (it is our child when this process or its launcher started it).
+        if let Some(w) = watch {
+            let _ = tokio::time::timeout(KILL_TIMEOUT, w.exited()).await;
+        } else if let Some(pid) = init {
+            let deadline = Instant::now() + KILL_TIMEOUT;
+            while sys::pid_exists(pid) && Instant::now() < deadline {
+                match sys::reap_nohang(pid) {
+                    Ok(sys::Reap::Running) | Ok(sys::Reap::NotChild) => {
+                        tokio::time::sleep(Duration::from_millis(1)).await
+                    }
+                    _ => break,
+                }
+            }
+        }
+        let state = self.state_root().join(id);
+        if state.exists() {
+            std::fs::remove_dir_all(&state)
+                .map_err(|e| host_err("remove container state", id, e))?;
+        }
+        let dirs = self.dirs(id);
+        tokio::task::spawn_blocking(move || dirs.remove())
+            .await
+            .map_err(|e| host_err("remove capsule dir", id, e))?
+            .map_err(|e| host_err("remove capsule dir", id, e))?;
+        net::destroy(&record.net)
+            .await
+            .map_err(|e| host_err("remove network", id, e))?;
+        if let Some(slot) = record.net.slot {
+            net::release_slot(slot);
+        }
+        Ok(())
+    }
+
+    pub(super) async fn recover_capsules(
+        &self,
+        known: &[String],
+    ) -> Result<RecoveryReport, RuntimeError> {
+        let mut report = RecoveryReport::default();
+        let capsules_dir = self.inner.cfg.data_dir.join("capsules");
+        let mut seen: Vec<String> = Vec::new();
+        let entries =
+            std::fs::read_dir(&capsules_dir).map_err(|e| host_err("scan capsules", "-", e))?;
+        for e in entries.filter_map(Result::ok) {
+            let Ok(id) = e.file_name().into_string() else {
+                continue;
+            };
+            if self.lock().contains_key(&id) {
+                seen.push(id);
+                continue;
+            }
+            let dirs = self.dirs(&id);
+            let record = CapsuleRecord::load(&dirs.record()).ok();
+            let is_known = known.contains(&id);
+            let alive = record.as_ref().and_then(|r| {
+                let pid = r.init_pid?;
+                (r.init_start.is_some() && sys::pid_start_time(pid) == r.init_start).then_some(pid)
+            });
+            match (is_known, alive, record) {
+                (true, Some(pid), Some(record)) => {
+                    let watch = InitWatch::start(&id, pid)
+                        .map_err(|e| host_err("watch capsule init", &id, e))?;
+                    report.adopted.push(crate::CapsuleHandle {
+                        id: id.clone(),
+                        agent_socket: dirs.agent_socket(),
+                        ip: record.net.capsule_ip(),
+                        init_pid: pid,
+                    });
+                    self.lock()
+                        .insert(id.clone(), super::Capsule { record, watch });
+                }
+                (is_known, _, _) => {
+                    self.destroy_capsule(&id).await?;
+                    if is_known {
+                        report.lost.push(id.clone());
+                    } else {
+                        report.removed.push(id.clone());
+                    }
+                }
+            }
+            seen.push(id);
+        }
+        // Remains without a capsule dir: libcontainer state and network slots of this runtime.
+        let mut orphans: Vec<String> = std::fs::read_dir(self.state_root())
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (slot, id) in net::owned_slots(&self.inner.cfg.data_dir) {
+            if !seen.contains(&id) {
+                let _ = net::destroy(&CapsuleNet {
+                    netns: id.clone(),
+                    slot: Some(slot),
+                })
+                .await;
+                net::release_slot(slot);
+                orphans.push(id);
+            }
+        }
+        orphans.sort();
+        orphans.dedup();
+        for id in orphans.into_iter().filter(|id| !seen.contains(id)) {
+            self.destroy_capsule(&id).await?;
+            if known.contains(&id) {
+                report.lost.push(id);
+            } else {
+                report.removed.push(id);
+            }
+        }
+        for id in known {
+            let accounted = report.adopted.iter().any(|h| &h.id == id)
+                || report.lost.contains(id)
+                || self.lock().contains_key(id);
+            if !accounted {
+                report.lost.push(id.clone());
+            }
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,310 @@
+//! The `container` backend: Linux namespaces, cgroups, seccomp and an overlay root, started by
+//! youki's `libcontainer` in a single-threaded launcher process.
+//!
+//! # Design
+//! One module per concern: [`spec`] (OCI config), [`launcher`] (the forking part, out of
+//! process), [`cgroups`] (freeze, usage, kill), [`overlay`] (capsule dirs and root),
+//! [`seccomp`] (filter compiled once per runtime), [`net`] (netns, veth, nft), [`watch`]
+//! (pidfd exit watch), [`record`] (what recovery reads), [`sys`] (raw syscalls).
+//!
+//! Create: template → network → overlay → bundle → launcher → wait for `GET /health`.
+//! Destroy: thaw, kill the cgroup, remove cgroups, unmount, delete libcontainer state, network
+//! and the capsule dir.
+//!
+//! # Limitations
+//! Pause is a cgroup freeze: memory stays resident and nothing survives a host reboot.
+//! Networking shells out to `ip`/`nft` (see [`net`]).
+
+pub mod cgroups;
+pub mod launcher;
+pub mod net;
+pub mod overlay;
+pub mod record;
+pub mod seccomp;
+pub mod spec;
+mod sys;
+pub mod watch;
+
+mod health;
+mod lifecycle;
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::templates::Templates;
+use crate::{
+    CapsuleHandle, CapsuleSpec, RecoveryReport, ResourceUsage, Runtime, RuntimeError, TemplateInfo,
+};
+use cgroups::{CapsuleCgroup, CgroupVersion};
+use overlay::CapsuleDirs;
+use record::CapsuleRecord;
+use watch::InitWatch;
+
+/// How long `create` waits for the agent's `/health`.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long freeze/thaw may take before it is an error.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the container runtime keeps its files and finds its helpers.
+#[derive(Debug, Clone)]
+pub struct ContainerConfig {
+    /// Root of templates, capsules and runtime state (e.g. `/var/lib/wrenn`).
+    pub data_dir: PathBuf,
+    /// Cache kept across data dirs (built base trees), e.g. `/var/cache/wrenn`.
+    pub cache_dir: PathBuf,
+    /// The static `wrenn-agent` binary copied into every capsule at `/.wrenn/wrenn-agent`.
+    pub agent_binary: PathBuf,
+    /// Program and arguments that run [`launcher::launcher_main`] (e.g. `["/usr/bin/wrenn",
+    /// "__launch"]`).
+    pub launcher: Vec<OsString>,
+}
+
+/// The `container` [`Runtime`].
+///
+/// ```no_run
+/// # async fn f() -> Result<(), wrenn_runtime::RuntimeError> {
+/// use wrenn_runtime::container::{ContainerConfig, ContainerRuntime};
+/// use wrenn_runtime::{CapsuleSpec, NetworkMode, Runtime};
+/// let rt = ContainerRuntime::new(ContainerConfig {
+///     data_dir: "/var/lib/wrenn".into(),
+///     cache_dir: "/var/cache/wrenn".into(),
+///     agent_binary: "/usr/lib/wrenn/wrenn-agent".into(),
+///     launcher: vec!["/usr/bin/wrenn".into(), "__launch".into()],
+/// })?;
+/// let h = rt
+///     .create(&CapsuleSpec {
+///         id: "cl-0123456789abcdefghijklmno".into(),
+///         template: "busybox".into(),
+///         vcpus: 1,
+///         memory_mb: 256,
+///         pids_limit: 256,
+///         network: NetworkMode::Egress,
+///     })
+///     .await?;
+/// rt.destroy(&h.id).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ContainerRuntime {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    cfg: ContainerConfig,
+    cgroup_version: CgroupVersion,
+    templates: Templates,
+    capsules: Mutex<HashMap<String, Capsule>>,
+    nofile: u64,
+    health_check: AtomicBool,
+    host_net: tokio::sync::OnceCell<()>,
+}
+
+/// A live capsule this runtime manages.
+#[derive(Debug, Clone)]
+struct Capsule {
+    record: CapsuleRecord,
+    watch: InitWatch,
+}
+
+fn host_err(step: &'static str, id: &str, e: impl Into<anyhow::Error>) -> RuntimeError {
+    RuntimeError::Host {
+        id: id.to_owned(),
+        step,
+        source: e.into(),
+    }
+}
+
+impl ContainerRuntime {
+    /// Prepares the data dir, copies the agent, compiles the seccomp filter and marks this
+    /// process a child subreaper. Cheap enough to call at start-up (a few ms).
+    pub fn new(cfg: ContainerConfig) -> Result<Self, RuntimeError> {
+        let err = |step, e| host_err(step, "-", e);
+        if cfg.launcher.is_empty() {
+            return Err(err(
+                "configure launcher",
+                anyhow::anyhow!("launcher command is empty"),
+            ));
+        }
+        sys::set_child_subreaper().map_err(|e| err("set child subreaper", e.into()))?;
+        let cgroup_version =
+            CgroupVersion::detect().map_err(|e| err("detect cgroup version", e.into()))?;
+        for d in ["capsules", "templates", "state", "runtime"] {
+            std::fs::create_dir_all(cfg.data_dir.join(d))
+                .map_err(|e| err("create data dir", e.into()))?;
+        }
+        let runtime_dir = cfg.data_dir.join("runtime");
+        install_agent(&cfg.agent_binary, &runtime_dir.join("wrenn-agent"))
+            .map_err(|e| err("install agent binary", e))?;
+        seccomp::write_filter(&runtime_dir.join("seccomp.bpf"))
+            .map_err(|e| err("compile seccomp filter", e.into()))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                templates: Templates::new(&cfg.data_dir, &cfg.cache_dir),
+                cgroup_version,
+                capsules: Mutex::new(HashMap::new()),
+                nofile: sys::nofile_hard_limit().min(1 << 20),
+                health_check: AtomicBool::new(true),
+                host_net: tokio::sync::OnceCell::new(),
+                cfg,
+            }),
+        })
+    }
+
+    /// Test knob: do not wait for the agent's `/health` in `create` (for stand-in agents).
+    #[doc(hidden)]
+    pub fn set_health_check(&self, on: bool) {
+        self.inner.health_check.store(on, Ordering::Relaxed);
+    }
+
+    /// The configuration this runtime was built with.
+    pub fn config(&self) -> &ContainerConfig {
+        &self.inner.cfg
+    }
+
+    /// Host-side address of a capsule's veth (the capsule's gateway), if it has one.
+    pub fn host_ip(&self, id: &str) -> Option<std::net::Ipv4Addr> {
+        self.get(id).ok().and_then(|c| c.record.net.host_ip())
+    }
+
+    /// Exit code of the capsule's init if it died on its own (`None` while it runs).
+    pub fn init_exit(&self, id: &str) -> Option<i32> {
+        self.get(id).ok().and_then(|c| c.watch.exit_code())
+    }
+
+    /// Ids of the capsules this runtime manages now.
+    pub fn capsule_ids(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.lock().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Removes the host-wide nft table `inet wrenn` (for tests and uninstall; capsules that
+    /// still run lose their egress).
+    pub async fn teardown_host_network() -> Result<(), RuntimeError> {
+        net::teardown_host()
+            .await
+            .map_err(|e| host_err("remove nft table", "-", e))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Capsule>> {
+        self.inner
+            .capsules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, id: &str) -> Result<Capsule, RuntimeError> {
+        self.lock()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| RuntimeError::CapsuleNotFound(id.to_owned()))
+    }
+
+    fn dirs(&self, id: &str) -> CapsuleDirs {
+        CapsuleDirs::new(&self.inner.cfg.data_dir.join("capsules"), id)
+    }
+
+    fn state_root(&self) -> PathBuf {
+        self.inner.cfg.data_dir.join("state")
+    }
+
+    fn cgroup(&self, id: &str) -> CapsuleCgroup {
+        CapsuleCgroup::new(self.inner.cgroup_version, id)
+    }
+
+    /// A live capsule, or `InvalidState` when its init has died.
+    fn running(&self, id: &str) -> Result<Capsule, RuntimeError> {
+        let c = self.get(id)?;
+        if let Some(code) = c.watch.exit_code() {
+            return Err(RuntimeError::InvalidState {
+                id: id.to_owned(),
+                state: format!("dead (init exited with {code})"),
+            });
+        }
+        Ok(c)
+    }
+}
+
+/// Copies the agent to `dst` through a temp file + rename, so running capsules that still
+/// execute the old inode are unaffected.
+fn install_agent(src: &Path, dst: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = dst.with_extension("tmp");
+    std::fs::copy(src, &tmp).map_err(|e| anyhow::anyhow!("copy {}: {e}", src.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&tmp, dst)?;
+    Ok(())
+}
+
+#[async_trait]
+impl Runtime for ContainerRuntime {
+    fn kind(&self) -> &'static str {
+        "container"
+    }
+
+    async fn create(&self, spec: &CapsuleSpec) -> Result<CapsuleHandle, RuntimeError> {
+        self.create_capsule(spec).await
+    }
+
+    async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        self.running(id)?;
+        let cg = self.cgroup(id);
+        tokio::task::spawn_blocking(move || cg.freeze(FREEZE_TIMEOUT))
+            .await
+            .map_err(|e| host_err("freeze cgroup", id, e))?
+            .map_err(|e| host_err("freeze cgroup", id, e))
+    }
+
+    async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        self.running(id)?;
+        let cg = self.cgroup(id);
+        tokio::task::spawn_blocking(move || cg.thaw(FREEZE_TIMEOUT))
+            .await
+            .map_err(|e| host_err("thaw cgroup", id, e))?
+            .map_err(|e| host_err("thaw cgroup", id, e))
+    }
+
+    async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
+        self.destroy_capsule(id).await
+    }
+
+    async fn recover(&self, known: &[String]) -> Result<RecoveryReport, RuntimeError> {
+        self.recover_capsules(known).await
+    }
+
+    fn agent_socket(&self, id: &str) -> PathBuf {
+        self.dirs(id).agent_socket()
+    }
+
+    async fn usage(&self, id: &str) -> Result<ResourceUsage, RuntimeError> {
+        self.running(id)?;
+        let cg = self.cgroup(id);
+        let dirs = self.dirs(id);
+        tokio::task::spawn_blocking(move || {
+            let (cpu_ns, memory_bytes) = cg.usage()?;
+            Ok::<_, std::io::Error>(ResourceUsage {
+                cpu_ns,
+                memory_bytes,
+                disk_bytes: dirs.disk_bytes(),
+            })
+        })
+        .await
+        .map_err(|e| host_err("read usage", id, e))?
+        .map_err(|e| host_err("read usage", id, e))
+    }
+
+    async fn list_templates(&self) -> Result<Vec<TemplateInfo>, RuntimeError> {
+        Ok(self.inner.templates.list())
+    }
+
+    async fn ensure_template(&self, name: &str) -> Result<TemplateInfo, RuntimeError> {
+        self.inner.templates.ensure(name).await
+    }
+}

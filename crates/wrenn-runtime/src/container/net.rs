@@ -1,0 +1,246 @@
+//! Capsule networking: a network namespace per capsule, a veth pair to the host, NAT egress.
+//!
+//! Per capsule (egress): `/run/netns/<id>` with `lo` up (libcontainer leaves it down), a veth
+//! pair `wrv<N>` (host) / `eth0` (capsule), the /30 number `N` of `10.213.0.0/16`
+//! (host `.1`, capsule `.2`), a default route via the host end. Isolated capsules get the
+//! namespace with `lo` only.
+//!
+//! Once per host: the nft table `inet wrenn` (masquerade for 10.213.0.0/16 leaving through a
+//! non-capsule interface; capsules may not reach RFC1918, link-local, CGNAT nor each other; the
+//! host accepts from capsules only replies and ICMP echo) and `net.ipv4.ip_forward=1`.
+//!
+//! Slot allocation is host-global, so several runtimes (tests run them in parallel) never clash:
+//! slot `N` is claimed by creating `/run/wrenn-net/<N>` exclusively; the file names the owning
+//! data dir and capsule, so `recover` can find and free its own.
+//!
+//! Limitations: configuration runs `ip -b -` and `nft -f -` subprocesses (2 per capsule, about
+//! 10 ms); netlink or a warm pool of ready namespaces would cut that to ~1 ms.
+
+use std::io::Write as _;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::{bail, Context};
+use tokio::io::AsyncWriteExt;
+
+/// Where slot claims live.
+const CLAIM_DIR: &str = "/run/wrenn-net";
+/// Number of /30 slots in 10.213.0.0/16.
+const SLOTS: u32 = 16384;
+/// Prefix of host-side veth names.
+pub const VETH_PREFIX: &str = "wrv";
+
+/// The nft ruleset, applied once per runtime start (idempotent: the table is re-created).
+const NFT_RULES: &str = r#"
+table inet wrenn
+delete table inet wrenn
+table inet wrenn {
+    chain forward {
+        type filter hook forward priority 0; policy accept;
+        iifname "wrv*" oifname "wrv*" drop
+        iifname "wrv*" ip daddr { 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 169.254.0.0/16, 100.64.0.0/10, 127.0.0.0/8 } drop
+        iifname "wrv*" meta nfproto ipv6 drop
+    }
+    chain input {
+        type filter hook input priority 0; policy accept;
+        iifname "wrv*" ct state established,related accept
+        iifname "wrv*" icmp type echo-request accept
+        iifname "wrv*" drop
+    }
+    chain postrouting {
+        type nat hook postrouting priority 100; policy accept;
+        ip saddr 10.213.0.0/16 oifname != "wrv*" masquerade
+    }
+}
+"#;
+
+/// Network of one capsule, as recorded in `capsule.json`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct CapsuleNet {
+    /// Namespace name (the capsule id).
+    pub netns: String,
+    /// Slot number for egress capsules.
+    pub slot: Option<u32>,
+}
+
+impl CapsuleNet {
+    /// `/run/netns/<name>`.
+    pub fn netns_path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.netns)
+    }
+
+    /// Capsule-side address.
+    pub fn capsule_ip(&self) -> Option<Ipv4Addr> {
+        self.slot.map(|s| slot_addr(s, 2))
+    }
+
+    /// Host-side address.
+    pub fn host_ip(&self) -> Option<Ipv4Addr> {
+        self.slot.map(|s| slot_addr(s, 1))
+    }
+}
+
+/// Host veth name of slot `n`.
+pub fn veth_name(n: u32) -> String {
+    format!("{VETH_PREFIX}{n}")
+}
+
+fn slot_addr(slot: u32, host: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 213, 0, 0)) + slot * 4 + host)
+}
+
+/// Installs the host-wide nft table and turns on forwarding.
+pub async fn setup_host() -> anyhow::Result<()> {
+    run_stdin("nft", &["-f", "-"], NFT_RULES)
+        .await
+        .context("nft table inet wrenn")?;
+    tokio::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+        .await
+        .context("ip_forward=1")?;
+    Ok(())
+}
+
+/// Removes the host-wide nft table (forwarding is left on: other software may rely on it).
+pub async fn teardown_host() -> anyhow::Result<()> {
+    run_stdin(
+        "nft",
+        &["-f", "-"],
+        "table inet wrenn\ndelete table inet wrenn\n",
+    )
+    .await
+}
+
+/// Claims a free slot for capsule `id` of runtime `owner`.
+pub fn claim_slot(owner: &Path, id: &str) -> anyhow::Result<u32> {
+    std::fs::create_dir_all(CLAIM_DIR).context("create claim dir")?;
+    for n in 0..SLOTS {
+        let p = Path::new(CLAIM_DIR).join(n.to_string());
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&p)
+        {
+            Ok(mut f) => {
+                writeln!(f, "{}\t{}", owner.display(), id).context("write claim")?;
+                return Ok(n);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).context("claim slot"),
+        }
+    }
+    bail!("all {SLOTS} network slots in use")
+}
+
+/// Frees slot `n`.
+pub fn release_slot(n: u32) {
+    let _ = std::fs::remove_file(Path::new(CLAIM_DIR).join(n.to_string()));
+}
+
+/// Slots claimed by runtime `owner`: (slot, capsule id).
+pub fn owned_slots(owner: &Path) -> Vec<(u32, String)> {
+    let Ok(rd) = std::fs::read_dir(CLAIM_DIR) else {
+        return Vec::new();
+    };
+    let owner = owner.display().to_string();
+    rd.filter_map(Result::ok)
+        .filter_map(|e| {
+            let n: u32 = e.file_name().to_str()?.parse().ok()?;
+            let s = std::fs::read_to_string(e.path()).ok()?;
+            let (o, id) = s.trim_end().split_once('\t')?;
+            (o == owner).then(|| (n, id.to_owned()))
+        })
+        .collect()
+}
+
+/// Creates the namespace (and, with a slot, the veth pair and addresses).
+pub async fn create(net: &CapsuleNet) -> anyhow::Result<()> {
+    let ns = &net.netns;
+    let Some(slot) = net.slot else {
+        run_stdin("ip", &["-b", "-"], &format!("netns add {ns}\n")).await?;
+        run_stdin("ip", &["-n", ns, "-b", "-"], "link set lo up\n").await?;
+        return Ok(());
+    };
+    let veth = veth_name(slot);
+    let (host, cap) = (slot_addr(slot, 1), slot_addr(slot, 2));
+    let host_batch = format!(
+        "netns add {ns}\n\
+         link add {veth} type veth peer name eth0 netns {ns}\n\
+         addr add {host}/30 dev {veth}\n\
+         link set {veth} up\n"
+    );
+    run_stdin("ip", &["-b", "-"], &host_batch).await?;
+    let ns_batch = format!(
+        "link set lo up\n\
+         addr add {cap}/30 dev eth0\n\
+         link set eth0 up\n\
+         route add default via {host}\n"
+    );
+    run_stdin("ip", &["-n", ns, "-b", "-"], &ns_batch).await?;
+    Ok(())
+}
+
+/// Deletes the veth (if any) and the namespace; missing pieces are fine.
+pub async fn destroy(net: &CapsuleNet) -> anyhow::Result<()> {
+    if let Some(slot) = net.slot {
+        let veth = veth_name(slot);
+        if Path::new("/sys/class/net").join(&veth).exists() {
+            // Deleting the host end deletes its peer in the namespace too.
+            let _ = run_stdin("ip", &["-b", "-"], &format!("link del {veth}\n")).await;
+        }
+    }
+    if net.netns_path().exists() {
+        run_stdin("ip", &["-b", "-"], &format!("netns del {}\n", net.netns))
+            .await
+            .context("netns del")?;
+    }
+    Ok(())
+}
+
+/// Runs `prog args` with `input` on stdin; fails with its stderr on a non-zero exit.
+async fn run_stdin(prog: &str, args: &[&str], input: &str) -> anyhow::Result<()> {
+    let mut child = tokio::process::Command::new(prog)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("spawn {prog}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input.as_bytes())
+            .await
+            .context("write batch")?;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .with_context(|| format!("wait {prog}"))?;
+    if !out.status.success() {
+        bail!(
+            "{prog} {} failed ({}): {}; input: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            input.trim().replace('\n', "; ")
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_addresses_are_a_slash_30() {
+        let n = CapsuleNet {
+            netns: "x".into(),
+            slot: Some(3),
+        };
+        assert_eq!(n.host_ip(), Some(Ipv4Addr::new(10, 213, 0, 13)));
+        assert_eq!(n.capsule_ip(), Some(Ipv4Addr::new(10, 213, 0, 14)));
+        assert_eq!(veth_name(3), "wrv3");
+    }
+}

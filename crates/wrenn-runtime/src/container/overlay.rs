@@ -1,0 +1,114 @@
+//! Per-capsule directories and the overlay root.
+//!
+//! ```text
+//! data_dir/capsules/<id>/
+//!   capsule.json   what recovery needs (see super::record)
+//!   upper/ work/   overlay upper and work dirs
+//!   rootfs/        overlay mount point: lower = template rootfs (never written)
+//!   run/           bind-mounted at /run/wrenn; the agent socket appears here
+//!   bundle/        config.json for libcontainer
+//! ```
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::sys;
+
+/// Paths of one capsule's directory.
+#[derive(Debug, Clone)]
+pub struct CapsuleDirs {
+    /// `capsules/<id>`.
+    pub root: PathBuf,
+}
+
+impl CapsuleDirs {
+    /// Dirs of capsule `id` under `capsules_dir`.
+    pub fn new(capsules_dir: &Path, id: &str) -> Self {
+        Self {
+            root: capsules_dir.join(id),
+        }
+    }
+    /// Overlay upper dir.
+    pub fn upper(&self) -> PathBuf {
+        self.root.join("upper")
+    }
+    /// Overlay work dir.
+    pub fn work(&self) -> PathBuf {
+        self.root.join("work")
+    }
+    /// Overlay mount point.
+    pub fn rootfs(&self) -> PathBuf {
+        self.root.join("rootfs")
+    }
+    /// Agent socket dir.
+    pub fn run(&self) -> PathBuf {
+        self.root.join("run")
+    }
+    /// OCI bundle dir.
+    pub fn bundle(&self) -> PathBuf {
+        self.root.join("bundle")
+    }
+    /// Host path of the agent socket.
+    pub fn agent_socket(&self) -> PathBuf {
+        self.run().join("agent.sock")
+    }
+    /// Recovery record.
+    pub fn record(&self) -> PathBuf {
+        self.root.join("capsule.json")
+    }
+
+    /// Creates the directories (the capsule dir itself must not exist yet).
+    pub fn create(&self) -> io::Result<()> {
+        std::fs::create_dir_all(self.root.parent().unwrap_or(Path::new("/")))?;
+        std::fs::create_dir(&self.root)?;
+        for d in [
+            self.upper(),
+            self.work(),
+            self.rootfs(),
+            self.run(),
+            self.bundle(),
+        ] {
+            std::fs::create_dir(d)?;
+        }
+        Ok(())
+    }
+
+    /// Mounts the overlay with `lower` (a template rootfs) as its only, read-only layer.
+    pub fn mount(&self, lower: &Path) -> io::Result<()> {
+        sys::mount_overlay(lower, &self.upper(), &self.work(), &self.rootfs())
+    }
+
+    /// Unmounts everything mounted under the capsule dir (the overlay, and anything a crash left
+    /// stacked on it), then removes the dir.
+    pub fn remove(&self) -> io::Result<()> {
+        let mut mounts = sys::mounts_under(&self.root);
+        // Deepest first.
+        mounts.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+        for m in mounts {
+            sys::unmount(&m)?;
+        }
+        match std::fs::remove_dir_all(&self.root) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Bytes in the upper layer (what the capsule wrote).
+    pub fn disk_bytes(&self) -> u64 {
+        dir_size(&self.upper())
+    }
+}
+
+/// Apparent size of a tree, not following symlinks.
+pub fn dir_size(p: &Path) -> u64 {
+    let Ok(md) = std::fs::symlink_metadata(p) else {
+        return 0;
+    };
+    if !md.is_dir() {
+        return md.len();
+    }
+    std::fs::read_dir(p)
+        .map(|rd| rd.filter_map(Result::ok).map(|e| dir_size(&e.path())).sum())
+        .unwrap_or(0)
+}

@@ -1,0 +1,192 @@
+//! The OCI `config.json` of a capsule.
+//!
+//! Written as JSON (mirroring `runc spec` plus Docker's hardening) so the file reads like the
+//! reference it follows; libcontainer parses it with `oci-spec` (a unit test does the same).
+//!
+//! What it sets: pid, mount, ipc, uts, cgroup namespaces and the pre-created network namespace
+//! (by path); hostname = capsule id; the overlay root; /proc, /dev, /dev/pts, /dev/shm,
+//! /dev/mqueue, read-only /sys; runc's masked and read-only paths; Docker's default
+//! capabilities minus CAP_NET_RAW and CAP_MKNOD; no_new_privs; NOFILE rlimit; cpu, memory
+//! (+swap, same value, so no swap) and pids limits under `/wrenn/<id>`; the agent as PID 1
+//! with stdio on /dev/null. No seccomp section: the agent installs the precompiled filter
+//! itself (see [`super::seccomp`]).
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+/// In-capsule path of the read-only runtime dir (agent binary, seccomp program).
+pub const RUNTIME_MOUNT: &str = "/.wrenn";
+/// In-capsule dir holding the agent socket.
+pub const RUN_MOUNT: &str = "/run/wrenn";
+/// In-capsule agent socket path.
+pub const AGENT_SOCKET_IN_CAPSULE: &str = "/run/wrenn/agent.sock";
+
+/// Docker's default capability set without CAP_NET_RAW (raw sockets must fail) and CAP_MKNOD.
+pub const CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// runc's default masked paths.
+const MASKED: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// runc's default read-only paths.
+const READONLY: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Inputs of one capsule's spec.
+#[derive(Debug, Clone)]
+pub struct SpecInput<'a> {
+    /// Capsule id (hostname, cgroup leaf).
+    pub id: &'a str,
+    /// Host path of the mounted overlay root.
+    pub rootfs: &'a Path,
+    /// Host dir bind-mounted read-only at [`RUNTIME_MOUNT`].
+    pub runtime_dir: &'a Path,
+    /// Host dir bind-mounted at [`RUN_MOUNT`].
+    pub run_dir: &'a Path,
+    /// Path of the pre-created network namespace.
+    pub netns: &'a Path,
+    /// Whole CPUs.
+    pub vcpus: u32,
+    /// Memory limit in MiB.
+    pub memory_mb: u32,
+    /// pids limit.
+    pub pids_limit: u32,
+    /// RLIMIT_NOFILE for the capsule.
+    pub nofile: u64,
+}
+
+/// Builds the `config.json` value.
+pub fn build(i: &SpecInput<'_>) -> Value {
+    let mem = u64::from(i.memory_mb) * 1024 * 1024;
+    let quota = i64::from(i.vcpus.max(1)) * 100_000;
+    let caps = CAPABILITIES;
+    json!({
+        "ociVersion": "1.0.2",
+        "hostname": i.id,
+        "root": { "path": i.rootfs, "readonly": false },
+        "process": {
+            "terminal": false,
+            "user": { "uid": 0, "gid": 0 },
+            "args": [
+                format!("{RUNTIME_MOUNT}/wrenn-agent"),
+                "--socket", AGENT_SOCKET_IN_CAPSULE,
+                "--seccomp", format!("{RUNTIME_MOUNT}/seccomp.bpf"),
+            ],
+            "env": [
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "HOME=/root",
+                format!("HOSTNAME={}", i.id),
+            ],
+            "cwd": "/",
+            "capabilities": {
+                "bounding": caps, "effective": caps, "permitted": caps,
+            },
+            "rlimits": [ { "type": "RLIMIT_NOFILE", "hard": i.nofile, "soft": i.nofile } ],
+            "noNewPrivileges": true,
+        },
+        "mounts": [
+            { "destination": "/proc", "type": "proc", "source": "proc",
+              "options": ["nosuid", "noexec", "nodev"] },
+            { "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+              "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
+            { "destination": "/dev/pts", "type": "devpts", "source": "devpts",
+              "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"] },
+            { "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+              "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
+            { "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+              "options": ["nosuid", "noexec", "nodev"] },
+            { "destination": "/sys", "type": "sysfs", "source": "sysfs",
+              "options": ["nosuid", "noexec", "nodev", "ro"] },
+            { "destination": RUNTIME_MOUNT, "type": "bind", "source": i.runtime_dir,
+              "options": ["rbind", "ro", "nosuid", "nodev"] },
+            { "destination": RUN_MOUNT, "type": "bind", "source": i.run_dir,
+              "options": ["rbind", "rw", "nosuid", "nodev", "noexec"] },
+        ],
+        "linux": {
+            "namespaces": [
+                { "type": "pid" },
+                { "type": "mount" },
+                { "type": "ipc" },
+                { "type": "uts" },
+                { "type": "cgroup" },
+                { "type": "network", "path": i.netns },
+            ],
+            "cgroupsPath": super::cgroups::CapsuleCgroup::oci_path(i.id),
+            "resources": {
+                "devices": [ { "allow": false, "access": "rwm" } ],
+                "memory": { "limit": mem, "swap": mem },
+                "cpu": { "quota": quota, "period": 100_000u64 },
+                "pids": { "limit": i64::from(i.pids_limit) },
+            },
+            "sysctl": {
+                // Unprivileged ICMP echo sockets (as Docker): ping without CAP_NET_RAW.
+                "net.ipv4.ping_group_range": "0 2147483647",
+            },
+            "rootfsPropagation": "private",
+            "maskedPaths": MASKED,
+            "readonlyPaths": READONLY,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_parses_as_oci_and_has_no_seccomp() {
+        let v = build(&SpecInput {
+            id: "cl-test",
+            rootfs: Path::new("/tmp/r"),
+            runtime_dir: Path::new("/tmp/rt"),
+            run_dir: Path::new("/tmp/run"),
+            netns: Path::new("/run/netns/cl-test"),
+            vcpus: 2,
+            memory_mb: 256,
+            pids_limit: 64,
+            nofile: 1024,
+        });
+        let spec: oci_spec::runtime::Spec = serde_json::from_value(v).expect("valid oci spec");
+        let linux = spec.linux().as_ref().expect("linux");
+        assert!(linux.seccomp().is_none());
+        let caps = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.capabilities().as_ref())
+            .and_then(|c| c.bounding().as_ref())
+            .expect("caps");
+        assert!(!caps.contains(&oci_spec::runtime::Capability::NetRaw));
+        assert!(!caps.contains(&oci_spec::runtime::Capability::Mknod));
+        assert_eq!(spec.hostname().as_deref(), Some("cl-test"));
+    }
+}

@@ -1,0 +1,173 @@
+//! Every raw syscall of the container backend, behind safe functions.
+//!
+//! Anything here is a thin wrapper: typed arguments in, `std::io::Result` out. Callers add the
+//! step context.
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// Marks this process a child subreaper (`prctl(2)` `PR_SET_CHILD_SUBREAPER`), so that capsule
+/// inits whose launcher exited re-parent to us and not to the host's PID 1 (which reaps lazily).
+/// Idempotent.
+pub(crate) fn set_child_subreaper() -> io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
+}
+
+/// `pidfd_open(2)`: a file descriptor that becomes readable when `pid` exits.
+pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags by value and returns a new fd or -1; no memory is
+    // shared with the kernel.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other("pidfd out of range"))?;
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A pidfd registered with tokio's reactor; it becomes readable when `pid` exits.
+pub(crate) fn pidfd_async(pid: i32) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    let fd = pidfd_open(pid)?;
+    // SAFETY: `fd` is an open pidfd that the returned AsyncFd owns; an OwnedFd always reports the
+    // same raw fd and is closed only when the AsyncFd drops it.
+    let afd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    };
+    afd.map_err(io::Error::from)
+}
+
+/// Outcome of a non-blocking reap of one pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reap {
+    /// Still running.
+    Running,
+    /// Exited (and reaped) with this wait status description.
+    Exited(i32),
+    /// Not our child (`ECHILD`): somebody else reaps it; use the pidfd to see it exit.
+    NotChild,
+}
+
+/// `waitid(P_PID, pid, WEXITED | WNOHANG)`: reaps exactly this pid and never any other child
+/// (the server also owns tokio::process children).
+pub(crate) fn reap_nohang(pid: i32) -> io::Result<Reap> {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+    match waitid(
+        Id::Pid(nix::unistd::Pid::from_raw(pid)),
+        WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG,
+    ) {
+        Ok(WaitStatus::StillAlive) => Ok(Reap::Running),
+        Ok(WaitStatus::Exited(_, code)) => Ok(Reap::Exited(code)),
+        Ok(WaitStatus::Signaled(_, sig, _)) => Ok(Reap::Exited(128 + sig as i32)),
+        Ok(_) => Ok(Reap::Running),
+        Err(nix::errno::Errno::ECHILD) => Ok(Reap::NotChild),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether `pid` exists (`kill(pid, 0)`); zombies count as existing.
+pub(crate) fn pid_exists(pid: i32) -> bool {
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) => true,
+        Err(nix::errno::Errno::EPERM) => true,
+        Err(_) => false,
+    }
+}
+
+/// Sends SIGKILL to `pid`; a vanished pid is not an error.
+pub(crate) fn sigkill(pid: i32) -> io::Result<()> {
+    match nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    ) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Filesystem magic of the filesystem holding `path` (`statfs(2)`).
+pub(crate) fn fs_magic(path: &Path) -> io::Result<i64> {
+    let st = nix::sys::statfs::statfs(path).map_err(io::Error::from)?;
+    Ok(st.filesystem_type().0 as i64)
+}
+
+/// `mount -t overlay overlay -o lowerdir=..,upperdir=..,workdir=.. target`.
+pub(crate) fn mount_overlay(
+    lower: &Path,
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> io::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::MS_NODEV,
+        Some(opts.as_str()),
+    )
+    .map_err(io::Error::from)
+}
+
+/// Detaching unmount (`umount2(MNT_DETACH)`); "not mounted" is not an error.
+pub(crate) fn unmount(target: &Path) -> io::Result<()> {
+    match nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The hard `RLIMIT_NOFILE` of this process (capsules may not get more: the host may lack
+/// CAP_SYS_RESOURCE).
+pub(crate) fn nofile_hard_limit() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(_, hard)| hard)
+        .unwrap_or(1024)
+}
+
+/// Start time of `pid` in clock ticks since boot (field 22 of `/proc/<pid>/stat`); tells a
+/// re-used pid from the original.
+pub(crate) fn pid_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether `path` is a mount point listed in `/proc/self/mountinfo`.
+pub(crate) fn mounts_under(prefix: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let prefix = prefix.as_os_str().as_bytes();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mountinfo)
+        .filter(|p| p.as_os_str().as_bytes().starts_with(prefix))
+        .collect()
+}
+
+fn unescape_mountinfo(s: &str) -> std::path::PathBuf {
+    let mut out = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&out))
+}

@@ -1,0 +1,214 @@
+//! Shared helpers: a runtime per test on a fresh data dir, a guard that destroys capsules on
+//! drop, polling with deadlines.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use wrenn_agent_client::AgentClient;
+use wrenn_runtime::container::{ContainerConfig, ContainerRuntime};
+use wrenn_runtime::{CapsuleHandle, CapsuleSpec, NetworkMode, Runtime};
+
+/// Whether we may run (root); prints the reason when not.
+pub fn privileged(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("SKIP {test}: needs root (run as root: capsules need namespaces and cgroups)");
+    false
+}
+
+/// Whether the minimal (debootstrap) template may be used.
+pub fn minimal_allowed(test: &str) -> bool {
+    if std::env::var_os("WRENN_SKIP_MINIMAL").is_some() {
+        eprintln!("SKIP {test}: WRENN_SKIP_MINIMAL is set");
+        return false;
+    }
+    true
+}
+
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("WRENN_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/wrenn"))
+}
+
+pub fn agent_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("WRENN_AGENT") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.join("target/x86_64-unknown-linux-gnu/release/wrenn-agent")
+}
+
+/// A runtime on its own data dir, removed (with every capsule) on drop.
+pub struct TestRuntime {
+    pub rt: ContainerRuntime,
+    pub data_dir: PathBuf,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+impl TestRuntime {
+    pub fn new() -> Self {
+        let data_dir = std::env::temp_dir().join(format!(
+            "wrenn-rt-test-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&data_dir);
+        let agent = agent_binary();
+        assert!(
+            agent.exists(),
+            "agent binary {} missing: run scripts/build-agent.sh or set WRENN_AGENT",
+            agent.display()
+        );
+        let rt = ContainerRuntime::new(Self::config(&data_dir)).expect("runtime");
+        if std::env::var_os("WRENN_TEST_NO_HEALTH").is_some() {
+            rt.set_health_check(false);
+        }
+        Self { rt, data_dir }
+    }
+
+    pub fn config(data_dir: &Path) -> ContainerConfig {
+        ContainerConfig {
+            data_dir: data_dir.to_owned(),
+            cache_dir: cache_dir(),
+            agent_binary: agent_binary(),
+            launcher: vec![env!("CARGO_BIN_EXE_wrenn-launcher").into()],
+        }
+    }
+
+    /// Creates a capsule and returns a guard that destroys it on drop.
+    pub async fn capsule(&self, template: &str, network: NetworkMode) -> Capsule {
+        self.capsule_with(template, network, 256, 128).await
+    }
+
+    pub async fn capsule_with(
+        &self,
+        template: &str,
+        network: NetworkMode,
+        memory_mb: u32,
+        pids_limit: u32,
+    ) -> Capsule {
+        let spec = CapsuleSpec {
+            id: new_id(),
+            template: template.into(),
+            vcpus: 1,
+            memory_mb,
+            pids_limit,
+            network,
+        };
+        let handle = self.rt.create(&spec).await.expect("create capsule");
+        Capsule {
+            rt: self.rt.clone(),
+            client: AgentClient::new(handle.agent_socket.clone()),
+            handle,
+        }
+    }
+}
+
+impl Drop for TestRuntime {
+    fn drop(&mut self) {
+        let rt = self.rt.clone();
+        let ids = rt.capsule_ids();
+        block_on_side(async move {
+            for id in ids {
+                let _ = rt.destroy(&id).await;
+            }
+        });
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// A capsule destroyed on drop, even when the test failed.
+pub struct Capsule {
+    pub rt: ContainerRuntime,
+    pub handle: CapsuleHandle,
+    pub client: AgentClient,
+}
+
+impl Capsule {
+    pub fn id(&self) -> &str {
+        &self.handle.id
+    }
+}
+
+impl Drop for Capsule {
+    fn drop(&mut self) {
+        let (rt, id) = (self.rt.clone(), self.handle.id.clone());
+        block_on_side(async move {
+            if let Err(e) = rt.destroy(&id).await {
+                eprintln!("guard: destroy {id}: {e:#}");
+            }
+        });
+    }
+}
+
+/// Runs a future to completion on a fresh runtime in a scoped thread (usable from Drop inside
+/// a tokio test).
+pub fn block_on_side<F: std::future::Future<Output = ()> + Send>(f: F) {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("side runtime")
+                .block_on(f)
+        });
+    });
+}
+
+/// `cl-` + 25 base36 chars, as the server makes them.
+pub fn new_id() -> String {
+    use rand::Rng;
+    const A: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut r = rand::thread_rng();
+    let s: String = (0..25)
+        .map(|_| A[r.gen_range(0..A.len())] as char)
+        .collect();
+    format!("cl-{s}")
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub async fn wait_until<T, Fut: std::future::Future<Output = Option<T>>>(
+    timeout: Duration,
+    mut f: impl FnMut() -> Fut,
+) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Host-side leftovers of capsule `id`: mounts, cgroups, netns, processes named by it.
+pub fn leftovers(data_dir: &Path, id: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if mountinfo.contains(id) {
+        out.push("mount".into());
+    }
+    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+        for e in rd.filter_map(Result::ok) {
+            if e.path().join("wrenn").join(id).exists() {
+                out.push(format!("cgroup {}", e.path().display()));
+            }
+        }
+    }
+    if Path::new("/run/netns").join(id).exists() {
+        out.push("netns".into());
+    }
+    if data_dir.join("capsules").join(id).exists() {
+        out.push("capsule dir".into());
+    }
+    if data_dir.join("state").join(id).exists() {
+        out.push("libcontainer state".into());
+    }
+    out
+}
