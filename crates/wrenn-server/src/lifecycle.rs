@@ -1,0 +1,936 @@
+//! The capsule service: validated requests in, state transitions recorded in the store before
+//! they are acted on, runtime calls in background tasks, events out.
+//!
+//! Every verb follows one order: check the transition → record it → act (runtime) → record the
+//! outcome → publish the event. One async lock per capsule serializes runtime work, and every
+//! task re-reads the status after taking it (a destroy may have overtaken a pause).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+use wrenn_agent_client::AgentClient;
+use wrenn_runtime::{CapsuleSpec, NetworkMode, Runtime};
+use wrenn_types::api::{Actor, Capsule, CapsuleStatus, CreateCapsuleRequest, EventKind};
+
+use crate::error::{ApiError, ApiResult};
+use crate::events::{system_actor, Action, EventBus};
+use crate::ids;
+use crate::store::{CapsuleRow, Store};
+
+/// Default template (contract §14; `minimal` is ours).
+pub const DEFAULT_TEMPLATE: &str = "minimal";
+/// Default CPUs.
+pub const DEFAULT_VCPUS: u32 = 1;
+/// Default memory.
+pub const DEFAULT_MEMORY_MB: u32 = 512;
+/// Upper bound on CPUs per capsule.
+pub const MAX_VCPUS: i64 = 64;
+/// Upper bound on memory per capsule (256 GiB).
+pub const MAX_MEMORY_MB: i64 = 262_144;
+/// Processes per capsule.
+pub const PIDS_LIMIT: u32 = 1024;
+/// How long a request waits for a `starting`/`resuming` capsule.
+pub const READY_WAIT: Duration = Duration::from_secs(20);
+/// Metadata keys the server sets itself.
+pub const RESERVED_METADATA: [&str; 4] = [
+    "kernel_version",
+    "vmm_version",
+    "agent_version",
+    "envd_version",
+];
+
+/// Whether `from → to` is a transition of the lifecycle (ARCHITECTURE.md). Exhaustive on
+/// purpose: a new status must be decided here.
+pub fn can_transition(from: CapsuleStatus, to: CapsuleStatus) -> bool {
+    use CapsuleStatus::*;
+    match from {
+        Pending => matches!(to, Starting | Stopping | Error),
+        Starting => matches!(to, Running | Stopping | Error),
+        Running => matches!(to, Pausing | Snapshotting | Stopping | Missing | Error),
+        Pausing => matches!(to, Paused | Running | Stopping | Error),
+        Paused => matches!(to, Resuming | Snapshotting | Stopping | Error),
+        Snapshotting => matches!(to, Running | Paused | Stopping | Error),
+        Resuming => matches!(to, Running | Paused | Stopping | Error),
+        Stopping => matches!(to, Stopped | Error),
+        Hibernated => matches!(to, Resuming | Stopping),
+        Missing => matches!(to, Running | Stopping | Error),
+        Stopped => false,
+        Error => false,
+    }
+}
+
+/// A capsule the server is managing.
+#[derive(Debug)]
+pub struct LiveCapsule {
+    team_id: String,
+    record: Mutex<Capsule>,
+    status: watch::Sender<CapsuleStatus>,
+    op: tokio::sync::Mutex<()>,
+    agent: AgentClient,
+    active_dirty: Mutex<bool>,
+}
+
+impl LiveCapsule {
+    /// The current record.
+    pub fn snapshot(&self) -> Capsule {
+        self.record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The capsule's agent.
+    pub fn agent(&self) -> &AgentClient {
+        &self.agent
+    }
+
+    fn status(&self) -> CapsuleStatus {
+        *self.status.borrow()
+    }
+}
+
+/// The capsule service.
+pub struct Capsules {
+    store: Store,
+    runtime: Arc<dyn Runtime>,
+    events: EventBus,
+    live: Mutex<HashMap<String, Arc<LiveCapsule>>>,
+    kernel_version: String,
+}
+
+impl std::fmt::Debug for Capsules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capsules")
+            .field("runtime", &self.runtime.kind())
+            .finish()
+    }
+}
+
+fn kernel_version() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+impl Capsules {
+    /// A service over `store` and `runtime`.
+    pub fn new(store: Store, runtime: Arc<dyn Runtime>, events: EventBus) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            runtime,
+            events,
+            live: Mutex::new(HashMap::new()),
+            kernel_version: kernel_version(),
+        })
+    }
+
+    /// The runtime.
+    pub fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.runtime
+    }
+
+    fn live_get(&self, id: &str) -> Option<Arc<LiveCapsule>> {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    fn register(&self, team_id: String, capsule: Capsule) -> Arc<LiveCapsule> {
+        let live = Arc::new(LiveCapsule {
+            team_id,
+            status: watch::channel(capsule.status).0,
+            agent: AgentClient::new(self.runtime.agent_socket(&capsule.id)),
+            record: Mutex::new(capsule.clone()),
+            op: tokio::sync::Mutex::new(()),
+            active_dirty: Mutex::new(false),
+        });
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(capsule.id, live.clone());
+        live
+    }
+
+    fn unregister(&self, id: &str) {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    /// Moves `live` to `to` when its status is one of `from` (all statuses when empty), applies
+    /// `edit`, persists, and publishes `capsule.state.changed`. Returns the new record, or the
+    /// current status when the transition is not allowed.
+    async fn transition(
+        &self,
+        live: &LiveCapsule,
+        from: &[CapsuleStatus],
+        to: CapsuleStatus,
+        edit: impl FnOnce(&mut Capsule),
+    ) -> Result<Capsule, CapsuleStatus> {
+        let (prev, record) = {
+            let mut rec = live.record.lock().unwrap_or_else(|p| p.into_inner());
+            let prev = rec.status;
+            if (!from.is_empty() && !from.contains(&prev)) || !can_transition(prev, to) {
+                return Err(prev);
+            }
+            rec.status = to;
+            rec.last_updated = Utc::now();
+            edit(&mut rec);
+            (prev, rec.clone())
+        };
+        live.status.send_replace(to);
+        self.persist(&live.team_id, &record).await;
+        self.events.capsule(
+            &live.team_id,
+            &record,
+            Action::state_changed(prev.as_str(), to.as_str()),
+        );
+        Ok(record)
+    }
+
+    async fn persist(&self, team_id: &str, capsule: &Capsule) {
+        let row = CapsuleRow {
+            team_id: team_id.to_owned(),
+            capsule: capsule.clone(),
+        };
+        if let Err(e) = self.store.put_capsule(row).await {
+            tracing::error!(id = %capsule.id, error = %e, "persisting capsule failed");
+        }
+    }
+
+    /// Validates `req` and starts creating a capsule; answers with it in `starting`.
+    pub async fn create(
+        self: &Arc<Self>,
+        team_id: &str,
+        actor: &Actor,
+        req: CreateCapsuleRequest,
+    ) -> ApiResult<Capsule> {
+        let template = req.template.unwrap_or_else(|| DEFAULT_TEMPLATE.to_owned());
+        if !ids::is_safe_name(&template) {
+            return Err(ApiError::InvalidRequest(format!(
+                "invalid template name {template:?}"
+            )));
+        }
+        let vcpus = match req.vcpus {
+            None => DEFAULT_VCPUS,
+            Some(v) if v <= 0 => DEFAULT_VCPUS,
+            Some(v) if v > MAX_VCPUS => {
+                return Err(ApiError::InvalidRequest(format!(
+                    "vcpus must be at most {MAX_VCPUS}"
+                )))
+            }
+            Some(v) => v as u32,
+        };
+        let memory_mb = match req.memory_mb {
+            None => DEFAULT_MEMORY_MB,
+            Some(v) if v <= 0 => DEFAULT_MEMORY_MB,
+            Some(v) if v < 32 => {
+                return Err(ApiError::InvalidRequest(
+                    "memory_mb must be at least 32".into(),
+                ))
+            }
+            Some(v) if v > MAX_MEMORY_MB => {
+                return Err(ApiError::InvalidRequest(format!(
+                    "memory_mb must be at most {MAX_MEMORY_MB}"
+                )))
+            }
+            Some(v) => v as u32,
+        };
+        let timeout_sec = match req.timeout_sec.unwrap_or(0) {
+            t if t <= 0 => 0,
+            t if t < 60 => 60,
+            t => u32::try_from(t).unwrap_or(u32::MAX),
+        };
+        let metadata = validate_metadata(req.metadata)?;
+        let templates = self
+            .runtime
+            .list_templates()
+            .await
+            .map_err(ApiError::from)?;
+        if !templates.iter().any(|t| t.name == template) {
+            return Err(ApiError::NotFound(format!("template {template} not found")));
+        }
+
+        let now = Utc::now();
+        let capsule = Capsule {
+            id: ids::new_capsule_id(),
+            status: CapsuleStatus::Starting,
+            template: template.clone(),
+            vcpus,
+            memory_mb,
+            timeout_sec,
+            disk_size_mb: 0,
+            disk_used_mb: None,
+            created_at: now,
+            started_at: None,
+            last_active_at: None,
+            last_updated: now,
+            metadata,
+            error: None,
+        };
+        self.persist(team_id, &capsule).await;
+        let live = self.register(team_id.to_owned(), capsule.clone());
+        self.events.capsule(
+            team_id,
+            &capsule,
+            Action::success(EventKind::CapsuleCreate, actor),
+        );
+        let spec = CapsuleSpec {
+            id: capsule.id.clone(),
+            template,
+            vcpus,
+            memory_mb,
+            pids_limit: PIDS_LIMIT,
+            network: NetworkMode::Egress,
+        };
+        let this = self.clone();
+        tokio::spawn(async move { this.run_create(live, spec).await });
+        Ok(capsule)
+    }
+
+    async fn run_create(self: Arc<Self>, live: Arc<LiveCapsule>, spec: CapsuleSpec) {
+        let _op = live.op.lock().await;
+        let result = self.runtime.create(&spec).await;
+        if live.status() != CapsuleStatus::Starting {
+            // Destroyed meanwhile; the destroy task (waiting on the lock) cleans up.
+            return;
+        }
+        match result {
+            Ok(_) => {
+                let agent_version = live.agent.health().await.map(|h| h.version).ok();
+                let kernel = self.kernel_version.clone();
+                let kind = self.runtime.kind();
+                let rec = self
+                    .transition(
+                        &live,
+                        &[CapsuleStatus::Starting],
+                        CapsuleStatus::Running,
+                        |c| {
+                            let now = Utc::now();
+                            c.started_at = Some(now);
+                            c.last_active_at = Some(now);
+                            let m = c.metadata.get_or_insert_with(BTreeMap::new);
+                            m.insert("kernel_version".into(), kernel);
+                            m.insert("vmm_version".into(), kind.into());
+                            if let Some(v) = agent_version {
+                                m.insert("agent_version".into(), v);
+                            }
+                        },
+                    )
+                    .await;
+                if let Ok(rec) = rec {
+                    self.events.capsule(
+                        &live.team_id,
+                        &rec,
+                        Action::success(EventKind::CapsuleCreate, &system_actor()),
+                    );
+                }
+            }
+            Err(e) => {
+                let reason = format!("{:#}", anyhow::Error::from(e));
+                tracing::error!(id = %spec.id, error = %reason, "capsule creation failed");
+                if let Err(e) = self.runtime.destroy(&spec.id).await {
+                    tracing::warn!(id = %spec.id, error = %e, "cleanup after failed create");
+                }
+                self.fail(&live, EventKind::CapsuleCreate, reason).await;
+            }
+        }
+    }
+
+    async fn fail(&self, live: &LiveCapsule, kind: EventKind, reason: String) {
+        let r = reason.clone();
+        if let Ok(rec) = self
+            .transition(live, &[], CapsuleStatus::Error, |c| c.error = Some(r))
+            .await
+        {
+            self.events
+                .capsule(&live.team_id, &rec, Action::failure(kind, reason));
+            self.unregister(&rec.id);
+        }
+    }
+
+    /// The capsule `id` of `team_id`; another team's capsule is a missing one.
+    pub async fn get(&self, team_id: &str, id: &str) -> ApiResult<Capsule> {
+        check_id(id)?;
+        if let Some(live) = self.live_get(id) {
+            if live.team_id == team_id {
+                return Ok(live.snapshot());
+            }
+            return Err(not_found(id));
+        }
+        match self
+            .store
+            .get_capsule(id)
+            .await
+            .map_err(ApiError::internal)?
+        {
+            Some(row) if row.team_id == team_id => Ok(row.capsule),
+            _ => Err(not_found(id)),
+        }
+    }
+
+    /// The team's capsules except stopped and failed ones, newest first.
+    pub fn list(&self, team_id: &str) -> Vec<Capsule> {
+        let mut out: Vec<Capsule> = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|l| l.team_id == team_id)
+            .map(|l| l.snapshot())
+            .filter(|c| !c.status.is_terminal())
+            .collect();
+        out.sort_by_key(|c| std::cmp::Reverse(c.created_at));
+        out
+    }
+
+    fn live_for(&self, team_id: &str, id: &str) -> ApiResult<Arc<LiveCapsule>> {
+        check_id(id)?;
+        match self.live_get(id) {
+            Some(l) if l.team_id == team_id => Ok(l),
+            _ => Err(not_found(id)),
+        }
+    }
+
+    /// Starts pausing; idempotent for a paused capsule.
+    pub async fn pause(
+        self: &Arc<Self>,
+        team_id: &str,
+        id: &str,
+        actor: &Actor,
+    ) -> ApiResult<Capsule> {
+        let live = match self.live_for(team_id, id) {
+            Ok(l) => l,
+            Err(ApiError::NotFound(m)) => return self.not_live(team_id, id, m).await,
+            Err(e) => return Err(e),
+        };
+        if matches!(
+            live.status(),
+            CapsuleStatus::Paused | CapsuleStatus::Pausing
+        ) {
+            return Ok(live.snapshot());
+        }
+        let rec = self
+            .transition(
+                &live,
+                &[CapsuleStatus::Running],
+                CapsuleStatus::Pausing,
+                |_| {},
+            )
+            .await
+            .map_err(|s| not_running(id, s))?;
+        self.events.capsule(
+            team_id,
+            &rec,
+            Action::success(EventKind::CapsulePause, actor),
+        );
+        let this = self.clone();
+        tokio::spawn(async move { this.run_pause(live, None).await });
+        Ok(rec)
+    }
+
+    async fn run_pause(self: Arc<Self>, live: Arc<LiveCapsule>, reason: Option<&'static str>) {
+        let _op = live.op.lock().await;
+        if live.status() != CapsuleStatus::Pausing {
+            return;
+        }
+        let id = live.snapshot().id;
+        let meta = reason.map(|r| BTreeMap::from([("reason".to_owned(), r.to_owned())]));
+        match self.runtime.pause(&id).await {
+            Ok(()) => {
+                if let Ok(rec) = self
+                    .transition(
+                        &live,
+                        &[CapsuleStatus::Pausing],
+                        CapsuleStatus::Paused,
+                        |_| {},
+                    )
+                    .await
+                {
+                    self.flush_one(&live).await;
+                    self.events.capsule(
+                        &live.team_id,
+                        &rec,
+                        Action::success(EventKind::CapsulePause, &system_actor())
+                            .with_metadata(meta),
+                    );
+                }
+            }
+            Err(e) => {
+                let reason = format!("{:#}", anyhow::Error::from(e));
+                tracing::error!(id = %id, error = %reason, "pause failed");
+                if let Ok(rec) = self
+                    .transition(
+                        &live,
+                        &[CapsuleStatus::Pausing],
+                        CapsuleStatus::Running,
+                        |_| {},
+                    )
+                    .await
+                {
+                    self.events.capsule(
+                        &live.team_id,
+                        &rec,
+                        Action::failure(EventKind::CapsulePause, reason).with_metadata(meta),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Starts resuming; idempotent for a running capsule.
+    pub async fn resume(
+        self: &Arc<Self>,
+        team_id: &str,
+        id: &str,
+        actor: &Actor,
+    ) -> ApiResult<Capsule> {
+        let live = match self.live_for(team_id, id) {
+            Ok(l) => l,
+            Err(ApiError::NotFound(m)) => return self.not_live(team_id, id, m).await,
+            Err(e) => return Err(e),
+        };
+        if matches!(
+            live.status(),
+            CapsuleStatus::Running | CapsuleStatus::Resuming
+        ) {
+            return Ok(live.snapshot());
+        }
+        let rec = self
+            .transition(
+                &live,
+                &[CapsuleStatus::Paused],
+                CapsuleStatus::Resuming,
+                |_| {},
+            )
+            .await
+            .map_err(|s| {
+                ApiError::InvalidState(format!("capsule {id} is not paused (status: {s})"))
+            })?;
+        self.events.capsule(
+            team_id,
+            &rec,
+            Action::success(EventKind::CapsuleResume, actor),
+        );
+        let this = self.clone();
+        tokio::spawn(async move { this.run_resume(live).await });
+        Ok(rec)
+    }
+
+    async fn run_resume(self: Arc<Self>, live: Arc<LiveCapsule>) {
+        let _op = live.op.lock().await;
+        if live.status() != CapsuleStatus::Resuming {
+            return;
+        }
+        let id = live.snapshot().id;
+        match self.runtime.resume(&id).await {
+            Ok(()) => {
+                if let Ok(rec) = self
+                    .transition(
+                        &live,
+                        &[CapsuleStatus::Resuming],
+                        CapsuleStatus::Running,
+                        |c| {
+                            let now = Utc::now();
+                            c.started_at = Some(now);
+                            c.last_active_at = Some(now);
+                        },
+                    )
+                    .await
+                {
+                    self.events.capsule(
+                        &live.team_id,
+                        &rec,
+                        Action::success(EventKind::CapsuleResume, &system_actor()),
+                    );
+                }
+            }
+            Err(e) => {
+                let reason = format!("{:#}", anyhow::Error::from(e));
+                tracing::error!(id = %id, error = %reason, "resume failed");
+                if let Ok(rec) = self
+                    .transition(
+                        &live,
+                        &[CapsuleStatus::Resuming],
+                        CapsuleStatus::Paused,
+                        |_| {},
+                    )
+                    .await
+                {
+                    self.events.capsule(
+                        &live.team_id,
+                        &rec,
+                        Action::failure(EventKind::CapsuleResume, reason),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Pause/resume of a capsule that is no longer live: 409 when it exists, else 404.
+    async fn not_live(&self, team_id: &str, id: &str, missing: String) -> ApiResult<Capsule> {
+        match self
+            .store
+            .get_capsule(id)
+            .await
+            .map_err(ApiError::internal)?
+        {
+            Some(row) if row.team_id == team_id => Err(not_running(id, row.capsule.status)),
+            _ => Err(ApiError::NotFound(missing)),
+        }
+    }
+
+    /// Starts destroying; a no-op for stopped or failed capsules.
+    pub async fn destroy(
+        self: &Arc<Self>,
+        team_id: &str,
+        id: &str,
+        actor: &Actor,
+    ) -> ApiResult<()> {
+        let live = match self.live_for(team_id, id) {
+            Ok(l) => l,
+            Err(ApiError::NotFound(m)) => {
+                return match self
+                    .store
+                    .get_capsule(id)
+                    .await
+                    .map_err(ApiError::internal)?
+                {
+                    Some(row) if row.team_id == team_id => Ok(()),
+                    _ => Err(ApiError::NotFound(m)),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        let rec = match self
+            .transition(&live, &[], CapsuleStatus::Stopping, |_| {})
+            .await
+        {
+            Ok(rec) => rec,
+            // Already stopping, stopped or failed.
+            Err(_) => return Ok(()),
+        };
+        self.events.capsule(
+            team_id,
+            &rec,
+            Action::success(EventKind::CapsuleDestroy, actor),
+        );
+        let this = self.clone();
+        tokio::spawn(async move { this.run_destroy(live).await });
+        Ok(())
+    }
+
+    async fn run_destroy(self: Arc<Self>, live: Arc<LiveCapsule>) {
+        let _op = live.op.lock().await;
+        let id = live.snapshot().id;
+        match self.runtime.destroy(&id).await {
+            Ok(()) => {
+                if let Ok(rec) = self
+                    .transition(
+                        &live,
+                        &[CapsuleStatus::Stopping],
+                        CapsuleStatus::Stopped,
+                        |_| {},
+                    )
+                    .await
+                {
+                    self.events.capsule(
+                        &live.team_id,
+                        &rec,
+                        Action::success(EventKind::CapsuleDestroy, &system_actor()),
+                    );
+                }
+                self.unregister(&id);
+            }
+            Err(e) => {
+                let reason = format!("{:#}", anyhow::Error::from(e));
+                tracing::error!(id = %id, error = %reason, "destroy failed");
+                self.fail(&live, EventKind::CapsuleDestroy, reason).await;
+            }
+        }
+    }
+
+    /// The running capsule `id`, for work inside it. Waits (bounded) while it is starting or
+    /// resuming; records activity.
+    pub async fn running(&self, team_id: &str, id: &str) -> ApiResult<Arc<LiveCapsule>> {
+        let live = match self.live_for(team_id, id) {
+            Ok(l) => l,
+            Err(ApiError::NotFound(m)) => {
+                self.not_live(team_id, id, m).await?;
+                unreachable_capsule(id)?
+            }
+            Err(e) => return Err(e),
+        };
+        let mut rx = live.status.subscribe();
+        let waited = tokio::time::timeout(
+            READY_WAIT,
+            rx.wait_for(|s| !matches!(s, CapsuleStatus::Starting | CapsuleStatus::Resuming)),
+        )
+        .await;
+        let status = match waited {
+            Ok(Ok(s)) => *s,
+            _ => live.status(),
+        };
+        if status != CapsuleStatus::Running {
+            return Err(not_running(id, status));
+        }
+        self.touch(&live);
+        Ok(live)
+    }
+
+    /// Records activity on `live` (persisted by [`Capsules::flush_activity`]).
+    pub fn touch(&self, live: &LiveCapsule) {
+        live.record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_active_at = Some(Utc::now());
+        *live.active_dirty.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    }
+
+    async fn flush_one(&self, live: &LiveCapsule) {
+        let rec = live.snapshot();
+        *live.active_dirty.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        self.persist(&live.team_id, &rec).await;
+    }
+
+    /// Writes pending activity times to the store.
+    pub async fn flush_activity(&self) {
+        let touched: Vec<(String, DateTime<Utc>)> = {
+            let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            live.values()
+                .filter_map(|l| {
+                    let mut dirty = l.active_dirty.lock().unwrap_or_else(|p| p.into_inner());
+                    let rec = l.record.lock().unwrap_or_else(|p| p.into_inner());
+                    match (std::mem::take(&mut *dirty), rec.last_active_at) {
+                        (true, Some(at)) => Some((rec.id.clone(), at)),
+                        _ => None,
+                    }
+                })
+                .collect()
+        };
+        if !touched.is_empty() {
+            if let Err(e) = self.store.touch_capsules(touched).await {
+                tracing::warn!(error = %e, "flushing activity failed");
+            }
+        }
+    }
+
+    /// Pauses running capsules idle longer than their `timeout_sec`.
+    pub async fn reap_idle(self: &Arc<Self>) {
+        let now = Utc::now();
+        let idle: Vec<Arc<LiveCapsule>> = {
+            let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            live.values()
+                .filter(|l| {
+                    let c = l.record.lock().unwrap_or_else(|p| p.into_inner());
+                    let since = c.last_active_at.or(c.started_at).unwrap_or(c.created_at);
+                    c.status == CapsuleStatus::Running
+                        && c.timeout_sec > 0
+                        && (now - since).num_seconds() >= i64::from(c.timeout_sec)
+                })
+                .cloned()
+                .collect()
+        };
+        for live in idle {
+            if let Ok(rec) = self
+                .transition(
+                    &live,
+                    &[CapsuleStatus::Running],
+                    CapsuleStatus::Pausing,
+                    |_| {},
+                )
+                .await
+            {
+                let meta = BTreeMap::from([("reason".to_owned(), "ttl_expired".to_owned())]);
+                self.events.capsule(
+                    &live.team_id,
+                    &rec,
+                    Action::success(EventKind::CapsulePause, &system_actor())
+                        .with_metadata(Some(meta)),
+                );
+                let this = self.clone();
+                tokio::spawn(async move { this.run_pause(live, Some("ttl_expired")).await });
+            }
+        }
+    }
+
+    /// Start-up: reconciles the store with what the runtime still has.
+    pub async fn recover(self: &Arc<Self>) -> anyhow::Result<()> {
+        let rows = self.store.live_capsules().await?;
+        let known: Vec<String> = rows.iter().map(|r| r.capsule.id.clone()).collect();
+        let report = self.runtime.recover(&known).await?;
+        let adopted: std::collections::HashSet<String> =
+            report.adopted.iter().map(|h| h.id.clone()).collect();
+        for id in &report.removed {
+            tracing::info!(id = %id, "removed leftovers of an unknown capsule");
+        }
+        for row in rows {
+            let id = row.capsule.id.clone();
+            let status = row.capsule.status;
+            let live = self.register(row.team_id.clone(), row.capsule);
+            if !adopted.contains(&id) {
+                if status == CapsuleStatus::Stopping {
+                    let _ = self
+                        .transition(&live, &[], CapsuleStatus::Stopped, |_| {})
+                        .await;
+                    self.unregister(&id);
+                } else {
+                    tracing::warn!(id = %id, status = %status, "capsule lost while the server was down");
+                    self.fail(
+                        &live,
+                        EventKind::CapsuleStateChanged,
+                        "capsule lost while the server was down".into(),
+                    )
+                    .await;
+                }
+                continue;
+            }
+            match status {
+                CapsuleStatus::Running | CapsuleStatus::Paused => {}
+                CapsuleStatus::Snapshotting | CapsuleStatus::Missing => {
+                    let _ = self
+                        .transition(&live, &[], CapsuleStatus::Running, |_| {})
+                        .await;
+                }
+                CapsuleStatus::Pausing => {
+                    let this = self.clone();
+                    tokio::spawn(async move { this.run_pause(live, None).await });
+                }
+                CapsuleStatus::Resuming => {
+                    let this = self.clone();
+                    tokio::spawn(async move { this.run_resume(live).await });
+                }
+                CapsuleStatus::Pending | CapsuleStatus::Starting => {
+                    let _ = self.runtime.destroy(&id).await;
+                    self.fail(
+                        &live,
+                        EventKind::CapsuleCreate,
+                        "server restarted while the capsule was starting".into(),
+                    )
+                    .await;
+                }
+                CapsuleStatus::Stopping | CapsuleStatus::Hibernated => {
+                    let _ = self
+                        .transition(&live, &[], CapsuleStatus::Stopping, |_| {})
+                        .await;
+                    let this = self.clone();
+                    tokio::spawn(async move { this.run_destroy(live).await });
+                }
+                CapsuleStatus::Stopped | CapsuleStatus::Error => self.unregister(&id),
+            }
+        }
+        Ok(())
+    }
+
+    /// Destroys every live capsule (used by tests and `--destroy-on-exit` style tooling).
+    pub fn live_ids(&self) -> Vec<String> {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+}
+
+fn unreachable_capsule<T>(id: &str) -> ApiResult<T> {
+    Err(not_found(id))
+}
+
+/// 400 for a malformed id.
+pub fn check_id(id: &str) -> ApiResult<()> {
+    if ids::is_capsule_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidRequest(format!(
+            "invalid capsule id {id:?}"
+        )))
+    }
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::NotFound(format!("capsule {id} not found"))
+}
+
+fn not_running(id: &str, status: CapsuleStatus) -> ApiError {
+    ApiError::InvalidState(format!("capsule {id} is not running (status: {status})"))
+}
+
+fn validate_metadata(
+    m: Option<BTreeMap<String, String>>,
+) -> ApiResult<Option<BTreeMap<String, String>>> {
+    let Some(m) = m else { return Ok(None) };
+    if m.len() > 20 {
+        return Err(ApiError::InvalidRequest(
+            "metadata has more than 20 keys".into(),
+        ));
+    }
+    for (k, v) in &m {
+        if !ids::is_safe_name(k) {
+            return Err(ApiError::InvalidRequest(format!(
+                "invalid metadata key {k:?}"
+            )));
+        }
+        if RESERVED_METADATA.contains(&k.as_str()) {
+            return Err(ApiError::InvalidRequest(format!(
+                "metadata key {k:?} is reserved"
+            )));
+        }
+        if v.chars().count() > 64 {
+            return Err(ApiError::InvalidRequest(format!(
+                "metadata value of {k:?} is longer than 64 characters"
+            )));
+        }
+    }
+    Ok(if m.is_empty() { None } else { Some(m) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_states_have_no_way_out() {
+        use CapsuleStatus::*;
+        for to in [
+            Pending,
+            Starting,
+            Running,
+            Pausing,
+            Paused,
+            Snapshotting,
+            Resuming,
+            Stopping,
+            Hibernated,
+            Stopped,
+            Missing,
+            Error,
+        ] {
+            assert!(!can_transition(Stopped, to));
+            assert!(!can_transition(Error, to));
+        }
+        assert!(can_transition(Running, Pausing));
+        assert!(!can_transition(Running, Resuming));
+        assert!(!can_transition(Paused, Running));
+    }
+
+    #[test]
+    fn metadata_rules() {
+        let ok = BTreeMap::from([("team".to_owned(), "a".to_owned())]);
+        assert!(validate_metadata(Some(ok)).is_ok());
+        let reserved = BTreeMap::from([("agent_version".to_owned(), "x".to_owned())]);
+        assert!(validate_metadata(Some(reserved)).is_err());
+        let long = BTreeMap::from([("k".to_owned(), "x".repeat(65))]);
+        assert!(validate_metadata(Some(long)).is_err());
+        let bad_key = BTreeMap::from([("a/b".to_owned(), "x".to_owned())]);
+        assert!(validate_metadata(Some(bad_key)).is_err());
+        let many: BTreeMap<_, _> = (0..21).map(|i| (format!("k{i}"), "v".to_owned())).collect();
+        assert!(validate_metadata(Some(many)).is_err());
+    }
+}
