@@ -212,3 +212,14 @@ pub fn leftovers(data_dir: &Path, id: &str) -> Vec<String> {
     }
     out
 }
+
+/// Runs a foreground command through the agent and returns its result.
+pub async fn exec(
+    c: &Capsule,
+    req: wrenn_types::agent::ExecRequest,
+) -> wrenn_types::agent::ExecResult {
+    match c.client.exec(&req).await.expect("exec request") {
+        wrenn_agent_client::ExecOutcome::Finished(r) => r,
+        other => panic!("unexpected exec outcome {other:?}"),
+    }
+}
