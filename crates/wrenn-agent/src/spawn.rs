@@ -113,7 +113,7 @@ impl SpawnError {
 /// Where the child's stdio goes.
 #[derive(Debug)]
 pub enum ChildIo {
-    /// stdin `/dev/null`, stdout and stderr pipes.
+    /// stdin at EOF, stdout and stderr pipes.
     Pipes,
     /// All three on this PTY slave, which becomes the controlling terminal.
     Pty(std::os::fd::OwnedFd),
@@ -176,7 +176,9 @@ pub fn spawn(reaper: &Reaper, spec: &SpawnSpec, io: ChildIo) -> Result<Spawned, 
     };
     match io {
         ChildIo::Pipes => {
-            cmd.stdin(Stdio::null())
+            // A pipe closed right after spawn rather than /dev/null, which a minimal root
+            // filesystem may lack: reads see EOF either way.
+            cmd.stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
         }
@@ -225,6 +227,8 @@ pub fn spawn(reaper: &Reaper, spec: &SpawnSpec, io: ChildIo) -> Result<Spawned, 
                 source,
             },
         })?;
+    let mut child = child;
+    drop(child.stdin.take());
     Ok(Spawned {
         pid: child.id(),
         child,
