@@ -223,3 +223,17 @@ pub async fn exec(
         other => panic!("unexpected exec outcome {other:?}"),
     }
 }
+
+/// `sh -c script` through the agent, as root, in `/`.
+pub async fn sh(c: &Capsule, script: &str) -> wrenn_types::agent::ExecResult {
+    exec(
+        c,
+        wrenn_types::agent::ExecRequest {
+            cmd: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            cwd: Some("/".into()),
+            ..Default::default()
+        },
+    )
+    .await
+}

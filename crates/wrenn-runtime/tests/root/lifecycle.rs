@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use wrenn_runtime::{NetworkMode, Runtime};
-use wrenn_types::agent::{ExecRequest, ExecResult};
+use wrenn_types::agent::ExecRequest;
 
 use crate::common::*;
 
@@ -26,18 +26,6 @@ async fn busybox_create_health_destroy_leaves_nothing() {
     // Idempotent.
     t.rt.destroy(&id).await.expect("second destroy");
     let _ = Duration::ZERO;
-}
-
-async fn sh(c: &Capsule, script: &str) -> ExecResult {
-    exec(
-        c,
-        ExecRequest {
-            cmd: "/bin/sh".into(),
-            args: vec!["-c".into(), script.into()],
-            ..Default::default()
-        },
-    )
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,4 +9,5 @@
 #[allow(dead_code)] // each test uses a subset
 mod common;
 
+mod isolation;
 mod lifecycle;
