@@ -1,0 +1,9 @@
+//! Integration tests: the real agent binary on a temp socket, driven only through
+//! `wrenn-agent-client`. They assume root (user switching), as CI runs them.
+
+mod common;
+mod exec;
+mod files;
+mod processes;
+mod pty;
+mod streams;

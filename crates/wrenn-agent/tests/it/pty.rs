@@ -1,0 +1,156 @@
+//! PTY sessions: round trip, resize, re-attach with state intact, errors.
+
+use futures_util::SinkExt;
+use serde_json::json;
+use wrenn_agent_client::tokio_tungstenite::tungstenite::Message;
+use wrenn_types::stream::PtyServerMessage;
+
+use crate::common::*;
+
+/// Reads binary output until it contains `needle`; returns everything read.
+async fn read_until(ws: &mut Ws, needle: &str) -> String {
+    let mut seen = String::new();
+    while !seen.contains(needle) {
+        match next_msg(ws).await {
+            Some(Message::Binary(b)) => seen.push_str(&String::from_utf8_lossy(&b)),
+            Some(Message::Text(t)) => {
+                let msg: PtyServerMessage = serde_json::from_str(t.as_str()).expect("json");
+                assert_eq!(msg, PtyServerMessage::Ping, "unexpected control message");
+            }
+            other => panic!("waiting for {needle:?}, got {other:?} after {seen:?}"),
+        }
+    }
+    seen
+}
+
+async fn keys(ws: &mut Ws, s: &str) {
+    ws.send(Message::binary(s.as_bytes().to_vec()))
+        .await
+        .expect("send keys");
+}
+
+#[tokio::test]
+async fn pty_round_trip_resize_and_reattach() {
+    let agent = TestAgent::start().await;
+    let mut ws = agent.client.websocket("/pty").await.expect("ws");
+    send_json(
+        &mut ws,
+        json!({"type":"start","cmd":"/bin/sh","cols":80,"rows":24}),
+    )
+    .await;
+    let PtyServerMessage::Started { tag, pid } = next_json(&mut ws).await else {
+        panic!("started first")
+    };
+    let hex = tag.strip_prefix("pty-").expect("pty- prefix");
+    assert_eq!(hex.len(), 8);
+    let listed = agent.client.processes().await.expect("list");
+    assert!(listed
+        .processes
+        .iter()
+        .any(|p| p.pid == pid && p.tag.as_deref() == Some(tag.as_str())));
+
+    keys(&mut ws, "stty size; echo TERM=$TERM\n").await;
+    read_until(&mut ws, "24 80").await;
+    read_until(&mut ws, "TERM=xterm-256color").await;
+    send_json(&mut ws, json!({"type":"resize","cols":100,"rows":40})).await;
+    send_json(&mut ws, json!({"type":"resize","cols":0,"rows":10})).await;
+    send_json(&mut ws, json!({"type":"pong"})).await;
+    send_json(&mut ws, json!({"type":"bogus"})).await;
+    ws.send(Message::text("not json")).await.expect("send");
+    keys(&mut ws, "stty size\n").await;
+    read_until(&mut ws, "40 100").await;
+    keys(&mut ws, "export X=42; echo set-$X\n").await;
+    read_until(&mut ws, "set-42").await;
+    drop(ws);
+
+    // The shell lives on; re-attach by tag, get the replay, and the state is intact.
+    let mut ws = agent.client.websocket("/pty").await.expect("ws");
+    send_json(&mut ws, json!({"type":"connect","tag":tag})).await;
+    assert_eq!(
+        next_json::<PtyServerMessage>(&mut ws).await,
+        PtyServerMessage::Started {
+            tag: tag.clone(),
+            pid
+        }
+    );
+    read_until(&mut ws, "set-42").await;
+    keys(&mut ws, "echo got-$X\n").await;
+    read_until(&mut ws, "got-42").await;
+
+    send_json(&mut ws, json!({"type":"kill"})).await;
+    loop {
+        match next_msg(&mut ws).await {
+            Some(Message::Binary(_)) => continue,
+            Some(Message::Text(t)) => {
+                match serde_json::from_str::<PtyServerMessage>(t.as_str()).expect("json") {
+                    PtyServerMessage::Exit { exit_code } => {
+                        assert_eq!(exit_code, 137);
+                        break;
+                    }
+                    PtyServerMessage::Ping => continue,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            other => panic!("expected exit, got {other:?}"),
+        }
+    }
+    expect_close(&mut ws).await;
+    let mut ws = agent.client.websocket("/pty").await.expect("ws");
+    send_json(&mut ws, json!({"type":"connect","tag":tag})).await;
+    assert!(matches!(
+        next_json(&mut ws).await,
+        PtyServerMessage::Error { fatal: true, .. }
+    ));
+}
+
+#[tokio::test]
+async fn pty_exit_of_the_shell_ends_the_session() {
+    let agent = TestAgent::start().await;
+    let mut ws = agent.client.websocket("/pty").await.expect("ws");
+    send_json(
+        &mut ws,
+        json!({"type":"start","cmd":"/bin/sh","args":["-c","echo bye; exit 4"]}),
+    )
+    .await;
+    let PtyServerMessage::Started { .. } = next_json(&mut ws).await else {
+        panic!("started first")
+    };
+    read_until(&mut ws, "bye").await;
+    loop {
+        match next_msg(&mut ws).await {
+            Some(Message::Binary(_)) => continue,
+            Some(Message::Text(t)) => {
+                assert_eq!(
+                    serde_json::from_str::<PtyServerMessage>(t.as_str()).expect("json"),
+                    PtyServerMessage::Exit { exit_code: 4 }
+                );
+                break;
+            }
+            other => panic!("expected exit, got {other:?}"),
+        }
+    }
+    expect_close(&mut ws).await;
+}
+
+#[tokio::test]
+async fn pty_rejects_bad_first_messages() {
+    let agent = TestAgent::start().await;
+    let mut ws = agent.client.websocket("/pty").await.expect("ws");
+    send_json(&mut ws, json!({"type":"resize","cols":10,"rows":10})).await;
+    assert_eq!(
+        next_json::<PtyServerMessage>(&mut ws).await,
+        PtyServerMessage::Error {
+            data: "first message must be type 'start' or 'connect'".into(),
+            fatal: true
+        }
+    );
+    expect_close(&mut ws).await;
+
+    let mut ws = agent.client.websocket("/pty").await.expect("ws");
+    send_json(&mut ws, json!({"type":"connect","tag":"pty-00000000"})).await;
+    let PtyServerMessage::Error { data, fatal } = next_json(&mut ws).await else {
+        panic!("error expected")
+    };
+    assert!(fatal && data.contains("not found"), "{data}");
+    expect_close(&mut ws).await;
+}
