@@ -7,7 +7,8 @@
 //!
 //! Once per host: the nft table `inet wrenn` (masquerade for 10.213.0.0/16 leaving through a
 //! non-capsule interface; capsules may not reach RFC1918, link-local, CGNAT nor each other; the
-//! host accepts from capsules only replies and ICMP echo) and `net.ipv4.ip_forward=1`.
+//! host accepts from capsules only replies and ICMP echo, and
+//! rejects the rest so that clients fail fast) and `net.ipv4.ip_forward=1`.
 //!
 //! Slot allocation is host-global, so several runtimes (tests run them in parallel) never clash:
 //! slot `N` is claimed by creating `/run/wrenn-net/<N>` exclusively; the file names the owning
@@ -46,7 +47,8 @@ table inet wrenn {
         type filter hook input priority 0; policy accept;
         iifname "wrv*" ct state established,related accept
         iifname "wrv*" icmp type echo-request accept
-        iifname "wrv*" drop
+        iifname "wrv*" meta l4proto tcp reject with tcp reset
+        iifname "wrv*" reject
     }
     chain postrouting {
         type nat hook postrouting priority 100; policy accept;

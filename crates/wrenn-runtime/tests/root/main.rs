@@ -11,3 +11,6 @@ mod common;
 
 mod isolation;
 mod lifecycle;
+mod limits;
+mod network;
+mod recover;

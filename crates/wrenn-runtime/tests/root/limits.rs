@@ -1,0 +1,108 @@
+//! Resource limits: memory (OOM inside the capsule), pids, cpu quota.
+
+use std::path::Path;
+
+use wrenn_runtime::NetworkMode;
+
+use crate::common::*;
+
+fn cgroup_file(controller: &str, id: &str, file: &str) -> String {
+    std::fs::read_to_string(
+        Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join("wrenn")
+            .join(id)
+            .join(file),
+    )
+    .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_applied_to_the_cgroup() {
+    if !privileged("limits_are_applied_to_the_cgroup") {
+        return;
+    }
+    let t = TestRuntime::new();
+    let c = t
+        .capsule_with("busybox", NetworkMode::Isolated, 96, 48)
+        .await;
+    if Path::new("/sys/fs/cgroup/memory").is_dir() {
+        assert_eq!(
+            cgroup_file("memory", c.id(), "memory.limit_in_bytes").trim(),
+            (96u64 << 20).to_string()
+        );
+        assert_eq!(cgroup_file("pids", c.id(), "pids.max").trim(), "48");
+        assert_eq!(
+            cgroup_file("cpu", c.id(), "cpu.cfs_quota_us").trim(),
+            "100000"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_bomb_is_oom_killed_inside_and_capsule_survives() {
+    if !privileged("memory_bomb_is_oom_killed_inside") {
+        return;
+    }
+    let t = TestRuntime::new();
+    let c = t
+        .capsule_with("busybox", NetworkMode::Isolated, 64, 64)
+        .await;
+    // The shell keeps the whole 256 MiB command substitution in memory.
+    let r = sh(
+        &c,
+        "x=$(head -c 268435456 /dev/zero | tr '\\0' a); echo survived ${#x}",
+    )
+    .await;
+    assert_ne!(r.exit_code, 0, "bomb was not killed: {r:?}");
+    assert!(!r.stdout.contains("survived"), "{r:?}");
+    if Path::new("/sys/fs/cgroup/memory").is_dir() {
+        let oom = cgroup_file("memory", c.id(), "memory.oom_control");
+        assert!(
+            oom.lines()
+                .any(|l| l.starts_with("oom_kill ") && l != "oom_kill 0"),
+            "{oom}"
+        );
+    }
+    let r = sh(&c, "echo alive; cat /proc/1/cmdline | tr '\\0' ' '").await;
+    assert!(r.stdout.starts_with("alive\n/.wrenn/wrenn-agent"), "{r:?}");
+    c.client.health().await.expect("agent healthy after OOM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fork_bomb_stops_at_pids_limit_and_capsule_survives() {
+    if !privileged("fork_bomb_stops_at_pids_limit") {
+        return;
+    }
+    let t = TestRuntime::new();
+    let c = t
+        .capsule_with("busybox", NetworkMode::Isolated, 128, 32)
+        .await;
+    // A subshell forks sleepers until fork fails (ash gives up on a failed fork), then the
+    // outer shell kills everything but the agent with its builtin kill.
+    let r = sh(
+        &c,
+        "(while true; do sleep 60 </dev/null >/dev/null 2>&1 & done) 2>/dev/null; \
+         kill -9 -1; echo cleaned",
+    )
+    .await;
+    assert!(r.stdout.contains("cleaned"), "{r:?}");
+    if Path::new("/sys/fs/cgroup/pids").is_dir() {
+        let ev = cgroup_file("pids", c.id(), "pids.events");
+        assert!(ev.trim() != "max 0", "pids limit never hit: {ev}");
+        let peak = cgroup_file("pids", c.id(), "pids.peak");
+        assert!(peak.trim().parse::<u32>().unwrap_or(0) <= 32, "peak {peak}");
+    }
+    let r = wait_until(std::time::Duration::from_secs(10), || async {
+        let req = wrenn_types::agent::ExecRequest {
+            cmd: "true".into(),
+            ..Default::default()
+        };
+        match c.client.exec(&req).await {
+            Ok(wrenn_agent_client::ExecOutcome::Finished(r)) if r.exit_code == 0 => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(r.is_some(), "capsule did not recover from the fork bomb");
+}

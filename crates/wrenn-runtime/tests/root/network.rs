@@ -1,0 +1,108 @@
+//! Capsule networking. Only addresses this machine owns (veths we create) are ever contacted.
+
+use std::time::Duration;
+
+use wrenn_runtime::NetworkMode;
+
+use crate::common::*;
+
+/// Starts a one-shot `hello` server on port 7000 in the capsule.
+async fn listen(c: &Capsule) {
+    let req = wrenn_types::agent::ExecRequest {
+        cmd: "/bin/sh".into(),
+        args: vec!["-c".into(), "nc -l -p 7000 -e echo hello".into()],
+        background: true,
+        ..Default::default()
+    };
+    c.client.exec(&req).await.expect("start listener");
+}
+
+/// Connects from the host to the capsule's port 7000 and reads what it says.
+async fn host_fetch(c: &Capsule, ip: std::net::Ipv4Addr) -> String {
+    use tokio::io::AsyncReadExt;
+    listen(c).await;
+    let conn = wait_until(Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect((ip, 7000)).await.ok()
+    })
+    .await;
+    let mut s = conn.expect("host connects to capsule");
+    let mut out = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await;
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_capsule_has_address_and_reaches_its_host_veth() {
+    if !privileged("egress_capsule_has_address") {
+        return;
+    }
+    let t = TestRuntime::new();
+    let c = t.capsule("busybox", NetworkMode::Egress).await;
+    let ip = c.handle.ip.expect("egress capsule has an address");
+    let host = t.rt.host_ip(c.id()).expect("host veth address");
+    let r = sh(
+        &c,
+        "ip -4 addr show eth0; ip route; cat /sys/class/net/lo/flags",
+    )
+    .await;
+    assert!(r.stdout.contains(&format!("inet {ip}/30")), "{r:?}");
+    assert!(r.stdout.contains(&format!("default via {host}")), "{r:?}");
+    // lo is up: IFF_UP (0x1) set.
+    let flags = r
+        .stdout
+        .lines()
+        .last()
+        .unwrap_or("0x0")
+        .trim()
+        .trim_start_matches("0x");
+    assert_eq!(u32::from_str_radix(flags, 16).unwrap_or(0) & 1, 1, "{r:?}");
+    // Capsule → its host veth: the host answers (a reset: no service is offered to capsules),
+    // so the address is reachable, and nothing else is.
+    let r = sh(&c, &format!("nc -w 5 {host} 9 </dev/null; echo rc=$?")).await;
+    assert!(r.stderr.contains("refused"), "{r:?}");
+    // Host → capsule over the veth, a full TCP exchange.
+    assert_eq!(host_fetch(&c, ip).await, "hello\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capsules_cannot_reach_each_other() {
+    if !privileged("capsules_cannot_reach_each_other") {
+        return;
+    }
+    let t = TestRuntime::new();
+    let a = t.capsule("busybox", NetworkMode::Egress).await;
+    let b = t.capsule("busybox", NetworkMode::Egress).await;
+    let b_ip = b.handle.ip.expect("ip");
+    // Positive control: the host reaches b's listener.
+    assert_eq!(host_fetch(&b, b_ip).await, "hello\n");
+    listen(&b).await;
+    let r = sh(&a, &format!("nc -w 2 {b_ip} 7000 </dev/null; echo rc=$?")).await;
+    assert!(
+        !r.stdout.contains("hello"),
+        "capsule reached another capsule: {r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_capsule_has_only_loopback() {
+    if !privileged("isolated_capsule_has_only_loopback") {
+        return;
+    }
+    let t = TestRuntime::new();
+    let c = t.capsule("busybox", NetworkMode::Isolated).await;
+    assert!(c.handle.ip.is_none());
+    let r = sh(&c, "ls /sys/class/net; cat /sys/class/net/lo/flags").await;
+    let mut lines = r.stdout.lines();
+    assert_eq!(lines.next(), Some("lo"), "{r:?}");
+    let flags = lines
+        .next()
+        .unwrap_or("0x0")
+        .trim()
+        .trim_start_matches("0x");
+    assert_eq!(
+        u32::from_str_radix(flags, 16).unwrap_or(0) & 1,
+        1,
+        "lo down: {r:?}"
+    );
+    assert_eq!(lines.next(), None, "{r:?}");
+}
