@@ -33,6 +33,15 @@ impl TestAgent {
 
     /// Starts the agent, optionally as `uid` (its own gid too).
     pub async fn start_as(uid: Option<u32>) -> Self {
+        Self::spawn(uid, &[]).await
+    }
+
+    /// Starts the agent as root with extra arguments.
+    pub async fn start_with(args: &[&str]) -> Self {
+        Self::spawn(None, args).await
+    }
+
+    async fn spawn(uid: Option<u32>, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
             .expect("chmod temp dir");
@@ -40,6 +49,7 @@ impl TestAgent {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wrenn-agent"));
         cmd.arg("--socket")
             .arg(&socket)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .env("WRENN_AGENT_LOG", "warn");
