@@ -1,0 +1,179 @@
+"""Capsule lifecycle through the official SDK: create, info, list, pause/resume, destroy."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+from wrenn import Capsule
+from wrenn.exceptions import WrennNotFoundError
+from wrenn.models import Status
+
+from conftest import BUSYBOX, ID_RE, MINIMAL, poll
+
+
+def test_create_wait_info_and_list(capsule):
+    assert ID_RE.match(capsule.capsule_id), capsule.capsule_id
+    # The create response itself must already be a parseable Capsule.
+    assert capsule.info is not None
+
+    info = capsule.get_info()
+    assert info.id == capsule.capsule_id
+    assert info.status == Status.running
+    assert info.template == BUSYBOX
+    assert isinstance(info.vcpus, int) and info.vcpus > 0
+    assert isinstance(info.memory_mb, int) and info.memory_mb > 0
+    assert isinstance(info.created_at, datetime) and info.created_at.tzinfo is not None
+    assert info.started_at is not None and info.started_at.tzinfo is not None
+    assert info.started_at >= info.created_at
+    assert capsule.is_running()
+
+    # Static form of get_info.
+    assert Capsule.get_info(capsule.capsule_id).id == capsule.capsule_id
+
+    listed = {c.id: c for c in Capsule.list()}
+    assert capsule.capsule_id in listed
+    assert listed[capsule.capsule_id].status == Status.running
+
+
+def test_create_response_is_async_or_sync(server, make_capsule):
+    """§5.1: 202 + starting (or v0.1.5-style running); wait=False must return immediately."""
+    cap = make_capsule(BUSYBOX, wait=False)
+    assert cap.info.status in (Status.starting, Status.pending, Status.running)
+    cap.wait_ready()
+    assert cap.get_info().status == Status.running
+
+
+def test_create_with_resources_and_timeout(make_capsule):
+    cap = make_capsule(BUSYBOX, vcpus=2, memory_mb=256, timeout=10)
+    info = cap.get_info()
+    assert info.vcpus == 2
+    assert info.memory_mb == 256
+    # §4.4: positive values below 60 are clamped to 60.
+    assert info.timeout_sec == 60
+
+
+def test_default_template_is_minimal_alias(make_capsule):
+    """`Capsule()` without a template boots the default template."""
+    cap = make_capsule(template=None)
+    info = cap.get_info()
+    assert info.status == Status.running
+    assert info.template in ("minimal", "minimal-ubuntu")
+
+
+def test_ping(capsule):
+    capsule.ping()
+    info = capsule.get_info()
+    assert info.last_active_at is None or info.last_active_at.tzinfo is not None
+
+
+def test_pause_resume_keeps_state(capsule):
+    capsule.files.write("/tmp/before-pause.txt", "still here")
+    handle = capsule.commands.run("sleep 600", background=True, tag="sleeper")
+    assert handle.pid > 0
+
+    paused = capsule.pause(wait=True)
+    assert paused.status == Status.paused
+    assert capsule.get_info().status == Status.paused
+    # Paused capsules stay in the list.
+    assert capsule.capsule_id in {c.id for c in Capsule.list()}
+
+    resumed = capsule.resume(wait=True)
+    assert resumed.status == Status.running
+
+    assert capsule.files.read("/tmp/before-pause.txt") == "still here"
+    pids = {p.pid for p in capsule.commands.list()}
+    assert handle.pid in pids, f"background sleep {handle.pid} gone after resume: {pids}"
+    r = capsule.commands.run(f"kill -0 {handle.pid} && echo alive")
+    assert r.exit_code == 0 and r.stdout.strip() == "alive", r
+
+
+def test_pause_and_resume_are_idempotent(capsule):
+    """§4.2: pause of a paused capsule and resume of a running one answer 2xx."""
+    capsule.resume()  # running → no-op
+    capsule.pause(wait=True)
+    again = capsule.pause()
+    assert again.status in (Status.paused, Status.pausing)
+    capsule.resume(wait=True)
+    assert capsule.get_info().status == Status.running
+
+
+def test_static_pause_resume_destroy(make_capsule):
+    cap = make_capsule(BUSYBOX)
+    cid = cap.capsule_id
+    assert Capsule.pause(cid, wait=True).status == Status.paused
+    assert Capsule.resume(cid, wait=True).status == Status.running
+    Capsule.destroy(cid, wait=True)
+    _assert_gone(cid)
+
+
+def test_connect_resumes_paused_capsule(capsule):
+    capsule.files.write("/tmp/x", "1")
+    capsule.pause(wait=True)
+    again = Capsule.connect(capsule.capsule_id)
+    try:
+        assert again.get_info().status == Status.running
+        assert again.files.read("/tmp/x") == "1"
+    finally:
+        again._client.close()
+
+
+def test_destroy_wait_then_stopped_or_404(make_capsule):
+    cap = make_capsule(BUSYBOX)
+    cid = cap.capsule_id
+    cap.destroy(wait=True)
+    _assert_gone(cid)
+    assert cid not in {c.id for c in Capsule.list()}
+    # DELETE is idempotent (the SDK retries it): a second destroy must not raise.
+    try:
+        cap.destroy()
+    except WrennNotFoundError:
+        pytest.fail("DELETE of a destroyed capsule must be a 2xx no-op (§5.4)")
+
+
+def test_destroy_paused_capsule(make_capsule):
+    cap = make_capsule(BUSYBOX)
+    cap.pause(wait=True)
+    cap.destroy(wait=True)
+    _assert_gone(cap.capsule_id)
+
+
+def test_minimal_template_boots(minimal_capsule):
+    r = minimal_capsule.commands.run("bash -c 'echo $BASH_VERSION' && python3 -c 'print(6*7)'")
+    assert r.exit_code == 0, r
+    lines = r.stdout.split()
+    assert lines[-1] == "42"
+    assert minimal_capsule.get_info().template == MINIMAL
+
+
+def test_many_capsules_are_independent(make_capsule):
+    caps = [make_capsule(BUSYBOX, wait=False) for _ in range(4)]
+    for i, cap in enumerate(caps):
+        cap.wait_ready()
+        cap.files.write("/tmp/who", str(i))
+    for i, cap in enumerate(caps):
+        assert cap.files.read("/tmp/who") == str(i)
+    assert len({c.capsule_id for c in caps}) == 4
+
+
+def test_snapshots_list_shows_base_templates(wrenn_client):
+    templates = wrenn_client.snapshots.list()
+    bases = [t for t in templates if t.type is not None and t.type.value == "base"]
+    assert bases, f"no base templates in {templates}"
+    names = {t.name for t in bases}
+    assert {BUSYBOX, MINIMAL} <= names, names
+    for t in bases:
+        assert t.created_at is None or t.created_at.tzinfo is not None
+    only_base = wrenn_client.snapshots.list(type="base")
+    assert only_base and all(t.type.value == "base" for t in only_base)
+    assert all(t.type.value == "snapshot" for t in wrenn_client.snapshots.list(type="snapshot"))
+
+
+def _assert_gone(cid: str) -> None:
+    def stopped_or_404():
+        try:
+            return Capsule.get_info(cid).status == Status.stopped
+        except WrennNotFoundError:
+            return True
+
+    poll(stopped_or_404, timeout=30, what=f"{cid} stopped or 404")
