@@ -9,6 +9,8 @@
 #[allow(dead_code)] // each test uses a subset
 mod common;
 
+mod bench;
+
 mod isolation;
 mod lifecycle;
 mod limits;

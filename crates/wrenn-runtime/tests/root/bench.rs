@@ -1,0 +1,22 @@
+//! Runs the runtime benchmark (`WRENN_BENCH_N` capsules, default 20) and prints JSON lines.
+
+use crate::common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_runtime_busybox() {
+    if !privileged("bench_runtime_busybox") {
+        return;
+    }
+    let n = std::env::var("WRENN_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let t = TestRuntime::new();
+    let lines = wrenn_runtime::bench::bench_runtime(&t.rt, n)
+        .await
+        .expect("bench");
+    for l in &lines {
+        println!("{}", serde_json::to_string(l).expect("json"));
+        assert!(l.n > 0);
+    }
+}
