@@ -269,9 +269,8 @@ impl ContainerRuntime {
             let deadline = Instant::now() + KILL_TIMEOUT;
             while sys::pid_exists(pid) && Instant::now() < deadline {
                 match sys::reap_nohang(pid) {
-                    Ok(sys::Reap::Running) | Ok(sys::Reap::NotChild) => {
-                        tokio::time::sleep(Duration::from_millis(1)).await
-                    }
+                    Ok(sys::Reap::Running) => tokio::time::sleep(Duration::from_millis(1)).await,
+                    // Not ours to reap (e.g. re-parented to the host's init after a restart).
                     _ => break,
                 }
             }

@@ -109,10 +109,14 @@ async fn capsule_sees_only_its_own_processes() {
     );
     let r = sh(
         &c,
-        "grep -c . /proc/self/mountinfo; cat /proc/self/status | grep -E 'CapEff|NoNewPrivs'",
+        "grep -c . /proc/self/mountinfo; cat /proc/self/status | grep -E 'CapEff|NoNewPrivs|Seccomp:'",
     )
     .await;
     assert!(r.stdout.contains("NoNewPrivs:\t1"), "{r:?}");
+    assert!(
+        r.stdout.contains("Seccomp:\t2"),
+        "seccomp filter not loaded: {r:?}"
+    );
     // Docker's a80425fb minus CAP_NET_RAW (bit 13) and CAP_MKNOD (bit 27).
     assert!(r.stdout.contains("CapEff:\t00000000a00405fb"), "{r:?}");
 }
