@@ -11,6 +11,11 @@ async fn bench_runtime_busybox() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
+    // RUST_LOG=wrenn_runtime=debug shows each create's phases (prep, launch, ready).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let t = TestRuntime::new();
     let lines = wrenn_runtime::bench::bench_runtime(&t.rt, n)
         .await
