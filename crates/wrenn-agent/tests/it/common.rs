@@ -18,6 +18,9 @@ use wrenn_types::error::AgentErrorCode;
 /// Default deadline of every wait in these tests.
 pub const DEADLINE: Duration = Duration::from_secs(15);
 
+/// Per-message deadline, shorter than [`DEADLINE`] so callers can report context.
+pub const MSG_DEADLINE: Duration = Duration::from_secs(10);
+
 /// A running agent on a temp socket; killed (SIGTERM, then SIGKILL) on drop.
 pub struct TestAgent {
     child: Child,
@@ -192,7 +195,7 @@ pub type Ws = WebSocketStream<UnixStream>;
 /// The next data or close message, skipping pings/pongs; panics after [`DEADLINE`].
 pub async fn next_msg(ws: &mut Ws) -> Option<Message> {
     loop {
-        let msg = tokio::time::timeout(DEADLINE, ws.next())
+        let msg = tokio::time::timeout(MSG_DEADLINE, ws.next())
             .await
             .expect("websocket message within deadline");
         match msg {

@@ -11,7 +11,9 @@ use crate::common::*;
 async fn read_until(ws: &mut Ws, needle: &str) -> String {
     let mut seen = String::new();
     while !seen.contains(needle) {
-        match next_msg(ws).await {
+        let msg = tokio::time::timeout(MSG_DEADLINE / 2, next_msg(ws)).await;
+        let msg = msg.unwrap_or_else(|_| panic!("no {needle:?} within deadline; got {seen:?}"));
+        match msg {
             Some(Message::Binary(b)) => seen.push_str(&String::from_utf8_lossy(&b)),
             Some(Message::Text(t)) => {
                 let msg: PtyServerMessage = serde_json::from_str(t.as_str()).expect("json");
@@ -50,8 +52,9 @@ async fn pty_round_trip_resize_and_reattach() {
         .any(|p| p.pid == pid && p.tag.as_deref() == Some(tag.as_str())));
 
     keys(&mut ws, "stty size; echo TERM=$TERM\n").await;
-    read_until(&mut ws, "24 80").await;
-    read_until(&mut ws, "TERM=xterm-256color").await;
+    // Wait for the last line; everything before it arrived in the same reads.
+    let seen = read_until(&mut ws, "TERM=xterm-256color").await;
+    assert!(seen.contains("24 80"), "{seen:?}");
     send_json(&mut ws, json!({"type":"resize","cols":100,"rows":40})).await;
     send_json(&mut ws, json!({"type":"resize","cols":0,"rows":10})).await;
     send_json(&mut ws, json!({"type":"pong"})).await;
