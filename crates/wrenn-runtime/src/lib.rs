@@ -119,6 +119,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// Host path of the agent socket of capsule `id`.
     fn agent_socket(&self, id: &str) -> PathBuf;
 
+    /// Exit status of the capsule's init when it died on its own (`None` while it runs, and
+    /// for capsules this runtime does not know).
+    fn exit_status(&self, id: &str) -> Option<i32>;
+
     /// Current resource use.
     async fn usage(&self, id: &str) -> Result<ResourceUsage, RuntimeError>;
 

@@ -96,6 +96,7 @@ pub async fn serve(config: ServerConfig, runtime: Arc<dyn Runtime>) -> anyhow::R
         loop {
             tick.tick().await;
             capsules.reap_idle().await;
+            capsules.reap_dead().await;
             capsules.flush_activity().await;
         }
     });

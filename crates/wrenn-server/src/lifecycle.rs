@@ -338,19 +338,23 @@ impl Capsules {
                 if let Err(e) = self.runtime.destroy(&spec.id).await {
                     tracing::warn!(id = %spec.id, error = %e, "cleanup after failed create");
                 }
-                self.fail(&live, EventKind::CapsuleCreate, reason).await;
+                self.fail(&live, Some(EventKind::CapsuleCreate), reason)
+                    .await;
             }
         }
     }
 
-    async fn fail(&self, live: &LiveCapsule, kind: EventKind, reason: String) {
+    /// Moves `live` to `error` with `reason`; publishes `kind` (an action event) as failed.
+    async fn fail(&self, live: &LiveCapsule, kind: Option<EventKind>, reason: String) {
         let r = reason.clone();
         if let Ok(rec) = self
             .transition(live, &[], CapsuleStatus::Error, |c| c.error = Some(r))
             .await
         {
-            self.events
-                .capsule(&live.team_id, &rec, Action::failure(kind, reason));
+            if let Some(kind) = kind {
+                self.events
+                    .capsule(&live.team_id, &rec, Action::failure(kind, reason));
+            }
             self.unregister(&rec.id);
         }
     }
@@ -651,7 +655,8 @@ impl Capsules {
             Err(e) => {
                 let reason = format!("{:#}", anyhow::Error::from(e));
                 tracing::error!(id = %id, error = %reason, "destroy failed");
-                self.fail(&live, EventKind::CapsuleDestroy, reason).await;
+                self.fail(&live, Some(EventKind::CapsuleDestroy), reason)
+                    .await;
             }
         }
     }
@@ -760,6 +765,42 @@ impl Capsules {
         }
     }
 
+    /// Marks capsules whose init died on its own (an OOM kill of the agent, a crash) as
+    /// failed, and frees what the runtime still holds for them.
+    pub async fn reap_dead(self: &Arc<Self>) {
+        let dead: Vec<(Arc<LiveCapsule>, i32)> = {
+            let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            live.values()
+                .filter(|l| matches!(l.status(), CapsuleStatus::Running | CapsuleStatus::Paused))
+                .filter_map(|l| {
+                    let id = l
+                        .record
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .id
+                        .clone();
+                    self.runtime.exit_status(&id).map(|code| (l.clone(), code))
+                })
+                .collect()
+        };
+        for (live, code) in dead {
+            let _op = live.op.lock().await;
+            if !matches!(
+                live.status(),
+                CapsuleStatus::Running | CapsuleStatus::Paused
+            ) {
+                continue;
+            }
+            let id = live.snapshot().id;
+            tracing::warn!(id = %id, exit_code = code, "capsule init exited on its own");
+            if let Err(e) = self.runtime.destroy(&id).await {
+                tracing::warn!(id = %id, error = %e, "cleanup of a dead capsule");
+            }
+            let reason = format!("capsule init exited with status {code}");
+            self.fail(&live, None, reason).await;
+        }
+    }
+
     /// Start-up: reconciles the store with what the runtime still has.
     pub async fn recover(self: &Arc<Self>) -> anyhow::Result<()> {
         let rows = self.store.live_capsules().await?;
@@ -782,12 +823,8 @@ impl Capsules {
                     self.unregister(&id);
                 } else {
                     tracing::warn!(id = %id, status = %status, "capsule lost while the server was down");
-                    self.fail(
-                        &live,
-                        EventKind::CapsuleStateChanged,
-                        "capsule lost while the server was down".into(),
-                    )
-                    .await;
+                    self.fail(&live, None, "capsule lost while the server was down".into())
+                        .await;
                 }
                 continue;
             }
@@ -810,7 +847,7 @@ impl Capsules {
                     let _ = self.runtime.destroy(&id).await;
                     self.fail(
                         &live,
-                        EventKind::CapsuleCreate,
+                        Some(EventKind::CapsuleCreate),
                         "server restarted while the capsule was starting".into(),
                     )
                     .await;

@@ -283,6 +283,10 @@ impl Runtime for ContainerRuntime {
         self.dirs(id).agent_socket()
     }
 
+    fn exit_status(&self, id: &str) -> Option<i32> {
+        self.init_exit(id)
+    }
+
     async fn usage(&self, id: &str) -> Result<ResourceUsage, RuntimeError> {
         self.running(id)?;
         let cg = self.cgroup(id);
