@@ -115,23 +115,41 @@ def iterate_with_deadline(iterable: Iterable[Any], timeout: float) -> Iterator[A
         yield value
 
 
-def ws_unimplemented(exc: BaseException) -> bool:
-    """True if a WebSocket upgrade was refused with 404/501 (endpoint not implemented)."""
+WS_UPGRADE_HEADERS = {
+    "Connection": "Upgrade",
+    "Upgrade": "websocket",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "ZTJlLXRlc3Qta2V5LTEyMw==",
+}
+
+
+def ws_refusal(exc: BaseException) -> httpx.Response:
+    """httpx-ws closes the refused response before we can read it: replay the upgrade request
+    without streaming to get the (JSON) body of the refusal."""
     import httpx_ws
 
-    return isinstance(exc, httpx_ws.WebSocketUpgradeError) and exc.response.status_code in (
-        404,
-        501,
-    )
+    assert isinstance(exc, httpx_ws.WebSocketUpgradeError), exc
+    req = exc.response.request
+    headers = {k: v for k, v in req.headers.items() if k.lower() == "x-api-key"}
+    r = httpx.get(str(req.url), headers={**headers, **WS_UPGRADE_HEADERS}, timeout=30)
+    assert r.status_code == exc.response.status_code, (r.status_code, exc.response.status_code)
+    return r
 
 
 def skip_if_ws_unimplemented(exc: BaseException, what: str) -> None:
-    if ws_unimplemented(exc):
-        body = exc.response.text[:200]  # type: ignore[attr-defined]
-        # An unknown *capsule* is reported in a JSON body; an unknown *route* is the reason
-        # to skip. Only skip when the route itself is missing.
-        if exc.response.status_code == 501 or "route" in body:  # type: ignore[attr-defined]
-            pytest.skip(f"{what} not implemented by the server: {exc.response.status_code} {body}")
+    """Skip (visibly) when a WebSocket route answers 501, or 404 for the route itself (as
+    opposed to a JSON 404 for an unknown capsule)."""
+    import httpx_ws
+
+    if not isinstance(exc, httpx_ws.WebSocketUpgradeError):
+        return
+    status = exc.response.status_code
+    if status == 501:
+        pytest.skip(f"{what} not implemented by the server (501)")
+    if status == 404:
+        body = ws_refusal(exc).text[:200]
+        if "route" in body:
+            pytest.skip(f"{what} not implemented by the server: 404 {body}")
 
 
 def free_port() -> int:
@@ -580,3 +598,75 @@ class PtyReader:
                     f"PTY ended before {pattern!r}; got {self.output[start:][-500:]!r}; "
                     f"controls={self.controls}"
                 )
+
+
+# ─────────────────────────────────────────────────────────────────────────────
+# SSE helper
+# ─────────────────────────────────────────────────────────────────────────────
+
+
+class EventCollector:
+    """Reads ``WrennClient.events.stream()`` in a thread and records every SSEEvent."""
+
+    def __init__(self, api_key: str | None = None) -> None:
+        from wrenn import WrennClient
+
+        self.client = WrennClient(api_key=api_key)
+        self.events: list[Any] = []
+        self.error: BaseException | None = None
+        self.ended = False
+        self._cond = threading.Condition()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        try:
+            for ev in self.client.events.stream():
+                with self._cond:
+                    self.events.append(ev)
+                    self._cond.notify_all()
+        except BaseException as exc:  # noqa: BLE001
+            self.error = exc
+        with self._cond:
+            self.ended = True
+            self._cond.notify_all()
+
+    def wait_for(self, pred: Callable[[Any], bool], timeout: float = 30, what: str = "event"):
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for ev in self.events:
+                    if pred(ev):
+                        return ev
+                if self.ended:
+                    raise AssertionError(
+                        f"event stream ended ({self.error!r}) before {what}; got {self.summary()}"
+                    )
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no {what} within {timeout}s; got {self.summary()}")
+                self._cond.wait(remaining)
+
+    def summary(self) -> list[tuple]:
+        return [
+            (e.event, e.outcome, e.resource.id if e.resource else None) for e in self.events
+        ]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+@pytest.fixture
+def event_collector(server):
+    """``event_collector(api_key=None)`` → connected EventCollector, closed after the test."""
+    made: list[EventCollector] = []
+
+    def make(api_key: str | None = None) -> EventCollector:
+        c = EventCollector(api_key)
+        made.append(c)
+        return c
+
+    try:
+        yield make
+    finally:
+        for c in made:
+            c.close()
