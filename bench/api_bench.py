@@ -87,6 +87,61 @@ def main():
         samples.append((time.perf_counter() - t0) * 1000)
     line("api.file_read_1mib", samples)
 
+    # PTY: a keystroke to `cat` on a terminal comes back as the line discipline's echo.
+    from httpx_ws import connect_ws
+
+    samples = []
+    ws_url = f"/v1/capsules/{cid}/pty"
+    with connect_ws(ws_url, c) as ws:
+        ws.send_text(json.dumps({"type": "start", "cmd": "/bin/cat", "cols": 80, "rows": 24}))
+        while json.loads(ws.receive_text()).get("type") != "started":
+            pass
+        for i in range(a.n * 3):
+            ch = bytes([97 + i % 26])
+            t0 = time.perf_counter()
+            ws.send_bytes(ch)
+            got = b""
+            while ch not in got:
+                m = ws.receive()
+                if isinstance(getattr(m, "data", None), (bytes, bytearray)):
+                    got += m.data
+            samples.append((time.perf_counter() - t0) * 1000)
+        ws.send_text(json.dumps({"type": "kill"}))
+    line("api.pty_echo_roundtrip", samples)
+
+    # Streamed transfer: 256 MiB up (chunked multipart) and down, per run.
+    size = 256 * 1024 * 1024
+    chunk = os.urandom(1024 * 1024)
+    boundary = "wrennbench0123456789abcdef012345"
+
+    def body():
+        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"path\"\r\n\r\n"
+               f"/tmp/big.bin\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+               f"filename=\"upload.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n").encode()
+        for _ in range(size // len(chunk)):
+            yield chunk
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    up, down = [], []
+    runs = max(2, a.n // 10)
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        c.post(f"/v1/capsules/{cid}/files/stream/write", content=body(),
+               headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}).raise_for_status()
+        up.append((time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        got = 0
+        with c.stream("POST", f"/v1/capsules/{cid}/files/stream/read", json={"path": "/tmp/big.bin"}) as r:
+            r.raise_for_status()
+            for b in r.iter_raw(1024 * 1024):
+                got += len(b)
+        assert got == size, got
+        down.append((time.perf_counter() - t0) * 1000)
+    mib = size / (1024 * 1024)
+    line("api.stream_mib_per_s", up + down, size_mib=mib,
+         upload_mib_per_s=round(mib / (statistics.median(up) / 1000), 1),
+         download_mib_per_s=round(mib / (statistics.median(down) / 1000), 1))
+
     c.delete(f"/v1/capsules/{cid}")
 
 
