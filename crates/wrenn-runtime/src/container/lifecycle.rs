@@ -97,6 +97,12 @@ impl ContainerRuntime {
         record
             .save(&dirs.record())
             .map_err(|e| host_err("write capsule.json", id, e))?;
+        if s.network == NetworkMode::Egress {
+            if let Ok(host_conf) = std::fs::read_to_string("/etc/resolv.conf") {
+                dirs.seed_resolv_conf(&host_conf)
+                    .map_err(|e| host_err("write resolv.conf", id, e))?;
+            }
+        }
         let (lower, d2) = (record.lower.clone(), dirs.clone());
         let mount = tokio::task::spawn_blocking(move || d2.mount(&lower));
         let (net_res, mount_res) = tokio::join!(net::create(&record.net), mount);

@@ -40,6 +40,7 @@ table inet wrenn {
     chain forward {
         type filter hook forward priority 0; policy accept;
         iifname "wrv*" oifname "wrv*" drop
+        @DNS@
         iifname "wrv*" ip daddr { 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 169.254.0.0/16, 100.64.0.0/10, 127.0.0.0/8 } drop
         iifname "wrv*" meta nfproto ipv6 drop
     }
@@ -92,9 +93,33 @@ fn slot_addr(slot: u32, host: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 213, 0, 0)) + slot * 4 + host)
 }
 
+/// The ruleset with an exception for the host's own DNS servers: capsules get them in their
+/// `resolv.conf`, and they often sit in a private range the forward chain otherwise drops.
+fn nft_rules(resolv_conf: &str) -> String {
+    let servers: Vec<String> = resolv_conf
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse::<Ipv4Addr>().ok())
+        .filter(|a| !a.is_loopback())
+        .map(|a| a.to_string())
+        .collect();
+    let dns = if servers.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "iifname \"wrv*\" ip daddr {{ {} }} meta l4proto {{ udp, tcp }} th dport 53 accept",
+            servers.join(", ")
+        )
+    };
+    NFT_RULES.replace("@DNS@", &dns)
+}
+
 /// Installs the host-wide nft table and turns on forwarding.
 pub async fn setup_host() -> anyhow::Result<()> {
-    run_stdin("nft", &["-f", "-"], NFT_RULES)
+    let resolv = tokio::fs::read_to_string("/etc/resolv.conf")
+        .await
+        .unwrap_or_default();
+    run_stdin("nft", &["-f", "-"], &nft_rules(&resolv))
         .await
         .context("nft table inet wrenn")?;
     tokio::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
@@ -244,5 +269,22 @@ mod tests {
         assert_eq!(n.host_ip(), Some(Ipv4Addr::new(10, 213, 0, 13)));
         assert_eq!(n.capsule_ip(), Some(Ipv4Addr::new(10, 213, 0, 14)));
         assert_eq!(veth_name(3), "wrv3");
+    }
+}
+
+#[cfg(test)]
+mod nft_tests {
+    use super::nft_rules;
+
+    #[test]
+    fn host_dns_servers_are_let_through_before_private_ranges_drop() {
+        let rules = nft_rules("nameserver 10.255.255.53\nnameserver 127.0.0.53\n");
+        let dns = rules
+            .find("ip daddr { 10.255.255.53 } meta l4proto")
+            .expect("dns rule");
+        let drop = rules.find("ip daddr { 10.0.0.0/8").expect("private drop");
+        assert!(dns < drop, "the exception must come first");
+        assert!(!rules.contains("127.0.0.53"));
+        assert!(!nft_rules("").contains("@DNS@"));
     }
 }

@@ -78,6 +78,20 @@ impl CapsuleDirs {
         sys::mount_overlay(lower, &self.upper(), &self.work(), &self.rootfs())
     }
 
+    /// Seeds the capsule's `/etc/resolv.conf` from the host's, so name resolution works with
+    /// egress. Written into the fresh upper layer (a tree only we have written, so no symlink
+    /// can redirect it) before the overlay is mounted; host loopback resolvers are dropped
+    /// because they are unreachable from the capsule's network namespace. Without a usable
+    /// host resolver the template's own file stays.
+    pub fn seed_resolv_conf(&self, host_conf: &str) -> io::Result<()> {
+        let Some(conf) = capsule_resolv_conf(host_conf) else {
+            return Ok(());
+        };
+        let etc = self.upper().join("etc");
+        std::fs::create_dir(&etc)?;
+        std::fs::write(etc.join("resolv.conf"), conf)
+    }
+
     /// Unmounts everything mounted under the capsule dir (the overlay, and anything a crash left
     /// stacked on it), then removes the dir.
     pub fn remove(&self) -> io::Result<()> {
@@ -111,4 +125,47 @@ pub fn dir_size(p: &Path) -> u64 {
     std::fs::read_dir(p)
         .map(|rd| rd.filter_map(Result::ok).map(|e| dir_size(&e.path())).sum())
         .unwrap_or(0)
+}
+
+/// The host resolver configuration minus loopback nameservers; `None` when no nameserver is
+/// left.
+pub fn capsule_resolv_conf(host_conf: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut servers = 0;
+    for line in host_conf.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() == Some("nameserver") {
+            let addr = words.next().unwrap_or("");
+            let loopback = addr
+                .parse::<std::net::IpAddr>()
+                .map(|a| a.is_loopback())
+                .unwrap_or(true);
+            if loopback {
+                continue;
+            }
+            servers += 1;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    (servers > 0).then_some(out)
+}
+
+#[cfg(test)]
+mod resolv_tests {
+    use super::capsule_resolv_conf;
+
+    #[test]
+    fn loopback_resolvers_are_dropped() {
+        let host = "# generated\nnameserver 127.0.0.53\nnameserver 10.1.2.3\nsearch example\n";
+        let got = capsule_resolv_conf(host).expect("one usable server");
+        assert!(!got.contains("127.0.0.53"));
+        assert!(got.contains("nameserver 10.1.2.3"));
+        assert!(got.contains("search example"));
+        assert_eq!(
+            capsule_resolv_conf("nameserver 127.0.0.53\nnameserver ::1\n"),
+            None
+        );
+        assert_eq!(capsule_resolv_conf(""), None);
+    }
 }
