@@ -1,7 +1,9 @@
 //! The in-capsule agent: PID 1 of the capsule's PID namespace, serving the agent protocol
 //! (see `wrenn_types::agent`) over a unix socket.
 //!
-//! Run with: `wrenn-agent --socket /run/wrenn/agent.sock [--seccomp /run/wrenn/seccomp.bpf]`
+//! Run with: `wrenn-agent --listen-fd 3 [--seccomp /.wrenn/seccomp.bpf]` (in a capsule: the
+//! runtime binds the socket on a host-only path and hands the listening socket over as fd 3), or
+//! `wrenn-agent --socket PATH [--seccomp FILE]` (the agent binds `PATH` itself; host-run tests).
 //!
 //! Startup order matters: the process-wide `prctl`s and the seccomp filter are installed while
 //! the process still has a single thread, so every runtime thread and every child inherits them.
@@ -17,23 +19,36 @@ mod stream;
 mod sys;
 mod users;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 
-const USAGE: &str = "usage: wrenn-agent --socket PATH [--seccomp FILE]";
+const USAGE: &str = "usage: wrenn-agent (--listen-fd N | --socket PATH) [--seccomp FILE]
+
+  --listen-fd N    serve on the already listening unix socket inherited as fd N
+  --socket PATH    bind a unix socket at PATH (a stale file there is replaced)
+  --seccomp FILE   install this classic BPF program (raw sock_filter array) before serving";
+
+/// Where the agent serves.
+#[derive(Debug, PartialEq, Eq)]
+enum Listen {
+    /// Bind this path.
+    Socket(PathBuf),
+    /// Adopt this inherited listening socket.
+    Fd(i32),
+}
 
 #[derive(Debug)]
 struct Args {
-    socket: PathBuf,
+    listen: Listen,
     seccomp: Option<PathBuf>,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
-    let mut socket = None;
+    let mut listen = None;
     let mut seccomp = None;
     while let Some(arg) = args.next() {
         let (key, inline) = match arg.split_once('=') {
@@ -47,7 +62,19 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                 .ok_or_else(|| format!("{key} needs a value"))
         };
         match key.as_str() {
-            "--socket" => socket = Some(PathBuf::from(value()?)),
+            "--socket" | "--listen-fd" if listen.is_some() => {
+                return Err("give exactly one of --socket and --listen-fd".into())
+            }
+            "--socket" => listen = Some(Listen::Socket(PathBuf::from(value()?))),
+            "--listen-fd" => {
+                let v = value()?;
+                let fd = v
+                    .parse::<i32>()
+                    .ok()
+                    .filter(|fd| *fd >= 3)
+                    .ok_or_else(|| format!("--listen-fd needs a fd number >= 3, got {v:?}"))?;
+                listen = Some(Listen::Fd(fd));
+            }
             "--seccomp" => seccomp = Some(PathBuf::from(value()?)),
             "-h" | "--help" => return Err(String::new()),
             "-V" | "--version" => return Err(format!("wrenn-agent {}", env!("CARGO_PKG_VERSION"))),
@@ -55,7 +82,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         }
     }
     Ok(Args {
-        socket: socket.ok_or("--socket is required")?,
+        listen: listen.ok_or("one of --listen-fd and --socket is required")?,
         seccomp,
     })
 }
@@ -115,6 +142,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Claim the inherited listener first: mark it close-on-exec before anything can fork.
+    let inherited = match args.listen {
+        Listen::Fd(fd) => match sys::adopt_listener(fd) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("wrenn-agent: --listen-fd: {}", error_chain(&e));
+                return ExitCode::FAILURE;
+            }
+        },
+        Listen::Socket(_) => None,
+    };
     if let Err(msg) = harden(&args) {
         eprintln!("wrenn-agent: {msg}");
         return ExitCode::FAILURE;
@@ -130,7 +168,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(args)) {
+    match runtime.block_on(serve(args, inherited)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
             eprintln!("wrenn-agent: {msg}");
@@ -139,29 +177,43 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(args: Args) -> Result<(), String> {
-    let state = Arc::new(server::AppState::default());
-    state
-        .reaper
-        .start()
-        .map_err(|e| format!("cannot watch SIGCHLD: {e}"))?;
-    match std::fs::remove_file(&args.socket) {
+/// Binds `path`, replacing a stale socket file.
+fn bind(path: &Path) -> Result<UnixListener, String> {
+    match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => {
             return Err(format!(
                 "cannot remove stale socket {}: {e}",
-                args.socket.display()
+                path.display()
             ))
         }
     }
-    let listener = UnixListener::bind(&args.socket)
-        .map_err(|e| format!("cannot bind {}: {e}", args.socket.display()))?;
+    UnixListener::bind(path).map_err(|e| format!("cannot bind {}: {e}", path.display()))
+}
+
+async fn serve(
+    args: Args,
+    inherited: Option<std::os::unix::net::UnixListener>,
+) -> Result<(), String> {
+    let state = Arc::new(server::AppState::default());
+    state
+        .reaper
+        .start()
+        .map_err(|e| format!("cannot watch SIGCHLD: {e}"))?;
+    let (listener, socket) = match (&args.listen, inherited) {
+        (Listen::Socket(path), _) => (bind(path)?, Some(path.clone())),
+        (Listen::Fd(fd), Some(l)) => (
+            UnixListener::from_std(l).map_err(|e| format!("cannot serve on fd {fd}: {e}"))?,
+            None,
+        ),
+        (Listen::Fd(fd), None) => return Err(format!("fd {fd} was not adopted")),
+    };
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
     let mut sigint =
         signal(SignalKind::interrupt()).map_err(|e| format!("cannot watch SIGINT: {e}"))?;
-    tracing::info!(socket = %args.socket.display(), version = env!("CARGO_PKG_VERSION"), "agent serving");
+    tracing::info!(listen = ?args.listen, version = env!("CARGO_PKG_VERSION"), "agent serving");
     let app = server::app(Arc::clone(&state));
     tokio::select! {
         r = axum::serve(listener, app) => r.map_err(|e| format!("server failed: {e}"))?,
@@ -172,7 +224,10 @@ async fn serve(args: Args) -> Result<(), String> {
     for pid in state.procs.pids() {
         let _ = sys::kill_group(pid, libc::SIGKILL);
     }
-    let _ = std::fs::remove_file(&args.socket);
+    // An inherited socket's path belongs to whoever bound it (the runtime removes it).
+    if let Some(path) = socket {
+        let _ = std::fs::remove_file(path);
+    }
     tracing::info!("agent stopped");
     Ok(())
 }
@@ -188,10 +243,16 @@ mod tests {
     #[test]
     fn parses_arguments() {
         let a = parse(&["--socket", "/s", "--seccomp=/f"]).expect("valid");
-        assert_eq!(a.socket, PathBuf::from("/s"));
+        assert_eq!(a.listen, Listen::Socket(PathBuf::from("/s")));
         assert_eq!(a.seccomp, Some(PathBuf::from("/f")));
+        let a = parse(&["--listen-fd=3"]).expect("valid");
+        assert_eq!(a.listen, Listen::Fd(3));
+        assert_eq!(a.seccomp, None);
         assert!(parse(&[]).is_err());
         assert!(parse(&["--socket"]).is_err());
         assert!(parse(&["--socket", "/s", "--bogus"]).is_err());
+        assert!(parse(&["--listen-fd", "1"]).is_err());
+        assert!(parse(&["--listen-fd", "x"]).is_err());
+        assert!(parse(&["--listen-fd", "3", "--socket", "/s"]).is_err());
     }
 }

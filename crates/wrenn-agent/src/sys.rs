@@ -189,6 +189,83 @@ pub fn set_winsize(fd: BorrowedFd<'_>, cols: u16, rows: u16) -> io::Result<()> {
     Ok(())
 }
 
+/// Why an inherited listening socket (`--listen-fd`) was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenFdError {
+    /// Fds 0-2 are stdio, never a listener.
+    #[error("fd {fd} is stdio, not a listening socket")]
+    Stdio {
+        /// The fd.
+        fd: i32,
+    },
+    /// A syscall on the fd failed (e.g. `EBADF`: not open).
+    #[error("fd {fd}: {step} failed")]
+    Syscall {
+        /// The fd.
+        fd: i32,
+        /// What was being done.
+        step: &'static str,
+        /// Cause.
+        #[source]
+        source: Errno,
+    },
+    /// Open, but not a listening unix stream socket.
+    #[error("fd {fd} is not a listening unix stream socket ({what})")]
+    NotUnixListener {
+        /// The fd.
+        fd: i32,
+        /// What is wrong with it.
+        what: &'static str,
+    },
+}
+
+/// Takes ownership of the listening unix socket inherited at `fd` (`--listen-fd`): checks it is
+/// a listening `AF_UNIX` stream socket, then sets `FD_CLOEXEC` (children must not inherit it)
+/// and `O_NONBLOCK` (tokio needs it).
+///
+/// Call it once per fd, early in `main`, before anything could have closed or reused `fd`.
+pub fn adopt_listener(fd: i32) -> Result<std::os::unix::net::UnixListener, ListenFdError> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+    use nix::sys::socket::{getsockname, getsockopt, sockopt, AddressFamily, SockaddrLike};
+    use nix::sys::socket::{SockType, SockaddrStorage};
+    use std::os::fd::FromRawFd;
+
+    let sys = |step| move |source| ListenFdError::Syscall { fd, step, source };
+    if (0..=2).contains(&fd) {
+        return Err(ListenFdError::Stdio { fd });
+    }
+    // Also proves the fd is open before we claim it.
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(sys("set FD_CLOEXEC"))?;
+    // SAFETY: `fd` is open (F_SETFD just succeeded), is not stdio, and was handed to this process
+    // to own (`--listen-fd`); nothing else in the agent refers to it, and this function is
+    // called once per fd, so the OwnedFd is its only owner.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let addr: SockaddrStorage = getsockname(fd).map_err(sys("getsockname"))?;
+    if addr.family() != Some(AddressFamily::Unix) {
+        return Err(ListenFdError::NotUnixListener {
+            fd,
+            what: "not AF_UNIX",
+        });
+    }
+    if getsockopt(&owned, sockopt::SockType).map_err(sys("getsockopt SO_TYPE"))? != SockType::Stream
+    {
+        return Err(ListenFdError::NotUnixListener {
+            fd,
+            what: "not SOCK_STREAM",
+        });
+    }
+    if !getsockopt(&owned, sockopt::AcceptConn).map_err(sys("getsockopt SO_ACCEPTCONN"))? {
+        return Err(ListenFdError::NotUnixListener {
+            fd,
+            what: "not listening",
+        });
+    }
+    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(sys("get file status flags"))?;
+    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+    fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(sys("set O_NONBLOCK"))?;
+    Ok(std::os::unix::net::UnixListener::from(owned))
+}
+
 /// Sets `O_NONBLOCK` on `fd`.
 pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};

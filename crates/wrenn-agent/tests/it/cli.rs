@@ -1,6 +1,11 @@
 //! Command line and startup hardening.
 
-use std::process::{Command, Stdio};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use wrenn_agent_client::AgentClient;
 
 use crate::common::*;
 
@@ -47,4 +52,147 @@ async fn serves_under_a_seccomp_filter_inherited_by_children() {
         .await;
     assert!(r.stdout.contains("NoNewPrivs:\t1"), "{r:?}");
     assert!(r.stdout.contains("Seccomp:\t2"), "{r:?}");
+}
+
+/// Makes `fd` the child's fd 3 (without close-on-exec), as the runtime's launcher does.
+fn pass_as_fd3(cmd: &mut Command, fd: BorrowedFd<'_>) {
+    let raw = fd.as_raw_fd();
+    // SAFETY: the closure runs between fork and exec and calls only dup2 and fcntl, which are
+    // async-signal-safe; `raw` stays open in the parent until spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if raw == 3 {
+                if libc::fcntl(3, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(raw, 3) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Kills (SIGKILL) and reaps the child on drop.
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn readlink(p: String) -> String {
+    std::fs::read_link(&p)
+        .unwrap_or_else(|e| panic!("readlink {p}: {e}"))
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[tokio::test]
+async fn serves_on_an_inherited_listening_socket() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("host-only.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wrenn-agent"));
+    cmd.args(["--listen-fd", "3"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .env("WRENN_AGENT_LOG", "warn");
+    pass_as_fd3(&mut cmd, listener.as_fd());
+    let mut agent = Reap(cmd.spawn().expect("spawn agent"));
+    // The agent holds the only listening fd from here on.
+    drop(listener);
+    let client = AgentClient::new(path.clone());
+    assert!(
+        wait_until(DEADLINE, || {
+            let c = client.clone();
+            async move { c.health().await.is_ok() }
+        })
+        .await,
+        "agent did not answer on the inherited socket"
+    );
+    let pid = agent.0.id();
+    assert!(readlink(format!("/proc/{pid}/fd/3")).starts_with("socket:"));
+
+    // The listener is close-on-exec in the agent: its children get no socket at all.
+    let r = match client
+        .exec(&sh("for f in /proc/$$/fd/*; do readlink $f; done; true"))
+        .await
+        .expect("exec")
+    {
+        wrenn_agent_client::ExecOutcome::Finished(r) => r,
+        other => panic!("expected a foreground result, got {other:?}"),
+    };
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    assert!(!r.stdout.contains("socket:"), "child fds: {}", r.stdout);
+
+    // On SIGTERM the agent stops but leaves the path alone: whoever bound it owns it.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("sigterm");
+    let mut status = None;
+    for _ in 0..500 {
+        status = agent.0.try_wait().expect("try_wait");
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert!(
+        path.exists(),
+        "the agent removed a socket path it did not bind"
+    );
+}
+
+#[test]
+fn refuses_a_listen_fd_that_is_not_a_listening_unix_socket() {
+    let run = |cmd: &mut Command| {
+        let out = cmd.stdin(Stdio::null()).output().expect("run agent");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let agent = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_wrenn-agent"));
+        c.args(["--listen-fd", "3"]);
+        c
+    };
+    // Nothing open at fd 3 (std opens everything close-on-exec).
+    let (code, err) = run(&mut agent());
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("--listen-fd"), "{err}");
+
+    // A regular file.
+    let file = tempfile::tempfile().expect("file");
+    let mut c = agent();
+    pass_as_fd3(&mut c, file.as_fd());
+    let (code, err) = run(&mut c);
+    assert_eq!(code, Some(1), "{err}");
+
+    // A unix socket that is bound but not listening.
+    let dir = tempfile::tempdir().expect("dir");
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::Stream,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    let addr = nix::sys::socket::UnixAddr::new(&dir.path().join("s")).expect("addr");
+    nix::sys::socket::bind(sock.as_raw_fd(), &addr).expect("bind");
+    let mut c = agent();
+    pass_as_fd3(&mut c, sock.as_fd());
+    let (code, err) = run(&mut c);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not listening"), "{err}");
+
+    // Stdio and junk are refused by the parser.
+    let (code, _) = run(Command::new(env!("CARGO_BIN_EXE_wrenn-agent")).args(["--listen-fd", "0"]));
+    assert_eq!(code, Some(2));
 }
