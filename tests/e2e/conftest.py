@@ -136,6 +136,16 @@ def ws_refusal(exc: BaseException) -> httpx.Response:
     return r
 
 
+def ws_send_text(ws: Any, text: str) -> None:
+    """Send, tolerating a server that already reported an error and closed (allowed for
+    capsule-missing / not-running: the error frame may precede the client's first message)."""
+    import httpx_ws
+    from wsproto.utilities import LocalProtocolError
+
+    with contextlib.suppress(LocalProtocolError, httpx_ws.WebSocketNetworkError):
+        ws.send_text(text)
+
+
 def skip_if_ws_unimplemented(exc: BaseException, what: str) -> None:
     """Skip (visibly) when a WebSocket route answers 501, or 404 for the route itself (as
     opposed to a JSON 404 for an unknown capsule)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 
 import pytest
@@ -9,7 +10,7 @@ from wrenn import Capsule
 from wrenn.exceptions import WrennNotFoundError
 from wrenn.models import Status
 
-from conftest import BUSYBOX, ID_RE, MINIMAL, poll
+from conftest import BUSYBOX, ID_RE, MINIMAL, poll, wait_status
 
 
 def test_create_wait_info_and_list(capsule):
@@ -177,3 +178,117 @@ def _assert_gone(cid: str) -> None:
             return True
 
     poll(stopped_or_404, timeout=30, what=f"{cid} stopped or 404")
+
+
+# ── Wire-level shapes of the lifecycle (raw httpx; the SDK tolerates more) ─────────
+
+
+def _rfc3339_aware(value: str) -> bool:
+    return isinstance(value, str) and datetime.fromisoformat(value.replace("Z", "+00:00")).tzinfo is not None
+
+
+def test_lifecycle_status_codes_and_shapes(api):
+    r = api.post("/v1/capsules", json={"template": BUSYBOX})
+    assert r.status_code == 202, r.text
+    body = r.json()
+    cid = body["id"]
+    try:
+        assert ID_RE.match(cid) and body["status"] == "starting", body
+        for field in ("created_at", "last_updated"):
+            assert _rfc3339_aware(body[field]), (field, body)
+        assert all(v not in ("", None) for k, v in body.items() if k.endswith("_at")), body
+        got = wait_status(api, cid, {"running"})
+        assert _rfc3339_aware(got["started_at"])
+        assert all(isinstance(v, str) for v in (got.get("metadata") or {}).values())
+
+        assert api.post(f"/v1/capsules/{cid}/ping").status_code == 204
+        r = api.post(f"/v1/capsules/{cid}/pause")
+        assert r.status_code == 202 and r.json()["status"] == "pausing", r.text
+        wait_status(api, cid, {"paused"})
+        r = api.post(f"/v1/capsules/{cid}/resume")
+        assert r.status_code == 202 and r.json()["status"] == "resuming", r.text
+        wait_status(api, cid, {"running"})
+    finally:
+        r = api.delete(f"/v1/capsules/{cid}")
+    assert r.status_code == 202 and r.content == b"", (r.status_code, r.text)
+    got = wait_status(api, cid, {"stopped"})
+    assert cid not in {c["id"] for c in api.get("/v1/capsules").json()}
+
+
+def test_stats_usage_metrics(wrenn_client, capsule):
+    stats = wrenn_client.capsules.stats()
+    assert stats.range is not None and stats.range.value == "1h"
+    assert stats.current.running_count >= 1
+    assert wrenn_client.capsules.stats(range="24h").range.value == "24h"
+    usage = wrenn_client.capsules.usage()
+    assert usage.points is not None and usage.from_ <= usage.to
+    m = wrenn_client.capsules.metrics(capsule.capsule_id)
+    assert m.range.value == "10m" and m.sandbox_id == capsule.capsule_id
+    capsule.pause(wait=True)
+    wrenn_client.capsules.metrics(capsule.capsule_id, range="2h")  # paused → persisted samples
+    from wrenn.exceptions import WrennValidationError
+
+    with pytest.raises(WrennValidationError):
+        wrenn_client.capsules.stats(range="7y")
+
+
+# ── Snapshots (§9) ─────────────────────────────────────────────────────────────
+
+
+def test_snapshot_create_boot_delete(wrenn_client, make_capsule):
+    src = make_capsule(BUSYBOX)
+    src.files.write("/root/snap.txt", "from the snapshot")
+    name = "e2e-snap-" + src.capsule_id[-6:]
+    tpl = src.create_snapshot(name=name)
+    try:
+        # Sync (201 Template) or async (202 Capsule snapshotting): wait for it to be listed.
+        poll(lambda: name in {t.name for t in wrenn_client.snapshots.list(type="snapshot")},
+             timeout=60, what=f"snapshot {name} listed")
+        assert tpl is not None
+        # The source capsule keeps working (returns to its previous state).
+        poll(lambda: src.get_info().status == Status.running, timeout=30, what="source running")
+        assert src.commands.run("echo ok").stdout == "ok\n"
+
+        child = make_capsule(name)
+        assert child.files.read("/root/snap.txt") == "from the snapshot"
+
+        from wrenn.exceptions import WrennConflictError
+
+        with pytest.raises(WrennConflictError):
+            src.create_snapshot(name=name)
+        src.create_snapshot(name=name, overwrite=True)
+    finally:
+        with contextlib.suppress(WrennNotFoundError):
+            wrenn_client.snapshots.delete(name)
+    assert name not in {t.name for t in wrenn_client.snapshots.list()}
+
+
+def test_snapshot_delete_errors(wrenn_client):
+    from wrenn.exceptions import WrennForbiddenError
+
+    with pytest.raises(WrennNotFoundError):
+        wrenn_client.snapshots.delete("no-such-snapshot")
+    with pytest.raises(WrennForbiddenError):
+        wrenn_client.snapshots.delete(BUSYBOX)
+
+
+# ── Inactivity TTL (§4.4) ──────────────────────────────────────────────────────
+
+
+@pytest.mark.slow
+def test_inactivity_ttl_auto_pauses(make_capsule, event_collector):
+    events = event_collector()
+    events.wait_for(lambda e: e.event.value == "connected", what="connected frame")
+    cap = make_capsule(BUSYBOX, timeout=1)  # clamped to 60 s
+    assert cap.get_info().timeout_sec == 60
+    poll(lambda: cap.get_info().status == Status.paused, timeout=90, interval=1,
+         what="auto-pause after 60 s of inactivity")
+    ev = events.wait_for(
+        lambda e: e.event.value == "capsule.pause" and e.resource is not None
+        and e.resource.id == cap.capsule_id and e.actor is not None
+        and e.actor.type is not None and e.actor.type.value == "system",
+        timeout=10, what="system capsule.pause event",
+    )
+    assert (ev.metadata or {}).get("reason") == "ttl_expired", ev
+    cap.resume(wait=True)
+    assert cap.get_info().timeout_sec == 60  # resume preserves the TTL

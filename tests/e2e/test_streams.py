@@ -21,6 +21,7 @@ from conftest import (
     rss_bytes,
     skip_if_ws_unimplemented,
     ws_refusal,
+    ws_send_text,
 )
 
 
@@ -214,7 +215,7 @@ def _ws_outcome(client, cid: str, path: str, first: dict) -> tuple:
     """What a client observes: ('upgrade', status) or ('frame', type, fatal)."""
     try:
         with httpx_ws.connect_ws(f"/v1/capsules/{cid}/{path}", client) as ws:
-            ws.send_text(json.dumps(first))
+            ws_send_text(ws, json.dumps(first))
             frame = _first_frame(ws)
             _assert_closes(ws)
             return ("frame", frame.get("type"), frame.get("fatal"))
