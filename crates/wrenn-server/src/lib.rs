@@ -10,6 +10,7 @@ pub mod events;
 pub mod extract;
 pub mod ids;
 pub mod lifecycle;
+pub mod metrics;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -97,6 +98,7 @@ pub async fn serve(config: ServerConfig, runtime: Arc<dyn Runtime>) -> anyhow::R
             tick.tick().await;
             capsules.reap_idle().await;
             capsules.reap_dead().await;
+            capsules.sample().await;
             capsules.flush_activity().await;
         }
     });

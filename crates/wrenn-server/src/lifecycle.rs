@@ -18,6 +18,7 @@ use wrenn_types::api::{Actor, Capsule, CapsuleStatus, CreateCapsuleRequest, Even
 use crate::error::{ApiError, ApiResult};
 use crate::events::{system_actor, Action, EventBus};
 use crate::ids;
+use crate::metrics::{Metrics, Reservation};
 use crate::store::{CapsuleRow, Store};
 
 /// Default template (contract §14; `minimal` is ours).
@@ -99,6 +100,7 @@ pub struct Capsules {
     events: EventBus,
     live: Mutex<HashMap<String, Arc<LiveCapsule>>>,
     kernel_version: String,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Capsules {
@@ -124,6 +126,7 @@ impl Capsules {
             events,
             live: Mutex::new(HashMap::new()),
             kernel_version: kernel_version(),
+            metrics: Metrics::default(),
         })
     }
 
@@ -161,6 +164,63 @@ impl Capsules {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
+        self.metrics.forget(id);
+    }
+
+    /// The metrics store.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Samples the resource use of every running capsule.
+    pub async fn sample(&self) {
+        let running: Vec<(String, Capsule)> = {
+            let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            live.values()
+                .filter(|l| l.status() == CapsuleStatus::Running)
+                .map(|l| (l.team_id.clone(), l.snapshot()))
+                .collect()
+        };
+        let now = Utc::now();
+        let mut teams: HashMap<String, Reservation> = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|l| {
+                (
+                    l.team_id.clone(),
+                    Reservation {
+                        at: now,
+                        running: 0,
+                        vcpus: 0,
+                        memory_mb: 0,
+                    },
+                )
+            })
+            .collect();
+        for (team, c) in running {
+            let r = teams.entry(team.clone()).or_insert(Reservation {
+                at: now,
+                running: 0,
+                vcpus: 0,
+                memory_mb: 0,
+            });
+            r.running += 1;
+            r.vcpus += u64::from(c.vcpus);
+            r.memory_mb += u64::from(c.memory_mb);
+            if let Ok(u) = self.runtime.usage(&c.id).await {
+                self.metrics.record(&team, &c.id, c.vcpus, c.memory_mb, u);
+            }
+        }
+        for (team, r) in teams {
+            self.metrics.record_team(&team, r);
+        }
     }
 
     /// Moves `live` to `to` when its status is one of `from` (all statuses when empty), applies
@@ -722,6 +782,12 @@ impl Capsules {
         if !touched.is_empty() {
             if let Err(e) = self.store.touch_capsules(touched).await {
                 tracing::warn!(error = %e, "flushing activity failed");
+            }
+        }
+        let usage = self.metrics.take_pending();
+        if !usage.is_empty() {
+            if let Err(e) = self.store.add_usage(usage).await {
+                tracing::warn!(error = %e, "recording usage failed");
             }
         }
     }

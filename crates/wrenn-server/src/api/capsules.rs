@@ -97,16 +97,22 @@ pub(super) struct RangeQuery {
     range: Option<String>,
 }
 
-/// `GET /v1/capsules/stats` (contract §5.8): current reservation of the team's capsules.
+/// `GET /v1/capsules/stats` (contract §5.8): the team's reservation now, its peaks over 30
+/// days and a per-minute series over `range` (kept since this server started).
 pub(super) async fn stats(
     State(state): State<AppState>,
     caller: Caller,
     Query(q): Query<RangeQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let range = q.range.unwrap_or_else(|| "1h".into());
-    if !["5m", "1h", "6h", "24h", "30d"].contains(&range.as_str()) {
-        return Err(ApiError::InvalidRequest(format!("invalid range {range:?}")));
-    }
+    let span = match range.as_str() {
+        "5m" => Duration::minutes(5),
+        "1h" => Duration::hours(1),
+        "6h" => Duration::hours(6),
+        "24h" => Duration::hours(24),
+        "30d" => Duration::days(30),
+        _ => return Err(ApiError::InvalidRequest(format!("invalid range {range:?}"))),
+    };
     let running: Vec<Capsule> = state
         .capsules
         .list(&caller.team_id)
@@ -116,12 +122,24 @@ pub(super) async fn stats(
     let count = running.len() as u64;
     let vcpus: u64 = running.iter().map(|c| u64::from(c.vcpus)).sum();
     let mem: u64 = running.iter().map(|c| u64::from(c.memory_mb)).sum();
-    let now = Utc::now();
+    let metrics = state.capsules.metrics();
+    let month = metrics.team_series(&caller.team_id, Duration::days(30));
+    let peak = |f: fn(&crate::metrics::Reservation) -> u64, now: u64| {
+        month.iter().map(f).max().unwrap_or(0).max(now)
+    };
+    let series = metrics.team_series(&caller.team_id, span);
     Ok(Json(serde_json::json!({
         "range": range,
-        "current": {"running_count": count, "vcpus_reserved": vcpus, "memory_mb_reserved": mem, "sampled_at": now},
-        "peaks": {"running_count": count, "vcpus": vcpus, "memory_mb": mem},
-        "series": {"labels": [now], "running": [count], "vcpus": [vcpus], "memory_mb": [mem]},
+        "current": {"running_count": count, "vcpus_reserved": vcpus, "memory_mb_reserved": mem,
+                    "sampled_at": Utc::now()},
+        "peaks": {"running_count": peak(|r| r.running, count), "vcpus": peak(|r| r.vcpus, vcpus),
+                  "memory_mb": peak(|r| r.memory_mb, mem)},
+        "series": {
+            "labels": series.iter().map(|r| r.at).collect::<Vec<_>>(),
+            "running": series.iter().map(|r| r.running).collect::<Vec<_>>(),
+            "vcpus": series.iter().map(|r| r.vcpus).collect::<Vec<_>>(),
+            "memory_mb": series.iter().map(|r| r.memory_mb).collect::<Vec<_>>(),
+        },
     })))
 }
 
@@ -131,13 +149,13 @@ pub(super) struct UsageQuery {
     to: Option<String>,
 }
 
-/// `GET /v1/capsules/usage` (contract §5.9). Usage accounting is not recorded yet: the days
-/// are listed with zero use.
+/// `GET /v1/capsules/usage` (contract §5.9): CPU minutes used and RAM MB·minutes reserved by
+/// the team's running capsules, per UTC day; every day of the range is listed.
 pub(super) async fn usage(
+    State(state): State<AppState>,
     caller: Caller,
     Query(q): Query<UsageQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let _ = caller;
     let parse = |s: &str| {
         NaiveDate::parse_from_str(s, "%Y-%m-%d")
             .map_err(|_| ApiError::InvalidRequest(format!("invalid date {s:?}, want YYYY-MM-DD")))
@@ -158,18 +176,32 @@ pub(super) async fn usage(
             "range is longer than 92 days".into(),
         ));
     }
+    state.capsules.flush_activity().await;
+    let recorded = state
+        .capsules
+        .store()
+        .usage(&caller.team_id, from, to)
+        .await
+        .map_err(ApiError::internal)?;
     let points: Vec<_> = from
         .iter_days()
         .take_while(|d| *d <= to)
-        .map(|d| serde_json::json!({"date": d.to_string(), "cpu_minutes": 0.0, "ram_mb_minutes": 0.0}))
+        .map(|d| {
+            let (cpu, ram) = recorded
+                .iter()
+                .find(|(day, _, _)| *day == d)
+                .map(|(_, c, r)| (*c, *r))
+                .unwrap_or((0.0, 0.0));
+            serde_json::json!({"date": d.to_string(), "cpu_minutes": cpu, "ram_mb_minutes": ram})
+        })
         .collect();
     Ok(Json(
         serde_json::json!({"from": from.to_string(), "to": to.to_string(), "points": points}),
     ))
 }
 
-/// `GET /v1/capsules/{id}/metrics` (contract §5.10): the current sample of a running or
-/// paused capsule.
+/// `GET /v1/capsules/{id}/metrics` (contract §5.10): samples every 2 s while running, kept
+/// (not extended) while paused; averaged into at most 300 points per range.
 pub(super) async fn metrics(
     State(state): State<AppState>,
     caller: Caller,
@@ -178,9 +210,16 @@ pub(super) async fn metrics(
 ) -> ApiResult<Json<serde_json::Value>> {
     check_id(&id)?;
     let range = q.range.unwrap_or_else(|| "10m".into());
-    if !["5m", "10m", "1h", "2h", "6h", "12h", "24h"].contains(&range.as_str()) {
-        return Err(ApiError::InvalidRequest(format!("invalid range {range:?}")));
-    }
+    let span = match range.as_str() {
+        "5m" => Duration::minutes(5),
+        "10m" => Duration::minutes(10),
+        "1h" => Duration::hours(1),
+        "2h" => Duration::hours(2),
+        "6h" => Duration::hours(6),
+        "12h" => Duration::hours(12),
+        "24h" => Duration::hours(24),
+        _ => return Err(ApiError::InvalidRequest(format!("invalid range {range:?}"))),
+    };
     let capsule = state.capsules.get(&caller.team_id, &id).await?;
     if !matches!(
         capsule.status,
@@ -191,15 +230,21 @@ pub(super) async fn metrics(
             capsule.status
         )));
     }
-    let usage = state.capsules.runtime().usage(&id).await?;
-    Ok(Json(serde_json::json!({
-        "sandbox_id": id,
-        "range": range,
-        "points": [{
-            "timestamp_unix": Utc::now().timestamp(),
-            "cpu_pct": 0.0,
-            "mem_bytes": usage.memory_bytes,
-            "disk_bytes": usage.disk_bytes,
-        }],
-    })))
+    let points: Vec<_> = state
+        .capsules
+        .metrics()
+        .points(&id, span)
+        .into_iter()
+        .map(|p| {
+            serde_json::json!({
+                "timestamp_unix": p.at.timestamp(),
+                "cpu_pct": (p.cpu_pct * 100.0).round() / 100.0,
+                "mem_bytes": p.mem_bytes,
+                "disk_bytes": p.disk_bytes,
+            })
+        })
+        .collect();
+    Ok(Json(
+        serde_json::json!({"sandbox_id": id, "range": range, "points": points}),
+    ))
 }

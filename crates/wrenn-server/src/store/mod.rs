@@ -5,6 +5,7 @@
 
 mod capsules;
 mod keys;
+mod usage;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -32,7 +33,8 @@ pub enum StoreError {
 }
 
 /// Ordered schema migrations; entry N brings the schema to version N+1.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE teams (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -64,7 +66,17 @@ CREATE TABLE capsules (
 );
 CREATE INDEX capsules_by_team ON capsules(team_id, created_at);
 CREATE INDEX capsules_by_status ON capsules(status);
-"#];
+"#,
+    r#"
+CREATE TABLE usage_daily (
+    team_id TEXT NOT NULL REFERENCES teams(id),
+    day TEXT NOT NULL,
+    cpu_minutes REAL NOT NULL,
+    ram_mb_minutes REAL NOT NULL,
+    PRIMARY KEY (team_id, day)
+);
+"#,
+];
 
 /// Handle to the store; cheap to clone.
 #[derive(Clone, Debug)]
