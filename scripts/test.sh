@@ -12,7 +12,7 @@ mkdir -p "$WRENN_CACHE"
 
 echo "==> building"
 cargo build --workspace --all-targets
-export WRENN_AGENT="$PWD/$(bash scripts/build-agent.sh | tail -n 1)"
+export WRENN_AGENT="$(bash scripts/build-agent.sh | tail -n 1)"
 export WRENN_BIN="$PWD/target/debug/wrenn"
 
 echo "==> cargo test"
