@@ -11,6 +11,7 @@ pub mod extract;
 pub mod ids;
 pub mod lifecycle;
 pub mod metrics;
+pub mod proxy;
 pub mod store;
 
 use std::net::SocketAddr;

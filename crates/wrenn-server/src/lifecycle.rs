@@ -6,6 +6,7 @@
 //! task re-reads the status after taking it (a destroy may have overtaken a pause).
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -72,6 +73,7 @@ pub struct LiveCapsule {
     op: tokio::sync::Mutex<()>,
     agent: AgentClient,
     active_dirty: Mutex<bool>,
+    ip: Mutex<Option<Ipv4Addr>>,
 }
 
 impl LiveCapsule {
@@ -86,6 +88,20 @@ impl LiveCapsule {
     /// The capsule's agent.
     pub fn agent(&self) -> &AgentClient {
         &self.agent
+    }
+
+    /// The capsule's address on its veth (for the port proxy).
+    pub fn ip(&self) -> Option<Ipv4Addr> {
+        *self.ip.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_ip(&self, ip: Option<Ipv4Addr>) {
+        *self.ip.lock().unwrap_or_else(|p| p.into_inner()) = ip;
+    }
+
+    /// Current status.
+    pub fn current_status(&self) -> CapsuleStatus {
+        self.status()
     }
 
     fn status(&self) -> CapsuleStatus {
@@ -135,6 +151,11 @@ impl Capsules {
         &self.runtime
     }
 
+    /// A live capsule by id, whatever its team (the port proxy's URL is its capability).
+    pub fn live_by_id(&self, id: &str) -> Option<Arc<LiveCapsule>> {
+        self.live_get(id)
+    }
+
     fn live_get(&self, id: &str) -> Option<Arc<LiveCapsule>> {
         self.live
             .lock()
@@ -151,6 +172,7 @@ impl Capsules {
             record: Mutex::new(capsule.clone()),
             op: tokio::sync::Mutex::new(()),
             active_dirty: Mutex::new(false),
+            ip: Mutex::new(None),
         });
         self.live
             .lock()
@@ -362,7 +384,8 @@ impl Capsules {
             return;
         }
         match result {
-            Ok(_) => {
+            Ok(handle) => {
+                live.set_ip(handle.ip);
                 let agent_version = live.agent.health().await.map(|h| h.version).ok();
                 let kernel = self.kernel_version.clone();
                 let kind = self.runtime.kind();
@@ -872,8 +895,11 @@ impl Capsules {
         let rows = self.store.live_capsules().await?;
         let known: Vec<String> = rows.iter().map(|r| r.capsule.id.clone()).collect();
         let report = self.runtime.recover(&known).await?;
-        let adopted: std::collections::HashSet<String> =
-            report.adopted.iter().map(|h| h.id.clone()).collect();
+        let adopted: HashMap<String, Option<Ipv4Addr>> = report
+            .adopted
+            .iter()
+            .map(|h| (h.id.clone(), h.ip))
+            .collect();
         for id in &report.removed {
             tracing::info!(id = %id, "removed leftovers of an unknown capsule");
         }
@@ -881,7 +907,9 @@ impl Capsules {
             let id = row.capsule.id.clone();
             let status = row.capsule.status;
             let live = self.register(row.team_id.clone(), row.capsule);
-            if !adopted.contains(&id) {
+            if let Some(ip) = adopted.get(&id) {
+                live.set_ip(*ip);
+            } else {
                 if status == CapsuleStatus::Stopping {
                     let _ = self
                         .transition(&live, &[], CapsuleStatus::Stopped, |_| {})

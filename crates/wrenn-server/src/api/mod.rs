@@ -62,16 +62,22 @@ fn v1() -> Router<AppState> {
         .route("/events/stream", get(events::stream))
 }
 
-/// The whole router.
+/// The whole router: the port proxy by `Host` first, then the API.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let api = Router::new()
         .route("/health", get(health))
         .route("/openapi.json", get(openapi::document))
         .nest("/v1", v1())
         .nest("/api/v1", v1())
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
+        .with_state(state.clone());
+    Router::new()
+        .fallback_service(api)
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            crate::proxy::route_by_host,
+        ))
 }
 
 async fn health() -> Json<serde_json::Value> {

@@ -1,0 +1,263 @@
+//! Host-based port proxy (contract §11): `{port}-{capsule_id}.{domain}` on the API listener
+//! reaches `port` inside the capsule.
+//!
+//! 1. The `Host` header (port stripped) is matched against `^(\d+)-(cl-[0-9a-z]+)\.`; anything
+//!    else goes to the API router.
+//! 2. Bad port or id → 400; unknown capsule → 404; not running → 409; no address → 503 (plain
+//!    text, as upstream).
+//! 3. The request is forwarded unchanged (method, path, query, body, headers; `Host` rewritten,
+//!    `X-API-Key` removed) over a fresh HTTP/1.1 connection to the capsule's veth address; the
+//!    dial is retried twice (100 ms, 200 ms) to cover a listener that is just starting;
+//!    failures are 502 `proxy error: …` so clients such as the code runner keep retrying.
+//! 4. WebSocket and other upgrades are spliced byte for byte once both sides switched.
+//! 5. `Location` headers pointing at the internal target are made relative.
+//!
+//! The URL is the capability (as upstream v0.1.5): no API key is required, the capsule id is
+//! 128 random bits. Proxy traffic does not count as activity for the inactivity timeout.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use wrenn_types::api::CapsuleStatus;
+
+use crate::ids;
+use crate::AppState;
+
+/// What a `Host` header asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ProxyHost<'a> {
+    /// Not a proxy host: normal API routing.
+    Api,
+    /// A proxy host with a malformed port or id.
+    Invalid(&'static str),
+    /// Port and capsule id.
+    Target(u16, &'a str),
+}
+
+/// Parses a `Host` header value (contract §11 step 1–2).
+pub fn parse_host(host: &str) -> ProxyHost<'_> {
+    let name = host.rsplit_once(':').map_or(host, |(h, p)| {
+        if p.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    let Some((label, rest)) = name.split_once('.') else {
+        return ProxyHost::Api;
+    };
+    if rest.is_empty() {
+        return ProxyHost::Api;
+    }
+    let Some((port, id)) = label.split_once('-') else {
+        return ProxyHost::Api;
+    };
+    let id_ok = id.len() > 3
+        && id.starts_with("cl-")
+        && id[3..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase());
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) || !id_ok {
+        return ProxyHost::Api;
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return ProxyHost::Invalid("invalid port"),
+    }
+    if !ids::is_capsule_id(id) {
+        return ProxyHost::Invalid("invalid capsule id");
+    }
+    ProxyHost::Target(port.parse().unwrap_or(0), id)
+}
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{}\n", msg.into()),
+    )
+        .into_response()
+}
+
+/// Middleware in front of the API router: proxies proxy hosts, passes everything else on.
+pub async fn route_by_host(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("")
+        .to_owned();
+    match parse_host(&host) {
+        ProxyHost::Api => next.run(req).await,
+        ProxyHost::Invalid(why) => text(StatusCode::BAD_REQUEST, why),
+        ProxyHost::Target(port, id) => proxy(&state, port, id, req).await,
+    }
+}
+
+async fn proxy(state: &AppState, port: u16, id: &str, req: Request) -> Response {
+    let Some(live) = state.capsules.live_by_id(id) else {
+        return text(StatusCode::NOT_FOUND, format!("capsule {id} not found"));
+    };
+    let status = live.current_status();
+    if status != CapsuleStatus::Running {
+        return text(
+            StatusCode::CONFLICT,
+            format!("capsule {id} is not running (status: {status})"),
+        );
+    }
+    let Some(ip) = live.ip() else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("capsule {id} has no network address"),
+        );
+    };
+    match forward(ip, port, req).await {
+        Ok(resp) => resp,
+        Err(e) => text(StatusCode::BAD_GATEWAY, format!("proxy error: {e}")),
+    }
+}
+
+async fn dial(addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let mut last = None;
+    for backoff in [100u64, 200, 0] {
+        match tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+            .await
+        {
+            Ok(Ok(s)) => return Ok(s),
+            Ok(Err(e)) => last = Some(e),
+            Err(_) => last = Some(std::io::Error::other("connect timed out")),
+        }
+        if backoff > 0 {
+            tokio::time::sleep(Duration::from_millis(backoff)).await;
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("connect failed")))
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) that are not forwarded, except for upgrades.
+const HOP_BY_HOP: [&str; 7] = [
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+async fn forward(ip: Ipv4Addr, port: u16, mut req: Request) -> Result<Response, String> {
+    let addr = SocketAddr::from((ip, port));
+    let stream = dial(addr).await.map_err(|e| format!("dial {addr}: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake with {addr}: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "proxied connection ended");
+        }
+    });
+
+    let upgrading = req.headers().contains_key(header::UPGRADE);
+    let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    parts.uri = Uri::try_from(path).map_err(|e| e.to_string())?;
+    let target_host = format!("{ip}:{port}");
+    let headers = &mut parts.headers;
+    headers.remove("x-api-key");
+    for h in HOP_BY_HOP {
+        headers.remove(h);
+    }
+    if !upgrading {
+        headers.remove(header::CONNECTION);
+    }
+    headers.insert(
+        header::HOST,
+        HeaderValue::from_str(&target_host).map_err(|e| e.to_string())?,
+    );
+    let upstream_req = Request::from_parts(parts, body);
+    let mut resp = sender
+        .send_request(upstream_req)
+        .await
+        .map_err(|e| format!("request to {addr}: {e}"))?;
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        if let Some(client_upgrade) = client_upgrade {
+            tokio::spawn(async move {
+                let (client, upstream) = match tokio::join!(client_upgrade, upstream_upgrade) {
+                    (Ok(c), Ok(u)) => (c, u),
+                    _ => return,
+                };
+                let mut client = TokioIo::new(client);
+                let mut upstream = TokioIo::new(upstream);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+        let (parts, _) = resp.into_parts();
+        return Ok(Response::from_parts(parts, Body::empty()));
+    }
+
+    let internal = [format!("http://{target_host}"), format!("http://{ip}")];
+    if let Some(loc) = resp
+        .headers()
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        if let Some(rest) = internal.iter().find_map(|p| loc.strip_prefix(p.as_str())) {
+            let relative = if rest.is_empty() { "/" } else { rest };
+            if let Ok(v) = HeaderValue::from_str(relative) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+        }
+    }
+    let (mut parts, body) = resp.into_parts();
+    for h in HOP_BY_HOP {
+        parts.headers.remove(h);
+    }
+    Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_told_apart() {
+        let id = "cl-0123456789abcdefghijklmno";
+        assert_eq!(
+            parse_host(&format!("8888-{id}.localhost:8080")),
+            ProxyHost::Target(8888, id)
+        );
+        assert_eq!(
+            parse_host(&format!("80-{id}.wrenn.dev")),
+            ProxyHost::Target(80, id)
+        );
+        assert_eq!(parse_host("127.0.0.1:8080"), ProxyHost::Api);
+        assert_eq!(parse_host("localhost"), ProxyHost::Api);
+        assert_eq!(parse_host("app.wrenn.dev"), ProxyHost::Api);
+        assert_eq!(
+            parse_host(&format!("0-{id}.x")),
+            ProxyHost::Invalid("invalid port")
+        );
+        assert_eq!(
+            parse_host(&format!("70000-{id}.x")),
+            ProxyHost::Invalid("invalid port")
+        );
+        assert_eq!(
+            parse_host("80-cl-abc.x"),
+            ProxyHost::Invalid("invalid capsule id")
+        );
+    }
+}
