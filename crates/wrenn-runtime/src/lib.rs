@@ -116,7 +116,8 @@ pub trait Runtime: Send + Sync + 'static {
     /// remains of dead ones and removes everything else this runtime once made.
     async fn recover(&self, known: &[String]) -> Result<RecoveryReport, RuntimeError>;
 
-    /// Host path of the agent socket of capsule `id`.
+    /// Host path of the agent socket of capsule `id`. Backends must hand out a path the capsule
+    /// cannot see or replace (the server connects to it and sends capsule-controlled bytes).
     fn agent_socket(&self, id: &str) -> PathBuf;
 
     /// Exit status of the capsule's init when it died on its own (`None` while it runs, and

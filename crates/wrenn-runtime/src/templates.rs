@@ -219,16 +219,7 @@ fn build_busybox(rootfs: &Path) -> anyhow::Result<()> {
 /// What every template gets: users, /tmp 1777, /root, /run and our mount points.
 fn common_fixups(rootfs: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    for d in [
-        "tmp",
-        "root",
-        "run/wrenn",
-        ".wrenn",
-        "proc",
-        "sys",
-        "dev",
-        "etc",
-    ] {
+    for d in ["tmp", "root", "run", ".wrenn", "proc", "sys", "dev", "etc"] {
         std::fs::create_dir_all(rootfs.join(d)).with_context(|| format!("mkdir {d}"))?;
     }
     std::fs::set_permissions(rootfs.join("tmp"), std::fs::Permissions::from_mode(0o1777))?;

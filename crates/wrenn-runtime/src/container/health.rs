@@ -1,7 +1,9 @@
 //! Readiness probe: a raw `GET /health` over the agent's unix socket.
 //!
 //! Deliberately tiny (no agent-client dependency): connect, write one HTTP/1.1 request with
-//! `Connection: close`, read the status line.
+//! `Connection: close`, read the status line. The socket is bound and listening before the
+//! agent runs (the launcher binds it), so a connect can succeed long before the agent accepts:
+//! each probe is bounded by what is left of the deadline.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -37,7 +39,8 @@ pub async fn wait_ready(
     let mut backoff = Duration::from_micros(250);
     loop {
         if socket.exists() {
-            if let Ok(true) = probe(socket).await {
+            let left = deadline.saturating_sub(start.elapsed());
+            if let Ok(Ok(true)) = tokio::time::timeout(left, probe(socket)).await {
                 return Ok(start.elapsed());
             }
         }

@@ -8,19 +8,35 @@
 //! Exchange (one shot, over the launcher's stdin/stdout):
 //! 1. The runtime spawns the launcher with stdin and stdout as pipes, stderr inherited.
 //! 2. The runtime writes one JSON [`LaunchRequest`] and closes stdin.
-//! 3. The launcher builds and starts the container (detached; the container's own stdio is
+//! 3. The launcher binds the agent's listening socket at [`LaunchRequest::agent_socket`] (a
+//!    host-only path: the capsule never sees it and so cannot swap it for a symlink), moves it
+//!    to fd [`AGENT_LISTEN_FD`] without close-on-exec, and has libcontainer preserve exactly
+//!    that one fd (`with_preserved_fds(1)`: fds 0-2 are /dev/null, fd 3 survives, every higher
+//!    fd is made close-on-exec in the init before it execs the agent with `--listen-fd 3`).
+//! 4. The launcher builds and starts the container (detached; the container's own stdio is
 //!    /dev/null, never the reply pipe, so nothing keeps that pipe open after the launcher exits).
-//! 4. The launcher writes one JSON [`LaunchReply`] line to stdout and exits 0 (1 on error).
+//! 5. The launcher writes one JSON [`LaunchReply`] line to stdout and exits 0 (1 on error),
+//!    closing its copy of the listener: from then on only the agent holds it, and the socket
+//!    file stays bound (connectable) for as long as the agent lives.
+//!
+//! The runtime removes `LISTEN_FDS`/`LISTEN_PID` from the launcher's environment: libcontainer
+//! would otherwise preserve that many more fds into the capsule.
 //!
 //! The container init re-parents to the nearest subreaper (the runtime's process) once the
 //! launcher and libcontainer's intermediate process have exited.
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use serde::{Deserialize, Serialize};
+
+use super::sys;
+
+/// The fd number at which the capsule's init (the agent) inherits its listening socket.
+pub const AGENT_LISTEN_FD: i32 = 3;
 
 /// What to start.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,6 +48,8 @@ pub struct LaunchRequest {
     pub bundle: PathBuf,
     /// libcontainer state root.
     pub root: PathBuf,
+    /// Host path to bind the agent's listening socket at (must not exist yet).
+    pub agent_socket: PathBuf,
 }
 
 /// Result of one launch.
@@ -90,10 +108,27 @@ fn read_request() -> Result<LaunchRequest, BoxError> {
     Ok(serde_json::from_str(&buf)?)
 }
 
+/// Binds the agent socket (mode 0600) and moves the listener to [`AGENT_LISTEN_FD`].
+fn bind_agent_socket(path: &Path) -> Result<OwnedFd, BoxError> {
+    use std::os::unix::fs::PermissionsExt;
+    let listener = std::os::unix::net::UnixListener::bind(path)
+        .map_err(|e| format!("bind agent socket {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("chmod agent socket {}: {e}", path.display()))?;
+    // SAFETY: the launcher is single-threaded and has opened nothing else yet besides this
+    // listener; std opens stdio only, so no owner of fd 3 exists in this process (an fd 3
+    // inherited by accident is replaced, which is what we want).
+    let fd = unsafe { sys::install_fd_at(OwnedFd::from(listener), AGENT_LISTEN_FD) }
+        .map_err(|e| format!("move agent socket to fd {AGENT_LISTEN_FD}: {e}"))?;
+    Ok(fd)
+}
+
 fn launch(req: &LaunchRequest) -> Result<i32, BoxError> {
     use libcontainer::container::builder::ContainerBuilder;
     use libcontainer::syscall::syscall::SyscallType;
 
+    // First, before anything else takes fd 3. Kept open until the container init exists.
+    let _listener = bind_agent_socket(&req.agent_socket)?;
     let null = || {
         std::fs::OpenOptions::new()
             .read(true)
@@ -106,6 +141,8 @@ fn launch(req: &LaunchRequest) -> Result<i32, BoxError> {
         .with_stdin(null()?)
         .with_stdout(null()?)
         .with_stderr(null()?)
+        // Fds 0-2 plus this many: exactly the listener at AGENT_LISTEN_FD.
+        .with_preserved_fds(AGENT_LISTEN_FD - 2)
         .as_init(&req.bundle)
         .with_systemd(false)
         .with_detach(true)

@@ -116,7 +116,6 @@ impl ContainerRuntime {
             id,
             rootfs: &dirs.rootfs(),
             runtime_dir: &self.inner.cfg.data_dir.join("runtime"),
-            run_dir: &dirs.run(),
             netns: &record.net.netns_path(),
             vcpus: s.vcpus,
             memory_mb: s.memory_mb,
@@ -132,6 +131,7 @@ impl ContainerRuntime {
                 id: id.to_owned(),
                 bundle: dirs.bundle(),
                 root: self.state_root(),
+                agent_socket: dirs.agent_socket(),
             })
             .await
             .map_err(|source| RuntimeError::Launch {
@@ -185,6 +185,10 @@ impl ContainerRuntime {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
+            // libcontainer would preserve LISTEN_FDS more fds into the capsule.
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDNAMES")
             .kill_on_drop(true)
             .spawn()
             .context("spawn launcher")?;
@@ -323,6 +327,15 @@ impl ContainerRuntime {
             let alive = record.as_ref().and_then(|r| {
                 let pid = r.init_pid?;
                 (r.init_start.is_some() && sys::pid_start_time(pid) == r.init_start).then_some(pid)
+            });
+            // A capsule started before the agent socket moved to the host-only path serves on
+            // a socket inside the capsule, which we no longer connect to: not adoptable.
+            let alive = alive.filter(|_| {
+                let ok = dirs.agent_socket().exists();
+                if !ok {
+                    tracing::warn!(capsule = %id, "no host-only agent socket; not adopting");
+                }
+                ok
             });
             match (is_known, alive, record) {
                 (true, Some(pid), Some(record)) => {

@@ -7,7 +7,8 @@
 //! [`seccomp`] (filter compiled once per runtime), [`net`] (netns, veth, nft), [`watch`]
 //! (pidfd exit watch), [`record`] (what recovery reads), [`sys`] (raw syscalls).
 //!
-//! Create: template → network → overlay → bundle → launcher → wait for `GET /health`.
+//! Create: template → network → overlay → bundle → launcher (binds the agent socket on a
+//! host-only path, passes it to the agent as fd 3) → wait for `GET /health`.
 //! Destroy: thaw, kill the cgroup, remove cgroups, unmount, delete libcontainer state, network
 //! and the capsule dir.
 //!

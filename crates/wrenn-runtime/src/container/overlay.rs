@@ -5,9 +5,12 @@
 //!   capsule.json   what recovery needs (see super::record)
 //!   upper/ work/   overlay upper and work dirs
 //!   rootfs/        overlay mount point: lower = template rootfs (never written)
-//!   run/           bind-mounted at /run/wrenn; the agent socket appears here
 //!   bundle/        config.json for libcontainer
+//!   agent.sock     the agent's socket, bound by the launcher; never visible in the capsule
 //! ```
+//!
+//! Nothing here is mounted into the capsule: the capsule's root is the overlay at `rootfs/`
+//! (pivoted into), so it can neither see nor replace `agent.sock`.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -40,17 +43,14 @@ impl CapsuleDirs {
     pub fn rootfs(&self) -> PathBuf {
         self.root.join("rootfs")
     }
-    /// Agent socket dir.
-    pub fn run(&self) -> PathBuf {
-        self.root.join("run")
-    }
     /// OCI bundle dir.
     pub fn bundle(&self) -> PathBuf {
         self.root.join("bundle")
     }
-    /// Host path of the agent socket.
+    /// Host path of the agent socket (outside the capsule's root, so the capsule cannot touch
+    /// it).
     pub fn agent_socket(&self) -> PathBuf {
-        self.run().join("agent.sock")
+        self.root.join("agent.sock")
     }
     /// Recovery record.
     pub fn record(&self) -> PathBuf {
@@ -61,13 +61,7 @@ impl CapsuleDirs {
     pub fn create(&self) -> io::Result<()> {
         std::fs::create_dir_all(self.root.parent().unwrap_or(Path::new("/")))?;
         std::fs::create_dir(&self.root)?;
-        for d in [
-            self.upper(),
-            self.work(),
-            self.rootfs(),
-            self.run(),
-            self.bundle(),
-        ] {
+        for d in [self.upper(), self.work(), self.rootfs(), self.bundle()] {
             std::fs::create_dir(d)?;
         }
         Ok(())

@@ -10,6 +10,10 @@
 //! (+swap, same value, so no swap) and pids limits under `/wrenn/<id>`; the agent as PID 1
 //! with stdio on /dev/null. No seccomp section: the agent installs the precompiled filter
 //! itself (see [`super::seccomp`]).
+//!
+//! No host dir is writable from the capsule: the agent does not bind its socket, it serves on
+//! the listening socket the launcher bound on a host-only path and passed as fd
+//! [`AGENT_LISTEN_FD`] (see [`super::launcher`]).
 
 use std::path::Path;
 
@@ -17,10 +21,7 @@ use serde_json::{json, Value};
 
 /// In-capsule path of the read-only runtime dir (agent binary, seccomp program).
 pub const RUNTIME_MOUNT: &str = "/.wrenn";
-/// In-capsule dir holding the agent socket.
-pub const RUN_MOUNT: &str = "/run/wrenn";
-/// In-capsule agent socket path.
-pub const AGENT_SOCKET_IN_CAPSULE: &str = "/run/wrenn/agent.sock";
+pub use super::launcher::AGENT_LISTEN_FD;
 
 /// Docker's default capability set without CAP_NET_RAW (raw sockets must fail) and CAP_MKNOD.
 pub const CAPABILITIES: &[&str] = &[
@@ -71,8 +72,6 @@ pub struct SpecInput<'a> {
     pub rootfs: &'a Path,
     /// Host dir bind-mounted read-only at [`RUNTIME_MOUNT`].
     pub runtime_dir: &'a Path,
-    /// Host dir bind-mounted at [`RUN_MOUNT`].
-    pub run_dir: &'a Path,
     /// Path of the pre-created network namespace.
     pub netns: &'a Path,
     /// Whole CPUs.
@@ -99,7 +98,7 @@ pub fn build(i: &SpecInput<'_>) -> Value {
             "user": { "uid": 0, "gid": 0 },
             "args": [
                 format!("{RUNTIME_MOUNT}/wrenn-agent"),
-                "--socket", AGENT_SOCKET_IN_CAPSULE,
+                "--listen-fd", AGENT_LISTEN_FD.to_string(),
                 "--seccomp", format!("{RUNTIME_MOUNT}/seccomp.bpf"),
             ],
             "env": [
@@ -129,8 +128,6 @@ pub fn build(i: &SpecInput<'_>) -> Value {
               "options": ["nosuid", "noexec", "nodev", "ro"] },
             { "destination": RUNTIME_MOUNT, "type": "bind", "source": i.runtime_dir,
               "options": ["rbind", "ro", "nosuid", "nodev"] },
-            { "destination": RUN_MOUNT, "type": "bind", "source": i.run_dir,
-              "options": ["rbind", "rw", "nosuid", "nodev", "noexec"] },
         ],
         "linux": {
             "namespaces": [
@@ -169,7 +166,6 @@ mod tests {
             id: "cl-test",
             rootfs: Path::new("/tmp/r"),
             runtime_dir: Path::new("/tmp/rt"),
-            run_dir: Path::new("/tmp/run"),
             netns: Path::new("/run/netns/cl-test"),
             vcpus: 2,
             memory_mb: 256,
@@ -188,5 +184,19 @@ mod tests {
         assert!(!caps.contains(&oci_spec::runtime::Capability::NetRaw));
         assert!(!caps.contains(&oci_spec::runtime::Capability::Mknod));
         assert_eq!(spec.hostname().as_deref(), Some("cl-test"));
+        let args = spec.process().as_ref().and_then(|p| p.args().clone());
+        assert_eq!(
+            args.as_deref().and_then(|a| a.get(1..3)),
+            Some(&["--listen-fd".to_owned(), "3".to_owned()][..])
+        );
+        // The only bind mount is the read-only runtime dir: nothing on the host is writable.
+        let binds: Vec<_> = spec
+            .mounts()
+            .iter()
+            .flatten()
+            .filter(|m| m.typ().as_deref() == Some("bind"))
+            .collect();
+        assert_eq!(binds.len(), 1);
+        assert!(binds[0].options().iter().flatten().any(|o| o == "ro"));
     }
 }

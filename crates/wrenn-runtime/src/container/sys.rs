@@ -4,7 +4,7 @@
 //! step context.
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -85,6 +85,27 @@ pub(crate) fn sigkill(pid: i32) -> io::Result<()> {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Moves `fd` to the fd number `target`, without close-on-exec (so an `exec`ed program
+/// inherits it there), and returns the owner of `target`. `fd` is closed unless it already was
+/// `target`.
+///
+/// # Safety
+/// Nothing else in the process may own or use the fd number `target`: if it is open, `dup2(2)`
+/// silently closes and replaces it.
+pub(crate) unsafe fn install_fd_at(fd: OwnedFd, target: RawFd) -> io::Result<OwnedFd> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    if fd.as_raw_fd() == target {
+        fcntl(target, FcntlArg::F_SETFD(FdFlag::empty())).map_err(io::Error::from)?;
+        return Ok(fd);
+    }
+    // dup2 never sets FD_CLOEXEC on the new fd.
+    let got = nix::unistd::dup2(fd.as_raw_fd(), target).map_err(io::Error::from)?;
+    drop(fd);
+    // SAFETY: dup2 just made `got` (== target) refer to the socket; the caller guarantees that
+    // nothing else owns that fd number, so the returned OwnedFd is its only owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(got) })
 }
 
 /// Filesystem magic of the filesystem holding `path` (`statfs(2)`).

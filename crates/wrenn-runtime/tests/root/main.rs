@@ -9,6 +9,7 @@
 #[allow(dead_code)] // each test uses a subset
 mod common;
 
+mod agent_socket;
 mod bench;
 
 mod isolation;
