@@ -81,3 +81,37 @@ async fn recover_cleans_up_dead_known_capsule() {
     assert_eq!(leftovers(&t.data_dir, &id), Vec::<String>::new());
     drop(c);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recover_reconnects_to_the_host_only_socket_and_refuses_capsules_without_one() {
+    if !privileged("recover_refuses_capsules_without_host_socket") {
+        return;
+    }
+    let t = TestRuntime::new();
+    let keep = t.capsule("busybox", NetworkMode::Isolated).await;
+    let old = t.capsule("busybox", NetworkMode::Isolated).await;
+    let (keep_id, old_id) = (keep.id().to_owned(), old.id().to_owned());
+    // As if `old` were started by a runtime that let the agent bind inside the capsule.
+    std::fs::remove_file(&old.handle.agent_socket).expect("remove host socket");
+
+    let rt2 = ContainerRuntime::new(TestRuntime::config(&t.data_dir)).expect("second runtime");
+    let report = rt2
+        .recover(&[keep_id.clone(), old_id.clone()])
+        .await
+        .expect("recover");
+    assert_eq!(report.adopted.len(), 1, "{report:?}");
+    assert_eq!(report.adopted[0].id, keep_id);
+    assert_eq!(report.lost, vec![old_id.clone()], "{report:?}");
+    assert_eq!(leftovers(&t.data_dir, &old_id), Vec::<String>::new());
+
+    // The agent kept its listening fd: a fresh client on the same host path reaches it.
+    let client = wrenn_agent_client::AgentClient::new(rt2.agent_socket(&keep_id));
+    client
+        .health()
+        .await
+        .expect("health via the recovered path");
+    rt2.destroy(&keep_id).await.expect("destroy");
+    assert!(!report.adopted[0].agent_socket.exists(), "socket file left");
+    assert_eq!(leftovers(&t.data_dir, &keep_id), Vec::<String>::new());
+    drop((keep, old));
+}
