@@ -209,6 +209,12 @@ class WrennServer:
             if not p.exists():
                 pytest.exit(f"{var}: {p} does not exist (build it first)", returncode=3)
         self.data_dir = Path(tempfile.mkdtemp(prefix="wrenn-e2e-"))
+        # Run private copies: other people rebuild target/ while the suite runs, and the server
+        # re-executes its own binary (capsule launcher, restarts).
+        bin_dir = self.data_dir / "bin"
+        bin_dir.mkdir()
+        self.bin = Path(shutil.copy2(self.bin, bin_dir / "wrenn"))
+        self.agent = Path(shutil.copy2(self.agent, bin_dir / "wrenn-agent"))
         self.log_path = self.data_dir / "server.log"
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
