@@ -130,6 +130,17 @@ pub trait Runtime: Send + Sync + 'static {
     /// Built-in base template names and the snapshots on disk.
     async fn list_templates(&self) -> Result<Vec<TemplateInfo>, RuntimeError>;
 
+    /// Copies the filesystem of capsule `id` (running or paused) into a new template `name`.
+    /// The capsule is frozen while its tree is copied and left as it was. Processes and memory
+    /// are not part of the template in the container runtime: capsules made from it boot fresh
+    /// on the copied files.
+    async fn snapshot(&self, id: &str, name: &str) -> Result<TemplateInfo, RuntimeError>;
+
+    /// Deletes snapshot template `name`. Base templates and templates a capsule still runs on
+    /// are refused with [`RuntimeError::InvalidState`]; an unknown name is
+    /// [`RuntimeError::TemplateNotFound`].
+    async fn delete_template(&self, name: &str) -> Result<(), RuntimeError>;
+
     /// Makes sure template `name` is on disk, building a built-in base on first use.
     /// [`RuntimeError::TemplateNotFound`] for names that are neither built-in nor on disk.
     async fn ensure_template(&self, name: &str) -> Result<TemplateInfo, RuntimeError>;

@@ -146,6 +146,101 @@ impl Templates {
     }
 }
 
+/// Whether `name` can name a snapshot template on disk (a safe name, up to 128 characters, so
+/// that a server may qualify it with its owner).
+pub fn valid_snapshot_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+        && !BUILTIN.contains(&name)
+}
+
+impl Templates {
+    /// Makes snapshot template `name` from the tree at `src` (copied; `src` may change after).
+    pub async fn create_snapshot(
+        &self,
+        name: &str,
+        src: &Path,
+    ) -> Result<TemplateInfo, RuntimeError> {
+        let err = |source: anyhow::Error| RuntimeError::TemplateBuild {
+            name: name.to_owned(),
+            source,
+        };
+        if !valid_snapshot_name(name) {
+            return Err(err(anyhow::anyhow!("invalid snapshot name")));
+        }
+        if self.dir.join(name).exists() {
+            return Err(RuntimeError::InvalidState {
+                id: name.to_owned(),
+                state: "already exists".into(),
+            });
+        }
+        let (dir, src, n) = (self.dir.clone(), src.to_owned(), name.to_owned());
+        tokio::task::spawn_blocking(move || snapshot_tree(&dir, &src, &n))
+            .await
+            .map_err(|e| err(anyhow::anyhow!("snapshot task: {e}")))?
+            .map_err(err)
+    }
+
+    /// Removes snapshot template `name`.
+    pub async fn delete_snapshot(&self, name: &str) -> Result<(), RuntimeError> {
+        if BUILTIN.contains(&name) {
+            return Err(RuntimeError::InvalidState {
+                id: name.to_owned(),
+                state: "a protected base template".into(),
+            });
+        }
+        if !valid_snapshot_name(name) || self.read_info(name).is_none() {
+            return Err(RuntimeError::TemplateNotFound(name.to_owned()));
+        }
+        let target = self.dir.join(name);
+        // Rename first so the name is free at once and a crash never leaves half a tree.
+        let trash = self
+            .dir
+            .join(format!(".{name}.deleted-{}", std::process::id()));
+        tokio::task::spawn_blocking(move || {
+            std::fs::rename(&target, &trash)?;
+            std::fs::remove_dir_all(&trash)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("delete task: {e}"))
+        .and_then(|r| r.map_err(anyhow::Error::from))
+        .map_err(|source| RuntimeError::Host {
+            id: name.to_owned(),
+            step: "delete template",
+            source,
+        })
+    }
+}
+
+/// Copies `src` into `dir/.name.snap-<pid>/rootfs`, writes its `template.json`, and renames
+/// it to `dir/name` (blocking).
+fn snapshot_tree(dir: &Path, src: &Path, name: &str) -> anyhow::Result<TemplateInfo> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{name}.snap-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp)?;
+    let result = (|| {
+        copy_tree(src, &tmp.join("rootfs"))?;
+        let info = TemplateFile {
+            name: name.to_owned(),
+            base: false,
+            size_bytes: crate::container::overlay::dir_size(&tmp.join("rootfs")),
+            created_at: Utc::now(),
+        };
+        std::fs::write(tmp.join("template.json"), serde_json::to_vec_pretty(&info)?)?;
+        std::fs::rename(&tmp, dir.join(name)).context("rename snapshot into place")?;
+        Ok(info.into())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
 /// Builds template `name` into `dir/name` (blocking).
 fn build(dir: &Path, cache: &Path, name: &str) -> anyhow::Result<TemplateInfo> {
     let final_dir = dir.join(name);

@@ -65,6 +65,32 @@ impl EventBus {
     }
 }
 
+impl EventBus {
+    /// Publishes `action` about snapshot template `name` to `team_id`'s subscribers.
+    pub fn snapshot(&self, team_id: &str, name: &str, action: Action) {
+        let mut metadata = action.metadata.unwrap_or_default();
+        metadata.insert("name".to_owned(), name.to_owned());
+        let event = Event {
+            event: action.kind,
+            outcome: action.outcome,
+            timestamp: Utc::now(),
+            team_id: Some(team_id.to_owned()),
+            actor: Some(action.actor),
+            resource: Some(Resource {
+                id: name.to_owned(),
+                resource_type: "snapshot".into(),
+            }),
+            metadata: Some(metadata),
+            error: action.error,
+            sandbox: None,
+        };
+        let _ = self.tx.send(Arc::new(TeamEvent {
+            team_id: team_id.to_owned(),
+            event,
+        }));
+    }
+}
+
 /// What happened, by whom, and how it ended.
 #[derive(Debug, Clone)]
 pub struct Action {

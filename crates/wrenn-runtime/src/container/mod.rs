@@ -276,6 +276,48 @@ impl Runtime for ContainerRuntime {
         self.destroy_capsule(id).await
     }
 
+    async fn snapshot(&self, id: &str, name: &str) -> Result<TemplateInfo, RuntimeError> {
+        self.running(id)?;
+        let cg = self.cgroup(id);
+        let was_frozen = cg.is_frozen();
+        if !was_frozen {
+            let c = cg.clone();
+            tokio::task::spawn_blocking(move || c.freeze(FREEZE_TIMEOUT))
+                .await
+                .map_err(|e| host_err("freeze cgroup", id, e))?
+                .map_err(|e| host_err("freeze cgroup", id, e))?;
+        }
+        let made = self
+            .inner
+            .templates
+            .create_snapshot(name, &self.dirs(id).rootfs())
+            .await;
+        if !was_frozen {
+            let c = cg.clone();
+            tokio::task::spawn_blocking(move || c.thaw(FREEZE_TIMEOUT))
+                .await
+                .map_err(|e| host_err("thaw cgroup", id, e))?
+                .map_err(|e| host_err("thaw cgroup", id, e))?;
+        }
+        made
+    }
+
+    async fn delete_template(&self, name: &str) -> Result<(), RuntimeError> {
+        let users: Vec<String> = self
+            .lock()
+            .values()
+            .filter(|c| c.record.template == name)
+            .map(|c| c.record.id.clone())
+            .collect();
+        if let Some(user) = users.first() {
+            return Err(RuntimeError::InvalidState {
+                id: name.to_owned(),
+                state: format!("in use by capsule {user}"),
+            });
+        }
+        self.inner.templates.delete_snapshot(name).await
+    }
+
     async fn recover(&self, known: &[String]) -> Result<RecoveryReport, RuntimeError> {
         self.recover_capsules(known).await
     }

@@ -58,7 +58,8 @@ fn v1() -> Router<AppState> {
         .route("/capsules/{id}/files/list", post(files::list))
         .route("/capsules/{id}/files/mkdir", post(files::mkdir))
         .route("/capsules/{id}/files/remove", post(files::remove))
-        .route("/snapshots", get(snapshots::list))
+        .route("/snapshots", get(snapshots::list).post(snapshots::create))
+        .route("/snapshots/{name}", delete(snapshots::delete))
         .route("/events/stream", get(events::stream))
 }
 

@@ -1,14 +1,16 @@
-//! Templates (contract §9.2). Snapshot creation is not implemented yet.
+//! Templates (contract §9): list base templates and the team's snapshots, snapshot a capsule,
+//! delete a snapshot.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::Json;
-use chrono::Utc;
 use serde::Deserialize;
 use wrenn_types::api::{Template, TemplateType};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::Query;
+use crate::extract::{Body, Query};
 use crate::AppState;
 
 #[derive(Debug, Deserialize)]
@@ -19,7 +21,7 @@ pub(super) struct ListQuery {
 
 pub(super) async fn list(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Vec<Template>>> {
     let want = match q.kind.as_deref() {
@@ -32,29 +34,51 @@ pub(super) async fn list(
             )))
         }
     };
-    let mut out: Vec<Template> = state
-        .capsules
-        .runtime()
-        .list_templates()
-        .await?
-        .into_iter()
-        .map(|t| Template {
-            template_type: if t.base {
-                TemplateType::Base
-            } else {
-                TemplateType::Snapshot
-            },
-            protected: t.base,
-            platform: t.base,
-            created_at: t.created_at.unwrap_or_else(Utc::now),
-            size_bytes: t.size_bytes,
-            name: t.name,
-            vcpus: None,
-            memory_mb: None,
-            metadata: None,
-        })
-        .filter(|t| want.is_none_or(|w| w == t.template_type))
-        .collect();
-    out.sort_by_key(|c| std::cmp::Reverse(c.created_at));
+    let mut out = state.capsules.list_templates(&caller.team_id).await?;
+    out.retain(|t| want.is_none_or(|w| w == t.template_type));
     Ok(Json(out))
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct CreateQuery {
+    overwrite: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct CreateBody {
+    #[serde(default)]
+    sandbox_id: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+pub(super) async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<CreateQuery>,
+    Body(body): Body<CreateBody>,
+) -> ApiResult<impl IntoResponse> {
+    let template = state
+        .capsules
+        .snapshot(
+            &caller.team_id,
+            &caller.actor,
+            &body.sandbox_id,
+            body.name,
+            q.overwrite.unwrap_or(false),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(template)))
+}
+
+pub(super) async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    state
+        .capsules
+        .delete_snapshot(&caller.team_id, &caller.actor, &name)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }

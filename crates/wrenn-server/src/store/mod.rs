@@ -5,6 +5,7 @@
 
 mod capsules;
 mod keys;
+mod snapshots;
 mod usage;
 
 use std::path::Path;
@@ -14,6 +15,7 @@ use rusqlite::Connection;
 
 pub use capsules::CapsuleRow;
 pub use keys::{ApiKeyRow, NewKey};
+pub use snapshots::SnapshotRow;
 
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +76,19 @@ CREATE TABLE usage_daily (
     cpu_minutes REAL NOT NULL,
     ram_mb_minutes REAL NOT NULL,
     PRIMARY KEY (team_id, day)
+);
+"#,
+    r#"
+CREATE TABLE snapshots (
+    team_id TEXT NOT NULL REFERENCES teams(id),
+    name TEXT NOT NULL,
+    runtime_name TEXT NOT NULL UNIQUE,
+    vcpus INTEGER NOT NULL,
+    memory_mb INTEGER NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    source_capsule TEXT NOT NULL,
+    PRIMARY KEY (team_id, name)
 );
 "#,
 ];

@@ -5,6 +5,8 @@
 //! outcome → publish the event. One async lock per capsule serializes runtime work, and every
 //! task re-reads the status after taking it (a destroy may have overtaken a pause).
 
+mod snapshot;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
@@ -330,14 +332,8 @@ impl Capsules {
             t => u32::try_from(t).unwrap_or(u32::MAX),
         };
         let metadata = validate_metadata(req.metadata)?;
-        let templates = self
-            .runtime
-            .list_templates()
-            .await
-            .map_err(ApiError::from)?;
-        if !templates.iter().any(|t| t.name == template) {
-            return Err(ApiError::NotFound(format!("template {template} not found")));
-        }
+        let resolved = self.resolve_template(team_id, &template).await?;
+        let (vcpus, memory_mb) = resolved.sizes.unwrap_or((vcpus, memory_mb));
 
         let now = Utc::now();
         let capsule = Capsule {
@@ -365,7 +361,7 @@ impl Capsules {
         );
         let spec = CapsuleSpec {
             id: capsule.id.clone(),
-            template,
+            template: resolved.runtime_name,
             vcpus,
             memory_mb,
             pids_limit: PIDS_LIMIT,
