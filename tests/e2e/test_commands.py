@@ -182,3 +182,29 @@ def test_git_helpers_on_minimal(minimal_capsule):
     assert branches["feature"].is_current
     log = minimal_capsule.commands.run("git log --format=%an:%s", cwd=repo)
     assert log.stdout == "E2E:first\n", log
+
+
+def test_parallel_foreground_execs_are_concurrent(capsule):
+    from concurrent.futures import ThreadPoolExecutor
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda i: capsule.commands.run(f"sleep 2; echo {i}"), range(8)))
+    elapsed = time.monotonic() - t0
+    assert [r.stdout for r in results] == [f"{i}\n" for i in range(8)]
+    assert elapsed < 8, f"8 parallel 2 s commands took {elapsed:.1f}s (serialised?)"
+
+
+def test_kill_by_tag_with_sigterm(capsule, api):
+    """§6.3: the selector may be a tag; ?signal=SIGTERM delivers SIGTERM (trap runs)."""
+    capsule.commands.run(
+        "trap 'echo got-term > /tmp/term.txt; exit 0' TERM; while true; do sleep 0.1; done",
+        background=True,
+        tag="trapper",
+    )
+    r = api.delete(f"/v1/capsules/{capsule.capsule_id}/processes/trapper", params={"signal": "SIGTERM"})
+    assert r.status_code == 204, r.text
+    poll(lambda: capsule.files.exists("/tmp/term.txt"), timeout=10, what="TERM trap ran")
+    assert capsule.files.read("/tmp/term.txt") == "got-term\n"
+    r = api.delete(f"/v1/capsules/{capsule.capsule_id}/processes/trapper")
+    assert r.status_code == 404, r.text

@@ -158,3 +158,22 @@ def test_files_are_per_capsule(make_capsule):
     b = make_capsule()
     a.files.write("/tmp/only-in-a", "a")
     assert not b.files.exists("/tmp/only-in-a")
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/../../../../tmp/wrenn-e2e-escape-{id}", "/tmp/link-to-root/tmp/wrenn-e2e-escape-{id}"],
+    ids=["dotdot", "symlink"],
+)
+def test_paths_stay_inside_the_capsule(capsule, path):
+    """Guest paths (with `..` or through guest symlinks) must never reach the host."""
+    capsule.commands.run("ln -s / /tmp/link-to-root")
+    path = path.format(id=capsule.capsule_id)
+    host_path = f"/tmp/wrenn-e2e-escape-{capsule.capsule_id}"
+    try:
+        capsule.files.write(path, "inside")
+        assert not os.path.exists(host_path), f"capsule write escaped to the host: {host_path}"
+        assert capsule.files.read(f"/tmp/wrenn-e2e-escape-{capsule.capsule_id}") == "inside"
+    finally:
+        if os.path.exists(host_path):
+            os.unlink(host_path)

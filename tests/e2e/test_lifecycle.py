@@ -10,7 +10,7 @@ from wrenn import Capsule
 from wrenn.exceptions import WrennNotFoundError
 from wrenn.models import Status
 
-from conftest import BUSYBOX, ID_RE, MINIMAL, poll, wait_status
+from conftest import BUSYBOX, ID_RE, MINIMAL, mounts_under, poll, wait_status
 
 
 def test_create_wait_info_and_list(capsule):
@@ -119,11 +119,14 @@ def test_connect_resumes_paused_capsule(capsule):
         again._client.close()
 
 
-def test_destroy_wait_then_stopped_or_404(make_capsule):
+def test_destroy_wait_then_stopped_or_404(make_capsule, server):
     cap = make_capsule(BUSYBOX)
     cid = cap.capsule_id
+    assert cap.commands.run("echo hi").stdout == "hi\n"
     cap.destroy(wait=True)
     _assert_gone(cid)
+    poll(lambda: not [m for m in mounts_under(server.data_dir) if cid in m], timeout=10,
+         what=f"mounts of {cid} released after destroy")
     assert cid not in {c.id for c in Capsule.list()}
     # DELETE is idempotent (the SDK retries it): a second destroy must not raise.
     try:

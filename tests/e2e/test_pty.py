@@ -175,3 +175,26 @@ def test_pty_on_paused_capsule_is_fatal_error(capsule, api):
             assert frame["type"] == "error" and frame.get("fatal") is True, frame
     except httpx_ws.WebSocketUpgradeError as exc:
         assert exc.response.status_code == 409, exc.response.status_code
+
+
+@pytest.mark.slow
+def test_pty_idle_70s_survives_keepalives(capsule):
+    """Server pings every 30 s (SDK pongs); client WS pings every 20 s must be answered."""
+    import time
+
+    cm, term = open_pty(capsule, cmd="/bin/sh")
+    try:
+        r = PtyReader(term)
+        r.wait_control("started")
+        deadline = time.monotonic() + 70
+        while time.monotonic() < deadline:
+            assert not r.ended, f"PTY stream ended while idle; controls={r.controls}"
+            try:
+                r.wait_control("__never__", timeout=max(0.1, deadline - time.monotonic()))
+            except AssertionError:
+                pass
+        assert not r.ended, f"PTY stream ended while idle; controls={r.controls}"
+        term.write(b"echo still-$((1+1))\n")
+        r.expect(rb"still-2")
+    finally:
+        cm.__exit__(None, None, None)
