@@ -106,6 +106,7 @@ def test_background_list_kill(capsule):
     procs = {p.pid: p for p in capsule.commands.list()}
     assert h.pid in procs, procs
     assert procs[h.pid].tag == "my-sleeper"
+    assert procs[h.pid].cmd == "/bin/sh" and procs[h.pid].args == ["-c", "sleep 300"], procs[h.pid]
 
     h2 = capsule.commands.run("sleep 301", background=True)
     assert h2.tag and h2.tag.startswith("proc-"), h2
@@ -208,3 +209,23 @@ def test_kill_by_tag_with_sigterm(capsule, api):
     assert capsule.files.read("/tmp/term.txt") == "got-term\n"
     r = api.delete(f"/v1/capsules/{capsule.capsule_id}/processes/trapper")
     assert r.status_code == 404, r.text
+
+
+def test_foreground_tag_is_ignored(capsule):
+    r = capsule.commands.run("echo tagged", tag="fg-tag")
+    assert r.stdout == "tagged\n" and r.exit_code == 0
+
+
+@pytest.mark.slow
+def test_default_exec_timeout_is_30s(capsule):
+    """timeout=None: the SDK omits timeout_sec (and sets no HTTP timeout); the server's
+    default of 30 s applies (§6.1)."""
+    t0 = time.monotonic()
+    try:
+        r = capsule.commands.run("sleep 45; echo finished", timeout=None)
+    except WrennAgentError:
+        r = None
+    elapsed = time.monotonic() - t0
+    assert 25 < elapsed < 41, f"answered after {elapsed:.1f}s"
+    if r is not None:
+        assert "finished" not in r.stdout and r.exit_code != 0, r

@@ -98,3 +98,25 @@ def test_failed_create_emits_no_success(event_collector, api):
     finally:
         api.delete(f"/v1/capsules/{cid}")
         wait_status(api, cid, {"stopped"})
+
+
+def test_sse_wire_format(server):
+    """§10: headers, first frame `event: connected`, JSON data on one line."""
+    import httpx
+
+    with httpx.Client(base_url=server.base_url, headers={"X-API-Key": server.key_alpha},
+                      timeout=httpx.Timeout(15.0)) as c:
+        with c.stream("GET", "/v1/events/stream") as resp:
+            assert resp.status_code == 200
+            assert resp.headers["content-type"].startswith("text/event-stream")
+            assert resp.headers.get("cache-control") == "no-cache"
+            lines = []
+            for line in resp.iter_lines():
+                lines.append(line)
+                if line == "" and any(x.startswith("data:") for x in lines):
+                    break
+    assert "event: connected" in lines, lines
+    import json as _json
+
+    data = _json.loads(next(x for x in lines if x.startswith("data:"))[5:])
+    assert data["event"] == "connected" and data["timestamp"], data

@@ -254,12 +254,21 @@ def test_snapshot_create_boot_delete(wrenn_client, make_capsule):
 
         child = make_capsule(name)
         assert child.files.read("/root/snap.txt") == "from the snapshot"
+        assert child.get_info().template == name
 
         from wrenn.exceptions import WrennConflictError
 
         with pytest.raises(WrennConflictError):
             src.create_snapshot(name=name)
+        # Replacing/deleting a template may be refused (409) while a capsule still uses it
+        # (§9.3); once the child is gone, overwrite must work.
+        child.destroy(wait=True)
+        src.files.write("/root/snap.txt", "second version")
         src.create_snapshot(name=name, overwrite=True)
+        poll(lambda: src.get_info().status == Status.running, timeout=30, what="source running")
+        child2 = make_capsule(name)
+        assert child2.files.read("/root/snap.txt") == "second version"
+        child2.destroy(wait=True)
     finally:
         with contextlib.suppress(WrennNotFoundError):
             wrenn_client.snapshots.delete(name)
@@ -295,3 +304,34 @@ def test_inactivity_ttl_auto_pauses(make_capsule, event_collector):
     assert (ev.metadata or {}).get("reason") == "ttl_expired", ev
     cap.resume(wait=True)
     assert cap.get_info().timeout_sec == 60  # resume preserves the TTL
+
+
+def test_list_is_newest_first(make_capsule):
+    a = make_capsule(BUSYBOX)
+    b = make_capsule(BUSYBOX)
+    order = [c.id for c in Capsule.list() if c.id in (a.capsule_id, b.capsule_id)]
+    assert order == [b.capsule_id, a.capsule_id], order
+
+
+def test_sdk_through_api_prefix(server):
+    """§1.1: WRENN_BASE_URL may carry the `/api` prefix; REST, WS and SSE all work there."""
+    base = server.base_url + "/api"
+    cap = Capsule(template=BUSYBOX, wait=True, base_url=base)
+    try:
+        assert cap.commands.run("echo via-api").stdout == "via-api\n"
+        cap.files.write("/tmp/p.txt", "p")
+        assert cap.files.read("/tmp/p.txt") == "p"
+        events = list(cap.commands.stream("echo streamed"))
+        assert "".join(e.data for e in events if e.type == "stdout") == "streamed\n"
+        assert events[-1].type == "exit"
+        with cap.pty(cmd="/bin/sh") as term:
+            from conftest import PtyReader
+
+            r = PtyReader(term)
+            r.wait_control("started")
+            term.write(b"echo pty-$((2+3))\n")
+            r.expect(rb"pty-5")
+        assert base in cap.get_url(80) or cap.get_url(80).startswith("http://80-")
+    finally:
+        cap.destroy(wait=True)
+        cap._client.close()
