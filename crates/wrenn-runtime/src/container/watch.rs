@@ -43,7 +43,8 @@ impl InitWatch {
                     _ => {}
                 }
             };
-            tracing::warn!(capsule = %id, pid, code = ?code, "capsule init exited");
+            // Expected on destroy; the server reports exits it did not ask for.
+            tracing::debug!(capsule = %id, pid, code = ?code, "capsule init exited");
             let _ = tx.send(Some(code.unwrap_or(-1)));
         });
         Ok(Self { exited: rx })
