@@ -170,12 +170,13 @@ fn container_runtime(args: &RuntimeArgs) -> anyhow::Result<Arc<ContainerRuntime>
         Some(p) => p.clone(),
         None => find_agent()?,
     };
-    let exe = std::env::current_exe().context("locating the wrenn binary")?;
+    // The launcher is this very binary, run through /proc/self/exe: it is the same inode even
+    // when the file on disk has been replaced by an upgrade since the server started.
     let config = ContainerConfig {
         data_dir,
         cache_dir,
         agent_binary,
-        launcher: vec![exe.into_os_string(), "__launch".into()],
+        launcher: vec!["/proc/self/exe".into(), "__launch".into()],
     };
     Ok(Arc::new(ContainerRuntime::new(config)?))
 }

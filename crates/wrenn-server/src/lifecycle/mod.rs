@@ -5,6 +5,8 @@
 //! outcome → publish the event. One async lock per capsule serializes runtime work, and every
 //! task re-reads the status after taking it (a destroy may have overtaken a pause).
 
+mod freezer;
+mod housekeeping;
 mod snapshot;
 
 use std::collections::{BTreeMap, HashMap};
@@ -12,7 +14,7 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use tokio::sync::watch;
 use wrenn_agent_client::AgentClient;
 use wrenn_runtime::{CapsuleSpec, NetworkMode, Runtime};
@@ -21,7 +23,7 @@ use wrenn_types::api::{Actor, Capsule, CapsuleStatus, CreateCapsuleRequest, Even
 use crate::error::{ApiError, ApiResult};
 use crate::events::{system_actor, Action, EventBus};
 use crate::ids;
-use crate::metrics::{Metrics, Reservation};
+use crate::metrics::Metrics;
 use crate::store::{CapsuleRow, Store};
 
 /// Default template (contract §14; `minimal` is ours).
@@ -199,52 +201,6 @@ impl Capsules {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store
-    }
-
-    /// Samples the resource use of every running capsule.
-    pub async fn sample(&self) {
-        let running: Vec<(String, Capsule)> = {
-            let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-            live.values()
-                .filter(|l| l.status() == CapsuleStatus::Running)
-                .map(|l| (l.team_id.clone(), l.snapshot()))
-                .collect()
-        };
-        let now = Utc::now();
-        let mut teams: HashMap<String, Reservation> = self
-            .live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .map(|l| {
-                (
-                    l.team_id.clone(),
-                    Reservation {
-                        at: now,
-                        running: 0,
-                        vcpus: 0,
-                        memory_mb: 0,
-                    },
-                )
-            })
-            .collect();
-        for (team, c) in running {
-            let r = teams.entry(team.clone()).or_insert(Reservation {
-                at: now,
-                running: 0,
-                vcpus: 0,
-                memory_mb: 0,
-            });
-            r.running += 1;
-            r.vcpus += u64::from(c.vcpus);
-            r.memory_mb += u64::from(c.memory_mb);
-            if let Ok(u) = self.runtime.usage(&c.id).await {
-                self.metrics.record(&team, &c.id, c.vcpus, c.memory_mb, u);
-            }
-        }
-        for (team, r) in teams {
-            self.metrics.record_team(&team, r);
-        }
     }
 
     /// Moves `live` to `to` when its status is one of `from` (all statuses when empty), applies
@@ -481,181 +437,6 @@ impl Capsules {
         }
     }
 
-    /// Starts pausing; idempotent for a paused capsule.
-    pub async fn pause(
-        self: &Arc<Self>,
-        team_id: &str,
-        id: &str,
-        actor: &Actor,
-    ) -> ApiResult<Capsule> {
-        let live = match self.live_for(team_id, id) {
-            Ok(l) => l,
-            Err(ApiError::NotFound(m)) => return self.not_live(team_id, id, m).await,
-            Err(e) => return Err(e),
-        };
-        if matches!(
-            live.status(),
-            CapsuleStatus::Paused | CapsuleStatus::Pausing
-        ) {
-            return Ok(live.snapshot());
-        }
-        let rec = self
-            .transition(
-                &live,
-                &[CapsuleStatus::Running],
-                CapsuleStatus::Pausing,
-                |_| {},
-            )
-            .await
-            .map_err(|s| not_running(id, s))?;
-        self.events.capsule(
-            team_id,
-            &rec,
-            Action::success(EventKind::CapsulePause, actor),
-        );
-        let this = self.clone();
-        tokio::spawn(async move { this.run_pause(live, None).await });
-        Ok(rec)
-    }
-
-    async fn run_pause(self: Arc<Self>, live: Arc<LiveCapsule>, reason: Option<&'static str>) {
-        let _op = live.op.lock().await;
-        if live.status() != CapsuleStatus::Pausing {
-            return;
-        }
-        let id = live.snapshot().id;
-        let meta = reason.map(|r| BTreeMap::from([("reason".to_owned(), r.to_owned())]));
-        match self.runtime.pause(&id).await {
-            Ok(()) => {
-                if let Ok(rec) = self
-                    .transition(
-                        &live,
-                        &[CapsuleStatus::Pausing],
-                        CapsuleStatus::Paused,
-                        |_| {},
-                    )
-                    .await
-                {
-                    self.flush_one(&live).await;
-                    self.events.capsule(
-                        &live.team_id,
-                        &rec,
-                        Action::success(EventKind::CapsulePause, &system_actor())
-                            .with_metadata(meta),
-                    );
-                }
-            }
-            Err(e) => {
-                let reason = format!("{:#}", anyhow::Error::from(e));
-                tracing::error!(id = %id, error = %reason, "pause failed");
-                if let Ok(rec) = self
-                    .transition(
-                        &live,
-                        &[CapsuleStatus::Pausing],
-                        CapsuleStatus::Running,
-                        |_| {},
-                    )
-                    .await
-                {
-                    self.events.capsule(
-                        &live.team_id,
-                        &rec,
-                        Action::failure(EventKind::CapsulePause, reason).with_metadata(meta),
-                    );
-                }
-            }
-        }
-    }
-
-    /// Starts resuming; idempotent for a running capsule.
-    pub async fn resume(
-        self: &Arc<Self>,
-        team_id: &str,
-        id: &str,
-        actor: &Actor,
-    ) -> ApiResult<Capsule> {
-        let live = match self.live_for(team_id, id) {
-            Ok(l) => l,
-            Err(ApiError::NotFound(m)) => return self.not_live(team_id, id, m).await,
-            Err(e) => return Err(e),
-        };
-        if matches!(
-            live.status(),
-            CapsuleStatus::Running | CapsuleStatus::Resuming
-        ) {
-            return Ok(live.snapshot());
-        }
-        let rec = self
-            .transition(
-                &live,
-                &[CapsuleStatus::Paused],
-                CapsuleStatus::Resuming,
-                |_| {},
-            )
-            .await
-            .map_err(|s| {
-                ApiError::InvalidState(format!("capsule {id} is not paused (status: {s})"))
-            })?;
-        self.events.capsule(
-            team_id,
-            &rec,
-            Action::success(EventKind::CapsuleResume, actor),
-        );
-        let this = self.clone();
-        tokio::spawn(async move { this.run_resume(live).await });
-        Ok(rec)
-    }
-
-    async fn run_resume(self: Arc<Self>, live: Arc<LiveCapsule>) {
-        let _op = live.op.lock().await;
-        if live.status() != CapsuleStatus::Resuming {
-            return;
-        }
-        let id = live.snapshot().id;
-        match self.runtime.resume(&id).await {
-            Ok(()) => {
-                if let Ok(rec) = self
-                    .transition(
-                        &live,
-                        &[CapsuleStatus::Resuming],
-                        CapsuleStatus::Running,
-                        |c| {
-                            let now = Utc::now();
-                            c.started_at = Some(now);
-                            c.last_active_at = Some(now);
-                        },
-                    )
-                    .await
-                {
-                    self.events.capsule(
-                        &live.team_id,
-                        &rec,
-                        Action::success(EventKind::CapsuleResume, &system_actor()),
-                    );
-                }
-            }
-            Err(e) => {
-                let reason = format!("{:#}", anyhow::Error::from(e));
-                tracing::error!(id = %id, error = %reason, "resume failed");
-                if let Ok(rec) = self
-                    .transition(
-                        &live,
-                        &[CapsuleStatus::Resuming],
-                        CapsuleStatus::Paused,
-                        |_| {},
-                    )
-                    .await
-                {
-                    self.events.capsule(
-                        &live.team_id,
-                        &rec,
-                        Action::failure(EventKind::CapsuleResume, reason),
-                    );
-                }
-            }
-        }
-    }
-
     /// Pause/resume of a capsule that is no longer live: 409 when it exists, else 404.
     async fn not_live(&self, team_id: &str, id: &str, missing: String) -> ApiResult<Capsule> {
         match self
@@ -746,8 +527,11 @@ impl Capsules {
         let live = match self.live_for(team_id, id) {
             Ok(l) => l,
             Err(ApiError::NotFound(m)) => {
-                self.not_live(team_id, id, m).await?;
-                unreachable_capsule(id)?
+                return Err(self
+                    .not_live(team_id, id, m)
+                    .await
+                    .err()
+                    .unwrap_or_else(|| not_found(id)))
             }
             Err(e) => return Err(e),
         };
@@ -767,207 +551,6 @@ impl Capsules {
         self.touch(&live);
         Ok(live)
     }
-
-    /// Records activity on `live` (persisted by [`Capsules::flush_activity`]).
-    pub fn touch(&self, live: &LiveCapsule) {
-        live.record
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .last_active_at = Some(Utc::now());
-        *live.active_dirty.lock().unwrap_or_else(|p| p.into_inner()) = true;
-    }
-
-    async fn flush_one(&self, live: &LiveCapsule) {
-        let rec = live.snapshot();
-        *live.active_dirty.lock().unwrap_or_else(|p| p.into_inner()) = false;
-        self.persist(&live.team_id, &rec).await;
-    }
-
-    /// Writes pending activity times to the store.
-    pub async fn flush_activity(&self) {
-        let touched: Vec<(String, DateTime<Utc>)> = {
-            let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-            live.values()
-                .filter_map(|l| {
-                    let mut dirty = l.active_dirty.lock().unwrap_or_else(|p| p.into_inner());
-                    let rec = l.record.lock().unwrap_or_else(|p| p.into_inner());
-                    match (std::mem::take(&mut *dirty), rec.last_active_at) {
-                        (true, Some(at)) => Some((rec.id.clone(), at)),
-                        _ => None,
-                    }
-                })
-                .collect()
-        };
-        if !touched.is_empty() {
-            if let Err(e) = self.store.touch_capsules(touched).await {
-                tracing::warn!(error = %e, "flushing activity failed");
-            }
-        }
-        let usage = self.metrics.take_pending();
-        if !usage.is_empty() {
-            if let Err(e) = self.store.add_usage(usage).await {
-                tracing::warn!(error = %e, "recording usage failed");
-            }
-        }
-    }
-
-    /// Pauses running capsules idle longer than their `timeout_sec`.
-    pub async fn reap_idle(self: &Arc<Self>) {
-        let now = Utc::now();
-        let idle: Vec<Arc<LiveCapsule>> = {
-            let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-            live.values()
-                .filter(|l| {
-                    let c = l.record.lock().unwrap_or_else(|p| p.into_inner());
-                    let since = c.last_active_at.or(c.started_at).unwrap_or(c.created_at);
-                    c.status == CapsuleStatus::Running
-                        && c.timeout_sec > 0
-                        && (now - since).num_seconds() >= i64::from(c.timeout_sec)
-                })
-                .cloned()
-                .collect()
-        };
-        for live in idle {
-            if let Ok(rec) = self
-                .transition(
-                    &live,
-                    &[CapsuleStatus::Running],
-                    CapsuleStatus::Pausing,
-                    |_| {},
-                )
-                .await
-            {
-                let meta = BTreeMap::from([("reason".to_owned(), "ttl_expired".to_owned())]);
-                self.events.capsule(
-                    &live.team_id,
-                    &rec,
-                    Action::success(EventKind::CapsulePause, &system_actor())
-                        .with_metadata(Some(meta)),
-                );
-                let this = self.clone();
-                tokio::spawn(async move { this.run_pause(live, Some("ttl_expired")).await });
-            }
-        }
-    }
-
-    /// Marks capsules whose init died on its own (an OOM kill of the agent, a crash) as
-    /// failed, and frees what the runtime still holds for them.
-    pub async fn reap_dead(self: &Arc<Self>) {
-        let dead: Vec<(Arc<LiveCapsule>, i32)> = {
-            let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-            live.values()
-                .filter(|l| matches!(l.status(), CapsuleStatus::Running | CapsuleStatus::Paused))
-                .filter_map(|l| {
-                    let id = l
-                        .record
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .id
-                        .clone();
-                    self.runtime.exit_status(&id).map(|code| (l.clone(), code))
-                })
-                .collect()
-        };
-        for (live, code) in dead {
-            let _op = live.op.lock().await;
-            if !matches!(
-                live.status(),
-                CapsuleStatus::Running | CapsuleStatus::Paused
-            ) {
-                continue;
-            }
-            let id = live.snapshot().id;
-            tracing::warn!(id = %id, exit_code = code, "capsule init exited on its own");
-            if let Err(e) = self.runtime.destroy(&id).await {
-                tracing::warn!(id = %id, error = %e, "cleanup of a dead capsule");
-            }
-            let reason = format!("capsule init exited with status {code}");
-            self.fail(&live, None, reason).await;
-        }
-    }
-
-    /// Start-up: reconciles the store with what the runtime still has.
-    pub async fn recover(self: &Arc<Self>) -> anyhow::Result<()> {
-        let rows = self.store.live_capsules().await?;
-        let known: Vec<String> = rows.iter().map(|r| r.capsule.id.clone()).collect();
-        let report = self.runtime.recover(&known).await?;
-        let adopted: HashMap<String, Option<Ipv4Addr>> = report
-            .adopted
-            .iter()
-            .map(|h| (h.id.clone(), h.ip))
-            .collect();
-        for id in &report.removed {
-            tracing::info!(id = %id, "removed leftovers of an unknown capsule");
-        }
-        for row in rows {
-            let id = row.capsule.id.clone();
-            let status = row.capsule.status;
-            let live = self.register(row.team_id.clone(), row.capsule);
-            if let Some(ip) = adopted.get(&id) {
-                live.set_ip(*ip);
-            } else {
-                if status == CapsuleStatus::Stopping {
-                    let _ = self
-                        .transition(&live, &[], CapsuleStatus::Stopped, |_| {})
-                        .await;
-                    self.unregister(&id);
-                } else {
-                    tracing::warn!(id = %id, status = %status, "capsule lost while the server was down");
-                    self.fail(&live, None, "capsule lost while the server was down".into())
-                        .await;
-                }
-                continue;
-            }
-            match status {
-                CapsuleStatus::Running | CapsuleStatus::Paused => {}
-                CapsuleStatus::Snapshotting | CapsuleStatus::Missing => {
-                    let _ = self
-                        .transition(&live, &[], CapsuleStatus::Running, |_| {})
-                        .await;
-                }
-                CapsuleStatus::Pausing => {
-                    let this = self.clone();
-                    tokio::spawn(async move { this.run_pause(live, None).await });
-                }
-                CapsuleStatus::Resuming => {
-                    let this = self.clone();
-                    tokio::spawn(async move { this.run_resume(live).await });
-                }
-                CapsuleStatus::Pending | CapsuleStatus::Starting => {
-                    let _ = self.runtime.destroy(&id).await;
-                    self.fail(
-                        &live,
-                        Some(EventKind::CapsuleCreate),
-                        "server restarted while the capsule was starting".into(),
-                    )
-                    .await;
-                }
-                CapsuleStatus::Stopping | CapsuleStatus::Hibernated => {
-                    let _ = self
-                        .transition(&live, &[], CapsuleStatus::Stopping, |_| {})
-                        .await;
-                    let this = self.clone();
-                    tokio::spawn(async move { this.run_destroy(live).await });
-                }
-                CapsuleStatus::Stopped | CapsuleStatus::Error => self.unregister(&id),
-            }
-        }
-        Ok(())
-    }
-
-    /// Destroys every live capsule (used by tests and `--destroy-on-exit` style tooling).
-    pub fn live_ids(&self) -> Vec<String> {
-        self.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect()
-    }
-}
-
-fn unreachable_capsule<T>(id: &str) -> ApiResult<T> {
-    Err(not_found(id))
 }
 
 /// 400 for a malformed id.
