@@ -2,6 +2,7 @@
 //! container runtime re-executes for every capsule it starts.
 
 mod bench;
+mod remote;
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -72,6 +73,20 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         n: usize,
     },
+    /// Work with capsules on a running server (`WRENN_BASE_URL`, `WRENN_API_KEY`).
+    Capsule {
+        #[command(flatten)]
+        remote: remote::Remote,
+        #[command(subcommand)]
+        command: remote::CapsuleCommand,
+    },
+    /// Work with templates on a running server.
+    Template {
+        #[command(flatten)]
+        remote: remote::Remote,
+        #[command(subcommand)]
+        command: remote::TemplateCommand,
+    },
     /// Internal: the single-threaded launcher the container runtime runs per capsule.
     #[command(name = "__launch", hide = true)]
     Launch {
@@ -117,7 +132,8 @@ fn main() -> ExitCode {
         }
     };
     match rt.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -125,8 +141,13 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs a command; the result is the process exit code.
+async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
+        Command::Capsule { remote, command } => remote::capsule(&remote, command).await,
+        Command::Template { remote, command } => {
+            remote::template(&remote, command).await.map(|()| 0)
+        }
         Command::Serve {
             listen,
             runtime,
@@ -143,7 +164,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     vec!["minimal".into()]
                 },
             };
-            wrenn_server::serve(config, rt).await
+            wrenn_server::serve(config, rt).await.map(|()| 0)
         }
         Command::Key {
             command: KeyCommand::Create { team, name, dir },
@@ -153,9 +174,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let store = wrenn_server::store::Store::open(&dir.dir.join("wrenn.db"))?;
             let key = store.create_key(&team, &name).await?;
             println!("{}", key.secret);
-            Ok(())
+            Ok(0)
         }
-        Command::Bench { runtime, n } => bench::run(container_runtime(&runtime)?, n).await,
+        Command::Bench { runtime, n } => bench::run(container_runtime(&runtime)?, n)
+            .await
+            .map(|()| 0),
         Command::Launch { .. } => unreachable!("dispatched before parsing"),
     }
 }
