@@ -25,8 +25,8 @@ use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited, StreamBody};
+use hyper::body::{Body, Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -42,6 +42,12 @@ pub use tokio_tungstenite;
 
 type ReqBody = UnsyncBoxBody<Bytes, std::io::Error>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Largest JSON answer decoded; a bigger one fails with [`AgentError::TooLarge`]. The agent runs
+/// in an untrusted capsule, so nothing it sends may be buffered without bound.
+pub const MAX_JSON_BYTES: usize = 64 * 1024 * 1024;
+/// Largest error body read; the rest is dropped (the message is truncated).
+pub const MAX_ERROR_BYTES: usize = 64 * 1024;
 
 /// A call to the agent failed.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +77,12 @@ pub enum AgentError {
     /// The agent's answer was not the expected JSON.
     #[error("cannot decode agent response")]
     Decode(#[source] BoxError),
+    /// The agent's answer was larger than the client accepts.
+    #[error("agent response exceeds {limit} bytes")]
+    TooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
 }
 
 impl AgentError {
@@ -100,6 +112,25 @@ pub enum ExecOutcome {
 #[derive(Debug, Clone)]
 pub struct AgentClient {
     socket: PathBuf,
+    limits: Limits,
+}
+
+/// Body size limits (lowered in tests).
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Largest JSON body decoded.
+    json: usize,
+    /// Largest error body kept.
+    error: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            json: MAX_JSON_BYTES,
+            error: MAX_ERROR_BYTES,
+        }
+    }
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters (and `/` when `keep_slash`).
@@ -124,6 +155,7 @@ impl AgentClient {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         Self {
             socket: socket.into(),
+            limits: Limits::default(),
         }
     }
 
@@ -169,12 +201,7 @@ impl AgentClient {
             return Ok(resp);
         }
         let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(transport)?
-            .to_bytes();
+        let body = collect_truncated(resp.into_body(), self.limits.error).await?;
         Err(api_error(status, &body))
     }
 
@@ -194,22 +221,24 @@ impl AgentClient {
 
     /// `GET /health`.
     pub async fn health(&self) -> Result<Health, AgentError> {
-        decode(self.send(Method::GET, "/health", None, empty()).await?).await
+        self.decode(self.send(Method::GET, "/health", None, empty()).await?)
+            .await
     }
 
     /// `POST /exec`: a foreground run's result, or a started background process.
     pub async fn exec(&self, req: &ExecRequest) -> Result<ExecOutcome, AgentError> {
         let resp = self.send_json(Method::POST, "/exec", req).await?;
         if resp.status() == StatusCode::ACCEPTED {
-            Ok(ExecOutcome::Started(decode(resp).await?))
+            Ok(ExecOutcome::Started(self.decode(resp).await?))
         } else {
-            Ok(ExecOutcome::Finished(decode(resp).await?))
+            Ok(ExecOutcome::Finished(self.decode(resp).await?))
         }
     }
 
     /// `GET /processes`.
     pub async fn processes(&self) -> Result<ProcessList, AgentError> {
-        decode(self.send(Method::GET, "/processes", None, empty()).await?).await
+        self.decode(self.send(Method::GET, "/processes", None, empty()).await?)
+            .await
     }
 
     /// `DELETE /processes/{selector}?signal=`: `selector` is a decimal pid or a tag.
@@ -232,7 +261,8 @@ impl AgentClient {
             path: path.to_string(),
             depth,
         };
-        decode(self.send_json(Method::POST, "/files/list", &req).await?).await
+        self.decode(self.send_json(Method::POST, "/files/list", &req).await?)
+            .await
     }
 
     /// `POST /files/mkdir` (`mkdir -p`; `already_exists` when it is a directory already).
@@ -240,7 +270,7 @@ impl AgentClient {
         let resp = self
             .send_json(Method::POST, "/files/mkdir", &path_req(path))
             .await?;
-        Ok(decode::<EntryResponse>(resp).await?.entry)
+        Ok(self.decode::<EntryResponse>(resp).await?.entry)
     }
 
     /// `POST /files/remove` (recursive).
@@ -252,7 +282,7 @@ impl AgentClient {
 
     /// `POST /files/stat`.
     pub async fn stat(&self, path: &str) -> Result<FileEntry, AgentError> {
-        decode(
+        self.decode(
             self.send_json(Method::POST, "/files/stat", &path_req(path))
                 .await?,
         )
@@ -286,6 +316,12 @@ impl AgentClient {
         self.send(Method::POST, &uri, Some("application/octet-stream"), body)
             .await?;
         Ok(())
+    }
+
+    /// Decodes a JSON answer of at most `limits.json` bytes.
+    async fn decode<T: DeserializeOwned>(&self, resp: Response<Incoming>) -> Result<T, AgentError> {
+        let body = collect_limited(resp.into_body(), self.limits.json).await?;
+        serde_json::from_slice(&body).map_err(|e| AgentError::Decode(e.into()))
     }
 
     /// Opens an agent WebSocket endpoint, e.g. "/pty", "/exec/stream",
@@ -329,14 +365,37 @@ fn api_error(status: StatusCode, body: &[u8]) -> AgentError {
     }
 }
 
-async fn decode<T: DeserializeOwned>(resp: Response<Incoming>) -> Result<T, AgentError> {
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(transport)?
-        .to_bytes();
-    serde_json::from_slice(&body).map_err(|e| AgentError::Decode(e.into()))
+/// The whole of `body`, or [`AgentError::TooLarge`] as soon as it exceeds `limit` bytes.
+async fn collect_limited<B>(body: B, limit: usize) -> Result<Bytes, AgentError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(AgentError::TooLarge { limit }),
+        Err(e) => Err(AgentError::Transport(e)),
+    }
+}
+
+/// The first `limit` bytes of `body`; the rest is never read.
+async fn collect_truncated<B>(body: B, limit: usize) -> Result<Vec<u8>, AgentError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let mut body = body;
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let Some(frame) = body.frame().await else {
+            break;
+        };
+        if let Ok(data) = frame.map_err(transport)?.into_data() {
+            let take = data.len().min(limit - out.len());
+            out.extend_from_slice(&data[..take]);
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -358,5 +417,130 @@ mod tests {
         assert_eq!(e.code(), Some(AgentErrorCode::NotFound));
         let e = api_error(StatusCode::BAD_GATEWAY, b"oops");
         assert!(matches!(e, AgentError::Api { status: 502, .. }));
+    }
+
+    /// What the fake agent answers to every request.
+    #[derive(Clone)]
+    enum Answer {
+        /// Status line (e.g. "200 OK") and a body with its length.
+        Fixed(&'static str, Vec<u8>),
+        /// "200 OK" and an endless chunked body.
+        Endless,
+    }
+
+    /// A fake agent on a fresh socket, answering every connection with `answer`.
+    async fn fake_agent(answer: Answer) -> (AgentClient, PathBuf) {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "wrenn-agent-client-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let socket = dir.join("agent.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    // Read the request head; bodies are small and ignored.
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    match answer {
+                        Answer::Fixed(status, body) => {
+                            let head = format!(
+                                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                                body.len()
+                            );
+                            let _ = conn.write_all(head.as_bytes()).await;
+                            let _ = conn.write_all(&body).await;
+                        }
+                        Answer::Endless => {
+                            let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+                            if conn.write_all(head.as_bytes()).await.is_err() {
+                                return;
+                            }
+                            let mut chunk = format!("{:x}\r\n", 1 << 20).into_bytes();
+                            chunk.extend(std::iter::repeat_n(b' ', 1 << 20));
+                            chunk.extend_from_slice(b"\r\n");
+                            // Until the client hangs up.
+                            while conn.write_all(&chunk).await.is_ok() {}
+                        }
+                    }
+                });
+            }
+        });
+        (AgentClient::new(&socket), dir)
+    }
+
+    fn processes_json(pad: usize) -> Vec<u8> {
+        format!(r#"{{"processes":[]{}}}"#, " ".repeat(pad)).into_bytes()
+    }
+
+    #[tokio::test]
+    async fn json_answers_are_limited() {
+        let (mut client, dir) = fake_agent(Answer::Fixed("200 OK", processes_json(1000))).await;
+        client.limits.json = 2000;
+        assert_eq!(client.processes().await.expect("fits").processes, vec![]);
+        client.limits.json = 1000;
+        assert!(matches!(
+            client.processes().await,
+            Err(AgentError::TooLarge { limit: 1000 })
+        ));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn endless_json_answer_stops_at_the_default_limit() {
+        let (client, dir) = fake_agent(Answer::Endless).await;
+        let r = tokio::time::timeout(std::time::Duration::from_secs(30), client.list("/", 100))
+            .await
+            .expect("gives up at the limit");
+        assert!(
+            matches!(
+                r,
+                Err(AgentError::TooLarge {
+                    limit: MAX_JSON_BYTES
+                })
+            ),
+            "{r:?}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn error_bodies_are_truncated() {
+        let mut body = br#"{"error":{"code":"internal","message":""#.to_vec();
+        body.extend(std::iter::repeat_n(b'x', 10_000));
+        body.extend_from_slice(br#""}}"#);
+        let (mut client, dir) = fake_agent(Answer::Fixed("500 Internal Server Error", body)).await;
+        client.limits.error = 100;
+        match client.health().await {
+            Err(AgentError::Api {
+                status: 500,
+                code: AgentErrorCode::Internal,
+                message,
+            }) => {
+                assert_eq!(message.len(), 100);
+                assert!(message.starts_with(r#"{"error""#), "{message}");
+            }
+            other => panic!("expected a truncated api error, got {other:?}"),
+        }
+        // The real limit keeps a whole small error.
+        client.limits.error = MAX_ERROR_BYTES;
+        let e = client.health().await.expect_err("error");
+        assert!(
+            matches!(&e, AgentError::Api { message, .. } if message.len() == 10_000),
+            "{e:?}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
