@@ -219,7 +219,7 @@ impl Templates {
 /// Copies `src` into `dir/.name.snap-<pid>/rootfs`, writes its `template.json`, and renames
 /// it to `dir/name` (blocking).
 fn snapshot_tree(dir: &Path, src: &Path, name: &str) -> anyhow::Result<TemplateInfo> {
-    std::fs::create_dir_all(dir)?;
+    crate::container::overlay::private_dir(dir, crate::container::overlay::PRIVATE_DIR_MODE)?;
     let tmp = dir.join(format!(".{name}.snap-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp)?;
@@ -378,7 +378,8 @@ pub fn debian_mirror() -> String {
 /// Returns the cached debootstrap tree, building it first when missing or stale.
 fn ensure_minimal_cache(cache: &Path) -> anyhow::Result<PathBuf> {
     let dir = cache.join("minimal");
-    std::fs::create_dir_all(cache).context("create cache dir")?;
+    crate::container::overlay::private_dir(cache, crate::container::overlay::PRIVATE_DIR_MODE)
+        .context("create cache dir")?;
     let lock_file = std::fs::File::create(cache.join("minimal.lock")).context("open cache lock")?;
     let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| e)

@@ -136,10 +136,14 @@ impl ContainerRuntime {
         sys::set_child_subreaper().map_err(|e| err("set child subreaper", e.into()))?;
         let cgroup_version =
             CgroupVersion::detect().map_err(|e| err("detect cgroup version", e.into()))?;
+        // Capsule uppers (setuid files of capsule root included), templates and libcontainer
+        // state are for host root only.
         for d in ["capsules", "templates", "state", "runtime"] {
-            std::fs::create_dir_all(cfg.data_dir.join(d))
+            overlay::private_dir(&cfg.data_dir.join(d), overlay::PRIVATE_DIR_MODE)
                 .map_err(|e| err("create data dir", e.into()))?;
         }
+        overlay::private_dir(&cfg.cache_dir.join("templates"), overlay::PRIVATE_DIR_MODE)
+            .map_err(|e| err("create template cache dir", e.into()))?;
         let runtime_dir = cfg.data_dir.join("runtime");
         install_agent(&cfg.agent_binary, &runtime_dir.join("wrenn-agent"))
             .map_err(|e| err("install agent binary", e))?;

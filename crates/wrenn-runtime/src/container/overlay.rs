@@ -11,8 +11,15 @@
 //!
 //! Nothing here is mounted into the capsule: the capsule's root is the overlay at `rootfs/`
 //! (pivoted into), so it can neither see nor replace `agent.sock`.
+//!
+//! Whatever capsule root writes lands on the host in `upper/` (and shows through the host-side
+//! overlay mount at `rootfs/`), setuid and file-capability bits included. So `capsules/` and
+//! each `capsules/<id>/` are mode 0700 (only host root, which runs every capsule step, enters
+//! them), and the overlay is mounted `nosuid` (inside the capsule `no_new_privs` already
+//! ignores setuid bits and file capabilities, so the flag costs the capsule nothing).
 
 use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::sys;
@@ -57,17 +64,29 @@ impl CapsuleDirs {
         self.root.join("capsule.json")
     }
 
-    /// Creates the directories (the capsule dir itself must not exist yet).
+    /// Creates the directories (the capsule dir itself must not exist yet); `capsules/` and
+    /// the capsule dir get mode 0700.
     pub fn create(&self) -> io::Result<()> {
-        std::fs::create_dir_all(self.root.parent().unwrap_or(Path::new("/")))?;
-        std::fs::create_dir(&self.root)?;
+        private_dir(
+            self.root.parent().unwrap_or(Path::new("/")),
+            PRIVATE_DIR_MODE,
+        )?;
+        std::fs::DirBuilder::new()
+            .mode(PRIVATE_DIR_MODE)
+            .create(&self.root)?;
+        // The umask may have taken bits away; never leave more than asked for.
+        std::fs::set_permissions(
+            &self.root,
+            std::fs::Permissions::from_mode(PRIVATE_DIR_MODE),
+        )?;
         for d in [self.upper(), self.work(), self.rootfs(), self.bundle()] {
             std::fs::create_dir(d)?;
         }
         Ok(())
     }
 
-    /// Mounts the overlay with `lower` (a template rootfs) as its only, read-only layer.
+    /// Mounts the overlay with `lower` (a template rootfs) as its only, read-only layer,
+    /// `nosuid,nodev`.
     pub fn mount(&self, lower: &Path) -> io::Result<()> {
         sys::mount_overlay(lower, &self.upper(), &self.work(), &self.rootfs())
     }
@@ -106,6 +125,19 @@ impl CapsuleDirs {
     pub fn disk_bytes(&self) -> u64 {
         dir_size(&self.upper())
     }
+}
+
+/// Mode of the runtime's own dirs under `data_dir` and `cache_dir`: only host root enters.
+/// (Nothing needs traversal by another user: libcontainer resolves the rootfs, bundle and the
+/// `runtime/` bind-mount source as root, the agent in the capsule runs as root, and the server
+/// connects to `agent.sock` as root.)
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+
+/// Creates `dir` and missing parents, then sets `dir`'s mode to `mode` (also when it already
+/// existed with a wider one).
+pub(crate) fn private_dir(dir: &Path, mode: u32) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
 }
 
 /// Apparent size of a tree, not following symlinks.

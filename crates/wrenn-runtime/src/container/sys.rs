@@ -114,7 +114,7 @@ pub(crate) fn fs_magic(path: &Path) -> io::Result<i64> {
     Ok(st.filesystem_type().0 as i64)
 }
 
-/// `mount -t overlay overlay -o lowerdir=..,upperdir=..,workdir=.. target`.
+/// `mount -t overlay overlay -o nosuid,nodev,lowerdir=..,upperdir=..,workdir=.. target`.
 pub(crate) fn mount_overlay(
     lower: &Path,
     upper: &Path,
@@ -132,7 +132,7 @@ pub(crate) fn mount_overlay(
         Some("overlay"),
         target,
         Some("overlay"),
-        MsFlags::MS_NODEV,
+        MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
         Some(opts.as_str()),
     )
     .map_err(io::Error::from)

@@ -11,6 +11,7 @@ mod common;
 
 mod agent_socket;
 mod bench;
+mod hardening;
 
 mod isolation;
 mod lifecycle;

@@ -1,0 +1,86 @@
+//! Host-side hardening after the security review: what capsules leave on the host and what
+//! the host exposes to capsules.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+
+use wrenn_runtime::NetworkMode;
+
+use crate::common::*;
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// The mount options (field 6) of the mount at exactly `target` in /proc/self/mountinfo.
+fn mount_options(target: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let t = target.to_str().expect("utf-8 path");
+    info.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.get(4) == Some(&t)).then(|| f.get(5).copied().unwrap_or("").to_owned())
+    })
+}
+
+/// Whether uid/gid 65534 (no groups) can `ls -d` path on the host.
+fn nobody_can_reach(p: &Path) -> bool {
+    std::process::Command::new("/bin/ls")
+        .arg("-d")
+        .arg(p)
+        .uid(65534)
+        .gid(65534)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("spawn ls as nobody")
+        .success()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setuid_files_of_capsule_root_are_private_and_nosuid_on_the_host() {
+    if !privileged("setuid_files_private_nosuid") {
+        return;
+    }
+    let t = TestRuntime::new();
+    let c = t.capsule("busybox", NetworkMode::Isolated).await;
+    for d in ["capsules", "templates", "state", "runtime"] {
+        assert_eq!(mode(&t.data_dir.join(d)), 0o700, "data_dir/{d}");
+    }
+    assert_eq!(
+        mode(&cache_dir().join("templates")),
+        0o700,
+        "cache templates"
+    );
+    let cdir = t.data_dir.join("capsules").join(c.id());
+    assert_eq!(mode(&cdir), 0o700, "capsule dir");
+
+    let r = sh(
+        &c,
+        "cp /bin/busybox /suid && chmod 4755 /suid && stat -c %a /suid",
+    )
+    .await;
+    assert_eq!(r.stdout.trim(), "4755", "{r:?}");
+    let (upper, merged) = (cdir.join("upper/suid"), cdir.join("rootfs/suid"));
+    // The file is on the host with its bit (root sees it) ...
+    assert_eq!(mode(&upper), 0o4755);
+    assert_eq!(mode(&merged), 0o4755);
+    // ... but no other host user can get to it: positive control first.
+    assert!(nobody_can_reach(Path::new("/")), "control: nobody runs ls");
+    assert!(nobody_can_reach(&t.data_dir), "control: data dir itself");
+    assert!(!nobody_can_reach(&upper), "upper copy reachable by nobody");
+    assert!(
+        !nobody_can_reach(&merged),
+        "merged copy reachable by nobody"
+    );
+    // And the host-side overlay never honours setuid / file capabilities.
+    let opts = mount_options(&cdir.join("rootfs")).expect("overlay mounted");
+    assert!(opts.split(',').any(|o| o == "nosuid"), "{opts}");
+    assert!(opts.split(',').any(|o| o == "nodev"), "{opts}");
+    let st = nix::sys::statvfs::statvfs(&merged).expect("statvfs");
+    assert!(st.flags().contains(nix::sys::statvfs::FsFlags::ST_NOSUID));
+}
