@@ -6,9 +6,12 @@
 //! namespace with `lo` only.
 //!
 //! Once per host: the nft table `inet wrenn` (masquerade for 10.213.0.0/16 leaving through a
-//! non-capsule interface; capsules may not reach RFC1918, link-local, CGNAT nor each other; the
-//! host accepts from capsules only replies and ICMP echo, and
-//! rejects the rest so that clients fail fast) and `net.ipv4.ip_forward=1`.
+//! non-capsule interface; capsules may not reach RFC1918, link-local, CGNAT, loopback,
+//! "this network", IETF-protocol, benchmarking, multicast and reserved ranges, nor each other;
+//! nothing is forwarded *into* a capsule veth except replies, so other machines that route
+//! 10.213.0.0/16 to this host cannot reach capsule ports (the port proxy connects from the host
+//! itself, through OUTPUT, not FORWARD); the host accepts from capsules only replies and ICMP
+//! echo, and rejects the rest so that clients fail fast) and `net.ipv4.ip_forward=1`.
 //!
 //! Slot allocation is host-global, so several runtimes (tests run them in parallel) never clash:
 //! slot `N` is claimed by creating `/run/wrenn-net/<N>` exclusively; the file names the owning
@@ -40,8 +43,10 @@ table inet wrenn {
     chain forward {
         type filter hook forward priority 0; policy accept;
         iifname "wrv*" oifname "wrv*" drop
+        oifname "wrv*" ct state established,related accept
+        oifname "wrv*" drop
         @DNS@
-        iifname "wrv*" ip daddr { 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 169.254.0.0/16, 100.64.0.0/10, 127.0.0.0/8 } drop
+        iifname "wrv*" ip daddr { 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 169.254.0.0/16, 100.64.0.0/10, 127.0.0.0/8, 0.0.0.0/8, 192.0.0.0/24, 198.18.0.0/15, 224.0.0.0/4, 240.0.0.0/4 } drop
         iifname "wrv*" meta nfproto ipv6 drop
     }
     chain input {
@@ -286,5 +291,74 @@ mod nft_tests {
         assert!(dns < drop, "the exception must come first");
         assert!(!rules.contains("127.0.0.53"));
         assert!(!nft_rules("").contains("@DNS@"));
+    }
+
+    #[test]
+    fn forward_chain_admits_only_replies_into_capsules() {
+        let rules = nft_rules("nameserver 10.255.255.53\n");
+        let pos = |needle: &str| {
+            rules
+                .find(needle)
+                .unwrap_or_else(|| panic!("missing {needle}"))
+        };
+        let c2c = pos(r#"iifname "wrv*" oifname "wrv*" drop"#);
+        let replies = pos(r#"oifname "wrv*" ct state established,related accept"#);
+        let inbound = pos("\n        oifname \"wrv*\" drop");
+        let dns = pos("th dport 53 accept");
+        let private = pos("ip daddr { 10.0.0.0/8");
+        assert!(c2c < replies && replies < inbound && inbound < dns && dns < private);
+        let private_line = rules[private..].lines().next().unwrap_or("");
+        for range in [
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "169.254.0.0/16",
+            "100.64.0.0/10",
+            "127.0.0.0/8",
+            "0.0.0.0/8",
+            "192.0.0.0/24",
+            "198.18.0.0/15",
+            "224.0.0.0/4",
+            "240.0.0.0/4",
+        ] {
+            assert!(private_line.contains(range), "{range} not dropped");
+        }
+        assert!(private_line.trim_end().ends_with("drop"));
+    }
+
+    /// `nft -c` parses and checks the ruleset against the kernel without applying it (needs
+    /// root and the nft binary; skipped otherwise).
+    #[test]
+    fn ruleset_passes_nft_check() {
+        use std::io::Write as _;
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP ruleset_passes_nft_check: needs root");
+            return;
+        }
+        let mut child = match std::process::Command::new("nft")
+            .args(["-c", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("SKIP ruleset_passes_nft_check: nft: {e}");
+                return;
+            }
+        };
+        let rules = nft_rules("nameserver 10.255.255.53\nnameserver 192.168.1.1\n");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(rules.as_bytes())
+            .expect("write rules");
+        let out = child.wait_with_output().expect("nft -c");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

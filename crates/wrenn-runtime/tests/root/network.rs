@@ -106,3 +106,120 @@ async fn isolated_capsule_has_only_loopback() {
     );
     assert_eq!(lines.next(), None, "{r:?}");
 }
+
+/// A stand-in for another machine on the LAN: a network namespace joined to the host by a veth
+/// (198.51.100.0/30, TEST-NET-2), routing 10.213.0.0/16 via the host. Removed on drop.
+struct LanPeer {
+    ns: String,
+    veth: String,
+}
+
+impl LanPeer {
+    fn new() -> Self {
+        let tag = std::process::id() % 100_000;
+        let peer = Self {
+            ns: format!("wrenn-lan-{tag}"),
+            veth: format!("wrl{tag}"),
+        };
+        let batch = format!(
+            "netns add {ns}\n\
+             link add {v} type veth peer name eth0 netns {ns}\n\
+             addr add 198.51.100.1/30 dev {v}\n\
+             link set {v} up\n",
+            ns = peer.ns,
+            v = peer.veth
+        );
+        ip(&["-b", "-"], &batch);
+        ip(
+            &["-n", &peer.ns, "-b", "-"],
+            "link set lo up\naddr add 198.51.100.2/30 dev eth0\nlink set eth0 up\n\
+             route add 10.213.0.0/16 via 198.51.100.1\n",
+        );
+        peer
+    }
+
+    /// `nc` from the peer to `ip:port`; what it read.
+    fn fetch(&self, ip: std::net::Ipv4Addr, port: u16) -> String {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.ns, "busybox", "nc", "-w", "3"])
+            .arg(ip.to_string())
+            .arg(port.to_string())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("ip netns exec nc");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for LanPeer {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .status();
+    }
+}
+
+fn ip(args: &[&str], input: &str) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("ip")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn ip");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write ip batch");
+    assert!(
+        child.wait().expect("wait ip").success(),
+        "ip {args:?}: {input}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_machines_cannot_route_to_capsule_ports() {
+    if !privileged("other_machines_cannot_route_to_capsule_ports") {
+        return;
+    }
+    let t = TestRuntime::new();
+    let c = t.capsule("busybox", NetworkMode::Egress).await;
+    let ip = c.handle.ip.expect("ip");
+    // The host itself (what the port proxy does) still connects.
+    assert_eq!(host_fetch(&c, ip).await, "hello\n");
+    let lan = LanPeer::new();
+    // Positive control: the peer reaches the host over its link.
+    let r = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lan.ns,
+            "busybox",
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "198.51.100.1",
+        ])
+        .output()
+        .expect("ping");
+    assert!(r.status.success(), "peer cannot reach host: {r:?}");
+    listen(&c).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let got = tokio::task::spawn_blocking(move || {
+        let got = lan.fetch(ip, 7000);
+        drop(lan);
+        got
+    })
+    .await
+    .expect("fetch task");
+    assert!(
+        !got.contains("hello"),
+        "a routed peer reached the capsule: {got:?}"
+    );
+}
