@@ -29,6 +29,24 @@ use crate::users::Names;
 
 /// Read chunk size of streamed downloads.
 const READ_CHUNK: usize = 64 * 1024;
+/// Most entries one `files/list` answers; a bigger listing is refused, not truncated.
+pub const MAX_LIST_ENTRIES: usize = 100_000;
+/// Deepest `files/list` recursion; larger depths are clamped to it.
+pub const MAX_LIST_DEPTH: u32 = 32;
+
+/// Why a listing stopped.
+#[derive(Debug, thiserror::Error)]
+enum ListError {
+    /// The listed directory itself cannot be read.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// More than the allowed number of entries.
+    #[error("directory listing exceeds {max} entries; use a smaller depth")]
+    TooMany {
+        /// The cap.
+        max: usize,
+    },
+}
 
 fn check_path(path: &str) -> Result<String, ApiError> {
     if path.is_empty() {
@@ -195,7 +213,7 @@ pub async fn list(
 ) -> Result<Json<ListResponse>, ApiError> {
     let Json(req) = req.map_err(json_rejection)?;
     let path = check_path(&req.path)?;
-    let depth = req.depth.max(1);
+    let depth = req.depth.clamp(1, MAX_LIST_DEPTH);
     blocking(move || {
         let meta = fs::metadata(&path).map_err(|e| io_error("list", &path, &e))?;
         if !meta.is_dir() {
@@ -206,7 +224,10 @@ pub async fn list(
         }
         let names = Names::load();
         let mut entries = Vec::new();
-        list_dir(&names, &path, depth, &mut entries).map_err(|e| io_error("list", &path, &e))?;
+        list_dir(&names, &path, depth, MAX_LIST_ENTRIES, &mut entries).map_err(|e| match e {
+            ListError::Io(e) => io_error("list", &path, &e),
+            e @ ListError::TooMany { .. } => ApiError::invalid(e.to_string()),
+        })?;
         Ok(Json(ListResponse { entries }))
     })
     .await
@@ -220,11 +241,23 @@ fn join(dir: &str, name: &str) -> String {
     }
 }
 
-fn list_dir(names: &Names, dir: &str, depth: u32, out: &mut Vec<FileEntry>) -> io::Result<()> {
-    let mut children: Vec<String> = fs::read_dir(dir)?
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+/// Appends the entries of `dir` (and of its subdirectories, `depth` levels down, never through
+/// symlinks) to `out`, failing as soon as `out` would hold more than `max` entries.
+fn list_dir(
+    names: &Names,
+    dir: &str,
+    depth: u32,
+    max: usize,
+    out: &mut Vec<FileEntry>,
+) -> Result<(), ListError> {
+    let mut children = Vec::new();
+    for child in fs::read_dir(dir)?.filter_map(Result::ok) {
+        // Checked while reading, so a directory of millions of files is never held in memory.
+        if out.len() + children.len() >= max {
+            return Err(ListError::TooMany { max });
+        }
+        children.push(child.file_name().to_string_lossy().into_owned());
+    }
     children.sort();
     for name in children {
         let path = join(dir, &name);
@@ -232,10 +265,17 @@ fn list_dir(names: &Names, dir: &str, depth: u32, out: &mut Vec<FileEntry>) -> i
         let Ok((entry, meta)) = entry_of(names, &path) else {
             continue;
         };
+        // Siblings of ancestors are pushed after their subtrees, so check every push too.
+        if out.len() >= max {
+            return Err(ListError::TooMany { max });
+        }
         out.push(entry);
         if depth > 1 && meta.is_dir() {
             // Unreadable subdirectories are listed but not entered.
-            let _ = list_dir(names, &path, depth - 1, out);
+            match list_dir(names, &path, depth - 1, max, out) {
+                Err(e @ ListError::TooMany { .. }) => return Err(e),
+                Ok(()) | Err(ListError::Io(_)) => {}
+            }
         }
     }
     Ok(())
@@ -394,6 +434,46 @@ mod tests {
         assert_eq!(mode_string('d', 0o1777), "drwxrwxrwt");
         assert_eq!(mode_string('-', 0o4754), "-rwsr-xr--");
         assert_eq!(mode_string('L', 0o2640), "Lrw-r-S---");
+    }
+
+    /// A chain `d0/d1/.../d{levels-1}`, each directory holding `files` files and the next one.
+    fn tree(levels: usize, files: usize) -> tempfile::TempDir {
+        let root = tempfile::tempdir().expect("temp dir");
+        let mut dir = root.path().to_path_buf();
+        for level in 0..levels {
+            dir.push(format!("d{level}"));
+            fs::create_dir(&dir).expect("mkdir");
+            for f in 0..files {
+                fs::write(dir.join(format!("f{f}")), b"").expect("file");
+            }
+        }
+        root
+    }
+
+    fn list_n(root: &Path, depth: u32, max: usize) -> Result<usize, ListError> {
+        let mut out = Vec::new();
+        let dir = root.to_string_lossy();
+        list_dir(&Names::default(), &dir, depth, max, &mut out).map(|()| out.len())
+    }
+
+    #[test]
+    fn listings_are_capped() {
+        // 5 levels of (3 files + 1 dir): 4 entries per level below the root's one dir.
+        let root = tree(5, 3);
+        assert_eq!(list_n(root.path(), 32, 21).expect("fits"), 1 + 5 * 3 + 4);
+        assert_eq!(list_n(root.path(), 32, 20).expect("exactly at the cap"), 20);
+        assert!(matches!(
+            list_n(root.path(), 32, 19),
+            Err(ListError::TooMany { max: 19 })
+        ));
+        // Shallow enough, the same cap is fine.
+        assert_eq!(list_n(root.path(), 2, 19).expect("depth 2"), 1 + 4);
+        // One directory larger than the cap fails while it is read.
+        let wide = tree(1, 50);
+        assert!(matches!(
+            list_n(&wide.path().join("d0"), 1, 10),
+            Err(ListError::TooMany { max: 10 })
+        ));
     }
 
     #[test]

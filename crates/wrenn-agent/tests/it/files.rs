@@ -224,3 +224,41 @@ async fn streams_64_mib_byte_identical() {
     }
     assert_eq!(total, MIB << 20);
 }
+
+#[tokio::test]
+async fn list_caps_entries_and_depth() {
+    let agent = TestAgent::start().await;
+    let c = &agent.client;
+    // tmpfs when there is one: creating 100k files on a disk file system takes seconds.
+    let tmp = tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .expect("temp dir");
+    let root = tmp.path().join("big");
+    // Two directories of 50,001 files: 100,004 entries at depth 2, only 2 at depth 1.
+    for sub in ["a", "b"] {
+        let dir = root.join(sub);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for i in 0..50_001 {
+            std::fs::File::create(dir.join(i.to_string())).expect("create");
+        }
+    }
+    let root_s = root.to_string_lossy().into_owned();
+    assert_eq!(c.list(&root_s, 1).await.expect("depth 1").entries.len(), 2);
+    let message = assert_code(c.list(&root_s, 2).await, AgentErrorCode::InvalidRequest);
+    assert_eq!(
+        message,
+        "directory listing exceeds 100000 entries; use a smaller depth"
+    );
+
+    // A 40-deep chain is listed 32 levels down at most.
+    let mut deep = agent.path("deep");
+    for _ in 0..40 {
+        deep.push("n");
+    }
+    std::fs::create_dir_all(&deep).expect("mkdir chain");
+    let deep_root = agent.path("deep").to_string_lossy().into_owned();
+    let listed = c.list(&deep_root, 1_000).await.expect("deep list");
+    assert_eq!(listed.entries.len(), 32);
+    let deepest = &listed.entries[31].path;
+    assert_eq!(deepest, &format!("{deep_root}{}", "/n".repeat(32)));
+}
