@@ -11,7 +11,9 @@
 //! 2. `clone3` → `ENOSYS`, so libc falls back to `clone`, whose flags a filter can inspect,
 //! 3. x32 syscall numbers (bit 30) → `EPERM`,
 //! 4. the seccompiler program: listed syscalls → `EPERM`, `clone` with any `CLONE_NEW*` flag →
-//!    `EPERM`, `personality` other than the harmless values → `EPERM`.
+//!    `EPERM`, `personality` other than the harmless values → `EPERM`, `socket` and
+//!    `socketpair` with domain `AF_VSOCK` → `EPERM` (as Docker: vsock reaches the hypervisor
+//!    and other VMs' services, past the capsule's network namespace).
 //!
 //! Limitations: x86_64 only. ptrace is allowed on purpose (as Docker on kernels ≥ 4.8): the
 //! pid namespace and the missing CAP_SYS_PTRACE confine it.
@@ -99,6 +101,9 @@ const CLONE_NS_FLAGS: &[u64] = &[
 /// `personality(2)` values Docker allows: PER_LINUX, PER_LINUX32, UNAME26 variants, query.
 const PERSONALITY_ALLOWED: &[u64] = &[0x0, 0x8, 0x2_0000, 0x2_0008, 0xffff_ffff];
 
+/// Socket domains that `socket` and `socketpair` may not create.
+const DENIED_SOCKET_DOMAINS: &[u64] = &[libc::AF_VSOCK as u64];
+
 const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 const RET_KILL_PROCESS: u32 = 0x8000_0000;
 const RET_ERRNO: u32 = 0x0005_0000;
@@ -151,6 +156,18 @@ pub fn compile() -> Result<BpfProgram, SeccompCompileError> {
         libc::SYS_personality,
         vec![SeccompRule::new(personality).map_err(SeccompCompileError::Rules)?],
     );
+    for nr in [libc::SYS_socket, libc::SYS_socketpair] {
+        // `domain` is an int: compare the low 32 bits only (the upper half is not defined).
+        let domain_rules = DENIED_SOCKET_DOMAINS
+            .iter()
+            .map(|d| {
+                let c = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *d)
+                    .map_err(SeccompCompileError::Rules)?;
+                SeccompRule::new(vec![c]).map_err(SeccompCompileError::Rules)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        rules.insert(nr, domain_rules);
+    }
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
@@ -219,5 +236,83 @@ mod tests {
             prog.len()
         );
         assert_eq!(to_bytes(&prog).len(), prog.len() * 8);
+    }
+
+    /// Runs `prog` on one `seccomp_data` (x86_64, little endian) with a tiny classic-BPF
+    /// interpreter covering the instructions seccompiler and [`compile`] emit.
+    fn run(prog: &[seccompiler::sock_filter], nr: i64, args: [u64; 6]) -> u32 {
+        let mut data = Vec::with_capacity(64);
+        data.extend_from_slice(&(nr as u32).to_ne_bytes());
+        data.extend_from_slice(&AUDIT_ARCH_X86_64.to_ne_bytes());
+        data.extend_from_slice(&0u64.to_ne_bytes()); // instruction pointer
+        for a in args {
+            data.extend_from_slice(&a.to_ne_bytes());
+        }
+        let (mut acc, mut pc) = (0u32, 0usize);
+        loop {
+            let i = &prog[pc];
+            pc += 1;
+            let (class, op, src_x) = (i.code & 0x07, i.code & 0xf0, i.code & 0x08 != 0);
+            assert!(!src_x, "unexpected X-register instruction {:#x}", i.code);
+            match class {
+                0x00 => {
+                    assert_eq!(i.code, 0x20, "only LD|W|ABS");
+                    let k = i.k as usize;
+                    acc = u32::from_ne_bytes(data[k..k + 4].try_into().expect("4 bytes"));
+                }
+                0x04 => match op {
+                    0x50 => acc &= i.k,
+                    0x40 => acc |= i.k,
+                    other => panic!("alu op {other:#x}"),
+                },
+                0x05 => {
+                    let taken = match op {
+                        0x00 => {
+                            pc += i.k as usize;
+                            continue;
+                        }
+                        0x10 => acc == i.k,
+                        0x20 => acc > i.k,
+                        0x30 => acc >= i.k,
+                        0x40 => acc & i.k != 0,
+                        other => panic!("jmp op {other:#x}"),
+                    };
+                    pc += usize::from(if taken { i.jt } else { i.jf });
+                }
+                0x06 => return i.k,
+                other => panic!("class {other:#x}"),
+            }
+        }
+    }
+
+    #[test]
+    fn vsock_sockets_are_refused_other_domains_allowed() {
+        let prog = compile().expect("compile");
+        let eperm = RET_ERRNO | libc::EPERM as u32;
+        let allow = 0x7fff_0000;
+        let vsock = libc::AF_VSOCK as u64;
+        // Garbage in the upper half of the int argument does not matter.
+        for domain in [vsock, vsock | 0xdead_0000_0000] {
+            let args = [domain, libc::SOCK_STREAM as u64, 0, 0, 0, 0];
+            assert_eq!(run(&prog, libc::SYS_socket, args), eperm);
+            assert_eq!(run(&prog, libc::SYS_socketpair, args), eperm);
+        }
+        for domain in [
+            libc::AF_INET,
+            libc::AF_INET6,
+            libc::AF_UNIX,
+            libc::AF_NETLINK,
+        ] {
+            let args = [domain as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0];
+            assert_eq!(run(&prog, libc::SYS_socket, args), allow, "{domain}");
+            assert_eq!(run(&prog, libc::SYS_socketpair, args), allow, "{domain}");
+        }
+        // Sanity of the interpreter against the rest of the program.
+        assert_eq!(run(&prog, libc::SYS_mount, [0; 6]), eperm);
+        assert_eq!(run(&prog, libc::SYS_getpid, [0; 6]), allow);
+        assert_eq!(
+            run(&prog, libc::SYS_clone3, [0; 6]),
+            RET_ERRNO | libc::ENOSYS as u32
+        );
     }
 }

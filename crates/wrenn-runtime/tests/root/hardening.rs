@@ -84,3 +84,47 @@ async fn setuid_files_of_capsule_root_are_private_and_nosuid_on_the_host() {
     let st = nix::sys::statvfs::statvfs(&merged).expect("statvfs");
     assert!(st.flags().contains(nix::sys::statvfs::FsFlags::ST_NOSUID));
 }
+
+/// Tries each socket domain with `socket` and `socketpair`; prints `name=ok|ERRNO`.
+const SOCKET_PROBES: &str = r#"
+import errno, socket
+def probe(name, f):
+    try:
+        r = f()
+        for s in (r if isinstance(r, tuple) else (r,)):
+            s.close()
+        print(f"{name}=ok")
+    except OSError as e:
+        print(f"{name}={errno.errorcode.get(e.errno, e.errno)}")
+probe("vsock", lambda: socket.socket(40, socket.SOCK_STREAM))
+probe("vsock_pair", lambda: socket.socketpair(40, socket.SOCK_STREAM))
+probe("inet", lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+probe("unix", lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+probe("unix_pair", lambda: socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vsock_sockets_are_refused_in_capsules() {
+    if !privileged("vsock_refused") || !minimal_allowed("vsock_refused") {
+        return;
+    }
+    let t = TestRuntime::new();
+    let c = t.capsule("minimal", NetworkMode::Isolated).await;
+    let r = exec(
+        &c,
+        wrenn_types::agent::ExecRequest {
+            cmd: "python3".into(),
+            args: vec!["-c".into(), SOCKET_PROBES.into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    let got: std::collections::HashMap<&str, &str> =
+        r.stdout.lines().filter_map(|l| l.split_once('=')).collect();
+    assert_eq!(got.get("vsock"), Some(&"EPERM"), "{}", r.stdout);
+    assert_eq!(got.get("vsock_pair"), Some(&"EPERM"), "{}", r.stdout);
+    for ok in ["inet", "unix", "unix_pair"] {
+        assert_eq!(got.get(ok), Some(&"ok"), "{ok}: {}", r.stdout);
+    }
+}
