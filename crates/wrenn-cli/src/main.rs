@@ -59,6 +59,13 @@ enum Command {
         /// Do not build the `minimal` template in the background at start-up.
         #[arg(long)]
         no_prebuild: bool,
+        /// Memory limits of live capsules may add up to host memory × this; beyond, creates
+        /// answer 503 `host_unavailable`.
+        #[arg(long, env = "WRENN_MEMORY_OVERCOMMIT", default_value_t = 4.0)]
+        memory_overcommit: f64,
+        /// Live capsules at most.
+        #[arg(long, env = "WRENN_MAX_CAPSULES", default_value_t = 2000)]
+        max_capsules: usize,
     },
     /// Manage API keys.
     Key {
@@ -152,6 +159,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             listen,
             runtime,
             no_prebuild,
+            memory_overcommit,
+            max_capsules,
         } => {
             let data_dir = runtime.dir.dir.clone();
             let rt = container_runtime(&runtime)?;
@@ -163,6 +172,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 } else {
                     vec!["minimal".into()]
                 },
+                memory_overcommit,
+                max_capsules,
             };
             wrenn_server::serve(config, rt).await.map(|()| 0)
         }

@@ -24,7 +24,7 @@ use wrenn_runtime::Runtime;
 
 use crate::auth::KeyResolver;
 use crate::events::EventBus;
-use crate::lifecycle::Capsules;
+use crate::lifecycle::{Capacity, Capsules};
 use crate::store::Store;
 
 /// Shared state of every request handler.
@@ -47,13 +47,17 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Templates to build in the background at start-up when missing.
     pub prebuild_templates: Vec<String>,
+    /// Memory limits of live capsules may add up to host memory × this.
+    pub memory_overcommit: f64,
+    /// Live capsules at most.
+    pub max_capsules: usize,
 }
 
 /// Builds the state over an opened store and a runtime.
-pub fn state(store: Store, runtime: Arc<dyn Runtime>) -> AppState {
+pub fn state(store: Store, runtime: Arc<dyn Runtime>, capacity: Capacity) -> AppState {
     let events = EventBus::new();
     AppState {
-        capsules: Capsules::new(store.clone(), runtime, events.clone()),
+        capsules: Capsules::new(store.clone(), runtime, events.clone(), capacity),
         keys: KeyResolver::new(store),
         events,
     }
@@ -63,14 +67,18 @@ pub fn state(store: Store, runtime: Arc<dyn Runtime>) -> AppState {
 pub async fn serve(config: ServerConfig, runtime: Arc<dyn Runtime>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
-    let store = Store::open(&config.data_dir.join("wrenn.db")).context("opening the store")?;
+    restrict(&config.data_dir, 0o700)?;
+    let db = config.data_dir.join("wrenn.db");
+    let store = Store::open(&db).context("opening the store")?;
+    restrict(&db, 0o600)?;
     if store.key_count().await? == 0 {
         tracing::info!(
             "no API keys yet: create one with `wrenn key create --dir {}`",
             config.data_dir.display()
         );
     }
-    let state = state(store, runtime.clone());
+    let capacity = Capacity::of_host(config.memory_overcommit, config.max_capsules);
+    let state = state(store, runtime.clone(), capacity);
     state
         .capsules
         .recover()
@@ -117,6 +125,13 @@ pub async fn serve(config: ServerConfig, runtime: Arc<dyn Runtime>) -> anyhow::R
     state.capsules.flush_activity().await;
     tracing::info!("stopped; capsules keep running");
     Ok(())
+}
+
+/// Limits `path` to root: the data directory holds key hashes and capsules' files.
+fn restrict(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("restricting {}", path.display()))
 }
 
 async fn shutdown_signal() {

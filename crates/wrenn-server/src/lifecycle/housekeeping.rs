@@ -213,6 +213,10 @@ impl Capsules {
             match status {
                 CapsuleStatus::Running | CapsuleStatus::Paused => {}
                 CapsuleStatus::Snapshotting | CapsuleStatus::Missing => {
+                    // A snapshot cut short by the restart may have left the capsule frozen.
+                    if let Err(e) = self.runtime.resume(&id).await {
+                        tracing::warn!(id = %id, error = %e, "thawing after an interrupted snapshot");
+                    }
                     let _ = self
                         .transition(&live, &[], CapsuleStatus::Running, |_| {})
                         .await;

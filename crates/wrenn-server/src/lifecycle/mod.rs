@@ -40,6 +40,12 @@ pub const MAX_MEMORY_MB: i64 = 262_144;
 pub const PIDS_LIMIT: u32 = 1024;
 /// How long a request waits for a `starting`/`resuming` capsule.
 pub const READY_WAIT: Duration = Duration::from_secs(20);
+/// Waits between destroy attempts after a failed one.
+const DESTROY_RETRIES: [Duration; 3] = [
+    Duration::from_millis(500),
+    Duration::from_secs(2),
+    Duration::from_secs(5),
+];
 /// Metadata keys the server sets itself.
 pub const RESERVED_METADATA: [&str; 4] = [
     "kernel_version",
@@ -121,6 +127,56 @@ pub struct Capsules {
     live: Mutex<HashMap<String, Arc<LiveCapsule>>>,
     kernel_version: String,
     metrics: Metrics,
+    capacity: Capacity,
+}
+
+/// How much this host may hand out.
+#[derive(Debug, Clone, Copy)]
+pub struct Capacity {
+    /// Host memory, MiB.
+    pub host_memory_mb: u64,
+    /// Memory limits of live capsules may add up to `host_memory_mb` × this.
+    pub memory_overcommit: f64,
+    /// Live capsules at most.
+    pub max_capsules: usize,
+}
+
+impl Capacity {
+    /// This host's memory with the given policy.
+    pub fn of_host(memory_overcommit: f64, max_capsules: usize) -> Self {
+        let host_memory_mb = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .map_or(0, |kb| kb / 1024);
+        Self {
+            host_memory_mb,
+            memory_overcommit,
+            max_capsules,
+        }
+    }
+
+    /// Why a capsule with `memory_mb` cannot be admitted next to `live` capsules reserving
+    /// `reserved_mb`, if it cannot.
+    pub fn refuse(&self, live: usize, reserved_mb: u64, memory_mb: u32) -> Option<String> {
+        if live >= self.max_capsules {
+            return Some(format!(
+                "this host runs its maximum of {} capsules",
+                self.max_capsules
+            ));
+        }
+        let budget = (self.host_memory_mb as f64 * self.memory_overcommit) as u64;
+        if self.host_memory_mb > 0 && reserved_mb + u64::from(memory_mb) > budget {
+            return Some(format!(
+                "not enough memory on this host: {reserved_mb} MiB of {budget} MiB reserved, \
+                 {memory_mb} MiB asked"
+            ));
+        }
+        None
+    }
 }
 
 impl std::fmt::Debug for Capsules {
@@ -138,8 +194,13 @@ fn kernel_version() -> String {
 }
 
 impl Capsules {
-    /// A service over `store` and `runtime`.
-    pub fn new(store: Store, runtime: Arc<dyn Runtime>, events: EventBus) -> Arc<Self> {
+    /// A service over `store` and `runtime`, admitting capsules within `capacity`.
+    pub fn new(
+        store: Store,
+        runtime: Arc<dyn Runtime>,
+        events: EventBus,
+        capacity: Capacity,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
             runtime,
@@ -147,6 +208,7 @@ impl Capsules {
             live: Mutex::new(HashMap::new()),
             kernel_version: kernel_version(),
             metrics: Metrics::default(),
+            capacity,
         })
     }
 
@@ -290,6 +352,19 @@ impl Capsules {
         let metadata = validate_metadata(req.metadata)?;
         let resolved = self.resolve_template(team_id, &template).await?;
         let (vcpus, memory_mb) = resolved.sizes.unwrap_or((vcpus, memory_mb));
+        let (live_count, reserved_mb) = {
+            let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            let reserved = live
+                .values()
+                .map(|l| l.snapshot())
+                .filter(|c| !c.status.is_terminal())
+                .map(|c| u64::from(c.memory_mb))
+                .sum::<u64>();
+            (live.len(), reserved)
+        };
+        if let Some(why) = self.capacity.refuse(live_count, reserved_mb, memory_mb) {
+            return Err(ApiError::HostUnavailable(why));
+        }
 
         let now = Utc::now();
         let capsule = Capsule {
@@ -493,7 +568,17 @@ impl Capsules {
     async fn run_destroy(self: Arc<Self>, live: Arc<LiveCapsule>) {
         let _op = live.op.lock().await;
         let id = live.snapshot().id;
-        match self.runtime.destroy(&id).await {
+        // Teardown steps can fail transiently (a busy mount, a slow kill): retry before giving
+        // up, so that a failure does not leave host resources behind unnoticed.
+        let mut result = self.runtime.destroy(&id).await;
+        for backoff in DESTROY_RETRIES {
+            if result.is_ok() {
+                break;
+            }
+            tokio::time::sleep(backoff).await;
+            result = self.runtime.destroy(&id).await;
+        }
+        match result {
             Ok(()) => {
                 if let Ok(rec) = self
                     .transition(
@@ -628,6 +713,27 @@ mod tests {
         assert!(can_transition(Running, Pausing));
         assert!(!can_transition(Running, Resuming));
         assert!(!can_transition(Paused, Running));
+    }
+
+    #[test]
+    fn admission_within_memory_budget_and_count() {
+        let cap = Capacity {
+            host_memory_mb: 1000,
+            memory_overcommit: 2.0,
+            max_capsules: 3,
+        };
+        assert!(cap.refuse(0, 0, 512).is_none());
+        assert!(cap.refuse(2, 1488, 512).is_none(), "exactly at the budget");
+        assert!(cap.refuse(2, 1489, 512).is_some());
+        assert!(cap.refuse(3, 0, 32).is_some(), "count limit");
+        let unknown = Capacity {
+            host_memory_mb: 0,
+            ..cap
+        };
+        assert!(
+            unknown.refuse(0, 1 << 40, 512).is_none(),
+            "no meminfo: no memory check"
+        );
     }
 
     #[test]

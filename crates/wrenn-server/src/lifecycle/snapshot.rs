@@ -106,7 +106,32 @@ impl Capsules {
     }
 
     /// Snapshots capsule `sandbox_id` into template `name` (default `template-` + 8 hex).
+    ///
+    /// Runs in its own task: a client that gives up (the SDK waits 60 s) must not cancel it
+    /// half way, which would leave the capsule frozen and the template half recorded.
     pub async fn snapshot(
+        self: &Arc<Self>,
+        team_id: &str,
+        actor: &Actor,
+        sandbox_id: &str,
+        name: Option<String>,
+        overwrite: bool,
+    ) -> ApiResult<Template> {
+        let (this, team, actor, id) = (
+            self.clone(),
+            team_id.to_owned(),
+            actor.clone(),
+            sandbox_id.to_owned(),
+        );
+        tokio::spawn(async move {
+            this.take_snapshot(&team, &actor, &id, name, overwrite)
+                .await
+        })
+        .await
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("snapshot task failed: {e}")))?
+    }
+
+    async fn take_snapshot(
         self: &Arc<Self>,
         team_id: &str,
         actor: &Actor,
