@@ -4,7 +4,7 @@
 //! between `fork` and `exec` and therefore may only use async-signal-safe libc calls.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
@@ -149,18 +149,33 @@ pub fn kill_group(pgid: u32, signal: i32) -> Result<(), Errno> {
     nix::sys::signal::killpg(Pid::from_raw(pgid), sig)
 }
 
-/// Opens a PTY pair sized `cols`x`rows`; both ends close-on-exec.
+/// Opens a PTY pair sized `cols`x`rows`; both ends close-on-exec from the start.
+///
+/// `O_CLOEXEC` is part of each `open`, never set afterwards: other threads fork children
+/// concurrently, and a child forked between an `open` and a later `fcntl` would inherit the fd
+/// (keeping the terminal open, and the session's output readable, from an unrelated process).
+/// The child of the session gets the slave through `dup2` onto 0/1/2, which clears the flag on
+/// those copies only.
 pub fn open_pty(cols: u16, rows: u16) -> io::Result<(OwnedFd, OwnedFd)> {
-    let ws = winsize(cols, rows);
-    let pty = nix::pty::openpty(Some(&ws), None).map_err(io::Error::from)?;
-    for fd in [&pty.master, &pty.slave] {
-        nix::fcntl::fcntl(
-            fd.as_raw_fd(),
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        )
-        .map_err(io::Error::from)?;
-    }
-    Ok((pty.master, pty.slave))
+    use nix::fcntl::OFlag;
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let slave_path = ptsname_r(&master)?;
+    // SAFETY: `into_raw_fd` hands over the open master fd that `PtyMaster` owned (it will not
+    // close it), so the new OwnedFd is its only owner.
+    let master = unsafe { OwnedFd::from_raw_fd(master.into_raw_fd()) };
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(&slave_path)?;
+    set_winsize(master.as_fd(), cols, rows)?;
+    Ok((master, OwnedFd::from(slave)))
 }
 
 fn winsize(cols: u16, rows: u16) -> nix::pty::Winsize {
@@ -329,4 +344,29 @@ pub unsafe fn child_setup(setup: &ChildSetup) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pty_ends_are_close_on_exec_and_sized() {
+        let (master, slave) = open_pty(100, 40).expect("open pty");
+        for fd in [&master, &slave] {
+            let flags =
+                nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD).expect("F_GETFD");
+            assert_ne!(flags & libc::FD_CLOEXEC, 0);
+        }
+        let mut ws = libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCGWINSZ writes one `struct winsize` to the pointer, valid for the call.
+        let rc = unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+        assert_eq!(rc, 0);
+        assert_eq!((ws.ws_col, ws.ws_row), (100, 40));
+    }
 }

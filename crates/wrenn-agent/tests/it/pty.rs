@@ -157,3 +157,59 @@ async fn pty_rejects_bad_first_messages() {
     assert!(fatal && data.contains("not found"), "{data}");
     expect_close(&mut ws).await;
 }
+
+/// Starts `sleep 1000` in a new PTY session; the open socket keeps it attached.
+async fn start_sleeping_pty(agent: &TestAgent) -> Ws {
+    let mut ws = agent.client.websocket("/pty").await.expect("ws");
+    send_json(
+        &mut ws,
+        json!({"type":"start","cmd":"sleep","args":["1000"]}),
+    )
+    .await;
+    let PtyServerMessage::Started { .. } = next_json(&mut ws).await else {
+        panic!("started first")
+    };
+    ws
+}
+
+/// PTY ends opened while another request forks must not leak into that child.
+#[tokio::test]
+async fn pty_fds_do_not_leak_into_concurrent_children() {
+    use futures_util::future::join_all;
+    use wrenn_agent_client::ExecOutcome;
+
+    let agent = TestAgent::start().await;
+    let mut sockets = Vec::new();
+    let mut pids = Vec::new();
+    for _ in 0..16 {
+        let ptys = join_all((0..24).map(|_| start_sleeping_pty(&agent)));
+        let children = join_all((0..24).map(|_| async {
+            let req = wrenn_types::agent::ExecRequest {
+                cmd: "sleep".into(),
+                args: vec!["1000".into()],
+                background: true,
+                ..Default::default()
+            };
+            match agent.client.exec(&req).await.expect("exec") {
+                ExecOutcome::Started(s) => s.pid,
+                other => panic!("expected a background start, got {other:?}"),
+            }
+        }));
+        let (ws, started) = tokio::join!(ptys, children);
+        sockets.extend(ws);
+        pids.extend(started);
+    }
+    for pid in pids {
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("fd dir");
+        for fd in fds.flatten() {
+            let target = std::fs::read_link(fd.path()).unwrap_or_default();
+            let target = target.to_string_lossy();
+            assert!(
+                !target.starts_with("/dev/pts") && !target.starts_with("/dev/ptmx"),
+                "pid {pid} inherited a PTY: {} -> {target}",
+                fd.path().display()
+            );
+        }
+    }
+    drop(sockets);
+}
