@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
@@ -179,10 +180,17 @@ impl Templates {
             });
         }
         let (dir, src, n) = (self.dir.clone(), src.to_owned(), name.to_owned());
-        tokio::task::spawn_blocking(move || snapshot_tree(&dir, &src, &n))
+        match tokio::task::spawn_blocking(move || snapshot_tree(&dir, &src, &n))
             .await
             .map_err(|e| err(anyhow::anyhow!("snapshot task: {e}")))?
-            .map_err(err)
+        {
+            Ok(info) => Ok(info),
+            Err(SnapshotError::Exists) => Err(RuntimeError::InvalidState {
+                id: name.to_owned(),
+                state: "already exists".into(),
+            }),
+            Err(SnapshotError::Other(e)) => Err(err(e)),
+        }
     }
 
     /// Removes snapshot template `name`.
@@ -197,12 +205,11 @@ impl Templates {
             return Err(RuntimeError::TemplateNotFound(name.to_owned()));
         }
         let target = self.dir.join(name);
-        // Rename first so the name is free at once and a crash never leaves half a tree.
-        let trash = self
-            .dir
-            .join(format!(".{name}.deleted-{}", std::process::id()));
+        // Rename first so the name is free at once and a crash never leaves half a tree. The
+        // trash name is unique, and never replaces anything, so only our own trash is removed.
+        let trash = self.dir.join(unique_tmp_name(name, "deleted"));
         tokio::task::spawn_blocking(move || {
-            std::fs::rename(&target, &trash)?;
+            crate::container::sys::rename_noreplace(&target, &trash)?;
             std::fs::remove_dir_all(&trash)
         })
         .await
@@ -216,13 +223,39 @@ impl Templates {
     }
 }
 
-/// Copies `src` into `dir/.name.snap-<pid>/rootfs`, writes its `template.json`, and renames
-/// it to `dir/name` (blocking).
-fn snapshot_tree(dir: &Path, src: &Path, name: &str) -> anyhow::Result<TemplateInfo> {
-    crate::container::overlay::private_dir(dir, crate::container::overlay::PRIVATE_DIR_MODE)?;
-    let tmp = dir.join(format!(".{name}.snap-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir(&tmp)?;
+/// `.{name}.{what}-{pid}-{seq}`: unique among all temp dirs of this process (a counter) and
+/// of other processes (the pid), so concurrent snapshots and deletes of one name never share
+/// (and never wipe) each other's temp dir.
+fn unique_tmp_name(name: &str, what: &str) -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!(".{name}.{what}-{}-{seq}", std::process::id())
+}
+
+/// Why [`snapshot_tree`] failed.
+#[derive(Debug)]
+enum SnapshotError {
+    /// Another snapshot took the name first.
+    Exists,
+    /// Anything else, with the step.
+    Other(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for SnapshotError {
+    fn from(e: E) -> Self {
+        Self::Other(e.into())
+    }
+}
+
+/// Copies `src` into a fresh `dir/.name.snap-<pid>-<seq>/rootfs`, writes its `template.json`,
+/// and renames it to `dir/name` without replacing anything (blocking). The temp dir is removed
+/// on failure; nothing this call did not create is ever removed.
+fn snapshot_tree(dir: &Path, src: &Path, name: &str) -> Result<TemplateInfo, SnapshotError> {
+    crate::container::overlay::private_dir(dir, crate::container::overlay::PRIVATE_DIR_MODE)
+        .context("create template dir")?;
+    let tmp = dir.join(unique_tmp_name(name, "snap"));
+    // `create_dir`, not `create_dir_all`: fails if the name somehow exists, so `tmp` is ours.
+    std::fs::create_dir(&tmp).context("create snapshot temp dir")?;
     let result = (|| {
         copy_tree(src, &tmp.join("rootfs"))?;
         let info = TemplateFile {
@@ -231,9 +264,15 @@ fn snapshot_tree(dir: &Path, src: &Path, name: &str) -> anyhow::Result<TemplateI
             size_bytes: crate::container::overlay::dir_size(&tmp.join("rootfs")),
             created_at: Utc::now(),
         };
-        std::fs::write(tmp.join("template.json"), serde_json::to_vec_pretty(&info)?)?;
-        std::fs::rename(&tmp, dir.join(name)).context("rename snapshot into place")?;
-        Ok(info.into())
+        std::fs::write(tmp.join("template.json"), serde_json::to_vec_pretty(&info)?)
+            .context("write template.json")?;
+        match crate::container::sys::rename_noreplace(&tmp, &dir.join(name)) {
+            Ok(()) => Ok(info.into()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(SnapshotError::Exists),
+            Err(e) => Err(SnapshotError::Other(
+                anyhow::Error::from(e).context("rename snapshot into place"),
+            )),
+        }
     })();
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -458,6 +497,95 @@ mod tests {
         ] {
             assert!(p.contains(&want), "{want}");
         }
+    }
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "wrenn-tpl-test-{tag}-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn temp_names_are_unique_in_one_process() {
+        let a = unique_tmp_name("s", "snap");
+        let b = unique_tmp_name("s", "snap");
+        assert_ne!(a, b);
+        assert!(a.starts_with(&format!(".s.snap-{}-", std::process::id())));
+    }
+
+    /// Concurrent snapshots of one name: exactly one wins, the others get `Exists`, the winner's
+    /// tree is whole and no temp dir is left behind.
+    #[test]
+    fn concurrent_snapshots_of_one_name() {
+        let root = scratch("snap");
+        let (src, dir) = (root.join("src"), root.join("templates"));
+        std::fs::create_dir_all(src.join("sub")).expect("src");
+        for i in 0..200 {
+            std::fs::write(src.join("sub").join(i.to_string()), vec![b'x'; 512]).expect("file");
+        }
+        let results: Vec<_> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..6)
+                .map(|_| s.spawn(|| snapshot_tree(&dir, &src, "snap")))
+                .collect();
+            hs.into_iter().map(|h| h.join().expect("thread")).collect()
+        });
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(ok, 1, "{results:?}");
+        for r in &results {
+            assert!(matches!(r, Ok(_) | Err(SnapshotError::Exists)), "{r:?}");
+        }
+        let copied = std::fs::read_dir(dir.join("snap/rootfs/sub"))
+            .expect("winner's tree")
+            .count();
+        assert_eq!(copied, 200);
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("snap")]);
+        // An existing (even empty) dir under the name is never replaced.
+        std::fs::create_dir(dir.join("empty")).expect("mkdir");
+        assert!(matches!(
+            snapshot_tree(&dir, &src, "empty"),
+            Err(SnapshotError::Exists)
+        ));
+        assert_eq!(
+            std::fs::read_dir(dir.join("empty")).expect("dir").count(),
+            0
+        );
+        std::fs::remove_dir_all(&root).expect("cleanup");
+    }
+
+    #[tokio::test]
+    async fn create_snapshot_race_is_invalid_state_and_delete_uses_own_trash() {
+        let root = scratch("api");
+        let src = root.join("src");
+        std::fs::create_dir_all(&src).expect("src");
+        std::fs::write(src.join("f"), "x").expect("file");
+        let t = Templates::new(&root.join("data"), &root.join("cache"));
+        t.create_snapshot("snap", &src).await.expect("first");
+        // The name check up front catches the plain case...
+        assert!(matches!(
+            t.create_snapshot("snap", &src).await,
+            Err(RuntimeError::InvalidState { .. })
+        ));
+        // ...and the no-replace rename the racy one.
+        std::fs::create_dir(root.join("data/templates/late")).expect("mkdir");
+        assert!(matches!(
+            snapshot_tree(&root.join("data/templates"), &src, "late"),
+            Err(SnapshotError::Exists)
+        ));
+        t.delete_snapshot("snap").await.expect("delete");
+        let left: Vec<_> = std::fs::read_dir(root.join("data/templates"))
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("late")]);
+        std::fs::remove_dir_all(&root).expect("cleanup");
     }
 
     #[test]

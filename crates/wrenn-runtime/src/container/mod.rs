@@ -23,7 +23,7 @@ pub mod overlay;
 pub mod record;
 pub mod seccomp;
 pub mod spec;
-mod sys;
+pub(crate) mod sys;
 pub mod watch;
 
 mod health;

@@ -138,6 +138,19 @@ pub(crate) fn mount_overlay(
     .map_err(io::Error::from)
 }
 
+/// `renameat2(RENAME_NOREPLACE)`: renames `from` to `to`, failing with `AlreadyExists` (and
+/// never replacing anything, not even an empty dir) when `to` exists.
+pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    nix::fcntl::renameat2(
+        None,
+        from,
+        None,
+        to,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    )
+    .map_err(io::Error::from)
+}
+
 /// Detaching unmount (`umount2(MNT_DETACH)`); "not mounted" is not an error.
 pub(crate) fn unmount(target: &Path) -> io::Result<()> {
     match nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
