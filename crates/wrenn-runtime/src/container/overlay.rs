@@ -140,17 +140,140 @@ pub(crate) fn private_dir(dir: &Path, mode: u32) -> io::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
 }
 
-/// Apparent size of a tree, not following symlinks.
+/// At most this many entries are looked at by one [`dir_size`] walk.
+pub const DIR_SIZE_MAX_ENTRIES: u64 = 1_000_000;
+/// [`dir_size`] does not descend deeper than this (each level holds one open directory).
+pub const DIR_SIZE_MAX_DEPTH: usize = 128;
+
+/// Apparent size of a tree (regular files and symlinks by `st_size`; directories count only
+/// their contents), never following a symlink.
+///
+/// The tree may be written by a capsule while we walk it (an upper dir), so nothing is looked
+/// up by path twice: every directory is opened relative to its parent's fd with
+/// `O_DIRECTORY | O_NOFOLLOW` and every entry is `fstatat`ed with `AT_SYMLINK_NOFOLLOW`. A dir
+/// swapped for a symlink (to `/`, say) between readdir and open fails to open and counts 0;
+/// a symlink counts as the link itself. The walk is capped at [`DIR_SIZE_MAX_ENTRIES`] entries
+/// and [`DIR_SIZE_MAX_DEPTH`] levels: past those it stops and returns what it counted.
 pub fn dir_size(p: &Path) -> u64 {
-    let Ok(md) = std::fs::symlink_metadata(p) else {
-        return 0;
+    let dir = match sys::open_dir_nofollow(None, p) {
+        Ok(d) => d,
+        // Not a directory (or a symlink): the entry itself.
+        Err(_) => return std::fs::symlink_metadata(p).map(|m| m.len()).unwrap_or(0),
     };
-    if !md.is_dir() {
-        return md.len();
+    let mut walk = SizeWalk {
+        bytes: 0,
+        entries: 0,
+    };
+    walk.dir(dir, 0);
+    walk.bytes
+}
+
+struct SizeWalk {
+    bytes: u64,
+    entries: u64,
+}
+
+impl SizeWalk {
+    /// Adds the contents of `dir`; `false` once the entry cap is hit (stop everywhere).
+    fn dir(&mut self, mut dir: nix::dir::Dir, depth: usize) -> bool {
+        use std::os::fd::AsRawFd;
+        let fd = dir.as_raw_fd();
+        for entry in dir.iter() {
+            let Ok(entry) = entry else {
+                continue;
+            };
+            let name = entry.file_name();
+            if name.to_bytes() == b"." || name.to_bytes() == b".." {
+                continue;
+            }
+            if self.entries >= DIR_SIZE_MAX_ENTRIES {
+                return false;
+            }
+            self.entries += 1;
+            let Ok(st) = sys::lstat_at(fd, name) else {
+                continue;
+            };
+            if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                self.bytes = self
+                    .bytes
+                    .saturating_add(u64::try_from(st.st_size).unwrap_or(0));
+                continue;
+            }
+            if depth + 1 >= DIR_SIZE_MAX_DEPTH {
+                continue;
+            }
+            // Re-checked by the open itself: a symlink swapped in since the stat fails here.
+            let Ok(child) = sys::open_dir_nofollow(Some(fd), name) else {
+                continue;
+            };
+            if !self.dir(child, depth + 1) {
+                return false;
+            }
+        }
+        true
     }
-    std::fs::read_dir(p)
-        .map(|rd| rd.filter_map(Result::ok).map(|e| dir_size(&e.path())).sum())
-        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "wrenn-size-test-{tag}-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("scratch");
+        d
+    }
+
+    #[test]
+    fn symlinks_are_counted_as_links_never_followed() {
+        let d = scratch("links");
+        std::fs::create_dir_all(d.join("a/b")).expect("mkdir");
+        std::fs::write(d.join("a/f"), vec![0u8; 1000]).expect("file");
+        std::fs::write(d.join("a/b/g"), vec![0u8; 24]).expect("file");
+        // A symlink to / where a dir might be: its size is the target's length (1), not /.
+        std::os::unix::fs::symlink("/", d.join("a/root")).expect("symlink");
+        std::os::unix::fs::symlink("/usr", d.join("usr")).expect("symlink");
+        assert_eq!(dir_size(&d), 1000 + 24 + 1 + 4);
+        // The walked root itself being a symlink is not followed either.
+        assert_eq!(dir_size(&d.join("a/root")), 1);
+        assert_eq!(dir_size(&d.join("a/f")), 1000);
+        assert_eq!(dir_size(&d.join("missing")), 0);
+        std::fs::remove_dir_all(&d).expect("cleanup");
+    }
+
+    /// A child that is a symlink by the time it is opened is refused by the open itself.
+    #[test]
+    fn open_refuses_a_swapped_in_symlink() {
+        use std::os::fd::AsRawFd;
+        let d = scratch("swap");
+        std::os::unix::fs::symlink("/", d.join("x")).expect("symlink");
+        let parent = sys::open_dir_nofollow(None, &d).expect("open");
+        let err = sys::open_dir_nofollow(Some(parent.as_raw_fd()), "x").expect_err("symlink");
+        assert!(
+            matches!(err.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&d).expect("cleanup");
+    }
+
+    #[test]
+    fn depth_is_capped() {
+        let d = scratch("deep");
+        let mut p = d.clone();
+        for _ in 0..DIR_SIZE_MAX_DEPTH + 5 {
+            p = p.join("d");
+        }
+        std::fs::create_dir_all(&p).expect("deep");
+        std::fs::write(p.join("f"), vec![0u8; 7]).expect("file");
+        std::fs::write(d.join("top"), vec![0u8; 3]).expect("file");
+        assert_eq!(dir_size(&d), 3);
+        std::fs::remove_dir_all(&d).expect("cleanup");
+    }
 }
 
 /// The host resolver configuration minus loopback nameservers; `None` when no nameserver is

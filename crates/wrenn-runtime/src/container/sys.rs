@@ -151,6 +151,29 @@ pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     .map_err(io::Error::from)
 }
 
+/// Opens directory `name` (relative to `parent`, or to the cwd / absolute when `None`) for
+/// reading with `O_DIRECTORY | O_NOFOLLOW`: a symlink (even one swapped in a moment ago) or a
+/// non-directory fails (`ENOTDIR` / `ELOOP`); nothing is ever followed.
+pub(crate) fn open_dir_nofollow<P: ?Sized + nix::NixPath>(
+    parent: Option<RawFd>,
+    name: &P,
+) -> io::Result<nix::dir::Dir> {
+    use nix::fcntl::OFlag;
+    nix::dir::Dir::openat(
+        parent,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(io::Error::from)
+}
+
+/// `fstatat(parent, name, AT_SYMLINK_NOFOLLOW)`: the entry itself, a symlink as a link.
+pub(crate) fn lstat_at(parent: RawFd, name: &std::ffi::CStr) -> io::Result<libc::stat> {
+    nix::sys::stat::fstatat(Some(parent), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+        .map_err(io::Error::from)
+}
+
 /// Detaching unmount (`umount2(MNT_DETACH)`); "not mounted" is not an error.
 pub(crate) fn unmount(target: &Path) -> io::Result<()> {
     match nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
