@@ -215,10 +215,17 @@ pub async fn create(net: &CapsuleNet) -> anyhow::Result<()> {
 /// Deletes the veth (if any) and the namespace; missing pieces are fine.
 pub async fn destroy(net: &CapsuleNet) -> anyhow::Result<()> {
     if let Some(slot) = net.slot {
-        let veth = veth_name(slot);
-        if Path::new("/sys/class/net").join(&veth).exists() {
-            // Deleting the host end deletes its peer in the namespace too.
-            let _ = run_stdin("ip", &["-b", "-"], &format!("link del {veth}\n")).await;
+        if net.netns_path().exists() {
+            // Delete the pair through its end in our own namespace: that can only ever be this
+            // capsule's pair, whatever happened to the host end's name.
+            let _ = run_stdin("ip", &["-n", &net.netns, "-b", "-"], "link del eth0\n").await;
+        } else {
+            // The namespace is gone but the host end may be left: we still hold the slot's
+            // claim, so its name is ours.
+            let veth = veth_name(slot);
+            if Path::new("/sys/class/net").join(&veth).exists() {
+                let _ = run_stdin("ip", &["-b", "-"], &format!("link del {veth}\n")).await;
+            }
         }
     }
     if net.netns_path().exists() {

@@ -207,8 +207,14 @@ pub(crate) fn mounts_under(prefix: &Path) -> Vec<std::path::PathBuf> {
     info.lines()
         .filter_map(|l| l.split(' ').nth(4))
         .map(unescape_mountinfo)
-        .filter(|p| p.as_os_str().as_bytes().starts_with(prefix))
+        .filter(|p| is_under(p.as_os_str().as_bytes(), prefix))
         .collect()
+}
+
+/// `prefix` itself or a path below it; not a sibling that merely shares the bytes
+/// (`/data/capsules/a` must not match `/data/capsules/ab`).
+fn is_under(path: &[u8], prefix: &[u8]) -> bool {
+    path.starts_with(prefix) && (path.len() == prefix.len() || path[prefix.len()] == b'/')
 }
 
 fn unescape_mountinfo(s: &str) -> std::path::PathBuf {
@@ -227,4 +233,17 @@ fn unescape_mountinfo(s: &str) -> std::path::PathBuf {
         i += 1;
     }
     std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&out))
+}
+
+#[cfg(test)]
+mod boundary_tests {
+    use super::is_under;
+
+    #[test]
+    fn mounts_under_needs_a_path_boundary() {
+        assert!(is_under(b"/d/capsules/a", b"/d/capsules/a"));
+        assert!(is_under(b"/d/capsules/a/rootfs", b"/d/capsules/a"));
+        assert!(!is_under(b"/d/capsules/ab/rootfs", b"/d/capsules/a"));
+        assert!(!is_under(b"/d/caps", b"/d/capsules"));
+    }
 }
