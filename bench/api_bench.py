@@ -34,6 +34,18 @@ def wait_running(c, cid, deadline_s=60):
     raise TimeoutError(cid)
 
 
+def destroy_all(c, ids, deadline_s=60):
+    """Destroys `ids` and waits until each is stopped, so nothing outlives the benchmark."""
+    for cid in ids:
+        c.delete(f"/v1/capsules/{cid}")
+    end = time.monotonic() + deadline_s
+    for cid in ids:
+        while c.get(f"/v1/capsules/{cid}").json()["status"] != "stopped":
+            if time.monotonic() > end:
+                raise TimeoutError(f"{cid} not stopped")
+            time.sleep(0.01)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=30)
@@ -57,8 +69,7 @@ def main():
         samples.append((time.perf_counter() - t0) * 1000)
         ids.append(cid)
     line("api.create_to_first_exec", samples, template=a.template)
-    for cid in ids[1:]:
-        c.delete(f"/v1/capsules/{cid}")
+    destroy_all(c, ids[1:])
     cid = ids[0]
     wait_running(c, cid)
 
@@ -142,7 +153,7 @@ def main():
          upload_mib_per_s=round(mib / (statistics.median(up) / 1000), 1),
          download_mib_per_s=round(mib / (statistics.median(down) / 1000), 1))
 
-    c.delete(f"/v1/capsules/{cid}")
+    destroy_all(c, [cid])
 
 
 if __name__ == "__main__":
