@@ -9,6 +9,11 @@
 //! (so the shell never blocks on a full terminal), keeps a ring of recent output and forwards to
 //! the one attached client, if any. A new `connect` replaces the attached client; a client that
 //! falls behind is detached (it can re-attach and gets the ring replayed).
+//!
+//! Input goes the other way through one writer task per session and a queue of at most
+//! [`INPUT_QUEUE_BYTES`]: a program that does not read its terminal blocks only that task, never
+//! the client loop, so output, `resize` and `kill` keep working. Input beyond the queue is
+//! dropped, and the client told once (a non-fatal `error`) until input flows again.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -21,7 +26,7 @@ use axum::extract::State;
 use axum::response::Response;
 use bytes::Bytes;
 use tokio::io::unix::AsyncFd;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use wrenn_types::error::AgentErrorCode;
 use wrenn_types::stream::{PtyClientMessage, PtyServerMessage};
 
@@ -37,6 +42,10 @@ pub const RING_BYTES: usize = 64 * 1024;
 const FRAME_BYTES: usize = 64 * 1024;
 /// Output still read after the process exited, for the last bytes in the terminal buffer.
 const EXIT_GRACE: Duration = Duration::from_millis(200);
+/// Terminal input queued for the program at most; more is dropped until it reads.
+pub const INPUT_QUEUE_BYTES: usize = 1024 * 1024;
+/// Non-fatal error sent when input starts being dropped.
+const INPUT_DROPPED: &str = "input dropped: the program is not reading its terminal";
 /// Error of a bad first message.
 const FIRST_MESSAGE_ERROR: &str = "first message must be type 'start' or 'connect'";
 
@@ -46,12 +55,23 @@ enum PtyOut {
     Exit(i32),
 }
 
+/// Input on its way to the session's writer task; every queued byte holds a permit of `budget`.
+#[derive(Debug)]
+struct InputQueue {
+    tx: mpsc::UnboundedSender<(Bytes, OwnedSemaphorePermit)>,
+    budget: Arc<Semaphore>,
+    /// Dropped when the session ends, which stops the writer even mid-write.
+    _stop: oneshot::Sender<()>,
+}
+
 #[derive(Debug, Default)]
 struct Shared {
     ring: VecDeque<u8>,
     client: Option<(u64, mpsc::Sender<PtyOut>)>,
     next_client: u64,
     exited: bool,
+    /// `None` once the session has ended.
+    input: Option<InputQueue>,
 }
 
 /// One live PTY session.
@@ -79,9 +99,25 @@ impl PtySession {
 
     async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
+            // A closed readiness never clears: without this the loop below could spin forever
+            // without yielding.
+            tokio::task::consume_budget().await;
             let mut guard = self.master.writable().await?;
-            if let Ok(r) = guard.try_io(|fd| sys::write_fd(fd.get_ref().as_fd(), data)) {
-                data = &data[r?..];
+            let hung_up = guard.ready().is_write_closed();
+            match guard.try_io(|fd| sys::write_fd(fd.get_ref().as_fd(), data)) {
+                Ok(r) => match r? {
+                    // Would spin forever; a terminal that takes nothing reports EAGAIN instead.
+                    0 => return Err(io::ErrorKind::WriteZero.into()),
+                    n => data = &data[n..],
+                },
+                // Every slave fd is closed and the full terminal will never drain.
+                Err(_would_block) if hung_up => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "terminal closed with input pending",
+                    ))
+                }
+                Err(_would_block) => {}
             }
         }
         Ok(())
@@ -102,9 +138,29 @@ impl PtySession {
         }
     }
 
+    /// Queues `bytes` for the writer task; false when they were dropped (queue full, or the
+    /// session has ended).
+    fn queue_input(&self, bytes: Bytes) -> bool {
+        if bytes.is_empty() {
+            return true;
+        }
+        let shared = self.lock();
+        let Some(input) = &shared.input else {
+            return false;
+        };
+        let Ok(n) = u32::try_from(bytes.len()) else {
+            return false;
+        };
+        match Arc::clone(&input.budget).try_acquire_many_owned(n) {
+            Ok(permit) => input.tx.send((bytes, permit)).is_ok(),
+            Err(_) => false,
+        }
+    }
+
     fn finish(&self, code: i32) {
         let mut shared = self.lock();
         shared.exited = true;
+        shared.input = None;
         if let Some((_, tx)) = shared.client.take() {
             let _ = tx.try_send(PtyOut::Exit(code));
         }
@@ -196,6 +252,13 @@ fn start_session(state: &SharedState, msg: PtyClientMessage) -> Result<Arc<PtySe
             let _ = sys::kill_group(pid, libc::SIGKILL);
             internal("watch pty", e)
         })?;
+    let (input_tx, input_rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let input = InputQueue {
+        tx: input_tx,
+        budget: Arc::new(Semaphore::new(INPUT_QUEUE_BYTES)),
+        _stop: stop_tx,
+    };
     let session = {
         let mut ptys = state.ptys.lock();
         let mut tag = spawn::new_tag("pty-");
@@ -206,11 +269,16 @@ fn start_session(state: &SharedState, msg: PtyClientMessage) -> Result<Arc<PtySe
             tag: tag.clone(),
             pid,
             master,
-            shared: Mutex::default(),
+            shared: Mutex::new(Shared {
+                input: Some(input),
+                ..Shared::default()
+            }),
         });
         ptys.insert(tag.clone(), Arc::clone(&session));
         session
     };
+    let writer = Arc::clone(&session);
+    tokio::spawn(async move { run_writer(writer, input_rx, stop_rx).await });
     let _ = state
         .procs
         .insert(pid, Some(session.tag.clone()), &spec.cmd, &spec.args, None);
@@ -218,6 +286,32 @@ fn start_session(state: &SharedState, msg: PtyClientMessage) -> Result<Arc<PtySe
     let st = SharedState::clone(state);
     tokio::spawn(async move { run_reader(st, reader, spawned.exit).await });
     Ok(session)
+}
+
+/// Writes queued input to the master until the session ends. A program that does not read
+/// stalls only this task; the permits of a frame are released once it is written.
+async fn run_writer(
+    session: Arc<PtySession>,
+    mut input: mpsc::UnboundedReceiver<(Bytes, OwnedSemaphorePermit)>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    loop {
+        let next = tokio::select! {
+            _ = &mut stop => None,
+            next = input.recv() => next,
+        };
+        let Some((bytes, _permit)) = next else {
+            break;
+        };
+        tokio::select! {
+            _ = &mut stop => break,
+            r = session.write_all(&bytes) => {
+                if let Err(error) = r {
+                    tracing::debug!(%error, "pty write failed");
+                }
+            }
+        }
+    }
 }
 
 async fn run_reader(state: SharedState, session: Arc<PtySession>, mut exit: ExitReceiver) {
@@ -310,6 +404,7 @@ async fn serve_client(
         }
     }
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_PERIOD, PING_PERIOD);
+    let mut dropping = false;
     loop {
         tokio::select! {
             out = rx.recv() => match out {
@@ -327,8 +422,15 @@ async fn serve_client(
             },
             msg = socket.recv() => match msg {
                 Some(Ok(Message::Binary(b))) => {
-                    if let Err(error) = session.write_all(&b).await {
-                        tracing::debug!(%error, "pty write failed");
+                    if session.queue_input(b) {
+                        dropping = false;
+                    } else if !dropping {
+                        dropping = true;
+                        tracing::debug!(tag = %session.tag, "pty input dropped");
+                        let error = PtyServerMessage::Error { data: INPUT_DROPPED.to_string(), fatal: false };
+                        if !send_json(socket, &error).await {
+                            return;
+                        }
                     }
                 }
                 Some(Ok(Message::Text(t))) => match serde_json::from_str::<PtyClientMessage>(&t) {

@@ -213,3 +213,80 @@ async fn pty_fds_do_not_leak_into_concurrent_children() {
     }
     drop(sockets);
 }
+
+/// A program that never reads its terminal must not stall the session: input beyond the queue
+/// is dropped (with a non-fatal error), and `kill` still ends the session at once.
+#[tokio::test]
+async fn pty_unread_input_does_not_block_kill() {
+    let agent = TestAgent::start().await;
+    let mut ws = agent.client.websocket("/pty").await.expect("ws");
+    // Raw mode: the terminal takes a few KiB and then blocks the writer (canonical mode would
+    // discard the overflow instead), and no echo.
+    send_json(
+        &mut ws,
+        json!({"type":"start","cmd":"/bin/sh","args":["-c","stty raw -echo; echo ready; exec sleep 1000"]}),
+    )
+    .await;
+    let PtyServerMessage::Started { .. } = next_json(&mut ws).await else {
+        panic!("started first")
+    };
+    read_until(&mut ws, "ready").await;
+    // 2 MiB: far beyond the terminal's buffers and the agent's input queue (1 MiB).
+    let frame = vec![b'x'; 64 * 1024];
+    let sent = tokio::time::timeout(MSG_DEADLINE, async {
+        for _ in 0..32 {
+            ws.send(Message::binary(frame.clone()))
+                .await
+                .expect("send input");
+        }
+        send_json(&mut ws, json!({"type":"kill"})).await;
+    })
+    .await;
+    assert!(sent.is_ok(), "the agent stopped reading the socket");
+    let mut dropped = false;
+    loop {
+        match next_msg(&mut ws).await {
+            Some(Message::Binary(b)) => panic!("no echo expected, got {} bytes", b.len()),
+            Some(Message::Text(t)) => {
+                match serde_json::from_str::<PtyServerMessage>(t.as_str()).expect("json") {
+                    PtyServerMessage::Exit { exit_code } => {
+                        assert_eq!(exit_code, 137);
+                        break;
+                    }
+                    PtyServerMessage::Error { data, fatal: false } => {
+                        assert!(data.contains("input dropped"), "{data}");
+                        assert!(!dropped, "told once per stall");
+                        dropped = true;
+                    }
+                    PtyServerMessage::Ping => continue,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            other => panic!("expected exit, got {other:?}"),
+        }
+    }
+    assert!(dropped, "input beyond the queue is reported dropped");
+    expect_close(&mut ws).await;
+    // The input still queued for the dead terminal is abandoned, not retried in a busy loop.
+    let cpu = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", agent.pid())).expect("stat");
+        let fields: Vec<u64> = stat
+            .rsplit_once(')')
+            .expect("comm")
+            .1
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|f| f.parse().expect("ticks"))
+            .collect();
+        fields.iter().sum::<u64>()
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let before = cpu();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let spent = cpu() - before;
+    assert!(
+        spent < 20,
+        "agent busy after the session ended: {spent} ticks in 500 ms"
+    );
+}
