@@ -43,47 +43,45 @@ impl EventBus {
 
     /// Publishes `action` about `capsule` to `team_id`'s subscribers.
     pub fn capsule(&self, team_id: &str, capsule: &Capsule, action: Action) {
-        let event = Event {
-            event: action.kind,
-            outcome: action.outcome,
-            timestamp: Utc::now(),
-            team_id: Some(team_id.to_owned()),
-            actor: Some(action.actor),
-            resource: Some(Resource {
-                id: capsule.id.clone(),
-                resource_type: "sandbox".into(),
-            }),
-            metadata: action.metadata,
-            error: action.error,
-            sandbox: Some(capsule.clone()),
+        let resource = Resource {
+            id: capsule.id.clone(),
+            resource_type: "sandbox".into(),
         };
-        // No subscribers is not an error.
-        let _ = self.tx.send(Arc::new(TeamEvent {
-            team_id: team_id.to_owned(),
-            event,
-        }));
+        let metadata = action.metadata.clone();
+        self.publish(team_id, action, resource, metadata, Some(capsule.clone()));
     }
-}
 
-impl EventBus {
     /// Publishes `action` about snapshot template `name` to `team_id`'s subscribers.
     pub fn snapshot(&self, team_id: &str, name: &str, action: Action) {
-        let mut metadata = action.metadata.unwrap_or_default();
+        let mut metadata = action.metadata.clone().unwrap_or_default();
         metadata.insert("name".to_owned(), name.to_owned());
+        let resource = Resource {
+            id: name.to_owned(),
+            resource_type: "snapshot".into(),
+        };
+        self.publish(team_id, action, resource, Some(metadata), None);
+    }
+
+    fn publish(
+        &self,
+        team_id: &str,
+        action: Action,
+        resource: Resource,
+        metadata: Option<BTreeMap<String, String>>,
+        sandbox: Option<Capsule>,
+    ) {
         let event = Event {
             event: action.kind,
             outcome: action.outcome,
             timestamp: Utc::now(),
             team_id: Some(team_id.to_owned()),
             actor: Some(action.actor),
-            resource: Some(Resource {
-                id: name.to_owned(),
-                resource_type: "snapshot".into(),
-            }),
-            metadata: Some(metadata),
+            resource: Some(resource),
+            metadata,
             error: action.error,
-            sandbox: None,
+            sandbox,
         };
+        // No subscribers is not an error.
         let _ = self.tx.send(Arc::new(TeamEvent {
             team_id: team_id.to_owned(),
             event,
