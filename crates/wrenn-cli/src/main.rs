@@ -66,6 +66,10 @@ enum Command {
         /// Live capsules at most.
         #[arg(long, env = "WRENN_MAX_CAPSULES", default_value_t = 2000)]
         max_capsules: usize,
+        /// Size of every capsule's own disk for what it writes, MiB (writes past it fail with
+        /// ENOSPC inside the capsule); 0 = no limit.
+        #[arg(long, env = "WRENN_DISK_MB", default_value_t = 10240)]
+        disk_mb: u32,
     },
     /// Manage API keys.
     Key {
@@ -161,6 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             no_prebuild,
             memory_overcommit,
             max_capsules,
+            disk_mb,
         } => {
             let data_dir = runtime.dir.dir.clone();
             let rt = container_runtime(&runtime)?;
@@ -174,6 +179,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 },
                 memory_overcommit,
                 max_capsules,
+                disk_mb,
             };
             wrenn_server::serve(config, rt).await.map(|()| 0)
         }

@@ -65,10 +65,23 @@ fn bench_id(i: usize) -> String {
     format!("cl-bench{}x{i:05}", std::process::id())
 }
 
-/// Runs the benchmark with `n` capsules (network: egress, as the server's default).
+/// Disk size of the benchmark's capsules: the server's default (`wrenn serve --disk-mb`).
+pub const BENCH_DISK_MB: u32 = 10240;
+
+/// Runs the benchmark with `n` capsules (network: egress, disk: [`BENCH_DISK_MB`], as the
+/// server's defaults).
 pub async fn bench_runtime(
     rt: &ContainerRuntime,
     n: usize,
+) -> Result<Vec<BenchLine>, RuntimeError> {
+    bench_runtime_with_disk(rt, n, BENCH_DISK_MB).await
+}
+
+/// [`bench_runtime`] with capsules of `disk_mb` MiB disks (0: no disk).
+pub async fn bench_runtime_with_disk(
+    rt: &ContainerRuntime,
+    n: usize,
+    disk_mb: u32,
 ) -> Result<Vec<BenchLine>, RuntimeError> {
     rt.ensure_template("busybox").await?;
     let (mut create, mut exec, mut freeze, mut thaw, mut destroy) =
@@ -85,6 +98,7 @@ pub async fn bench_runtime(
             memory_mb: 256,
             pids_limit: 256,
             network: NetworkMode::Egress,
+            disk_mb,
         };
         let t = Instant::now();
         let h = rt.create(&spec).await?;

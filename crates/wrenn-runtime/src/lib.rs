@@ -41,6 +41,9 @@ pub struct CapsuleSpec {
     pub pids_limit: u32,
     /// Network mode.
     pub network: NetworkMode,
+    /// Size of the capsule's own filesystem for what it writes, MiB: writes past it fail with
+    /// `ENOSPC` inside the capsule only. 0 = no limit (writes land on the host filesystem).
+    pub disk_mb: u32,
 }
 
 /// A running capsule as the runtime reports it.
@@ -63,7 +66,7 @@ pub struct ResourceUsage {
     pub cpu_ns: u64,
     /// Memory in use now, bytes.
     pub memory_bytes: u64,
-    /// Bytes written to the capsule's own layer.
+    /// Bytes written to the capsule's own layer (with a disk: the bytes in use on it).
     pub disk_bytes: u64,
 }
 

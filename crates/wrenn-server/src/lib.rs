@@ -51,6 +51,8 @@ pub struct ServerConfig {
     pub memory_overcommit: f64,
     /// Live capsules at most.
     pub max_capsules: usize,
+    /// Size of every capsule's disk, MiB; 0 = no limit.
+    pub disk_mb: u32,
 }
 
 /// Builds the state over an opened store and a runtime.
@@ -77,7 +79,10 @@ pub async fn serve(config: ServerConfig, runtime: Arc<dyn Runtime>) -> anyhow::R
             config.data_dir.display()
         );
     }
-    let capacity = Capacity::of_host(config.memory_overcommit, config.max_capsules);
+    let capacity = Capacity {
+        disk_mb: config.disk_mb,
+        ..Capacity::of_host(config.memory_overcommit, config.max_capsules)
+    };
     let state = state(store, runtime.clone(), capacity);
     state
         .capsules

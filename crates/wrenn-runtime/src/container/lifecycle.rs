@@ -39,7 +39,7 @@ impl ContainerRuntime {
                 source: anyhow::anyhow!("invalid capsule id"),
             });
         }
-        let dirs = self.dirs(id);
+        let dirs = self.dirs(id).with_disk(s.disk_mb > 0);
         if self.lock().contains_key(id) || dirs.root.exists() {
             return Err(RuntimeError::InvalidState {
                 id: id.to_owned(),
@@ -65,6 +65,7 @@ impl ContainerRuntime {
                 netns: id.to_owned(),
                 slot: None,
             },
+            disk_mb: s.disk_mb,
             init_pid: None,
             init_start: None,
         };
@@ -97,19 +98,34 @@ impl ContainerRuntime {
         record
             .save(&dirs.record())
             .map_err(|e| host_err("write capsule.json", id, e))?;
-        if s.network == NetworkMode::Egress {
-            if let Ok(host_conf) = std::fs::read_to_string("/etc/resolv.conf") {
-                dirs.seed_resolv_conf(&host_conf)
-                    .map_err(|e| host_err("write resolv.conf", id, e))?;
+        let host_conf = match s.network {
+            NetworkMode::Egress => std::fs::read_to_string("/etc/resolv.conf").ok(),
+            NetworkMode::Isolated => None,
+        };
+        let (lower, d2, pool, disk_mb) = (
+            record.lower.clone(),
+            dirs.clone(),
+            self.inner.disk_pool.clone(),
+            s.disk_mb,
+        );
+        // Disk (when asked for), resolv.conf and overlay, in parallel with the network. The
+        // task returns the failed step with its cause.
+        let root = tokio::task::spawn_blocking(move || {
+            if disk_mb > 0 {
+                d2.mount_disk(&pool, disk_mb)
+                    .map_err(|e| ("set up disk", anyhow::Error::from(e)))?;
             }
-        }
-        let (lower, d2) = (record.lower.clone(), dirs.clone());
-        let mount = tokio::task::spawn_blocking(move || d2.mount(&lower));
-        let (net_res, mount_res) = tokio::join!(net::create(&record.net), mount);
+            if let Some(conf) = host_conf {
+                d2.seed_resolv_conf(&conf)
+                    .map_err(|e| ("write resolv.conf", e.into()))?;
+            }
+            d2.mount(&lower).map_err(|e| ("mount overlay", e.into()))
+        });
+        let (net_res, root_res) = tokio::join!(net::create(&record.net), root);
         net_res.map_err(|e| host_err("create network", id, e))?;
-        mount_res
-            .map_err(|e| host_err("mount overlay", id, e))?
-            .map_err(|e| host_err("mount overlay", id, e))?;
+        root_res
+            .map_err(|e| host_err("prepare capsule root", id, e))?
+            .map_err(|(step, e)| host_err(step, id, e))?;
         let t_prep = t0.elapsed();
 
         let config = spec::build(&spec::SpecInput {
@@ -235,6 +251,7 @@ impl ContainerRuntime {
                             netns: id.to_owned(),
                             slot: None,
                         },
+                        disk_mb: 0,
                         init_pid: None,
                         init_start: None,
                     };
@@ -390,6 +407,23 @@ impl ContainerRuntime {
                 report.removed.push(id);
             }
         }
+        // Loop devices still backed by the (deleted) image of a capsule whose dir is gone, and
+        // half-made pool images of a crashed runtime.
+        for (n, image) in sys::loops_backed_by(&capsules_dir) {
+            let id = image
+                .strip_prefix(&capsules_dir)
+                .ok()
+                .and_then(|p| p.iter().next())
+                .map(|c| c.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if !self.lock().contains_key(&id) && !self.dirs(&id).root.exists() {
+                sys::loop_detach(n).map_err(|e| host_err("detach stray loop device", &id, e))?;
+            }
+        }
+        self.inner
+            .disk_pool
+            .sweep()
+            .map_err(|e| host_err("sweep disk pool", "-", e))?;
         for id in known {
             let accounted = report.adopted.iter().any(|h| &h.id == id)
                 || report.lost.contains(id)

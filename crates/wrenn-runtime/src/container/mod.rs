@@ -3,20 +3,22 @@
 //!
 //! # Design
 //! One module per concern: [`spec`] (OCI config), [`launcher`] (the forking part, out of
-//! process), [`cgroups`] (freeze, usage, kill), [`overlay`] (capsule dirs and root),
+//! process), [`cgroups`] (freeze, usage, kill), [`overlay`] (capsule dirs and root), [`disk`]
+//! (the capsule's sized filesystem for its writes, and the pool of formatted images),
 //! [`seccomp`] (filter compiled once per runtime), [`net`] (netns, veth, nft), [`watch`]
 //! (pidfd exit watch), [`record`] (what recovery reads), [`sys`] (raw syscalls).
 //!
-//! Create: template → network → overlay → bundle → launcher (binds the agent socket on a
+//! Create: template → network ∥ (disk → overlay) → bundle → launcher (binds the agent socket on a
 //! host-only path, passes it to the agent as fd 3) → wait for `GET /health`.
-//! Destroy: thaw, kill the cgroup, remove cgroups, unmount, delete libcontainer state, network
-//! and the capsule dir.
+//! Destroy: thaw, kill the cgroup, remove cgroups, unmount (overlay, then disk: its loop device
+//! frees itself), delete libcontainer state, network and the capsule dir (image included).
 //!
 //! # Limitations
 //! Pause is a cgroup freeze: memory stays resident and nothing survives a host reboot.
 //! Networking shells out to `ip`/`nft` (see [`net`]).
 
 pub mod cgroups;
+pub mod disk;
 pub mod launcher;
 pub mod net;
 pub mod overlay;
@@ -86,6 +88,7 @@ pub struct ContainerConfig {
 ///         memory_mb: 256,
 ///         pids_limit: 256,
 ///         network: NetworkMode::Egress,
+///         disk_mb: 10240,
 ///     })
 ///     .await?;
 /// rt.destroy(&h.id).await?;
@@ -105,6 +108,7 @@ struct Inner {
     nofile: u64,
     health_check: AtomicBool,
     host_net: tokio::sync::OnceCell<()>,
+    disk_pool: disk::DiskPool,
 }
 
 /// A live capsule this runtime manages.
@@ -138,7 +142,7 @@ impl ContainerRuntime {
             CgroupVersion::detect().map_err(|e| err("detect cgroup version", e.into()))?;
         // Capsule uppers (setuid files of capsule root included), templates and libcontainer
         // state are for host root only.
-        for d in ["capsules", "templates", "state", "runtime"] {
+        for d in ["capsules", "templates", "state", "runtime", "pool"] {
             overlay::private_dir(&cfg.data_dir.join(d), overlay::PRIVATE_DIR_MODE)
                 .map_err(|e| err("create data dir", e.into()))?;
         }
@@ -157,6 +161,7 @@ impl ContainerRuntime {
                 nofile: sys::nofile_hard_limit().min(1 << 20),
                 health_check: AtomicBool::new(true),
                 host_net: tokio::sync::OnceCell::new(),
+                disk_pool: disk::DiskPool::new(cfg.data_dir.join("pool")),
                 cfg,
             }),
         })
@@ -166,6 +171,12 @@ impl ContainerRuntime {
     #[doc(hidden)]
     pub fn set_health_check(&self, on: bool) {
         self.inner.health_check.store(on, Ordering::Relaxed);
+    }
+
+    /// Waits (up to `timeout`) until the disk pool's background refill is done, e.g. before
+    /// removing the data dir.
+    pub fn wait_disk_pool_idle(&self, timeout: Duration) {
+        self.inner.disk_pool.wait_idle(timeout);
     }
 
     /// The configuration this runtime was built with.
@@ -335,9 +346,9 @@ impl Runtime for ContainerRuntime {
     }
 
     async fn usage(&self, id: &str) -> Result<ResourceUsage, RuntimeError> {
-        self.running(id)?;
+        let c = self.running(id)?;
         let cg = self.cgroup(id);
-        let dirs = self.dirs(id);
+        let dirs = self.dirs(id).with_disk(c.record.disk_mb > 0);
         tokio::task::spawn_blocking(move || {
             let (cpu_ns, memory_bytes) = cg.usage()?;
             Ok::<_, std::io::Error>(ResourceUsage {

@@ -3,7 +3,9 @@
 //! ```text
 //! data_dir/capsules/<id>/
 //!   capsule.json   what recovery needs (see super::record)
-//!   upper/ work/   overlay upper and work dirs
+//!   upper/ work/   overlay upper and work dirs (without a disk)
+//!   disk.img disk/ the capsule's own sized filesystem, with upper/ and work/ inside
+//!                  (see super::disk)
 //!   rootfs/        overlay mount point: lower = template rootfs (never written)
 //!   bundle/        config.json for libcontainer
 //!   agent.sock     the agent's socket, bound by the launcher; never visible in the capsule
@@ -22,6 +24,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use super::disk::DiskError;
 use super::sys;
 
 /// Paths of one capsule's directory.
@@ -29,6 +32,8 @@ use super::sys;
 pub struct CapsuleDirs {
     /// `capsules/<id>`.
     pub root: PathBuf,
+    /// Upper and work dirs live on the capsule's own disk (`disk/`).
+    pub disk: bool,
 }
 
 impl CapsuleDirs {
@@ -36,15 +41,37 @@ impl CapsuleDirs {
     pub fn new(capsules_dir: &Path, id: &str) -> Self {
         Self {
             root: capsules_dir.join(id),
+            disk: false,
+        }
+    }
+    /// The same dirs, with upper and work on the capsule's disk when `disk`.
+    pub fn with_disk(mut self, disk: bool) -> Self {
+        self.disk = disk;
+        self
+    }
+    /// Where upper and work live: the disk's mount point, or the capsule dir.
+    fn layer_dir(&self) -> PathBuf {
+        if self.disk {
+            self.disk_mount()
+        } else {
+            self.root.clone()
         }
     }
     /// Overlay upper dir.
     pub fn upper(&self) -> PathBuf {
-        self.root.join("upper")
+        self.layer_dir().join("upper")
     }
     /// Overlay work dir.
     pub fn work(&self) -> PathBuf {
-        self.root.join("work")
+        self.layer_dir().join("work")
+    }
+    /// The disk image.
+    pub fn disk_image(&self) -> PathBuf {
+        self.root.join("disk.img")
+    }
+    /// The disk's mount point.
+    pub fn disk_mount(&self) -> PathBuf {
+        self.root.join("disk")
     }
     /// Overlay mount point.
     pub fn rootfs(&self) -> PathBuf {
@@ -79,8 +106,30 @@ impl CapsuleDirs {
             &self.root,
             std::fs::Permissions::from_mode(PRIVATE_DIR_MODE),
         )?;
-        for d in [self.upper(), self.work(), self.rootfs(), self.bundle()] {
+        let layers = if self.disk {
+            // upper/ and work/ are made on the disk once it is mounted.
+            vec![self.disk_mount()]
+        } else {
+            vec![self.upper(), self.work()]
+        };
+        for d in layers.into_iter().chain([self.rootfs(), self.bundle()]) {
             std::fs::create_dir(d)?;
+        }
+        Ok(())
+    }
+
+    /// Gives the capsule its disk of `mb` MiB (from `pool`), mounts it and makes upper and
+    /// work on it. Only for dirs made [`CapsuleDirs::with_disk`].
+    pub fn mount_disk(&self, pool: &super::disk::DiskPool, mb: u32) -> Result<(), DiskError> {
+        let image = self.disk_image();
+        pool.take(mb, &image)?;
+        super::disk::mount(&image, &self.disk_mount())?;
+        for d in [self.upper(), self.work()] {
+            std::fs::create_dir(&d).map_err(|source| DiskError::Io {
+                step: "create layer dir",
+                path: d.clone(),
+                source,
+            })?;
         }
         Ok(())
     }
@@ -105,15 +154,18 @@ impl CapsuleDirs {
         std::fs::write(etc.join("resolv.conf"), conf)
     }
 
-    /// Unmounts everything mounted under the capsule dir (the overlay, and anything a crash left
-    /// stacked on it), then removes the dir.
+    /// Unmounts everything mounted under the capsule dir (the overlay, anything a crash left
+    /// stacked on it, and the disk last), waits for the kernel to free the disk's loop device,
+    /// then removes the dir (the image with it).
     pub fn remove(&self) -> io::Result<()> {
         let mut mounts = sys::mounts_under(&self.root);
-        // Deepest first.
-        mounts.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+        let disk = self.disk_mount();
+        // Deepest first; the disk (under the overlay's upper) after everything else.
+        mounts.sort_by_key(|p| (*p == disk, std::cmp::Reverse(p.as_os_str().len())));
         for m in mounts {
             sys::unmount(&m)?;
         }
+        super::disk::wait_released(&self.root, super::disk::RELEASE_TIMEOUT)?;
         match std::fs::remove_dir_all(&self.root) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -121,9 +173,14 @@ impl CapsuleDirs {
         }
     }
 
-    /// Bytes in the upper layer (what the capsule wrote).
+    /// Bytes in the upper layer (what the capsule wrote): the used bytes of its disk, or a
+    /// walk of the upper dir without one.
     pub fn disk_bytes(&self) -> u64 {
-        dir_size(&self.upper())
+        if self.disk {
+            super::disk::used_bytes(&self.disk_mount()).unwrap_or(0)
+        } else {
+            dir_size(&self.upper())
+        }
     }
 }
 

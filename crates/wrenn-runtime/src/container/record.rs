@@ -18,6 +18,9 @@ pub struct CapsuleRecord {
     pub lower: PathBuf,
     /// Network resources.
     pub net: CapsuleNet,
+    /// Size of the capsule's own disk (`disk.img`, holding upper and work), MiB; 0 = none.
+    #[serde(default)]
+    pub disk_mb: u32,
     /// Host pid of the init, once started.
     pub init_pid: Option<i32>,
     /// Its start time (ticks since boot), to tell pid reuse apart.

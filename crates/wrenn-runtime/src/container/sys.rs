@@ -247,3 +247,273 @@ mod boundary_tests {
         assert!(!is_under(b"/d/caps", b"/d/capsules"));
     }
 }
+
+/// `ioctl` numbers of `linux/loop.h`.
+const LOOP_SET_FD: libc::c_ulong = 0x4C00;
+const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
+const LOOP_SET_STATUS64: libc::c_ulong = 0x4C04;
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+/// The loop device detaches itself when its last user (here: the mount) goes away.
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+
+/// `struct loop_info64` of `linux/loop.h`.
+#[repr(C)]
+#[allow(dead_code)] // read by the kernel
+struct LoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; 64],
+    lo_crypt_name: [u8; 64],
+    lo_encrypt_key: [u8; 32],
+    lo_init: [u64; 2],
+}
+
+/// `struct loop_config` of `linux/loop.h`.
+#[repr(C)]
+#[allow(dead_code)] // read by the kernel
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+fn loop_info(image: &Path) -> LoopInfo64 {
+    let mut name = [0u8; 64];
+    let bytes = image.as_os_str().as_bytes();
+    let n = bytes.len().min(63);
+    name[..n].copy_from_slice(&bytes[..n]);
+    LoopInfo64 {
+        lo_device: 0,
+        lo_inode: 0,
+        lo_rdevice: 0,
+        lo_offset: 0,
+        lo_sizelimit: 0,
+        lo_number: 0,
+        lo_encrypt_type: 0,
+        lo_encrypt_key_size: 0,
+        lo_flags: LO_FLAGS_AUTOCLEAR,
+        lo_file_name: name,
+        lo_crypt_name: [0; 64],
+        lo_encrypt_key: [0; 32],
+        lo_init: [0; 2],
+    }
+}
+
+/// An attached loop device: its number and an open fd. Dropping the fd after the device is
+/// mounted leaves the mount as its only user; once that is unmounted the kernel detaches the
+/// device (`LO_FLAGS_AUTOCLEAR`). Dropping it unmounted detaches it at once.
+#[derive(Debug)]
+pub(crate) struct LoopDevice {
+    /// `N` of `/dev/loopN`.
+    pub number: u32,
+    /// Held open until the device is mounted (closing it earlier detaches the device).
+    _fd: OwnedFd,
+}
+
+impl LoopDevice {
+    /// `/dev/loopN`.
+    pub fn path(&self) -> std::path::PathBuf {
+        loop_dev_path(self.number)
+    }
+}
+
+fn loop_dev_path(n: u32) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/dev/loop{n}"))
+}
+
+/// Attaches `image` to a free loop device (`LOOP_CTL_GET_FREE` + `LOOP_CONFIGURE`, or
+/// `LOOP_SET_FD` + `LOOP_SET_STATUS64` on kernels before 5.8) with `LO_FLAGS_AUTOCLEAR`.
+/// Retries when another process grabs the same free device first.
+pub(crate) fn loop_attach(image: &Path) -> io::Result<LoopDevice> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(image)?;
+    let ctl = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/loop-control")?;
+    let mut last = io::Error::other("no free loop device");
+    for _ in 0..16 {
+        // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number or -1; `ctl`
+        // is an open loop-control fd.
+        let n = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE as _) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = u32::try_from(n).map_err(|_| io::Error::other("loop number out of range"))?;
+        let dev = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(loop_dev_path(n))?;
+        match loop_configure(&dev, &file, image) {
+            Ok(()) => {
+                return Ok(LoopDevice {
+                    number: n,
+                    _fd: dev.into(),
+                })
+            }
+            // Taken by somebody else between GET_FREE and configure: ask again.
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
+fn loop_configure(dev: &std::fs::File, file: &std::fs::File, image: &Path) -> io::Result<()> {
+    let cfg = LoopConfig {
+        fd: u32::try_from(file.as_raw_fd()).map_err(|_| io::Error::other("bad fd"))?,
+        block_size: 0,
+        info: loop_info(image),
+        reserved: [0; 8],
+    };
+    // SAFETY: LOOP_CONFIGURE reads one `struct loop_config` (repr(C), same layout) from the
+    // pointer, which lives across the call; `dev` and `file` are open fds.
+    let r = unsafe {
+        libc::ioctl(
+            dev.as_raw_fd(),
+            LOOP_CONFIGURE as _,
+            &cfg as *const LoopConfig,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if !matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOTTY)) {
+        return Err(e);
+    }
+    // Kernels before 5.8: attach, then set the flags.
+    // SAFETY: LOOP_SET_FD takes the backing fd by value.
+    let r = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_SET_FD as _, file.as_raw_fd()) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let info = loop_info(image);
+    // SAFETY: LOOP_SET_STATUS64 reads one `struct loop_info64` (repr(C), same layout) from the
+    // pointer, which lives across the call.
+    let r = unsafe {
+        libc::ioctl(
+            dev.as_raw_fd(),
+            LOOP_SET_STATUS64 as _,
+            &info as *const LoopInfo64,
+        )
+    };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        // SAFETY: LOOP_CLR_FD takes no argument.
+        unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CLR_FD as _, 0) };
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Detaches loop device `n` (`LOOP_CLR_FD`); while it is still in use the kernel only marks it
+/// to detach when its last user goes. Not attached (`ENXIO`) or gone is not an error.
+pub(crate) fn loop_detach(n: u32) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dev = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(loop_dev_path(n))
+    {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    // SAFETY: LOOP_CLR_FD takes no argument; `dev` is an open loop device.
+    let r = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CLR_FD as _, 0) };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENXIO) => Ok(()),
+        _ => Err(e),
+    }
+}
+
+/// Attached loop devices whose backing file is `prefix` or lies below it
+/// (`/sys/block/loopN/loop/backing_file`, which ends in ` (deleted)` once the file is
+/// unlinked).
+pub(crate) fn loops_backed_by(prefix: &Path) -> Vec<(u32, std::path::PathBuf)> {
+    let Ok(rd) = std::fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
+    let prefix = prefix.as_os_str().as_bytes();
+    let mut out = Vec::new();
+    for e in rd.filter_map(Result::ok) {
+        let name = e.file_name();
+        let Some(n) = name
+            .to_str()
+            .and_then(|s| s.strip_prefix("loop"))
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(backing) = std::fs::read(e.path().join("loop/backing_file")) else {
+            continue;
+        };
+        let mut b = backing.strip_suffix(b"\n").unwrap_or(&backing);
+        b = b.strip_suffix(b" (deleted)").unwrap_or(b);
+        if is_under(b, prefix) {
+            out.push((n, std::path::PathBuf::from(std::ffi::OsStr::from_bytes(b))));
+        }
+    }
+    out
+}
+
+/// Mounts the ext4 filesystem on `dev` at `target` with `nosuid,nodev` and `noinit_itable`
+/// (no background zeroing of inode tables, which would fill a sparse image).
+pub(crate) fn mount_ext4(dev: &Path, target: &Path) -> io::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    mount(
+        Some(dev),
+        target,
+        Some("ext4"),
+        MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
+        Some("noinit_itable"),
+    )
+    .map_err(io::Error::from)
+}
+
+/// Bytes in use on the filesystem mounted at `path` (`statvfs(2)`: blocks minus free blocks;
+/// ext4 leaves its own metadata out of both).
+pub(crate) fn fs_used_bytes(path: &Path) -> io::Result<u64> {
+    let st = nix::sys::statvfs::statvfs(path).map_err(io::Error::from)?;
+    let blocks = st.blocks().saturating_sub(st.blocks_free());
+    Ok(blocks.saturating_mul(st.fragment_size()))
+}
+
+/// Lowers the calling thread's CPU (nice 19) and I/O (idle class) priority; children it
+/// spawns inherit both. Best effort.
+pub(crate) fn lower_thread_priority() {
+    // SAFETY: setpriority takes integers only; `who` 0 with PRIO_PROCESS is the calling thread
+    // on Linux.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    const IOPRIO_CLASS_IDLE: libc::c_long = 3;
+    // SAFETY: ioprio_set takes integers only; `who` 0 is the calling thread.
+    unsafe {
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            0,
+            IOPRIO_CLASS_IDLE << 13,
+        )
+    };
+}

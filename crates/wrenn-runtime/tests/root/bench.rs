@@ -1,4 +1,5 @@
-//! Runs the runtime benchmark (`WRENN_BENCH_N` capsules, default 20) and prints JSON lines.
+//! Runs the runtime benchmark (`WRENN_BENCH_N` capsules, default 20; `WRENN_BENCH_DISK_MB`)
+//! and prints JSON lines.
 
 use crate::common::*;
 
@@ -17,7 +18,12 @@ async fn bench_runtime_busybox() {
         .with_test_writer()
         .try_init();
     let t = TestRuntime::new();
-    let lines = wrenn_runtime::bench::bench_runtime(&t.rt, n)
+    // WRENN_BENCH_DISK_MB: disk size of the capsules (0: none); default the server's.
+    let disk_mb = std::env::var("WRENN_BENCH_DISK_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(wrenn_runtime::bench::BENCH_DISK_MB);
+    let lines = wrenn_runtime::bench::bench_runtime_with_disk(&t.rt, n, disk_mb)
         .await
         .expect("bench");
     for l in &lines {

@@ -91,20 +91,60 @@ impl TestRuntime {
         memory_mb: u32,
         pids_limit: u32,
     ) -> Capsule {
-        let spec = CapsuleSpec {
-            id: new_id(),
-            template: template.into(),
-            vcpus: 1,
+        self.capsule_spec(spec(
+            template,
+            network,
             memory_mb,
             pids_limit,
-            network,
-        };
+            test_disk_mb(),
+        ))
+        .await
+    }
+
+    /// A capsule with a disk of `disk_mb` MiB (0: none).
+    pub async fn capsule_disk(
+        &self,
+        template: &str,
+        network: NetworkMode,
+        disk_mb: u32,
+    ) -> Capsule {
+        self.capsule_spec(spec(template, network, 256, 128, disk_mb))
+            .await
+    }
+
+    pub async fn capsule_spec(&self, spec: CapsuleSpec) -> Capsule {
         let handle = self.rt.create(&spec).await.expect("create capsule");
         Capsule {
             rt: self.rt.clone(),
             client: AgentClient::new(handle.agent_socket.clone()),
             handle,
         }
+    }
+}
+
+/// Disk size of test capsules: `WRENN_TEST_DISK_MB` (0: no disk), default 1024.
+pub fn test_disk_mb() -> u32 {
+    std::env::var("WRENN_TEST_DISK_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024)
+}
+
+pub fn spec(
+    template: &str,
+    network: NetworkMode,
+    memory_mb: u32,
+    pids_limit: u32,
+    disk_mb: u32,
+) -> CapsuleSpec {
+    CapsuleSpec {
+        id: new_id(),
+        template: template.into(),
+        vcpus: 1,
+        memory_mb,
+        pids_limit,
+        network,
+        disk_mb,
     }
 }
 
@@ -117,6 +157,7 @@ impl Drop for TestRuntime {
                 let _ = rt.destroy(&id).await;
             }
         });
+        self.rt.wait_disk_pool_idle(Duration::from_secs(30));
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
@@ -209,6 +250,38 @@ pub fn leftovers(data_dir: &Path, id: &str) -> Vec<String> {
     }
     if data_dir.join("state").join(id).exists() {
         out.push("libcontainer state".into());
+    }
+    for n in loops_backed_by(&data_dir.join("capsules").join(id)) {
+        out.push(format!("loop device {n}"));
+    }
+    out
+}
+
+/// A capsule's overlay upper dir on the host: on its disk when it has one.
+pub fn upper_dir(data_dir: &Path, id: &str) -> PathBuf {
+    let cdir = data_dir.join("capsules").join(id);
+    if cdir.join("disk.img").exists() {
+        cdir.join("disk/upper")
+    } else {
+        cdir.join("upper")
+    }
+}
+
+/// Loop devices whose backing file is `prefix` or below it.
+pub fn loops_backed_by(prefix: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let prefix = prefix.display().to_string();
+    for e in std::fs::read_dir("/sys/block")
+        .expect("/sys/block")
+        .filter_map(Result::ok)
+    {
+        let Ok(backing) = std::fs::read_to_string(e.path().join("loop/backing_file")) else {
+            continue;
+        };
+        let b = backing.trim_end();
+        if b == prefix || b.starts_with(&format!("{prefix}/")) {
+            out.push(format!("{} -> {b}", e.file_name().to_string_lossy()));
+        }
     }
     out
 }

@@ -65,7 +65,10 @@ async fn setuid_files_of_capsule_root_are_private_and_nosuid_on_the_host() {
     )
     .await;
     assert_eq!(r.stdout.trim(), "4755", "{r:?}");
-    let (upper, merged) = (cdir.join("upper/suid"), cdir.join("rootfs/suid"));
+    let (upper, merged) = (
+        upper_dir(&t.data_dir, c.id()).join("suid"),
+        cdir.join("rootfs/suid"),
+    );
     // The file is on the host with its bit (root sees it) ...
     assert_eq!(mode(&upper), 0o4755);
     assert_eq!(mode(&merged), 0o4755);
@@ -83,6 +86,14 @@ async fn setuid_files_of_capsule_root_are_private_and_nosuid_on_the_host() {
     assert!(opts.split(',').any(|o| o == "nodev"), "{opts}");
     let st = nix::sys::statvfs::statvfs(&merged).expect("statvfs");
     assert!(st.flags().contains(nix::sys::statvfs::FsFlags::ST_NOSUID));
+    // So is the capsule's disk, which holds the upper copy.
+    if cdir.join("disk.img").exists() {
+        let opts = mount_options(&cdir.join("disk")).expect("disk mounted");
+        assert!(opts.split(',').any(|o| o == "nosuid"), "{opts}");
+        assert!(opts.split(',').any(|o| o == "nodev"), "{opts}");
+        let st = nix::sys::statvfs::statvfs(&upper).expect("statvfs");
+        assert!(st.flags().contains(nix::sys::statvfs::FsFlags::ST_NOSUID));
+    }
 }
 
 /// Tries each socket domain with `socket` and `socketpair`; prints `name=ok|ERRNO`.

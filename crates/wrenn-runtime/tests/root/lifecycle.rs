@@ -62,15 +62,10 @@ async fn exec_env_cwd_user_exit_codes_and_streams() {
 
 /// Reads the counter the capsule's loop writes to /tmp/counter, from the host (upper dir).
 fn counter(t: &TestRuntime, id: &str) -> u64 {
-    std::fs::read_to_string(
-        t.data_dir
-            .join("capsules")
-            .join(id)
-            .join("upper/tmp/counter"),
-    )
-    .ok()
-    .and_then(|s| s.trim().parse().ok())
-    .unwrap_or(0)
+    std::fs::read_to_string(upper_dir(&t.data_dir, id).join("tmp/counter"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,6 +169,26 @@ async fn create_destroy_200_cycles_leave_nothing_behind() {
     }
     for id in &ids {
         assert_eq!(leftovers(&t.data_dir, id), Vec::<String>::new(), "{id}");
+    }
+    // Disks: no loop device backed by anything in the data dir, no image but the pool's.
+    t.rt.wait_disk_pool_idle(std::time::Duration::from_secs(30));
+    assert_eq!(loops_backed_by(&t.data_dir), Vec::<String>::new());
+    let pool: Vec<String> = std::fs::read_dir(t.data_dir.join("pool"))
+        .expect("pool")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        pool.len() <= wrenn_runtime::container::disk::POOL_SIZE
+            && pool.iter().all(|n| n.ends_with(".img")),
+        "{pool:?}"
+    );
+    if test_disk_mb() > 0 {
+        assert_eq!(
+            pool.len(),
+            wrenn_runtime::container::disk::POOL_SIZE,
+            "{pool:?}"
+        );
     }
     let procs = std::process::Command::new("ps")
         .args(["-eo", "args"])

@@ -11,6 +11,7 @@ mod common;
 
 mod agent_socket;
 mod bench;
+mod disk;
 mod hardening;
 
 mod isolation;

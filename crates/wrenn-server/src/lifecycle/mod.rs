@@ -139,10 +139,13 @@ pub struct Capacity {
     pub memory_overcommit: f64,
     /// Live capsules at most.
     pub max_capsules: usize,
+    /// Size of every capsule's disk, MiB (reported as `disk_size_mb`); 0 = no limit.
+    pub disk_mb: u32,
 }
 
 impl Capacity {
-    /// This host's memory with the given policy.
+    /// This host's memory with the given policy; capsules get no disk limit (set
+    /// [`Capacity::disk_mb`] for one).
     pub fn of_host(memory_overcommit: f64, max_capsules: usize) -> Self {
         let host_memory_mb = std::fs::read_to_string("/proc/meminfo")
             .ok()
@@ -156,6 +159,7 @@ impl Capacity {
             host_memory_mb,
             memory_overcommit,
             max_capsules,
+            disk_mb: 0,
         }
     }
 
@@ -374,7 +378,7 @@ impl Capsules {
             vcpus,
             memory_mb,
             timeout_sec,
-            disk_size_mb: 0,
+            disk_size_mb: self.capacity.disk_mb,
             disk_used_mb: None,
             created_at: now,
             started_at: None,
@@ -397,6 +401,7 @@ impl Capsules {
             memory_mb,
             pids_limit: PIDS_LIMIT,
             network: NetworkMode::Egress,
+            disk_mb: self.capacity.disk_mb,
         };
         let this = self.clone();
         tokio::spawn(async move { this.run_create(live, spec).await });
@@ -721,6 +726,7 @@ mod tests {
             host_memory_mb: 1000,
             memory_overcommit: 2.0,
             max_capsules: 3,
+            disk_mb: 0,
         };
         assert!(cap.refuse(0, 0, 512).is_none());
         assert!(cap.refuse(2, 1488, 512).is_none(), "exactly at the budget");
