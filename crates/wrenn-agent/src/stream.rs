@@ -137,6 +137,23 @@ impl Decoders {
     }
 }
 
+/// Sends what one process event means to the client. On `Exit` it flushes the decoders, sends
+/// `exit` and closes. Returns whether the stream goes on.
+async fn deliver(socket: &mut WebSocket, decoders: &mut Decoders, ev: ProcEvent) -> bool {
+    if let ProcEvent::Exit(exit_code) = ev {
+        for e in decoders.flush() {
+            send_json(socket, &e).await;
+        }
+        send_json(socket, &StreamEvent::Exit { exit_code }).await;
+        close(socket).await;
+        return false;
+    }
+    match decoders.event(&ev) {
+        Some(e) => send_json(socket, &e).await,
+        None => true,
+    }
+}
+
 /// `GET /exec/stream`.
 pub async fn exec_stream(State(state): State<SharedState>, ws: WebSocketUpgrade) -> Response {
     ws.on_upgrade(move |socket| run_exec_stream(state, socket))
@@ -177,19 +194,12 @@ async fn run_exec_stream(state: SharedState, mut socket: WebSocket) {
     loop {
         tokio::select! {
             ev = rx.recv() => match ev {
-                Some(ProcEvent::Exit(exit_code)) => {
-                    guard.armed = false;
-                    for e in decoders.flush() {
-                        send_json(&mut socket, &e).await;
-                    }
-                    send_json(&mut socket, &StreamEvent::Exit { exit_code }).await;
-                    return close(&mut socket).await;
-                }
                 Some(ev) => {
-                    if let Some(e) = decoders.event(&ev) {
-                        if !send_json(&mut socket, &e).await {
-                            return;
-                        }
+                    if matches!(ev, ProcEvent::Exit(_)) {
+                        guard.armed = false;
+                    }
+                    if !deliver(&mut socket, &mut decoders, ev).await {
+                        return;
                     }
                 }
                 None => return fail(&mut socket, "output stream ended".to_string()).await,
@@ -234,18 +244,9 @@ async fn run_attach(state: SharedState, selector: String, mut socket: WebSocket)
     loop {
         tokio::select! {
             ev = rx.recv() => match ev {
-                Ok(ProcEvent::Exit(exit_code)) => {
-                    for e in decoders.flush() {
-                        send_json(&mut socket, &e).await;
-                    }
-                    send_json(&mut socket, &StreamEvent::Exit { exit_code }).await;
-                    return close(&mut socket).await;
-                }
                 Ok(ev) => {
-                    if let Some(e) = decoders.event(&ev) {
-                        if !send_json(&mut socket, &e).await {
-                            return;
-                        }
+                    if !deliver(&mut socket, &mut decoders, ev).await {
+                        return;
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => continue,
