@@ -102,10 +102,10 @@ pub async fn route_by_host(State(state): State<AppState>, req: Request, next: Ne
 }
 
 async fn proxy(state: &AppState, port: u16, id: &str, req: Request) -> Response {
-    let Some(live) = state.capsules.live_by_id(id) else {
+    let Some(live) = state.capsules.live_get(id) else {
         return text(StatusCode::NOT_FOUND, format!("capsule {id} not found"));
     };
-    let status = live.current_status();
+    let status = live.status();
     if status != CapsuleStatus::Running {
         return text(
             StatusCode::CONFLICT,

@@ -36,6 +36,22 @@ pub enum CapsuleStatus {
 }
 
 impl CapsuleStatus {
+    /// Every status, in the contract's order.
+    pub const ALL: [Self; 12] = [
+        Self::Pending,
+        Self::Starting,
+        Self::Running,
+        Self::Pausing,
+        Self::Paused,
+        Self::Snapshotting,
+        Self::Resuming,
+        Self::Stopping,
+        Self::Hibernated,
+        Self::Stopped,
+        Self::Missing,
+        Self::Error,
+    ];
+
     /// Wire string.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -319,4 +335,19 @@ pub struct Event {
     /// The capsule, for capsule events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<Capsule>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CapsuleStatus;
+
+    #[test]
+    fn every_status_round_trips_through_its_wire_string() {
+        for s in CapsuleStatus::ALL {
+            assert_eq!(CapsuleStatus::parse(s.as_str()), Some(s));
+            let json = serde_json::to_string(&s).unwrap();
+            assert_eq!(json, format!("\"{}\"", s.as_str()));
+        }
+        assert_eq!(CapsuleStatus::parse("created"), None);
+    }
 }

@@ -110,11 +110,7 @@ impl LiveCapsule {
     }
 
     /// Current status.
-    pub fn current_status(&self) -> CapsuleStatus {
-        self.status()
-    }
-
-    fn status(&self) -> CapsuleStatus {
+    pub fn status(&self) -> CapsuleStatus {
         *self.status.borrow()
     }
 }
@@ -222,11 +218,7 @@ impl Capsules {
     }
 
     /// A live capsule by id, whatever its team (the port proxy's URL is its capability).
-    pub fn live_by_id(&self, id: &str) -> Option<Arc<LiveCapsule>> {
-        self.live_get(id)
-    }
-
-    fn live_get(&self, id: &str) -> Option<Arc<LiveCapsule>> {
+    pub fn live_get(&self, id: &str) -> Option<Arc<LiveCapsule>> {
         self.live
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -698,20 +690,7 @@ mod tests {
     #[test]
     fn terminal_states_have_no_way_out() {
         use CapsuleStatus::*;
-        for to in [
-            Pending,
-            Starting,
-            Running,
-            Pausing,
-            Paused,
-            Snapshotting,
-            Resuming,
-            Stopping,
-            Hibernated,
-            Stopped,
-            Missing,
-            Error,
-        ] {
+        for to in CapsuleStatus::ALL {
             assert!(!can_transition(Stopped, to));
             assert!(!can_transition(Error, to));
         }
