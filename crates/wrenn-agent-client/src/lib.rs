@@ -18,7 +18,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
@@ -33,7 +33,7 @@ use serde::Serialize;
 use tokio::net::UnixStream;
 use tokio_tungstenite::WebSocketStream;
 use wrenn_types::agent::{
-    BackgroundStarted, ExecRequest, ExecResult, Health, KillSignal, ProcessList,
+    AgentEndpoint, BackgroundStarted, ExecRequest, ExecResult, Health, KillSignal, ProcessList,
 };
 use wrenn_types::error::{AgentErrorCode, ErrorBody};
 use wrenn_types::files::{EntryResponse, FileEntry, ListRequest, ListResponse, PathRequest};
@@ -52,11 +52,11 @@ pub const MAX_ERROR_BYTES: usize = 64 * 1024;
 /// A call to the agent failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    /// The socket is missing or refuses connections (agent not up, or gone).
-    #[error("cannot connect to agent socket {}", socket.display())]
+    /// The endpoint is missing or refuses connections (agent not up, or gone).
+    #[error("cannot connect to agent at {endpoint}")]
     Connect {
-        /// The socket path.
-        socket: PathBuf,
+        /// Where the client tried to connect.
+        endpoint: AgentEndpoint,
         /// Cause.
         #[source]
         source: std::io::Error,
@@ -108,10 +108,10 @@ pub enum ExecOutcome {
     Started(BackgroundStarted),
 }
 
-/// Client of one agent socket.
+/// Client of one agent endpoint.
 #[derive(Debug, Clone)]
 pub struct AgentClient {
-    socket: PathBuf,
+    endpoint: AgentEndpoint,
     limits: Limits,
 }
 
@@ -151,26 +151,30 @@ fn empty() -> ReqBody {
 }
 
 impl AgentClient {
-    /// A client of the agent listening on `socket`.
-    pub fn new(socket: impl Into<PathBuf>) -> Self {
+    /// A client of the agent at `endpoint` (a path means a unix socket).
+    pub fn new(endpoint: impl Into<AgentEndpoint>) -> Self {
         Self {
-            socket: socket.into(),
+            endpoint: endpoint.into(),
             limits: Limits::default(),
         }
     }
 
-    /// The socket path.
-    pub fn socket(&self) -> &Path {
-        &self.socket
+    /// Where this client connects.
+    pub fn endpoint(&self) -> &AgentEndpoint {
+        &self.endpoint
     }
 
     async fn connect(&self) -> Result<UnixStream, AgentError> {
-        UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| AgentError::Connect {
-                socket: self.socket.clone(),
-                source,
-            })
+        let err = |source| AgentError::Connect {
+            endpoint: self.endpoint.clone(),
+            source,
+        };
+        match &self.endpoint {
+            AgentEndpoint::Unix { path } => UnixStream::connect(path).await.map_err(err),
+            AgentEndpoint::Vsock { .. } | AgentEndpoint::HybridVsock { .. } => Err(err(
+                std::io::Error::new(std::io::ErrorKind::Unsupported, "transport not built yet"),
+            )),
+        }
     }
 
     /// Sends one request on a fresh connection; non-2xx answers become [`AgentError::Api`].

@@ -19,11 +19,87 @@
 //!    [`crate::files::FileEntry`].
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 /// Socket file name inside the capsule's run directory.
 pub const AGENT_SOCKET_NAME: &str = "agent.sock";
+
+/// Where the host reaches a capsule's agent. A runtime hands one out per capsule; the agent client
+/// connects through it. Every variant names a host-side endpoint the capsule cannot replace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AgentEndpoint {
+    /// A unix stream socket on the host (container capsules).
+    Unix {
+        /// Socket path.
+        path: PathBuf,
+    },
+    /// An `AF_VSOCK` stream to a guest (microVMs with vhost-vsock).
+    Vsock {
+        /// Guest context id.
+        cid: u32,
+        /// Guest port.
+        port: u32,
+    },
+    /// A host unix socket that forwards to a guest vsock port after a `CONNECT <port>\n`
+    /// handshake answered by `OK <host port>\n` (Firecracker's and Cloud Hypervisor's
+    /// vsock-over-UDS).
+    HybridVsock {
+        /// Host socket path.
+        path: PathBuf,
+        /// Guest port.
+        port: u32,
+    },
+}
+
+impl AgentEndpoint {
+    /// The host socket path, for the variants that have one.
+    pub fn host_path(&self) -> Option<&Path> {
+        match self {
+            Self::Unix { path } | Self::HybridVsock { path, .. } => Some(path),
+            Self::Vsock { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for AgentEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unix { path } => write!(f, "unix:{}", path.display()),
+            Self::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
+            Self::HybridVsock { path, port } => write!(f, "hvsock:{}:{port}", path.display()),
+        }
+    }
+}
+
+impl From<PathBuf> for AgentEndpoint {
+    fn from(path: PathBuf) -> Self {
+        Self::Unix { path }
+    }
+}
+
+impl From<&Path> for AgentEndpoint {
+    fn from(path: &Path) -> Self {
+        Self::Unix {
+            path: path.to_path_buf(),
+        }
+    }
+}
+
+impl From<&PathBuf> for AgentEndpoint {
+    fn from(path: &PathBuf) -> Self {
+        Self::Unix { path: path.clone() }
+    }
+}
+
+impl From<&str> for AgentEndpoint {
+    fn from(path: &str) -> Self {
+        Self::Unix { path: path.into() }
+    }
+}
 
 /// Default foreground deadline when `timeout_sec` is absent or 0.
 pub const DEFAULT_EXEC_TIMEOUT_SEC: u64 = 30;
