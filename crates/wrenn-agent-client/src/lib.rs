@@ -18,8 +18,6 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-use std::path::PathBuf;
-
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt, TryStreamExt};
@@ -433,7 +431,7 @@ mod tests {
     }
 
     /// A fake agent on a fresh socket, answering every connection with `answer`.
-    async fn fake_agent(answer: Answer) -> (AgentClient, PathBuf) {
+    async fn fake_agent(answer: Answer) -> (AgentClient, std::path::PathBuf) {
         use std::sync::atomic::{AtomicU32, Ordering};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         static NEXT: AtomicU32 = AtomicU32::new(0);
