@@ -9,9 +9,9 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod ids;
-pub mod lifecycle;
 pub mod metrics;
 pub mod proxy;
+pub mod service;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -24,7 +24,7 @@ use wrenn_runtime::Runtime;
 
 use crate::auth::KeyResolver;
 use crate::events::EventBus;
-use crate::lifecycle::{Capacity, Capsules};
+use crate::service::{Capacity, Capsules};
 use crate::store::Store;
 
 /// Shared state of every request handler.

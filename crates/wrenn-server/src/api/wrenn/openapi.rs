@@ -3,7 +3,7 @@
 use axum::http::header;
 use axum::response::IntoResponse;
 
-const DOCUMENT: &str = include_str!("../../openapi.json");
+const DOCUMENT: &str = include_str!("../../../openapi.json");
 
 pub(super) async fn document() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], DOCUMENT)

@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::Message as AgentMessage;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::lifecycle::check_id;
+use crate::service::check_id;
 use crate::AppState;
 
 /// Inbound frame cap (contract §14).

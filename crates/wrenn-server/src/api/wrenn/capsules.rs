@@ -11,7 +11,7 @@ use wrenn_types::api::{Capsule, CapsuleStatus, CreateCapsuleRequest};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Body, Query};
-use crate::lifecycle::check_id;
+use crate::service::check_id;
 use crate::AppState;
 
 pub(super) async fn create(

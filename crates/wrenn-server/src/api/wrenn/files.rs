@@ -16,7 +16,7 @@ use super::UPLOAD_LIMIT;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Body;
-use crate::lifecycle::LiveCapsule;
+use crate::service::LiveCapsule;
 use crate::AppState;
 
 fn require_path(path: &str) -> ApiResult<()> {
