@@ -88,3 +88,49 @@ impl AgentErrorCode {
         }
     }
 }
+
+/// The message of `e` followed by those of its sources, joined with `": "` (as anyhow's
+/// `{:#}`): the one way an error chain is written into a log line or a reason field.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chain;
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn joins_every_source_in_order() {
+        let e = Layer(
+            "pause failed",
+            Some(Box::new(Layer(
+                "freeze cgroup",
+                Some(Box::new(Layer("busy", None))),
+            ))),
+        );
+        assert_eq!(chain(&e), "pause failed: freeze cgroup: busy");
+        assert_eq!(chain(&Layer("alone", None)), "alone");
+    }
+}
