@@ -1,10 +1,15 @@
-//! API errors and their one mapping to the contract's codes (§2).
+//! API errors and their one mapping to the contract's codes (§2); server errors are logged by
+//! middleware, once. The capsule service's errors map to these in `api::wrenn::error`.
 
+use std::sync::Arc;
+
+use axum::extract::Request;
 use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use wrenn_agent_client::AgentError;
-use wrenn_types::error::{AgentErrorCode, ErrorBody};
+use wrenn_types::error::{chain, AgentErrorCode, ErrorBody};
 
 /// Every way a request can fail, as the public API reports it.
 #[derive(Debug, thiserror::Error)]
@@ -70,13 +75,33 @@ impl ApiError {
 }
 
 impl IntoResponse for ApiError {
+    /// The JSON body; a server error travels on in a [`ServerError`] extension, for
+    /// [`log_server_errors`] to log.
     fn into_response(self) -> Response {
         let (status, _) = self.status_and_code();
-        if let Self::Internal(e) = &self {
-            tracing::error!(error = format!("{e:#}"), "request failed");
+        let mut response = (status, Json(self.body())).into_response();
+        if let Self::Internal(e) = self {
+            response.extensions_mut().insert(ServerError(Arc::new(e)));
         }
-        (status, Json(self.body())).into_response()
+        response
     }
+}
+
+/// The cause of a 500, carried from [`ApiError::into_response`] to [`log_server_errors`].
+#[derive(Debug, Clone)]
+pub struct ServerError(pub Arc<anyhow::Error>);
+
+/// Middleware: logs the cause of every server error once, with the request it failed.
+pub async fn log_server_errors(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let response = next.run(req).await;
+    if let Some(ServerError(e)) = response.extensions().get::<ServerError>() {
+        let cause: &(dyn std::error::Error + 'static) = (**e).as_ref();
+        let error = chain(cause);
+        tracing::error!(%method, %path, %error, "request failed");
+    }
+    response
 }
 
 impl From<AgentError> for ApiError {
@@ -92,20 +117,6 @@ impl From<AgentError> for ApiError {
                 AgentErrorCode::Internal => Self::Agent(message),
             },
             other => Self::Agent(format!("capsule agent unreachable: {other}")),
-        }
-    }
-}
-
-impl From<wrenn_runtime::RuntimeError> for ApiError {
-    fn from(e: wrenn_runtime::RuntimeError) -> Self {
-        use wrenn_runtime::RuntimeError as R;
-        match e {
-            R::CapsuleNotFound(id) => Self::NotFound(format!("capsule {id} not found")),
-            R::TemplateNotFound(n) => Self::NotFound(format!("template {n} not found")),
-            R::InvalidState { id, state } => {
-                Self::InvalidState(format!("capsule {id} is not running (status: {state})"))
-            }
-            other => Self::Internal(other.into()),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! their lifecycle through a [`wrenn_runtime::Runtime`], and proxies work inside a capsule to
 //! its agent. It never runs a user's command itself.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod api;
 pub mod auth;
@@ -99,7 +100,8 @@ pub async fn serve(config: ServerConfig, runtime: Arc<dyn Runtime>) -> anyhow::R
                     tracing::info!(template = %t.name, size_bytes = t.size_bytes, "template ready")
                 }
                 Err(e) => {
-                    tracing::error!(template = %name, error = format!("{:#}", anyhow::Error::from(e)), "template build failed")
+                    let error = wrenn_types::error::chain(&e);
+                    tracing::error!(template = %name, %error, "template build failed")
                 }
             }
         });

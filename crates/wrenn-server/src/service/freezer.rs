@@ -9,9 +9,10 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use wrenn_types::api::{Actor, Capsule, CapsuleStatus, EventKind};
+use wrenn_types::error::chain;
 
-use super::{not_running, Capsules, LiveCapsule};
-use crate::error::{ApiError, ApiResult};
+use super::error::{CapsuleError, CapsuleResult, Needed};
+use super::{Capsules, LiveCapsule};
 use crate::events::{system_actor, Action};
 
 /// Which way the freezer turns.
@@ -52,12 +53,15 @@ impl Freeze {
         }
     }
 
-    fn wrong_state(self, id: &str, status: CapsuleStatus) -> ApiError {
-        match self {
-            Self::Pause => not_running(id, status),
-            Self::Resume => {
-                ApiError::InvalidState(format!("capsule {id} is not paused (status: {status})"))
-            }
+    fn wrong_state(self, id: &str, status: CapsuleStatus) -> CapsuleError {
+        let needed = match self {
+            Self::Pause => Needed::Running,
+            Self::Resume => Needed::Paused,
+        };
+        CapsuleError::InvalidState {
+            id: id.to_owned(),
+            status,
+            needed,
         }
     }
 }
@@ -69,7 +73,7 @@ impl Capsules {
         team_id: &str,
         id: &str,
         actor: &Actor,
-    ) -> ApiResult<Capsule> {
+    ) -> CapsuleResult<Capsule> {
         self.freeze(Freeze::Pause, team_id, id, actor).await
     }
 
@@ -79,7 +83,7 @@ impl Capsules {
         team_id: &str,
         id: &str,
         actor: &Actor,
-    ) -> ApiResult<Capsule> {
+    ) -> CapsuleResult<Capsule> {
         self.freeze(Freeze::Resume, team_id, id, actor).await
     }
 
@@ -89,12 +93,9 @@ impl Capsules {
         team_id: &str,
         id: &str,
         actor: &Actor,
-    ) -> ApiResult<Capsule> {
-        let live = match self.live_for(team_id, id) {
-            Ok(l) => l,
-            Err(ApiError::NotFound(m)) => return self.not_live(team_id, id, m).await,
-            Err(e) => return Err(e),
-        };
+    ) -> CapsuleResult<Capsule> {
+        // A capsule that is no longer live answers as "not running", whichever the verb.
+        let live = self.live_for(team_id, id, Needed::Running).await?;
         if [verb.target(), verb.transient()].contains(&live.status()) {
             return Ok(live.snapshot());
         }
@@ -129,7 +130,7 @@ impl Capsules {
         if live.status() != verb.transient() {
             return; // overtaken (e.g. by a destroy)
         }
-        let id = live.snapshot().id;
+        let id = live.id();
         let meta = reason.map(|r| BTreeMap::from([("reason".to_owned(), r.to_owned())]));
         let acted = match verb {
             Freeze::Pause => self.runtime.pause(&id).await,
@@ -155,7 +156,7 @@ impl Capsules {
                 }
             }
             Err(e) => {
-                let reason = format!("{:#}", anyhow::Error::from(e));
+                let reason = chain(&e);
                 tracing::error!(id = %id, verb = ?verb, error = %reason, "freezer failed");
                 if let Ok(rec) = self
                     .transition(&live, &[verb.transient()], verb.from(), |_| {})

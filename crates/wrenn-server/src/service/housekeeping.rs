@@ -1,12 +1,12 @@
-//! Work the server does on its own: activity flushing, the inactivity timeout, noticing dead
-//! capsules, resource sampling, and the start-up reconciliation with the runtime.
+//! Work the server does on its own, every few seconds: activity flushing, the inactivity
+//! reaper, noticing dead capsules and resource sampling.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use wrenn_types::api::{Capsule, CapsuleStatus, EventKind};
+use wrenn_types::error::chain;
 
 use super::freezer::Freeze;
 use super::{Capsules, LiveCapsule};
@@ -16,19 +16,15 @@ use crate::metrics::Reservation;
 impl Capsules {
     /// Samples the resource use of every running capsule.
     pub async fn sample(&self) {
-        let running: Vec<(String, Capsule)> = {
-            let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-            live.values()
-                .filter(|l| l.status() == CapsuleStatus::Running)
-                .map(|l| (l.team_id.clone(), l.snapshot()))
-                .collect()
-        };
+        let all = self.live.all();
+        let running: Vec<(String, Capsule)> = all
+            .iter()
+            .filter(|l| l.status() == CapsuleStatus::Running)
+            .map(|l| (l.team_id.clone(), l.snapshot()))
+            .collect();
         let now = Utc::now();
-        let mut teams: HashMap<String, Reservation> = self
-            .live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
+        let mut teams: HashMap<String, Reservation> = all
+            .iter()
             .map(|l| {
                 (
                     l.team_id.clone(),
@@ -77,48 +73,51 @@ impl Capsules {
 
     /// Writes pending activity times to the store.
     pub async fn flush_activity(&self) {
-        let touched: Vec<(String, DateTime<Utc>)> = {
-            let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-            live.values()
-                .filter_map(|l| {
-                    let mut dirty = l.active_dirty.lock().unwrap_or_else(|p| p.into_inner());
-                    let rec = l.record.lock().unwrap_or_else(|p| p.into_inner());
-                    match (std::mem::take(&mut *dirty), rec.last_active_at) {
-                        (true, Some(at)) => Some((rec.id.clone(), at)),
-                        _ => None,
-                    }
-                })
-                .collect()
-        };
+        let touched: Vec<(String, DateTime<Utc>)> = self
+            .live
+            .all()
+            .iter()
+            .filter_map(|l| {
+                let mut dirty = l.active_dirty.lock().unwrap_or_else(|p| p.into_inner());
+                let rec = l.record.lock().unwrap_or_else(|p| p.into_inner());
+                match (std::mem::take(&mut *dirty), rec.last_active_at) {
+                    (true, Some(at)) => Some((rec.id.clone(), at)),
+                    _ => None,
+                }
+            })
+            .collect();
         if !touched.is_empty() {
             if let Err(e) = self.store.touch_capsules(touched).await {
-                tracing::warn!(error = %e, "flushing activity failed");
+                tracing::warn!(error = %chain(&e), "flushing activity failed");
             }
         }
         let usage = self.metrics.take_pending();
         if !usage.is_empty() {
             if let Err(e) = self.store.add_usage(usage).await {
-                tracing::warn!(error = %e, "recording usage failed");
+                tracing::warn!(error = %chain(&e), "recording usage failed");
             }
         }
     }
 
     /// Pauses running capsules idle longer than their `timeout_sec`.
     pub async fn reap_idle(self: &Arc<Self>) {
-        let now = Utc::now();
-        let idle: Vec<Arc<LiveCapsule>> = {
-            let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-            live.values()
-                .filter(|l| {
-                    let c = l.record.lock().unwrap_or_else(|p| p.into_inner());
-                    let since = c.last_active_at.or(c.started_at).unwrap_or(c.created_at);
-                    c.status == CapsuleStatus::Running
-                        && c.timeout_sec > 0
-                        && (now - since).num_seconds() >= i64::from(c.timeout_sec)
-                })
-                .cloned()
-                .collect()
-        };
+        self.reap_idle_at(Utc::now()).await;
+    }
+
+    /// [`Capsules::reap_idle`] as if it were `now` (tests move the clock forward).
+    pub async fn reap_idle_at(self: &Arc<Self>, now: DateTime<Utc>) {
+        let idle: Vec<Arc<LiveCapsule>> = self
+            .live
+            .all()
+            .into_iter()
+            .filter(|l| {
+                let c = l.record.lock().unwrap_or_else(|p| p.into_inner());
+                let since = c.last_active_at.or(c.started_at).unwrap_or(c.created_at);
+                c.status == CapsuleStatus::Running
+                    && c.timeout_sec > 0
+                    && (now - since).num_seconds() >= i64::from(c.timeout_sec)
+            })
+            .collect();
         for live in idle {
             if let Ok(rec) = self
                 .transition(
@@ -136,8 +135,7 @@ impl Capsules {
                     Action::success(EventKind::CapsulePause, &system_actor())
                         .with_metadata(Some(meta)),
                 );
-                let this = self.clone();
-                this.spawn_freeze(Freeze::Pause, live, Some("ttl_expired"));
+                self.spawn_freeze(Freeze::Pause, live, Some("ttl_expired"));
             }
         }
     }
@@ -145,21 +143,13 @@ impl Capsules {
     /// Marks capsules whose init died on its own (an OOM kill of the agent, a crash) as
     /// failed, and frees what the runtime still holds for them.
     pub async fn reap_dead(self: &Arc<Self>) {
-        let dead: Vec<(Arc<LiveCapsule>, i32)> = {
-            let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-            live.values()
-                .filter(|l| matches!(l.status(), CapsuleStatus::Running | CapsuleStatus::Paused))
-                .filter_map(|l| {
-                    let id = l
-                        .record
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .id
-                        .clone();
-                    self.runtime.exit_status(&id).map(|code| (l.clone(), code))
-                })
-                .collect()
-        };
+        let dead: Vec<(Arc<LiveCapsule>, i32)> = self
+            .live
+            .all()
+            .into_iter()
+            .filter(|l| matches!(l.status(), CapsuleStatus::Running | CapsuleStatus::Paused))
+            .filter_map(|l| self.runtime.exit_status(&l.id()).map(|code| (l, code)))
+            .collect();
         for (live, code) in dead {
             let _op = live.op.lock().await;
             if !matches!(
@@ -168,86 +158,13 @@ impl Capsules {
             ) {
                 continue;
             }
-            let id = live.snapshot().id;
+            let id = live.id();
             tracing::warn!(id = %id, exit_code = code, "capsule init exited on its own");
             if let Err(e) = self.runtime.destroy(&id).await {
-                tracing::warn!(id = %id, error = %e, "cleanup of a dead capsule");
+                tracing::warn!(id = %id, error = %chain(&e), "cleanup of a dead capsule");
             }
             let reason = format!("capsule init exited with status {code}");
             self.fail(&live, None, reason).await;
         }
-    }
-
-    /// Start-up: reconciles the store with what the runtime still has.
-    pub async fn recover(self: &Arc<Self>) -> anyhow::Result<()> {
-        let rows = self.store.live_capsules().await?;
-        let known: Vec<String> = rows.iter().map(|r| r.capsule.id.clone()).collect();
-        let report = self.runtime.recover(&known).await?;
-        let adopted: HashMap<String, Option<Ipv4Addr>> = report
-            .adopted
-            .iter()
-            .map(|h| (h.id.clone(), h.ip))
-            .collect();
-        for id in &report.removed {
-            tracing::info!(id = %id, "removed leftovers of an unknown capsule");
-        }
-        for row in rows {
-            let id = row.capsule.id.clone();
-            let status = row.capsule.status;
-            let live = self.register(row.team_id.clone(), row.capsule);
-            if let Some(ip) = adopted.get(&id) {
-                live.set_ip(*ip);
-            } else {
-                if status == CapsuleStatus::Stopping {
-                    let _ = self
-                        .transition(&live, &[], CapsuleStatus::Stopped, |_| {})
-                        .await;
-                    self.unregister(&id);
-                } else {
-                    tracing::warn!(id = %id, status = %status, "capsule lost while the server was down");
-                    self.fail(&live, None, "capsule lost while the server was down".into())
-                        .await;
-                }
-                continue;
-            }
-            match status {
-                CapsuleStatus::Running | CapsuleStatus::Paused => {}
-                CapsuleStatus::Snapshotting | CapsuleStatus::Missing => {
-                    // A snapshot cut short by the restart may have left the capsule frozen.
-                    if let Err(e) = self.runtime.resume(&id).await {
-                        tracing::warn!(id = %id, error = %e, "thawing after an interrupted snapshot");
-                    }
-                    let _ = self
-                        .transition(&live, &[], CapsuleStatus::Running, |_| {})
-                        .await;
-                }
-                CapsuleStatus::Pausing => {
-                    let this = self.clone();
-                    this.spawn_freeze(Freeze::Pause, live, None);
-                }
-                CapsuleStatus::Resuming => {
-                    let this = self.clone();
-                    this.spawn_freeze(Freeze::Resume, live, None);
-                }
-                CapsuleStatus::Pending | CapsuleStatus::Starting => {
-                    let _ = self.runtime.destroy(&id).await;
-                    self.fail(
-                        &live,
-                        Some(EventKind::CapsuleCreate),
-                        "server restarted while the capsule was starting".into(),
-                    )
-                    .await;
-                }
-                CapsuleStatus::Stopping | CapsuleStatus::Hibernated => {
-                    let _ = self
-                        .transition(&live, &[], CapsuleStatus::Stopping, |_| {})
-                        .await;
-                    let this = self.clone();
-                    tokio::spawn(async move { this.run_destroy(live).await });
-                }
-                CapsuleStatus::Stopped | CapsuleStatus::Error => self.unregister(&id),
-            }
-        }
-        Ok(())
     }
 }

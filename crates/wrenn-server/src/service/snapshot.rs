@@ -5,13 +5,15 @@
 use std::sync::Arc;
 
 use chrono::Utc;
+use wrenn_runtime::RuntimeError;
 use wrenn_types::api::{Actor, CapsuleStatus, EventKind, Template, TemplateType};
+use wrenn_types::error::chain;
 
+use super::error::{CapsuleError, CapsuleResult, Needed};
 use super::{check_id, Capsules};
-use crate::error::{ApiError, ApiResult};
 use crate::events::Action;
 use crate::ids;
-use crate::store::{SnapshotRow, StoreError};
+use crate::store::SnapshotRow;
 
 /// A template a create request may name, resolved for the runtime.
 #[derive(Debug, Clone)]
@@ -45,7 +47,7 @@ fn template_of(row: &SnapshotRow) -> Template {
 }
 
 impl Capsules {
-    async fn base_templates(&self) -> ApiResult<Vec<Template>> {
+    async fn base_templates(&self) -> CapsuleResult<Vec<Template>> {
         Ok(self
             .runtime
             .list_templates()
@@ -67,13 +69,9 @@ impl Capsules {
     }
 
     /// Base templates plus the team's snapshots, newest first.
-    pub async fn list_templates(&self, team_id: &str) -> ApiResult<Vec<Template>> {
+    pub async fn list_templates(&self, team_id: &str) -> CapsuleResult<Vec<Template>> {
         let mut out = self.base_templates().await?;
-        let snaps = self
-            .store
-            .list_snapshots(team_id)
-            .await
-            .map_err(ApiError::internal)?;
+        let snaps = self.store.list_snapshots(team_id).await?;
         out.extend(snaps.iter().map(template_of));
         out.sort_by_key(|t| std::cmp::Reverse(t.created_at));
         Ok(out)
@@ -84,24 +82,19 @@ impl Capsules {
         &self,
         team_id: &str,
         name: &str,
-    ) -> ApiResult<ResolvedTemplate> {
+    ) -> CapsuleResult<ResolvedTemplate> {
         if self.base_templates().await?.iter().any(|t| t.name == name) {
             return Ok(ResolvedTemplate {
                 runtime_name: name.to_owned(),
                 sizes: None,
             });
         }
-        match self
-            .store
-            .get_snapshot(team_id, name)
-            .await
-            .map_err(ApiError::internal)?
-        {
+        match self.store.get_snapshot(team_id, name).await? {
             Some(row) => Ok(ResolvedTemplate {
                 runtime_name: row.runtime_name,
                 sizes: Some((row.vcpus, row.memory_mb)),
             }),
-            None => Err(ApiError::NotFound(format!("template {name} not found"))),
+            None => Err(CapsuleError::TemplateNotFound(name.to_owned())),
         }
     }
 
@@ -116,7 +109,7 @@ impl Capsules {
         sandbox_id: &str,
         name: Option<String>,
         overwrite: bool,
-    ) -> ApiResult<Template> {
+    ) -> CapsuleResult<Template> {
         let (this, team, actor, id) = (
             self.clone(),
             team_id.to_owned(),
@@ -128,7 +121,10 @@ impl Capsules {
                 .await
         })
         .await
-        .map_err(|e| ApiError::internal(anyhow::anyhow!("snapshot task failed: {e}")))?
+        .map_err(|source| CapsuleError::Task {
+            what: "snapshot",
+            source,
+        })?
     }
 
     async fn take_snapshot(
@@ -138,66 +134,45 @@ impl Capsules {
         sandbox_id: &str,
         name: Option<String>,
         overwrite: bool,
-    ) -> ApiResult<Template> {
+    ) -> CapsuleResult<Template> {
         if sandbox_id.is_empty() {
-            return Err(ApiError::InvalidRequest("sandbox_id is required".into()));
+            return Err(CapsuleError::Invalid("sandbox_id is required".into()));
         }
         check_id(sandbox_id)?;
         let name = name
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| ids::random_hex("template-", 8));
         if !ids::is_safe_name(&name) {
-            return Err(ApiError::InvalidRequest(format!(
+            return Err(CapsuleError::Invalid(format!(
                 "invalid snapshot name {name:?}"
             )));
         }
         if self.base_templates().await?.iter().any(|t| t.name == name) {
-            return Err(ApiError::Conflict(format!(
-                "{name} is the name of a base template"
-            )));
+            return Err(CapsuleError::BaseTemplateName(name));
         }
-        let live = match self.live_for(team_id, sandbox_id) {
-            Ok(l) => l,
-            Err(ApiError::NotFound(m)) => {
-                return match self
-                    .store
-                    .get_capsule(sandbox_id)
-                    .await
-                    .map_err(ApiError::internal)?
-                {
-                    Some(row) if row.team_id == team_id => Err(ApiError::InvalidState(format!(
-                        "capsule {sandbox_id} is {}; snapshots need running or paused",
-                        row.capsule.status
-                    ))),
-                    _ => Err(ApiError::NotFound(m)),
-                }
-            }
-            Err(e) => return Err(e),
-        };
+        let live = self
+            .live_for(team_id, sandbox_id, Needed::RunningOrPaused)
+            .await?;
         let _op = live.op.lock().await;
         let before = live.status();
+        let wrong_state = |status| CapsuleError::InvalidState {
+            id: sandbox_id.to_owned(),
+            status,
+            needed: Needed::RunningOrPaused,
+        };
         if !matches!(before, CapsuleStatus::Running | CapsuleStatus::Paused) {
-            return Err(ApiError::InvalidState(format!(
-                "capsule {sandbox_id} is {before}; snapshots need running or paused"
-            )));
+            return Err(wrong_state(before));
         }
-        if let Some(old) = self
-            .store
-            .get_snapshot(team_id, &name)
-            .await
-            .map_err(ApiError::internal)?
-        {
+        if let Some(old) = self.store.get_snapshot(team_id, &name).await? {
             if !overwrite {
-                return Err(ApiError::Conflict(format!(
-                    "snapshot {name} already exists"
-                )));
+                return Err(CapsuleError::SnapshotExists(name));
             }
             self.remove_snapshot(team_id, actor, &old).await?;
         }
         let rec = self
             .transition(&live, &[before], CapsuleStatus::Snapshotting, |_| {})
             .await
-            .map_err(|s| ApiError::InvalidState(format!("capsule {sandbox_id} is {s}")))?;
+            .map_err(wrong_state)?;
         let rt_name = runtime_name(team_id, &name);
         let made = self.runtime.snapshot(sandbox_id, &rt_name).await;
         let _ = self
@@ -205,15 +180,13 @@ impl Capsules {
             .await;
         let info = match made {
             Ok(info) => info,
-            Err(e) => {
-                let reason = format!("{:#}", anyhow::Error::from(e));
-                tracing::error!(id = %sandbox_id, error = %reason, "snapshot failed");
+            Err(source) => {
                 self.events.snapshot(
                     team_id,
                     &name,
-                    Action::failure(EventKind::SnapshotCreate, reason.clone()),
+                    Action::failure(EventKind::SnapshotCreate, chain(&source)),
                 );
-                return Err(ApiError::Internal(anyhow::anyhow!(reason)));
+                return Err(CapsuleError::Snapshot { name, source });
             }
         };
         let row = SnapshotRow {
@@ -228,10 +201,7 @@ impl Capsules {
         };
         if let Err(e) = self.store.put_snapshot(row.clone()).await {
             let _ = self.runtime.delete_template(&rt_name).await;
-            return Err(match e {
-                StoreError::Exists(m) => ApiError::Conflict(format!("{m} already exists")),
-                e => ApiError::internal(e),
-            });
+            return Err(e.into());
         }
         self.events.snapshot(
             team_id,
@@ -242,23 +212,25 @@ impl Capsules {
     }
 
     /// Deletes the team's snapshot `name`.
-    pub async fn delete_snapshot(&self, team_id: &str, actor: &Actor, name: &str) -> ApiResult<()> {
+    pub async fn delete_snapshot(
+        &self,
+        team_id: &str,
+        actor: &Actor,
+        name: &str,
+    ) -> CapsuleResult<()> {
         if !ids::is_safe_name(name) {
-            return Err(ApiError::InvalidRequest(format!(
+            return Err(CapsuleError::Invalid(format!(
                 "invalid template name {name:?}"
             )));
         }
         if self.base_templates().await?.iter().any(|t| t.name == name) {
-            return Err(ApiError::Forbidden(format!(
-                "{name} is a protected base template"
-            )));
+            return Err(CapsuleError::Protected(name.to_owned()));
         }
         let row = self
             .store
             .get_snapshot(team_id, name)
-            .await
-            .map_err(ApiError::internal)?
-            .ok_or_else(|| ApiError::NotFound(format!("template {name} not found")))?;
+            .await?
+            .ok_or_else(|| CapsuleError::TemplateNotFound(name.to_owned()))?;
         self.remove_snapshot(team_id, actor, &row).await
     }
 
@@ -267,21 +239,18 @@ impl Capsules {
         team_id: &str,
         actor: &Actor,
         row: &SnapshotRow,
-    ) -> ApiResult<()> {
+    ) -> CapsuleResult<()> {
         match self.runtime.delete_template(&row.runtime_name).await {
-            Ok(()) | Err(wrenn_runtime::RuntimeError::TemplateNotFound(_)) => {}
-            Err(wrenn_runtime::RuntimeError::InvalidState { state, .. }) => {
-                return Err(ApiError::Conflict(format!(
-                    "snapshot {} is {state}",
-                    row.name
-                )))
+            Ok(()) | Err(RuntimeError::TemplateNotFound(_)) => {}
+            Err(RuntimeError::InvalidState { state, .. }) => {
+                return Err(CapsuleError::SnapshotInUse {
+                    name: row.name.clone(),
+                    state,
+                })
             }
             Err(e) => return Err(e.into()),
         }
-        self.store
-            .delete_snapshot(team_id, &row.name)
-            .await
-            .map_err(ApiError::internal)?;
+        self.store.delete_snapshot(team_id, &row.name).await?;
         self.events.snapshot(
             team_id,
             &row.name,

@@ -1,6 +1,8 @@
-//! HTTP routes: one module per resource. Every route is served under `/v1` and `/api/v1`.
+//! The Wrenn API's routes: one module per resource. Every route is served under `/v1` and
+//! `/api/v1`. The capsule service's errors are mapped to the contract's codes once, in `error`.
 
 mod capsules;
+mod error;
 mod events;
 mod exec;
 mod files;
@@ -14,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 
-use crate::error::ApiError;
+use crate::error::{log_server_errors, ApiError};
 use crate::AppState;
 
 /// The largest non-streamed upload (contract §14).
@@ -79,6 +81,7 @@ pub fn router(state: AppState) -> Router {
             state,
             crate::proxy::route_by_host,
         ))
+        .layer(axum::middleware::from_fn(log_server_errors))
 }
 
 async fn health() -> Json<serde_json::Value> {

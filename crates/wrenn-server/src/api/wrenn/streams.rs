@@ -114,7 +114,7 @@ async fn splice(
 ) {
     let live = match state.capsules.running(&caller.team_id, &id).await {
         Ok(l) => l,
-        Err(e) => return close_with(socket, flavor, &e.to_string()).await,
+        Err(e) => return close_with(socket, flavor, &ApiError::from(e).to_string()).await,
     };
     let agent_ws = match live.agent().websocket(&agent_path).await {
         Ok(ws) => ws,

@@ -1,0 +1,118 @@
+//! Create: validate → resolve the template → admit → record `starting` → answer; in a task,
+//! under the capsule's lock: the runtime creates it → `running` (or `error`, cleaned up).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::Utc;
+use wrenn_runtime::{CapsuleSpec, NetworkMode};
+use wrenn_types::api::{Actor, Capsule, CapsuleStatus, CreateCapsuleRequest, EventKind};
+use wrenn_types::error::chain;
+
+use super::error::CapsuleResult;
+use super::{Capsules, LiveCapsule, ValidCreate, PIDS_LIMIT};
+use crate::events::{system_actor, Action};
+use crate::ids;
+
+impl Capsules {
+    /// Validates `req` and starts creating a capsule; answers with it in `starting`.
+    pub async fn create(
+        self: &Arc<Self>,
+        team_id: &str,
+        actor: &Actor,
+        req: CreateCapsuleRequest,
+    ) -> CapsuleResult<Capsule> {
+        let req = ValidCreate::try_from(req)?;
+        let resolved = self.resolve_template(team_id, &req.template).await?;
+        let (vcpus, memory_mb) = resolved.sizes.unwrap_or((req.vcpus, req.memory_mb));
+        self.admit(memory_mb)?;
+
+        let now = Utc::now();
+        let capsule = Capsule {
+            id: ids::new_capsule_id(),
+            status: CapsuleStatus::Starting,
+            template: req.template,
+            vcpus,
+            memory_mb,
+            timeout_sec: req.timeout_sec,
+            disk_size_mb: self.capacity.disk_mb,
+            disk_used_mb: None,
+            created_at: now,
+            started_at: None,
+            last_active_at: None,
+            last_updated: now,
+            metadata: req.metadata,
+            error: None,
+        };
+        self.persist(team_id, &capsule).await;
+        let live = self.register(team_id.to_owned(), capsule.clone());
+        self.events.capsule(
+            team_id,
+            &capsule,
+            Action::success(EventKind::CapsuleCreate, actor),
+        );
+        let spec = CapsuleSpec {
+            id: capsule.id.clone(),
+            template: resolved.runtime_name,
+            vcpus,
+            memory_mb,
+            pids_limit: PIDS_LIMIT,
+            network: NetworkMode::Egress,
+            disk_mb: self.capacity.disk_mb,
+        };
+        let this = self.clone();
+        tokio::spawn(async move { this.run_create(live, spec).await });
+        Ok(capsule)
+    }
+
+    async fn run_create(self: Arc<Self>, live: Arc<LiveCapsule>, spec: CapsuleSpec) {
+        let _op = live.op.lock().await;
+        let result = self.runtime.create(&spec).await;
+        if live.status() != CapsuleStatus::Starting {
+            // Destroyed meanwhile; the destroy task (waiting on the lock) cleans up.
+            return;
+        }
+        match result {
+            Ok(handle) => {
+                live.set_ip(handle.ip);
+                let agent_version = live.agent().health().await.map(|h| h.version).ok();
+                let kernel = self.kernel_version.clone();
+                let kind = self.runtime.kind();
+                let rec = self
+                    .transition(
+                        &live,
+                        &[CapsuleStatus::Starting],
+                        CapsuleStatus::Running,
+                        |c| {
+                            let now = Utc::now();
+                            c.started_at = Some(now);
+                            c.last_active_at = Some(now);
+                            let m = c.metadata.get_or_insert_with(BTreeMap::new);
+                            m.insert("kernel_version".into(), kernel);
+                            m.insert("vmm_version".into(), kind.into());
+                            if let Some(v) = agent_version {
+                                m.insert("agent_version".into(), v);
+                            }
+                        },
+                    )
+                    .await;
+                if let Ok(rec) = rec {
+                    self.events.capsule(
+                        &live.team_id,
+                        &rec,
+                        Action::success(EventKind::CapsuleCreate, &system_actor()),
+                    );
+                }
+            }
+            Err(e) => {
+                let reason = chain(&e);
+                tracing::error!(id = %spec.id, error = %reason, "capsule creation failed");
+                if let Err(e) = self.runtime.destroy(&spec.id).await {
+                    tracing::warn!(id = %spec.id, error = %chain(&e), "cleanup after failed create");
+                }
+                self.fail(&live, Some(EventKind::CapsuleCreate), reason)
+                    .await;
+            }
+        }
+    }
+}
