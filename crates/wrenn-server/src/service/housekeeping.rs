@@ -66,6 +66,7 @@ impl Capsules {
     }
 
     pub(super) async fn flush_one(&self, live: &LiveCapsule) {
+        let _writes = live.writes.lock().await;
         let rec = live.snapshot();
         *live.active_dirty.lock().unwrap_or_else(|p| p.into_inner()) = false;
         self.persist(&live.team_id, &rec).await;

@@ -132,7 +132,8 @@ impl Capsules {
 
     /// Moves `live` to `to` when its status is one of `from` (all statuses when empty), applies
     /// `edit`, persists, and publishes `capsule.state.changed`. Returns the new record, or the
-    /// current status when the transition is not allowed.
+    /// current status when the transition is not allowed. Transitions of one capsule are
+    /// serialized, so the store and the event stream see them in the order they were made.
     async fn transition(
         &self,
         live: &LiveCapsule,
@@ -140,6 +141,7 @@ impl Capsules {
         to: CapsuleStatus,
         edit: impl FnOnce(&mut Capsule),
     ) -> Result<Capsule, CapsuleStatus> {
+        let _writes = live.writes.lock().await;
         let (prev, record) = {
             let mut rec = live.record.lock().unwrap_or_else(|p| p.into_inner());
             let prev = rec.status;

@@ -24,6 +24,9 @@ pub struct LiveCapsule {
     pub(super) status: watch::Sender<CapsuleStatus>,
     /// Serializes runtime work on this capsule; every task re-reads the status after taking it.
     pub(super) op: tokio::sync::Mutex<()>,
+    /// Orders record writes: a transition holds it from the status change until the store has
+    /// the record and the event is out, so the store and the events see changes in order.
+    pub(super) writes: tokio::sync::Mutex<()>,
     agent: AgentClient,
     pub(super) active_dirty: Mutex<bool>,
     ip: Mutex<Option<Ipv4Addr>>,
@@ -213,6 +216,7 @@ impl Capsules {
             agent: AgentClient::new(self.runtime.agent_socket(&capsule.id)),
             record: Mutex::new(capsule),
             op: tokio::sync::Mutex::new(()),
+            writes: tokio::sync::Mutex::new(()),
             active_dirty: Mutex::new(false),
             ip: Mutex::new(None),
         });
