@@ -27,6 +27,9 @@ mod registry;
 mod snapshot;
 mod validate;
 
+#[cfg(any(test, feature = "test-support"))]
+pub mod fake;
+
 use std::sync::Arc;
 use std::time::Duration;
 
