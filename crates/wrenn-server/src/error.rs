@@ -105,6 +105,9 @@ impl From<wrenn_runtime::RuntimeError> for ApiError {
             R::InvalidState { id, state } => {
                 Self::InvalidState(format!("capsule {id} is not running (status: {state})"))
             }
+            e @ (R::AlreadyExists { .. } | R::Protected { .. }) => {
+                Self::InvalidState(e.to_string())
+            }
             other => Self::Internal(other.into()),
         }
     }

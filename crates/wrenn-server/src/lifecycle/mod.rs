@@ -17,7 +17,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::watch;
 use wrenn_agent_client::AgentClient;
-use wrenn_runtime::{CapsuleSpec, NetworkMode, Runtime};
+use wrenn_runtime::{CapsuleSpec, NetworkMode, Runtime, Source};
 use wrenn_types::api::{Actor, Capsule, CapsuleStatus, CreateCapsuleRequest, EventKind};
 
 use crate::error::{ApiError, ApiResult};
@@ -230,7 +230,7 @@ impl Capsules {
         let live = Arc::new(LiveCapsule {
             team_id,
             status: watch::channel(capsule.status).0,
-            agent: AgentClient::new(self.runtime.agent_socket(&capsule.id)),
+            agent: AgentClient::new(self.runtime.agent_endpoint(&capsule.id)),
             record: Mutex::new(capsule.clone()),
             op: tokio::sync::Mutex::new(()),
             active_dirty: Mutex::new(false),
@@ -388,7 +388,11 @@ impl Capsules {
         );
         let spec = CapsuleSpec {
             id: capsule.id.clone(),
-            template: resolved.runtime_name,
+            source: if resolved.sizes.is_some() {
+                Source::Snapshot(resolved.runtime_name)
+            } else {
+                Source::Template(resolved.runtime_name)
+            },
             vcpus,
             memory_mb,
             pids_limit: PIDS_LIMIT,

@@ -222,8 +222,8 @@ impl Capsules {
             runtime_name: rt_name.clone(),
             vcpus: rec.vcpus,
             memory_mb: rec.memory_mb,
-            size_bytes: info.size_bytes,
-            created_at: info.created_at.unwrap_or_else(Utc::now),
+            size_bytes: info.template.size_bytes,
+            created_at: info.template.created_at.unwrap_or_else(Utc::now),
             source_capsule: sandbox_id.to_owned(),
         };
         if let Err(e) = self.store.put_snapshot(row.clone()).await {
@@ -270,9 +270,9 @@ impl Capsules {
     ) -> ApiResult<()> {
         match self.runtime.delete_template(&row.runtime_name).await {
             Ok(()) | Err(wrenn_runtime::RuntimeError::TemplateNotFound(_)) => {}
-            Err(wrenn_runtime::RuntimeError::InvalidState { state, .. }) => {
+            Err(wrenn_runtime::RuntimeError::Protected { reason, .. }) => {
                 return Err(ApiError::Conflict(format!(
-                    "snapshot {} is {state}",
+                    "snapshot {} is {reason}",
                     row.name
                 )))
             }
