@@ -30,7 +30,7 @@ source = "index.html"
 
 [[services]]
 name = "web"
-cmd = "/bin/httpd"
+cmd = "httpd"
 args = ["-f", "-p", "127.0.0.1:8080", "-h", "/srv"]
 probe = { port = 8080 }
 timeout_sec = 10
@@ -152,6 +152,7 @@ timeout_sec = 30
     ] {
         let s = spec(template, NetworkMode::Egress, 256, 128, test_disk_mb());
         let id = s.id.clone();
+        t.rt.ensure_template(template).await.expect("build");
         let t0 = Instant::now();
         let err = t.rt.create(&s).await.expect_err("probe must fail");
         assert!(t0.elapsed().as_secs() < within_s, "{:?}", t0.elapsed());
