@@ -217,6 +217,7 @@ fn container_runtime(args: &RuntimeArgs) -> anyhow::Result<Arc<ContainerRuntime>
         cache_dir,
         agent_binary,
         launcher: vec!["/proc/self/exe".into(), "__launch".into()],
+        extra_recipes: None,
     };
     Ok(Arc::new(ContainerRuntime::new(config)?))
 }

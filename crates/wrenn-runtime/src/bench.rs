@@ -14,7 +14,7 @@ use wrenn_agent_client::{AgentClient, ExecOutcome};
 use wrenn_types::agent::ExecRequest;
 
 use crate::container::ContainerRuntime;
-use crate::{CapsuleSpec, NetworkMode, Runtime, RuntimeError};
+use crate::{CapsuleSpec, NetworkMode, Runtime, RuntimeError, Source};
 
 /// One benchmark's summary.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -93,7 +93,7 @@ pub async fn bench_runtime_with_disk(
     for i in 0..n {
         let spec = CapsuleSpec {
             id: bench_id(i),
-            template: "busybox".into(),
+            source: Source::Template("busybox".into()),
             vcpus: 1,
             memory_mb: 256,
             pids_limit: 256,
@@ -104,7 +104,7 @@ pub async fn bench_runtime_with_disk(
         let h = rt.create(&spec).await?;
         create.push(ms(t));
         let result = async {
-            let client = AgentClient::new(h.agent_socket.clone());
+            let client = AgentClient::new(h.agent.clone());
             for _ in 0..5 {
                 let t = Instant::now();
                 let out = client.exec(&req).await.map_err(|e| RuntimeError::Host {

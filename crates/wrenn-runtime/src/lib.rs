@@ -2,19 +2,23 @@
 //! `wrenn-agent` inside, and back (pause, resume, destroy).
 //!
 //! The server only sees the [`Runtime`] trait; backends (`container` now, `microvm` later) are
-//! chosen at start-up. Every backend reaches the capsule's agent through a unix socket path it
-//! hands out ([`CapsuleHandle::agent_socket`]).
+//! chosen at start-up. The server decides from a backend's [`Capabilities`], never from its
+//! name. Every backend hands out the [`AgentEndpoint`] the capsule's agent is reached through
+//! ([`CapsuleHandle::agent`], [`Runtime::agent_endpoint`]).
+//!
+//! Templates are data (see [`templates`]): a recipe under `images/<name>/` is built once into
+//! a tree, which each backend materialises in its own form.
 #![warn(missing_docs)]
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+pub use wrenn_types::agent::AgentEndpoint;
 
 pub mod error;
 
-pub use error::RuntimeError;
+pub use error::{CapsuleState, Protection, ResourceKind, RuntimeError};
 
 /// Whether a capsule may reach beyond its host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -31,8 +35,8 @@ pub enum NetworkMode {
 pub struct CapsuleSpec {
     /// `cl-` + 25 base36 chars; also the hostname.
     pub id: String,
-    /// Template name (a built-in base or a snapshot).
-    pub template: String,
+    /// What to boot.
+    pub source: Source,
     /// CPU quota in whole CPUs.
     pub vcpus: u32,
     /// Memory limit; an OOM kills inside the capsule only.
@@ -46,13 +50,67 @@ pub struct CapsuleSpec {
     pub disk_mb: u32,
 }
 
+/// What a capsule is made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A template by name: a built-in recipe (built on first use) or any template on disk.
+    Template(String),
+    /// A snapshot template by name. Backends that keep full state resume its memory and
+    /// processes; the others (see [`Capabilities::snapshot_keeps_memory`]) boot its files
+    /// fresh.
+    Snapshot(String),
+}
+
+impl Source {
+    /// The template name.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Template(n) | Self::Snapshot(n) => n,
+        }
+    }
+}
+
+/// What a backend can do; the server decides from this, never from [`Runtime::kind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Pause writes the capsule's state to disk and frees its memory (otherwise memory stays
+    /// resident while paused).
+    pub pause_releases_memory: bool,
+    /// Snapshots keep memory and processes (otherwise files only: capsules made from one boot
+    /// fresh on its files and start its template's services again).
+    pub snapshot_keeps_memory: bool,
+    /// A paused capsule can be resumed after the host rebooted.
+    pub paused_survives_host_reboot: bool,
+    /// Running and paused capsules survive a restart of the server process ([`Runtime::recover`]
+    /// re-adopts them).
+    pub survives_server_restart: bool,
+}
+
+/// Which kind of snapshot a backend made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotKind {
+    /// The filesystem only: capsules made from it boot fresh.
+    Files,
+    /// Filesystem, memory and processes: capsules made from it resume where it was taken.
+    FullState,
+}
+
+/// A snapshot just made.
+#[derive(Debug, Clone)]
+pub struct SnapshotInfo {
+    /// The new template.
+    pub template: TemplateInfo,
+    /// What it holds.
+    pub kind: SnapshotKind,
+}
+
 /// A running capsule as the runtime reports it.
 #[derive(Debug, Clone)]
 pub struct CapsuleHandle {
     /// Capsule id.
     pub id: String,
-    /// Host path of the agent's unix socket.
-    pub agent_socket: PathBuf,
+    /// Where the host reaches the capsule's agent.
+    pub agent: AgentEndpoint,
     /// The capsule's address on its veth, when it has one.
     pub ip: Option<Ipv4Addr>,
     /// Host pid of the capsule's init (the agent).
@@ -98,10 +156,14 @@ pub struct RecoveryReport {
 /// do it in a helper process.
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
-    /// Short backend name (`container`, `microvm`).
+    /// Short backend name (`container`, `microvm`), for logs and metadata only.
     fn kind(&self) -> &'static str;
 
-    /// Creates and starts a capsule; returns once its agent answers `/health`. On failure,
+    /// What this backend can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Creates and starts a capsule from `spec.source`; returns once its agent answers
+    /// `/health` and every service of its template passed its readiness probe. On failure,
     /// everything made so far is removed.
     async fn create(&self, spec: &CapsuleSpec) -> Result<CapsuleHandle, RuntimeError>;
 
@@ -119,9 +181,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// remains of dead ones and removes everything else this runtime once made.
     async fn recover(&self, known: &[String]) -> Result<RecoveryReport, RuntimeError>;
 
-    /// Host path of the agent socket of capsule `id`. Backends must hand out a path the capsule
-    /// cannot see or replace (the server connects to it and sends capsule-controlled bytes).
-    fn agent_socket(&self, id: &str) -> PathBuf;
+    /// Where the host reaches the agent of capsule `id`. Backends must hand out an endpoint the
+    /// capsule cannot see or replace (the server connects to it and sends capsule-controlled
+    /// bytes).
+    fn agent_endpoint(&self, id: &str) -> AgentEndpoint;
 
     /// Exit status of the capsule's init when it died on its own (`None` while it runs, and
     /// for capsules this runtime does not know).
@@ -133,24 +196,28 @@ pub trait Runtime: Send + Sync + 'static {
     /// Built-in base template names and the snapshots on disk.
     async fn list_templates(&self) -> Result<Vec<TemplateInfo>, RuntimeError>;
 
-    /// Copies the filesystem of capsule `id` (running or paused) into a new template `name`.
-    /// The capsule is frozen while its tree is copied and left as it was. Processes and memory
-    /// are not part of the template in the container runtime: capsules made from it boot fresh
-    /// on the copied files.
-    async fn snapshot(&self, id: &str, name: &str) -> Result<TemplateInfo, RuntimeError>;
+    /// Makes a new template `name` from capsule `id` (running or paused), which is left as it
+    /// was; says which [`SnapshotKind`] it made. An existing name is
+    /// [`RuntimeError::AlreadyExists`].
+    async fn snapshot(&self, id: &str, name: &str) -> Result<SnapshotInfo, RuntimeError>;
 
     /// Deletes snapshot template `name`. Base templates and templates a capsule still runs on
-    /// are refused with [`RuntimeError::InvalidState`]; an unknown name is
+    /// are refused with [`RuntimeError::Protected`]; an unknown name is
     /// [`RuntimeError::TemplateNotFound`].
     async fn delete_template(&self, name: &str) -> Result<(), RuntimeError>;
 
-    /// Makes sure template `name` is on disk, building a built-in base on first use.
+    /// Makes sure template `name` is on disk, building a built-in recipe on first use.
     /// [`RuntimeError::TemplateNotFound`] for names that are neither built-in nor on disk.
     async fn ensure_template(&self, name: &str) -> Result<TemplateInfo, RuntimeError>;
 }
 
 pub mod bench;
 pub mod container;
+pub(crate) mod services;
+pub(crate) mod sys;
 pub mod templates;
+#[cfg(test)]
+pub(crate) mod test_utils;
+pub(crate) mod tree;
 
 pub use container::{ContainerConfig, ContainerRuntime};

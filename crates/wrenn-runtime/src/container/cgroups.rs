@@ -13,7 +13,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::sys;
+use crate::sys;
 
 /// Root of all cgroup hierarchies.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -287,26 +287,19 @@ mod tests {
         assert_eq!(CapsuleCgroup::oci_path("cl-x"), "/wrenn/cl-x");
     }
 
-    fn scratch(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "wrenn-cg-test-{tag}-{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        let _ = std::fs::remove_dir_all(&d);
-        d
-    }
+    use crate::test_utils::Scratch;
 
     /// A v2 group that never reports `frozen 1` (a fake dir: `cgroup.events` stays
     /// `frozen 0`): the freeze times out and leaves `cgroup.freeze` at `0`, not `1`.
     #[test]
     fn v2_freeze_timeout_thaws_again() {
-        let root = scratch("v2");
+        let scratch = Scratch::new("cg-v2");
+        let root = scratch.path();
         let dir = root.join(CGROUP_PARENT).join("cl-x");
         std::fs::create_dir_all(&dir).expect("mkdir");
         std::fs::write(dir.join("cgroup.freeze"), "0").expect("freeze file");
         std::fs::write(dir.join("cgroup.events"), "populated 1\nfrozen 0\n").expect("events");
-        let cg = CapsuleCgroup::with_root(CgroupVersion::V2, &root, "cl-x");
+        let cg = CapsuleCgroup::with_root(CgroupVersion::V2, root, "cl-x");
         let err = cg
             .freeze(Duration::from_millis(20))
             .expect_err("never frozen");
@@ -314,7 +307,6 @@ mod tests {
         let state = std::fs::read_to_string(dir.join("cgroup.freeze")).expect("read");
         assert_eq!(state.trim(), "0");
         assert!(!cg.is_frozen());
-        std::fs::remove_dir_all(&root).expect("cleanup");
     }
 
     /// The v1 paths on a fake dir. A plain file always reads back what was written, so a v1
@@ -323,15 +315,15 @@ mod tests {
     /// test above exercises it after a real timeout.
     #[test]
     fn v1_freeze_and_undo_write_the_state_file() {
-        let root = scratch("v1");
+        let scratch = Scratch::new("cg-v1");
+        let root = scratch.path();
         let dir = root.join("freezer").join(CGROUP_PARENT).join("cl-x");
         std::fs::create_dir_all(&dir).expect("mkdir");
         std::fs::write(dir.join("freezer.state"), "THAWED").expect("state");
-        let cg = CapsuleCgroup::with_root(CgroupVersion::V1, &root, "cl-x");
+        let cg = CapsuleCgroup::with_root(CgroupVersion::V1, root, "cl-x");
         cg.freeze(Duration::from_millis(20)).expect("freeze");
         assert!(cg.is_frozen());
         cg.thaw(Duration::from_millis(20)).expect("thaw");
         assert!(!cg.is_frozen());
-        std::fs::remove_dir_all(&root).expect("cleanup");
     }
 }

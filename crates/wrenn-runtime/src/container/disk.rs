@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::sys;
+use crate::sys;
 
 /// Formatted images kept ready in the pool.
 pub const POOL_SIZE: usize = 4;

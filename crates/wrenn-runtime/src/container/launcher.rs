@@ -33,7 +33,7 @@ use std::process::ExitCode;
 
 use serde::{Deserialize, Serialize};
 
-use super::sys;
+use crate::sys;
 
 /// The fd number at which the capsule's init (the agent) inherits its listening socket.
 pub const AGENT_LISTEN_FD: i32 = 3;

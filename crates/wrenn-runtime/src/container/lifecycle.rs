@@ -12,11 +12,18 @@ use super::net::{self, CapsuleNet};
 use super::overlay::CapsuleDirs;
 use super::record::CapsuleRecord;
 use super::watch::InitWatch;
-use super::{health, host_err, spec, sys, Capsule, ContainerRuntime, READY_TIMEOUT};
-use crate::{CapsuleHandle, CapsuleSpec, NetworkMode, RecoveryReport, RuntimeError};
+use super::{health, host_err, spec, Capsule, ContainerRuntime, READY_TIMEOUT};
+use crate::templates::RunConfig;
+use crate::{
+    services, sys, AgentEndpoint, CapsuleHandle, CapsuleSpec, NetworkMode, RecoveryReport,
+    ResourceKind, RuntimeError, Source,
+};
+use wrenn_agent_client::AgentClient;
 
 /// How long destroy waits for a capsule's tasks to die.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline of one TCP connect of a service's port probe.
+const PORT_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Capsule ids become paths, hostnames, cgroup and netns names: keep them tame.
 fn valid_id(id: &str) -> bool {
@@ -41,13 +48,19 @@ impl ContainerRuntime {
         }
         let dirs = self.dirs(id).with_disk(s.disk_mb > 0);
         if self.lock().contains_key(id) || dirs.root.exists() {
-            return Err(RuntimeError::InvalidState {
-                id: id.to_owned(),
-                state: "already exists".into(),
+            return Err(RuntimeError::AlreadyExists {
+                kind: ResourceKind::Capsule,
+                name: id.to_owned(),
             });
         }
-        self.inner.templates.ensure(&s.template).await?;
-        let lower = self.inner.templates.rootfs(&s.template);
+        let template = s.source.name();
+        // A snapshot is never a recipe's template; both boot the files fresh here.
+        if matches!(s.source, Source::Snapshot(_)) && self.inner.templates.is_base(template) {
+            return Err(RuntimeError::TemplateNotFound(template.to_owned()));
+        }
+        self.inner.templates.ensure(template).await?;
+        let run = self.inner.templates.run_config(template)?;
+        let lower = self.inner.templates.rootfs(template);
         if s.network == NetworkMode::Egress {
             self.inner
                 .host_net
@@ -59,7 +72,7 @@ impl ContainerRuntime {
             .map_err(|e| host_err("create capsule dir", id, e))?;
         let mut record = CapsuleRecord {
             id: id.to_owned(),
-            template: s.template.clone(),
+            template: template.to_owned(),
             lower,
             net: CapsuleNet {
                 netns: id.to_owned(),
@@ -69,7 +82,7 @@ impl ContainerRuntime {
             init_pid: None,
             init_start: None,
         };
-        match self.start(s, &dirs, &mut record).await {
+        match self.start(s, &run, &dirs, &mut record).await {
             Ok(handle) => Ok(handle),
             Err(e) => {
                 if let Err(ce) = self.teardown(&record, None).await {
@@ -84,6 +97,7 @@ impl ContainerRuntime {
     async fn start(
         &self,
         s: &CapsuleSpec,
+        run: &RunConfig,
         dirs: &CapsuleDirs,
         record: &mut CapsuleRecord,
     ) -> Result<CapsuleHandle, RuntimeError> {
@@ -171,11 +185,21 @@ impl ContainerRuntime {
                     waited_ms: waited.as_millis() as u64,
                 })?;
         }
+        let t_ready = t0.elapsed();
+        if !run.services.is_empty() {
+            let agent = AgentClient::new(dirs.agent_socket());
+            let netns = record.net.netns_path();
+            services::start_all(id, &agent, run, |port| {
+                net::port_open(netns.clone(), port, PORT_PROBE_TIMEOUT)
+            })
+            .await?;
+        }
         tracing::debug!(
             capsule = id,
             prep_ms = t_prep.as_secs_f64() * 1e3,
             launch_ms = (t_launch - t_prep).as_secs_f64() * 1e3,
-            ready_ms = (t0.elapsed() - t_launch).as_secs_f64() * 1e3,
+            ready_ms = (t_ready - t_launch).as_secs_f64() * 1e3,
+            services_ms = (t0.elapsed() - t_ready).as_secs_f64() * 1e3,
             "capsule created"
         );
         self.lock().insert(
@@ -187,7 +211,9 @@ impl ContainerRuntime {
         );
         Ok(CapsuleHandle {
             id: id.to_owned(),
-            agent_socket: dirs.agent_socket(),
+            agent: AgentEndpoint::Unix {
+                path: dirs.agent_socket(),
+            },
             ip: record.net.capsule_ip(),
             init_pid: pid,
         })
@@ -360,7 +386,9 @@ impl ContainerRuntime {
                         .map_err(|e| host_err("watch capsule init", &id, e))?;
                     report.adopted.push(crate::CapsuleHandle {
                         id: id.clone(),
-                        agent_socket: dirs.agent_socket(),
+                        agent: AgentEndpoint::Unix {
+                            path: dirs.agent_socket(),
+                        },
                         ip: record.net.capsule_ip(),
                         init_pid: pid,
                     });

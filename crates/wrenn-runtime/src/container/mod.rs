@@ -9,24 +9,27 @@
 //! (pidfd exit watch), [`record`] (what recovery reads), [`sys`] (raw syscalls).
 //!
 //! Create: template → network ∥ (disk → overlay) → bundle → launcher (binds the agent socket on a
-//! host-only path, passes it to the agent as fd 3) → wait for `GET /health`.
+//! host-only path, passes it to the agent as fd 3) → wait for `GET /health` → start the
+//! template's services and wait for their probes (see [`crate::services`]).
 //! Destroy: thaw, kill the cgroup, remove cgroups, unmount (overlay, then disk: its loop device
 //! frees itself), delete libcontainer state, network and the capsule dir (image included).
 //!
 //! # Limitations
 //! Pause is a cgroup freeze: memory stays resident and nothing survives a host reboot.
-//! Networking shells out to `ip`/`nft` (see [`net`]).
+//! Snapshots are files only. Networking shells out to `ip`/`nft` (see [`net`]).
+//!
+//! Everything but [`ContainerRuntime`], [`ContainerConfig`], [`launcher::launcher_main`] and
+//! [`DISK_POOL_SIZE`] is internal to the crate.
 
-pub mod cgroups;
-pub mod disk;
+pub(crate) mod cgroups;
+pub(crate) mod disk;
 pub mod launcher;
-pub mod net;
-pub mod overlay;
-pub mod record;
-pub mod seccomp;
-pub mod spec;
-pub(crate) mod sys;
-pub mod watch;
+pub(crate) mod net;
+pub(crate) mod overlay;
+pub(crate) mod record;
+pub(crate) mod seccomp;
+pub(crate) mod spec;
+pub(crate) mod watch;
 
 mod health;
 mod lifecycle;
@@ -40,14 +43,28 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::templates::Templates;
+use crate::sys;
+use crate::templates::{DirectoryForm, Recipes, Templates};
+use crate::tree::{private_dir, PRIVATE_DIR_MODE};
 use crate::{
-    CapsuleHandle, CapsuleSpec, RecoveryReport, ResourceUsage, Runtime, RuntimeError, TemplateInfo,
+    AgentEndpoint, Capabilities, CapsuleHandle, CapsuleSpec, CapsuleState, Protection,
+    RecoveryReport, ResourceUsage, Runtime, RuntimeError, SnapshotInfo, SnapshotKind, TemplateInfo,
 };
 use cgroups::{CapsuleCgroup, CgroupVersion};
 use overlay::CapsuleDirs;
 use record::CapsuleRecord;
 use watch::InitWatch;
+
+/// Formatted disk images the runtime keeps ready (see `disk::DiskPool`).
+pub const DISK_POOL_SIZE: usize = disk::POOL_SIZE;
+
+/// What the container backend can do.
+const CAPABILITIES: Capabilities = Capabilities {
+    pause_releases_memory: false,
+    snapshot_keeps_memory: false,
+    paused_survives_host_reboot: false,
+    survives_server_restart: true,
+};
 
 /// How long `create` waits for the agent's `/health`.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,6 +83,9 @@ pub struct ContainerConfig {
     /// Program and arguments that run [`launcher::launcher_main`] (e.g. `["/usr/bin/wrenn",
     /// "__launch"]`).
     pub launcher: Vec<OsString>,
+    /// A directory of more template recipes (`<dir>/<name>/recipe.toml`), beside the built-in
+    /// ones of the repository's `images/`; a name that is built in is refused.
+    pub extra_recipes: Option<PathBuf>,
 }
 
 /// The `container` [`Runtime`].
@@ -73,17 +93,18 @@ pub struct ContainerConfig {
 /// ```no_run
 /// # async fn f() -> Result<(), wrenn_runtime::RuntimeError> {
 /// use wrenn_runtime::container::{ContainerConfig, ContainerRuntime};
-/// use wrenn_runtime::{CapsuleSpec, NetworkMode, Runtime};
+/// use wrenn_runtime::{CapsuleSpec, NetworkMode, Runtime, Source};
 /// let rt = ContainerRuntime::new(ContainerConfig {
 ///     data_dir: "/var/lib/wrenn".into(),
 ///     cache_dir: "/var/cache/wrenn".into(),
 ///     agent_binary: "/usr/lib/wrenn/wrenn-agent".into(),
 ///     launcher: vec!["/usr/bin/wrenn".into(), "__launch".into()],
+///     extra_recipes: None,
 /// })?;
 /// let h = rt
 ///     .create(&CapsuleSpec {
 ///         id: "cl-0123456789abcdefghijklmno".into(),
-///         template: "busybox".into(),
+///         source: Source::Template("busybox".into()),
 ///         vcpus: 1,
 ///         memory_mb: 256,
 ///         pids_limit: 256,
@@ -140,13 +161,20 @@ impl ContainerRuntime {
         sys::set_child_subreaper().map_err(|e| err("set child subreaper", e.into()))?;
         let cgroup_version =
             CgroupVersion::detect().map_err(|e| err("detect cgroup version", e.into()))?;
+        let mut recipes =
+            Recipes::embedded().map_err(|e| err("load template recipes", e.into()))?;
+        if let Some(dir) = &cfg.extra_recipes {
+            recipes = recipes
+                .with_dir(dir)
+                .map_err(|e| err("load template recipes", e.into()))?;
+        }
         // Capsule uppers (setuid files of capsule root included), templates and libcontainer
         // state are for host root only.
         for d in ["capsules", "templates", "state", "runtime", "pool"] {
-            overlay::private_dir(&cfg.data_dir.join(d), overlay::PRIVATE_DIR_MODE)
+            private_dir(&cfg.data_dir.join(d), PRIVATE_DIR_MODE)
                 .map_err(|e| err("create data dir", e.into()))?;
         }
-        overlay::private_dir(&cfg.cache_dir.join("templates"), overlay::PRIVATE_DIR_MODE)
+        private_dir(&cfg.cache_dir.join("templates"), PRIVATE_DIR_MODE)
             .map_err(|e| err("create template cache dir", e.into()))?;
         let runtime_dir = cfg.data_dir.join("runtime");
         install_agent(&cfg.agent_binary, &runtime_dir.join("wrenn-agent"))
@@ -155,7 +183,12 @@ impl ContainerRuntime {
             .map_err(|e| err("compile seccomp filter", e.into()))?;
         Ok(Self {
             inner: Arc::new(Inner {
-                templates: Templates::new(&cfg.data_dir, &cfg.cache_dir),
+                templates: Templates::new(
+                    &cfg.data_dir,
+                    &cfg.cache_dir,
+                    recipes,
+                    Arc::new(DirectoryForm),
+                ),
                 cgroup_version,
                 capsules: Mutex::new(HashMap::new()),
                 nofile: sys::nofile_hard_limit().min(1 << 20),
@@ -241,7 +274,7 @@ impl ContainerRuntime {
         if let Some(code) = c.watch.exit_code() {
             return Err(RuntimeError::InvalidState {
                 id: id.to_owned(),
-                state: format!("dead (init exited with {code})"),
+                state: CapsuleState::Exited { code },
             });
         }
         Ok(c)
@@ -263,6 +296,10 @@ fn install_agent(src: &Path, dst: &Path) -> anyhow::Result<()> {
 impl Runtime for ContainerRuntime {
     fn kind(&self) -> &'static str {
         "container"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
     }
 
     async fn create(&self, spec: &CapsuleSpec) -> Result<CapsuleHandle, RuntimeError> {
@@ -291,8 +328,8 @@ impl Runtime for ContainerRuntime {
         self.destroy_capsule(id).await
     }
 
-    async fn snapshot(&self, id: &str, name: &str) -> Result<TemplateInfo, RuntimeError> {
-        self.running(id)?;
+    async fn snapshot(&self, id: &str, name: &str) -> Result<SnapshotInfo, RuntimeError> {
+        let capsule = self.running(id)?;
         let cg = self.cgroup(id);
         let was_frozen = cg.is_frozen();
         if !was_frozen {
@@ -305,7 +342,7 @@ impl Runtime for ContainerRuntime {
         let made = self
             .inner
             .templates
-            .create_snapshot(name, &self.dirs(id).rootfs())
+            .create_snapshot(name, &self.dirs(id).rootfs(), &capsule.record.template)
             .await;
         if !was_frozen {
             let c = cg.clone();
@@ -314,7 +351,10 @@ impl Runtime for ContainerRuntime {
                 .map_err(|e| host_err("thaw cgroup", id, e))?
                 .map_err(|e| host_err("thaw cgroup", id, e))?;
         }
-        made
+        Ok(SnapshotInfo {
+            template: made?,
+            kind: SnapshotKind::Files,
+        })
     }
 
     async fn delete_template(&self, name: &str) -> Result<(), RuntimeError> {
@@ -325,9 +365,11 @@ impl Runtime for ContainerRuntime {
             .map(|c| c.record.id.clone())
             .collect();
         if let Some(user) = users.first() {
-            return Err(RuntimeError::InvalidState {
-                id: name.to_owned(),
-                state: format!("in use by capsule {user}"),
+            return Err(RuntimeError::Protected {
+                name: name.to_owned(),
+                reason: Protection::InUse {
+                    capsule: user.clone(),
+                },
             });
         }
         self.inner.templates.delete_snapshot(name).await
@@ -337,8 +379,10 @@ impl Runtime for ContainerRuntime {
         self.recover_capsules(known).await
     }
 
-    fn agent_socket(&self, id: &str) -> PathBuf {
-        self.dirs(id).agent_socket()
+    fn agent_endpoint(&self, id: &str) -> AgentEndpoint {
+        AgentEndpoint::Unix {
+            path: self.dirs(id).agent_socket(),
+        }
     }
 
     fn exit_status(&self, id: &str) -> Option<i32> {

@@ -89,6 +89,31 @@ impl CapsuleNet {
     }
 }
 
+/// Whether a TCP connect to `127.0.0.1:port` inside the network namespace at `netns`
+/// succeeds within `timeout` (a service's port probe).
+///
+/// The connect runs on a thread of its own that enters the namespace: setns(2) with
+/// `CLONE_NEWNET` moves only the calling thread, and this thread ends right after the connect,
+/// so no other work ever runs in the capsule's namespace (never a pool thread, which would
+/// carry the namespace into unrelated tasks).
+pub(crate) async fn port_open(netns: PathBuf, port: u16, timeout: std::time::Duration) -> bool {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("wrenn-port-probe".into())
+        .spawn(move || {
+            let ok = (|| -> std::io::Result<()> {
+                let ns = std::fs::File::open(&netns)?;
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                let addr = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+                std::net::TcpStream::connect_timeout(&addr, timeout)?;
+                Ok(())
+            })()
+            .is_ok();
+            let _ = tx.send(ok);
+        });
+    spawned.is_ok() && rx.await.unwrap_or(false)
+}
+
 /// Host veth name of slot `n`.
 pub fn veth_name(n: u32) -> String {
     format!("{VETH_PREFIX}{n}")

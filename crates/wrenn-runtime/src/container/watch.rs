@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::sys::{self, Reap};
+use crate::sys::{self, Reap};
 
 /// Shared liveness of one capsule init.
 #[derive(Debug, Clone)]

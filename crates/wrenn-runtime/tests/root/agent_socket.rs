@@ -22,8 +22,8 @@ async fn capsule_cannot_see_or_redirect_the_agent_socket() {
     let t = TestRuntime::new();
     let c = t.capsule("busybox", NetworkMode::Isolated).await;
     let host_path = t.data_dir.join("capsules").join(c.id()).join("agent.sock");
-    assert_eq!(c.handle.agent_socket, host_path);
-    assert_eq!(t.rt.agent_socket(c.id()), host_path);
+    assert_eq!(socket_path(&c.handle.agent), host_path);
+    assert_eq!(socket_path(&t.rt.agent_endpoint(c.id())), host_path);
     assert!(is_socket(&host_path));
 
     // A host socket the capsule would love the server to talk to.

@@ -1,5 +1,5 @@
-//! Shared helpers: a runtime per test on a fresh data dir, a guard that destroys capsules on
-//! drop, polling with deadlines.
+//! Shared helpers: one scratch-directory helper, a runtime per test on a fresh data dir, a guard
+//! that destroys capsules on drop, polling with deadlines.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use wrenn_agent_client::AgentClient;
 use wrenn_runtime::container::{ContainerConfig, ContainerRuntime};
-use wrenn_runtime::{CapsuleHandle, CapsuleSpec, NetworkMode, Runtime};
+use wrenn_runtime::{AgentEndpoint, CapsuleHandle, CapsuleSpec, NetworkMode, Runtime, Source};
 
 /// Whether we may run (root); prints the reason when not.
 pub fn privileged(test: &str) -> bool {
@@ -41,33 +41,74 @@ pub fn agent_binary() -> PathBuf {
     root.join("target/x86_64-unknown-linux-gnu/release/wrenn-agent")
 }
 
+/// A fresh directory under the system temp dir (`wrenn-test-{tag}-{pid}-{seq}`), removed with
+/// everything in it on drop. The one scratch helper of these tests.
+pub struct Scratch(PathBuf);
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Self {
+        let d = std::env::temp_dir().join(format!(
+            "wrenn-test-{tag}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("create scratch dir");
+        Self(d)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The host path of a unix agent endpoint (the container runtime hands out only those).
+pub fn socket_path(e: &AgentEndpoint) -> PathBuf {
+    e.host_path().expect("a unix agent endpoint").to_owned()
+}
+
 /// A runtime on its own data dir, removed (with every capsule) on drop.
 pub struct TestRuntime {
     pub rt: ContainerRuntime,
     pub data_dir: PathBuf,
+    /// Removed after the capsules are destroyed (fields drop after `Drop::drop`).
+    _scratch: Scratch,
 }
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
 
 impl TestRuntime {
     pub fn new() -> Self {
-        let data_dir = std::env::temp_dir().join(format!(
-            "wrenn-rt-test-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&data_dir);
+        Self::with_recipes(None)
+    }
+
+    /// A runtime that also knows the recipes of `dir` (`<dir>/<name>/recipe.toml`).
+    pub fn with_recipes(dir: Option<&Path>) -> Self {
+        let scratch = Scratch::new("rt");
+        let data_dir = scratch.path().join("data");
         let agent = agent_binary();
         assert!(
             agent.exists(),
             "agent binary {} missing: run scripts/build-agent.sh or set WRENN_AGENT",
             agent.display()
         );
-        let rt = ContainerRuntime::new(Self::config(&data_dir)).expect("runtime");
+        let mut cfg = Self::config(&data_dir);
+        cfg.extra_recipes = dir.map(Path::to_owned);
+        let rt = ContainerRuntime::new(cfg).expect("runtime");
         if std::env::var_os("WRENN_TEST_NO_HEALTH").is_some() {
             rt.set_health_check(false);
         }
-        Self { rt, data_dir }
+        Self {
+            rt,
+            data_dir,
+            _scratch: scratch,
+        }
     }
 
     pub fn config(data_dir: &Path) -> ContainerConfig {
@@ -76,6 +117,7 @@ impl TestRuntime {
             cache_dir: cache_dir(),
             agent_binary: agent_binary(),
             launcher: vec![env!("CARGO_BIN_EXE_wrenn-launcher").into()],
+            extra_recipes: None,
         }
     }
 
@@ -116,7 +158,7 @@ impl TestRuntime {
         let handle = self.rt.create(&spec).await.expect("create capsule");
         Capsule {
             rt: self.rt.clone(),
-            client: AgentClient::new(handle.agent_socket.clone()),
+            client: AgentClient::new(handle.agent.clone()),
             handle,
         }
     }
@@ -139,7 +181,7 @@ pub fn spec(
 ) -> CapsuleSpec {
     CapsuleSpec {
         id: new_id(),
-        template: template.into(),
+        source: Source::Template(template.into()),
         vcpus: 1,
         memory_mb,
         pids_limit,
@@ -158,7 +200,6 @@ impl Drop for TestRuntime {
             }
         });
         self.rt.wait_disk_pool_idle(Duration::from_secs(30));
-        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
 

@@ -127,7 +127,8 @@ async fn capsule_sees_neither_host_files_nor_other_capsules() {
         return;
     }
     let t = TestRuntime::new();
-    let marker = std::env::temp_dir().join(format!("wrenn-host-marker-{}", std::process::id()));
+    let scratch = Scratch::new("host-marker");
+    let marker = scratch.path().join("marker");
     std::fs::write(&marker, "host").expect("marker");
     let a = t.capsule("busybox", NetworkMode::Isolated).await;
     let b = t.capsule("busybox", NetworkMode::Isolated).await;
@@ -141,7 +142,6 @@ async fn capsule_sees_neither_host_files_nor_other_capsules() {
     );
     let r = sh(&b, &probe).await;
     assert_eq!(r.stdout, "done\n", "{r:?}");
-    let _ = std::fs::remove_file(marker);
     drop((a, b));
 }
 

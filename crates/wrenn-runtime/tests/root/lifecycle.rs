@@ -16,7 +16,7 @@ async fn busybox_create_health_destroy_leaves_nothing() {
     let c = t.capsule("busybox", NetworkMode::Egress).await;
     let id = c.id().to_owned();
     if std::env::var_os("WRENN_TEST_NO_HEALTH").is_none() {
-        assert!(c.handle.agent_socket.exists());
+        assert!(socket_path(&c.handle.agent).exists());
     }
     assert!(c.handle.ip.is_some());
     let u = t.rt.usage(&id).await.expect("usage");
@@ -179,14 +179,14 @@ async fn create_destroy_200_cycles_leave_nothing_behind() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert!(
-        pool.len() <= wrenn_runtime::container::disk::POOL_SIZE
+        pool.len() <= wrenn_runtime::container::DISK_POOL_SIZE
             && pool.iter().all(|n| n.ends_with(".img")),
         "{pool:?}"
     );
     if test_disk_mb() > 0 {
         assert_eq!(
             pool.len(),
-            wrenn_runtime::container::disk::POOL_SIZE,
+            wrenn_runtime::container::DISK_POOL_SIZE,
             "{pool:?}"
         );
     }

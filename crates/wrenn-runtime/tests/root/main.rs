@@ -19,3 +19,4 @@ mod lifecycle;
 mod limits;
 mod network;
 mod recover;
+mod services;

@@ -37,7 +37,7 @@ async fn recover_readopts_running_and_removes_unknown() {
     );
 
     // The adopted capsule works through the new runtime.
-    assert_eq!(rt2.agent_socket(&keep_id), keep.handle.agent_socket);
+    assert_eq!(rt2.agent_endpoint(&keep_id), keep.handle.agent);
     assert_eq!(sh(&keep, "cat /root/f").await.stdout, "state\n");
     rt2.pause(&keep_id).await.expect("pause via new runtime");
     rt2.resume(&keep_id).await.expect("resume via new runtime");
@@ -92,7 +92,7 @@ async fn recover_reconnects_to_the_host_only_socket_and_refuses_capsules_without
     let old = t.capsule("busybox", NetworkMode::Isolated).await;
     let (keep_id, old_id) = (keep.id().to_owned(), old.id().to_owned());
     // As if `old` were started by a runtime that let the agent bind inside the capsule.
-    std::fs::remove_file(&old.handle.agent_socket).expect("remove host socket");
+    std::fs::remove_file(socket_path(&old.handle.agent)).expect("remove host socket");
 
     let rt2 = ContainerRuntime::new(TestRuntime::config(&t.data_dir)).expect("second runtime");
     let report = rt2
@@ -105,13 +105,16 @@ async fn recover_reconnects_to_the_host_only_socket_and_refuses_capsules_without
     assert_eq!(leftovers(&t.data_dir, &old_id), Vec::<String>::new());
 
     // The agent kept its listening fd: a fresh client on the same host path reaches it.
-    let client = wrenn_agent_client::AgentClient::new(rt2.agent_socket(&keep_id));
+    let client = wrenn_agent_client::AgentClient::new(rt2.agent_endpoint(&keep_id));
     client
         .health()
         .await
         .expect("health via the recovered path");
     rt2.destroy(&keep_id).await.expect("destroy");
-    assert!(!report.adopted[0].agent_socket.exists(), "socket file left");
+    assert!(
+        !socket_path(&report.adopted[0].agent).exists(),
+        "socket file left"
+    );
     assert_eq!(leftovers(&t.data_dir, &keep_id), Vec::<String>::new());
     drop((keep, old));
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::Utc;
-use wrenn_runtime::{CapsuleSpec, NetworkMode};
+use wrenn_runtime::{CapsuleSpec, NetworkMode, Source};
 use wrenn_types::api::{Actor, Capsule, CapsuleStatus, CreateCapsuleRequest, EventKind};
 use wrenn_types::error::chain;
 
@@ -53,7 +53,11 @@ impl Capsules {
         );
         let spec = CapsuleSpec {
             id: capsule.id.clone(),
-            template: resolved.runtime_name,
+            source: if resolved.sizes.is_some() {
+                Source::Snapshot(resolved.runtime_name)
+            } else {
+                Source::Template(resolved.runtime_name)
+            },
             vcpus,
             memory_mb,
             pids_limit: PIDS_LIMIT,

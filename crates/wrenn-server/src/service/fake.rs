@@ -6,15 +6,16 @@
 //! out does not exist, so agent calls fail as for an unreachable agent.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
 use wrenn_runtime::{
-    CapsuleHandle, CapsuleSpec, RecoveryReport, ResourceUsage, Runtime, RuntimeError, TemplateInfo,
+    Capabilities, CapsuleHandle, CapsuleSpec, Protection, RecoveryReport, ResourceUsage, Runtime,
+    RuntimeError, SnapshotInfo, SnapshotKind, TemplateInfo,
 };
+use wrenn_types::agent::AgentEndpoint;
 
 /// The operations a test can slow down, fail or count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -150,6 +151,15 @@ impl Runtime for FakeRuntime {
         "fake"
     }
 
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            pause_releases_memory: false,
+            snapshot_keeps_memory: false,
+            paused_survives_host_reboot: false,
+            survives_server_restart: true,
+        }
+    }
+
     async fn create(&self, spec: &CapsuleSpec) -> Result<CapsuleHandle, RuntimeError> {
         if self.enter(Op::Create, &spec.id).await {
             return Err(RuntimeError::Launch {
@@ -160,7 +170,7 @@ impl Runtime for FakeRuntime {
         self.lock().capsules.insert(spec.id.clone(), false);
         Ok(CapsuleHandle {
             id: spec.id.clone(),
-            agent_socket: self.agent_socket(&spec.id),
+            agent: self.agent_endpoint(&spec.id),
             ip: None,
             init_pid: 0,
         })
@@ -199,8 +209,10 @@ impl Runtime for FakeRuntime {
         Ok(report)
     }
 
-    fn agent_socket(&self, id: &str) -> PathBuf {
-        PathBuf::from(format!("/nonexistent/wrenn-fake/{id}/agent.sock"))
+    fn agent_endpoint(&self, id: &str) -> AgentEndpoint {
+        AgentEndpoint::Unix {
+            path: format!("/nonexistent/wrenn-fake/{id}/agent.sock").into(),
+        }
     }
 
     fn exit_status(&self, id: &str) -> Option<i32> {
@@ -222,7 +234,7 @@ impl Runtime for FakeRuntime {
         Ok(self.lock().templates.clone())
     }
 
-    async fn snapshot(&self, id: &str, name: &str) -> Result<TemplateInfo, RuntimeError> {
+    async fn snapshot(&self, id: &str, name: &str) -> Result<SnapshotInfo, RuntimeError> {
         if self.enter(Op::Snapshot, id).await {
             return Err(Self::host_error(id, "copy tree"));
         }
@@ -233,15 +245,18 @@ impl Runtime for FakeRuntime {
             created_at: Some(Utc::now()),
         };
         self.lock().templates.push(info.clone());
-        Ok(info)
+        Ok(SnapshotInfo {
+            template: info,
+            kind: SnapshotKind::Files,
+        })
     }
 
     async fn delete_template(&self, name: &str) -> Result<(), RuntimeError> {
         let mut inner = self.lock();
         match inner.templates.iter().position(|t| t.name == name) {
-            Some(i) if inner.templates[i].base => Err(RuntimeError::InvalidState {
-                id: name.to_owned(),
-                state: "protected".into(),
+            Some(i) if inner.templates[i].base => Err(RuntimeError::Protected {
+                name: name.to_owned(),
+                reason: Protection::Base,
             }),
             Some(i) => {
                 inner.templates.remove(i);

@@ -213,7 +213,7 @@ impl Capsules {
         let live = Arc::new(LiveCapsule {
             team_id,
             status: watch::channel(capsule.status).0,
-            agent: AgentClient::new(self.runtime.agent_socket(&capsule.id)),
+            agent: AgentClient::new(self.runtime.agent_endpoint(&capsule.id)),
             record: Mutex::new(capsule),
             op: tokio::sync::Mutex::new(()),
             writes: tokio::sync::Mutex::new(()),

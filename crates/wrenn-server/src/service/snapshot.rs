@@ -195,8 +195,8 @@ impl Capsules {
             runtime_name: rt_name.clone(),
             vcpus: rec.vcpus,
             memory_mb: rec.memory_mb,
-            size_bytes: info.size_bytes,
-            created_at: info.created_at.unwrap_or_else(Utc::now),
+            size_bytes: info.template.size_bytes,
+            created_at: info.template.created_at.unwrap_or_else(Utc::now),
             source_capsule: sandbox_id.to_owned(),
         };
         if let Err(e) = self.store.put_snapshot(row.clone()).await {
@@ -242,10 +242,10 @@ impl Capsules {
     ) -> CapsuleResult<()> {
         match self.runtime.delete_template(&row.runtime_name).await {
             Ok(()) | Err(RuntimeError::TemplateNotFound(_)) => {}
-            Err(RuntimeError::InvalidState { state, .. }) => {
+            Err(RuntimeError::Protected { reason, .. }) => {
                 return Err(CapsuleError::SnapshotInUse {
                     name: row.name.clone(),
-                    state,
+                    state: reason.to_string(),
                 })
             }
             Err(e) => return Err(e.into()),

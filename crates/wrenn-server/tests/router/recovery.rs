@@ -64,7 +64,7 @@ async fn every_stored_status_against_what_the_runtime_kept() {
         if alive {
             report.adopted.push(CapsuleHandle {
                 id: capsule.id.clone(),
-                agent_socket: "/nonexistent".into(),
+                agent: std::path::Path::new("/nonexistent").into(),
                 ip: None,
                 init_pid: 1,
             });

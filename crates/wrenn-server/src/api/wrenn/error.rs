@@ -42,6 +42,9 @@ fn runtime(e: RuntimeError) -> ApiError {
         R::InvalidState { id, state } => {
             ApiError::InvalidState(format!("capsule {id} is not running (status: {state})"))
         }
+        e @ (R::AlreadyExists { .. } | R::Protected { .. }) => {
+            ApiError::InvalidState(e.to_string())
+        }
         other => ApiError::internal(other),
     }
 }

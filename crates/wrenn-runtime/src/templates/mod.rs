@@ -1,0 +1,55 @@
+//! Templates: recipes (data, under the repository's `images/`) built into trees on first use,
+//! and snapshot templates made from capsules.
+//!
+//! ```text
+//! data_dir/templates/<name>/rootfs/        the built tree (overlay lower dir; never written)
+//! data_dir/templates/<name>/template.json  TemplateInfo + RunConfig (env, user, services)
+//! cache_dir/templates/<name>/rootfs/       a debootstrap base, kept across data dirs
+//! cache_dir/templates/<name>/recipe        hash of the suite and package list that built it
+//! ```
+//!
+//! # Design
+//! [`recipe`] is the data model and its checks, [`store`] what is on disk (listing, building
+//! on first use, deletion), `builder` turns a recipe into a tree, [`snapshot`] copies a
+//! capsule's tree into a new template. One tree is built per recipe; each backend turns it into
+//! what it boots through a [`TemplateForm`] (a directory for containers, later a disk image for
+//! microVMs), before the template is renamed into place.
+//!
+//! Builds go to a temporary sibling dir and are renamed into place, so a crash never leaves a
+//! half tree under the final name. Concurrent builds of one name are serialised by a per-name
+//! async mutex (in process) and an flock on the debootstrap cache (across processes).
+//!
+//! # Limitations
+//! A built template is not rebuilt when its recipe changes (a base template may be in use as
+//! the lower layer of running capsules); remove `data_dir/templates/<name>` to rebuild it.
+
+use std::fmt;
+use std::path::Path;
+
+mod builder;
+pub mod recipe;
+pub mod snapshot;
+pub mod store;
+
+pub use builder::debian_mirror;
+pub use recipe::{Probe, Recipe, RecipeError, Recipes, RunConfig, Service};
+pub use store::Templates;
+
+/// How a backend turns a built template into what it boots.
+pub trait TemplateForm: Send + Sync + fmt::Debug {
+    /// Makes this backend's form of the template in `dir` from its finished tree
+    /// `dir/rootfs`. Called once per template (build or snapshot), before the template is
+    /// renamed into place, so a failure leaves nothing behind.
+    fn materialise(&self, dir: &Path) -> anyhow::Result<()>;
+}
+
+/// The tree itself is the form: the container backend mounts `rootfs/` as the overlay's lower
+/// layer, so there is nothing to make.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DirectoryForm;
+
+impl TemplateForm for DirectoryForm {
+    fn materialise(&self, _dir: &Path) -> anyhow::Result<()> {
+        Ok(())
+    }
+}

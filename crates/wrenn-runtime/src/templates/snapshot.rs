@@ -1,0 +1,242 @@
+//! Snapshot templates: a capsule's tree copied into a new template that carries on its
+//! source template's [`RunConfig`](super::RunConfig).
+
+use std::path::Path;
+
+use anyhow::Context;
+use chrono::Utc;
+
+use super::store::{TemplateFile, Templates};
+use super::TemplateForm;
+use crate::tree::{copy_tree, dir_size, private_dir, unique_tmp_name, PRIVATE_DIR_MODE};
+use crate::{ResourceKind, RuntimeError, TemplateInfo};
+
+/// Why [`snapshot_tree`] failed.
+#[derive(Debug)]
+pub(super) enum SnapshotError {
+    /// Another snapshot took the name first.
+    Exists,
+    /// Anything else, with the step.
+    Other(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for SnapshotError {
+    fn from(e: E) -> Self {
+        Self::Other(e.into())
+    }
+}
+
+impl Templates {
+    /// Makes snapshot template `name` from the tree at `src` (copied; `src` may change after),
+    /// made from template `from`, whose run config it keeps.
+    pub async fn create_snapshot(
+        &self,
+        name: &str,
+        src: &Path,
+        from: &str,
+    ) -> Result<TemplateInfo, RuntimeError> {
+        let err = |source: anyhow::Error| RuntimeError::TemplateBuild {
+            name: name.to_owned(),
+            source,
+        };
+        let exists = || RuntimeError::AlreadyExists {
+            kind: ResourceKind::Template,
+            name: name.to_owned(),
+        };
+        if !self.valid_snapshot_name(name) {
+            return Err(err(anyhow::anyhow!("invalid snapshot name")));
+        }
+        if self.dir.join(name).exists() {
+            return Err(exists());
+        }
+        let file = TemplateFile {
+            name: name.to_owned(),
+            base: false,
+            size_bytes: 0,
+            created_at: Utc::now(),
+            run: self.read_file(from).map(|f| f.run).unwrap_or_default(),
+        };
+        let (dir, src, form) = (self.dir.clone(), src.to_owned(), self.form.clone());
+        match tokio::task::spawn_blocking(move || snapshot_tree(&dir, &src, file, form.as_ref()))
+            .await
+            .map_err(|e| err(anyhow::anyhow!("snapshot task: {e}")))?
+        {
+            Ok(info) => Ok(info),
+            Err(SnapshotError::Exists) => Err(exists()),
+            Err(SnapshotError::Other(e)) => Err(err(e)),
+        }
+    }
+}
+
+/// Copies `src` into a fresh `dir/.name.snap-<pid>-<seq>/rootfs`, writes its `template.json`
+/// (`file` with the size filled in), materialises it, and renames it to `dir/name` without
+/// replacing anything (blocking). The temp dir is removed on failure; nothing this call did
+/// not create is ever removed.
+pub(super) fn snapshot_tree(
+    dir: &Path,
+    src: &Path,
+    mut file: TemplateFile,
+    form: &dyn TemplateForm,
+) -> Result<TemplateInfo, SnapshotError> {
+    let name = file.name.clone();
+    private_dir(dir, PRIVATE_DIR_MODE).context("create template dir")?;
+    let tmp = dir.join(unique_tmp_name(&name, "snap"));
+    // `create_dir`, not `create_dir_all`: fails if the name somehow exists, so `tmp` is ours.
+    std::fs::create_dir(&tmp).context("create snapshot temp dir")?;
+    let result = (|| {
+        copy_tree(src, &tmp.join("rootfs"))?;
+        file.size_bytes = dir_size(&tmp.join("rootfs"));
+        file.write(&tmp)?;
+        form.materialise(&tmp).context("materialise template")?;
+        match crate::sys::rename_noreplace(&tmp, &dir.join(&name)) {
+            Ok(()) => Ok(file.into()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(SnapshotError::Exists),
+            Err(e) => Err(SnapshotError::Other(
+                anyhow::Error::from(e).context("rename snapshot into place"),
+            )),
+        }
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::templates::recipe::{Recipes, RunConfig, Service};
+    use crate::templates::DirectoryForm;
+    use crate::test_utils::Scratch;
+
+    fn file(name: &str) -> TemplateFile {
+        TemplateFile {
+            name: name.to_owned(),
+            base: false,
+            size_bytes: 0,
+            created_at: Utc::now(),
+            run: RunConfig::default(),
+        }
+    }
+
+    /// Concurrent snapshots of one name: exactly one wins, the others get `Exists`, the winner's
+    /// tree is whole and no temp dir is left behind.
+    #[test]
+    fn concurrent_snapshots_of_one_name() {
+        let root = Scratch::new("snap");
+        let (src, dir) = (root.path().join("src"), root.path().join("templates"));
+        std::fs::create_dir_all(src.join("sub")).expect("src");
+        for i in 0..200 {
+            std::fs::write(src.join("sub").join(i.to_string()), vec![b'x'; 512]).expect("file");
+        }
+        let results: Vec<_> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..6)
+                .map(|_| s.spawn(|| snapshot_tree(&dir, &src, file("snap"), &DirectoryForm)))
+                .collect();
+            hs.into_iter().map(|h| h.join().expect("thread")).collect()
+        });
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(ok, 1, "{results:?}");
+        for r in &results {
+            assert!(matches!(r, Ok(_) | Err(SnapshotError::Exists)), "{r:?}");
+        }
+        let copied = std::fs::read_dir(dir.join("snap/rootfs/sub"))
+            .expect("winner's tree")
+            .count();
+        assert_eq!(copied, 200);
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("snap")]);
+        // An existing (even empty) dir under the name is never replaced.
+        std::fs::create_dir(dir.join("empty")).expect("mkdir");
+        assert!(matches!(
+            snapshot_tree(&dir, &src, file("empty"), &DirectoryForm),
+            Err(SnapshotError::Exists)
+        ));
+        assert_eq!(
+            std::fs::read_dir(dir.join("empty")).expect("dir").count(),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn create_snapshot_race_is_already_exists_and_delete_uses_own_trash() {
+        let root = Scratch::new("snap-api");
+        let src = root.path().join("src");
+        std::fs::create_dir_all(&src).expect("src");
+        std::fs::write(src.join("f"), "x").expect("file");
+        let t = Templates::new(
+            &root.path().join("data"),
+            &root.path().join("cache"),
+            Recipes::embedded().expect("recipes"),
+            Arc::new(DirectoryForm),
+        );
+        // The source template's run config is carried on.
+        let parent = root.path().join("data/templates/parent");
+        std::fs::create_dir_all(&parent).expect("parent");
+        let mut pf = file("parent");
+        pf.run.services.push(Service {
+            name: "s".into(),
+            cmd: "/bin/true".into(),
+            args: vec![],
+            env: Default::default(),
+            cwd: None,
+            user: None,
+            probe: None,
+            timeout_sec: 1,
+        });
+        pf.write(&parent).expect("parent json");
+        t.create_snapshot("snap", &src, "parent")
+            .await
+            .expect("first");
+        assert_eq!(t.run_config("snap").expect("run"), pf.run);
+        // The name check up front catches the plain case...
+        assert!(matches!(
+            t.create_snapshot("snap", &src, "parent").await,
+            Err(RuntimeError::AlreadyExists {
+                kind: ResourceKind::Template,
+                ..
+            })
+        ));
+        // ...and the no-replace rename the racy one.
+        std::fs::create_dir(root.path().join("data/templates/late")).expect("mkdir");
+        assert!(matches!(
+            snapshot_tree(
+                &root.path().join("data/templates"),
+                &src,
+                file("late"),
+                &DirectoryForm
+            ),
+            Err(SnapshotError::Exists)
+        ));
+        t.delete_snapshot("snap").await.expect("delete");
+        let mut left: Vec<_> = std::fs::read_dir(root.path().join("data/templates"))
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec![
+                std::ffi::OsString::from("late"),
+                std::ffi::OsString::from("parent")
+            ]
+        );
+        // Base templates are protected, unknown names not found.
+        assert!(matches!(
+            t.delete_snapshot("busybox").await,
+            Err(RuntimeError::Protected {
+                reason: crate::Protection::Base,
+                ..
+            })
+        ));
+        assert!(matches!(
+            t.delete_snapshot("nope").await,
+            Err(RuntimeError::TemplateNotFound(_))
+        ));
+    }
+}
