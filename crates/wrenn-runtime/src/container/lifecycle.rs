@@ -27,6 +27,9 @@ fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// How often the host firewall table is checked.
+const FIREWALL_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl ContainerRuntime {
     pub(super) async fn create_capsule(
         &self,
@@ -51,7 +54,11 @@ impl ContainerRuntime {
         if s.network == NetworkMode::Egress {
             self.inner
                 .host_net
-                .get_or_try_init(|| async { net::setup_host().await })
+                .get_or_try_init(|| async {
+                    let host = net::setup_host().await?;
+                    self.spawn_firewall_watchdog();
+                    Ok::<_, anyhow::Error>(host)
+                })
                 .await
                 .map_err(|e| host_err("set up host network", id, e))?;
         }
@@ -121,7 +128,8 @@ impl ContainerRuntime {
             }
             d2.mount(&lower).map_err(|e| ("mount overlay", e.into()))
         });
-        let (net_res, root_res) = tokio::join!(net::create(&record.net), root);
+        let host_net = self.inner.host_net.get().cloned().unwrap_or_default();
+        let (net_res, root_res) = tokio::join!(net::create(&record.net, &host_net), root);
         net_res.map_err(|e| host_err("create network", id, e))?;
         root_res
             .map_err(|e| host_err("prepare capsule root", id, e))?
@@ -194,6 +202,29 @@ impl ContainerRuntime {
     }
 
     /// Runs the launcher once; returns the init pid.
+    /// Re-checks the host firewall table every [`FIREWALL_CHECK`] while this runtime lives, and
+    /// restores it after a firewall reload removed or changed it.
+    fn spawn_firewall_watchdog(&self) {
+        let weak = std::sync::Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(FIREWALL_CHECK).await;
+                if weak.strong_count() == 0 {
+                    return;
+                }
+                match net::ensure_host().await {
+                    Ok(true) => tracing::warn!(
+                        "host firewall table inet wrenn was removed or changed; restored"
+                    ),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "cannot restore host firewall table")
+                    }
+                }
+            }
+        });
+    }
+
     async fn launch(&self, req: &LaunchRequest) -> anyhow::Result<i32> {
         let argv = &self.inner.cfg.launcher;
         let mut child = tokio::process::Command::new(&argv[0])

@@ -107,7 +107,8 @@ struct Inner {
     capsules: Mutex<HashMap<String, Capsule>>,
     nofile: u64,
     health_check: AtomicBool,
-    host_net: tokio::sync::OnceCell<()>,
+    /// Set up on the first egress capsule; its watchdog keeps the host table in place.
+    host_net: tokio::sync::OnceCell<net::HostNet>,
     disk_pool: disk::DiskPool,
 }
 
