@@ -109,6 +109,7 @@ impl ContainerRuntime {
             NetworkMode::Egress => std::fs::read_to_string("/etc/resolv.conf").ok(),
             NetworkMode::Isolated => None,
         };
+        let cid = id.to_owned();
         let (lower, d2, pool, disk_mb) = (
             record.lower.clone(),
             dirs.clone(),
@@ -122,10 +123,8 @@ impl ContainerRuntime {
                 d2.mount_disk(&pool, disk_mb)
                     .map_err(|e| ("set up disk", anyhow::Error::from(e)))?;
             }
-            if let Some(conf) = host_conf {
-                d2.seed_resolv_conf(&conf)
-                    .map_err(|e| ("write resolv.conf", e.into()))?;
-            }
+            d2.seed_etc(&cid, host_conf.as_deref())
+                .map_err(|e| ("write /etc files", e.into()))?;
             d2.mount(&lower).map_err(|e| ("mount overlay", e.into()))
         });
         let host_net = self.inner.host_net.get().cloned().unwrap_or_default();
@@ -145,6 +144,8 @@ impl ContainerRuntime {
             memory_mb: s.memory_mb,
             pids_limit: s.pids_limit,
             nofile: self.inner.nofile,
+            cpus: &self.inner.cpus.pick(s.vcpus),
+            mems: &self.inner.cpus.mems,
         });
         let bytes = serde_json::to_vec(&config).map_err(|e| host_err("write bundle", id, e))?;
         std::fs::write(dirs.bundle().join("config.json"), bytes)
