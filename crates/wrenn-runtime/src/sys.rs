@@ -15,6 +15,11 @@ pub(crate) fn set_child_subreaper() -> io::Result<()> {
     nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
 }
 
+/// Writes `/proc/self/oom_score_adj` (proc(5)); children inherit it.
+pub(crate) fn set_oom_score_adj(adj: i32) -> io::Result<()> {
+    std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+}
+
 /// `pidfd_open(2)`: a file descriptor that becomes readable when `pid` exits.
 pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags by value and returns a new fd or -1; no memory is

@@ -34,6 +34,9 @@ fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// How often the host firewall table is checked.
+const FIREWALL_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl ContainerRuntime {
     pub(super) async fn create_capsule(
         &self,
@@ -64,7 +67,11 @@ impl ContainerRuntime {
         if s.network == NetworkMode::Egress {
             self.inner
                 .host_net
-                .get_or_try_init(|| async { net::setup_host().await })
+                .get_or_try_init(|| async {
+                    let host = net::setup_host().await?;
+                    self.spawn_firewall_watchdog();
+                    Ok::<_, anyhow::Error>(host)
+                })
                 .await
                 .map_err(|e| host_err("set up host network", id, e))?;
         }
@@ -116,6 +123,7 @@ impl ContainerRuntime {
             NetworkMode::Egress => std::fs::read_to_string("/etc/resolv.conf").ok(),
             NetworkMode::Isolated => None,
         };
+        let cid = id.to_owned();
         let (lower, d2, pool, disk_mb) = (
             record.lower.clone(),
             dirs.clone(),
@@ -129,13 +137,12 @@ impl ContainerRuntime {
                 d2.mount_disk(&pool, disk_mb)
                     .map_err(|e| ("set up disk", anyhow::Error::from(e)))?;
             }
-            if let Some(conf) = host_conf {
-                d2.seed_resolv_conf(&conf)
-                    .map_err(|e| ("write resolv.conf", e.into()))?;
-            }
+            d2.seed_etc(&cid, host_conf.as_deref())
+                .map_err(|e| ("write /etc files", e.into()))?;
             d2.mount(&lower).map_err(|e| ("mount overlay", e.into()))
         });
-        let (net_res, root_res) = tokio::join!(net::create(&record.net), root);
+        let host_net = self.inner.host_net.get().cloned().unwrap_or_default();
+        let (net_res, root_res) = tokio::join!(net::create(&record.net, &host_net), root);
         net_res.map_err(|e| host_err("create network", id, e))?;
         root_res
             .map_err(|e| host_err("prepare capsule root", id, e))?
@@ -151,6 +158,8 @@ impl ContainerRuntime {
             memory_mb: s.memory_mb,
             pids_limit: s.pids_limit,
             nofile: self.inner.nofile,
+            cpus: &self.inner.cpus.pick(s.vcpus),
+            mems: &self.inner.cpus.mems,
         });
         let bytes = serde_json::to_vec(&config).map_err(|e| host_err("write bundle", id, e))?;
         std::fs::write(dirs.bundle().join("config.json"), bytes)
@@ -220,6 +229,29 @@ impl ContainerRuntime {
     }
 
     /// Runs the launcher once; returns the init pid.
+    /// Re-checks the host firewall table every [`FIREWALL_CHECK`] while this runtime lives, and
+    /// restores it after a firewall reload removed or changed it.
+    fn spawn_firewall_watchdog(&self) {
+        let weak = std::sync::Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(FIREWALL_CHECK).await;
+                if weak.strong_count() == 0 {
+                    return;
+                }
+                match net::ensure_host().await {
+                    Ok(true) => tracing::warn!(
+                        "host firewall table inet wrenn was removed or changed; restored"
+                    ),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "cannot restore host firewall table")
+                    }
+                }
+            }
+        });
+    }
+
     async fn launch(&self, req: &LaunchRequest) -> anyhow::Result<i32> {
         let argv = &self.inner.cfg.launcher;
         let mut child = tokio::process::Command::new(&argv[0])

@@ -22,6 +22,7 @@
 //! [`DISK_POOL_SIZE`] is internal to the crate.
 
 pub(crate) mod cgroups;
+mod cpuset;
 pub(crate) mod disk;
 pub mod launcher;
 pub(crate) mod net;
@@ -88,6 +89,12 @@ pub struct ContainerConfig {
     pub extra_recipes: Option<PathBuf>,
 }
 
+/// OOM score adjustment of the process that runs the runtime (the server).
+pub const HOST_OOM_SCORE_ADJ: i32 = -1000;
+
+/// Open-files limit of capsule processes (lower where the host's hard limit is lower).
+pub const CAPSULE_NOFILE: u64 = 65_536;
+
 /// The `container` [`Runtime`].
 ///
 /// ```no_run
@@ -127,8 +134,10 @@ struct Inner {
     templates: Templates,
     capsules: Mutex<HashMap<String, Capsule>>,
     nofile: u64,
+    cpus: cpuset::CpuSpread,
     health_check: AtomicBool,
-    host_net: tokio::sync::OnceCell<()>,
+    /// Set up on the first egress capsule; its watchdog keeps the host table in place.
+    host_net: tokio::sync::OnceCell<net::HostNet>,
     disk_pool: disk::DiskPool,
 }
 
@@ -159,6 +168,12 @@ impl ContainerRuntime {
             ));
         }
         sys::set_child_subreaper().map_err(|e| err("set child subreaper", e.into()))?;
+        // Under host memory pressure the kernel kills a capsule process (+500), never the
+        // process that manages them. Lowering the score needs CAP_SYS_RESOURCE; without it
+        // capsules are still ranked above us.
+        if let Err(e) = sys::set_oom_score_adj(HOST_OOM_SCORE_ADJ) {
+            tracing::warn!(error = %e, "cannot lower this process's oom_score_adj (no CAP_SYS_RESOURCE?); capsules still run at +500");
+        }
         let cgroup_version =
             CgroupVersion::detect().map_err(|e| err("detect cgroup version", e.into()))?;
         let mut recipes =
@@ -191,7 +206,8 @@ impl ContainerRuntime {
                 ),
                 cgroup_version,
                 capsules: Mutex::new(HashMap::new()),
-                nofile: sys::nofile_hard_limit().min(1 << 20),
+                nofile: sys::nofile_hard_limit().min(CAPSULE_NOFILE),
+                cpus: cpuset::CpuSpread::detect(),
                 health_check: AtomicBool::new(true),
                 host_net: tokio::sync::OnceCell::new(),
                 disk_pool: disk::DiskPool::new(cfg.data_dir.join("pool")),

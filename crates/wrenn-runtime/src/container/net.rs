@@ -46,19 +46,58 @@ table inet wrenn {
         oifname "wrv*" ct state established,related accept
         oifname "wrv*" drop
         @DNS@
-        iifname "wrv*" ip daddr { 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 169.254.0.0/16, 100.64.0.0/10, 127.0.0.0/8, 0.0.0.0/8, 192.0.0.0/24, 198.18.0.0/15, 224.0.0.0/4, 240.0.0.0/4 } drop
+        iifname "wrv*" ip daddr { @BLOCKED@ } drop
         iifname "wrv*" meta nfproto ipv6 drop
+        iifname "wrv*" meta nfproto ipv4 accept
+        iifname "wrv*" drop comment "wrenn:forward"
     }
     chain input {
         type filter hook input priority 0; policy accept;
         iifname "wrv*" ct state established,related accept
         iifname "wrv*" icmp type echo-request accept
         iifname "wrv*" meta l4proto tcp reject with tcp reset
-        iifname "wrv*" reject
+        iifname "wrv*" reject comment "wrenn:input"
     }
     chain postrouting {
         type nat hook postrouting priority 100; policy accept;
-        ip saddr 10.213.0.0/16 oifname != "wrv*" masquerade
+        ip saddr 10.213.0.0/16 oifname != "wrv*" masquerade comment "wrenn:nat"
+    }
+}
+"#;
+
+/// Destinations no capsule may reach: private, link-local (cloud metadata), CGNAT, loopback,
+/// "this network", IETF protocol assignments, benchmarking, multicast and reserved ranges.
+const BLOCKED_RANGES: &str = "10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 169.254.0.0/16, \
+    100.64.0.0/10, 127.0.0.0/8, 0.0.0.0/8, 192.0.0.0/24, 198.18.0.0/15, 224.0.0.0/4, 240.0.0.0/4";
+
+/// Markers every host chain ends with; a listing without all of them means someone flushed or
+/// replaced our rules (a firewall reload), and [`ensure_host`] puts them back.
+const HOST_MARKERS: [&str; 3] = ["wrenn:forward", "wrenn:input", "wrenn:nat"];
+
+/// The firewall inside one capsule's network namespace, where capsule root (no
+/// `CAP_NET_ADMIN` over that namespace) cannot change it and a host firewall reload cannot
+/// reach it. It holds on its own what the host table also enforces: nothing new comes in but
+/// from the host's end of the veth (the port proxy), nothing goes out to a blocked range, the
+/// host's own addresses or over IPv6; the host's DNS servers on port 53 excepted.
+const CAPSULE_RULES: &str = r#"
+table inet capsule
+delete table inet capsule
+table inet capsule {
+    chain output {
+        type filter hook output priority 0; policy drop;
+        oifname "lo" accept
+        ct state established,related accept
+        @DNS@
+        ip daddr { @BLOCKED@ } meta l4proto tcp counter reject with tcp reset comment "blocked"
+        ip daddr { @BLOCKED@ } counter reject with icmpx admin-prohibited
+        @HOST_ADDRS@
+        oifname "eth0" meta nfproto ipv4 accept
+    }
+    chain input {
+        type filter hook input priority 0; policy drop;
+        iifname "lo" accept
+        ct state established,related accept
+        iifname "eth0" ip saddr @GATEWAY@ meta nfproto ipv4 accept
     }
 }
 "#;
@@ -123,29 +162,98 @@ fn slot_addr(slot: u32, host: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 213, 0, 0)) + slot * 4 + host)
 }
 
-/// The ruleset with an exception for the host's own DNS servers: capsules get them in their
-/// `resolv.conf`, and they often sit in a private range the forward chain otherwise drops.
-fn nft_rules(resolv_conf: &str) -> String {
-    let servers: Vec<String> = resolv_conf
+/// The host's non-loopback resolvers from `resolv.conf`.
+fn dns_servers(resolv_conf: &str) -> Vec<Ipv4Addr> {
+    resolv_conf
         .lines()
         .filter_map(|l| l.trim().strip_prefix("nameserver"))
         .filter_map(|a| a.trim().parse::<Ipv4Addr>().ok())
         .filter(|a| !a.is_loopback())
-        .map(|a| a.to_string())
-        .collect();
+        .collect()
+}
+
+fn addr_set(addrs: &[Ipv4Addr]) -> String {
+    addrs
+        .iter()
+        .map(Ipv4Addr::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The ruleset with an exception for the host's own DNS servers: capsules get them in their
+/// `resolv.conf`, and they often sit in a private range the forward chain otherwise drops.
+fn nft_rules(resolv_conf: &str) -> String {
+    let servers = dns_servers(resolv_conf);
     let dns = if servers.is_empty() {
         String::new()
     } else {
         format!(
             "iifname \"wrv*\" ip daddr {{ {} }} meta l4proto {{ udp, tcp }} th dport 53 accept",
-            servers.join(", ")
+            addr_set(&servers)
         )
     };
-    NFT_RULES.replace("@DNS@", &dns)
+    NFT_RULES
+        .replace("@DNS@", &dns)
+        .replace("@BLOCKED@", BLOCKED_RANGES)
 }
 
-/// Installs the host-wide nft table and turns on forwarding.
-pub async fn setup_host() -> anyhow::Result<()> {
+/// What every capsule's own firewall needs to know about the host.
+#[derive(Debug, Clone, Default)]
+pub struct HostNet {
+    /// The host's resolvers (port 53 to them is let through).
+    pub dns: Vec<Ipv4Addr>,
+    /// The host's own IPv4 addresses, which a capsule may not open connections to.
+    pub addrs: Vec<Ipv4Addr>,
+}
+
+impl HostNet {
+    /// Reads the resolvers and the host's addresses.
+    fn probe(resolv_conf: &str) -> Self {
+        let mut addrs: Vec<Ipv4Addr> = nix::ifaddrs::getifaddrs()
+            .map(|it| {
+                it.filter_map(|i| i.address?.as_sockaddr_in().map(|a| a.ip()))
+                    .filter(|a| !a.is_loopback())
+                    .collect()
+            })
+            .unwrap_or_default();
+        addrs.sort();
+        addrs.dedup();
+        Self {
+            dns: dns_servers(resolv_conf),
+            addrs,
+        }
+    }
+}
+
+/// The ruleset of one capsule's namespace; `gateway` is the host end of its veth.
+fn capsule_rules(host: &HostNet, gateway: Ipv4Addr) -> String {
+    let dns = if host.dns.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "ip daddr {{ {} }} meta l4proto {{ udp, tcp }} th dport 53 accept",
+            addr_set(&host.dns)
+        )
+    };
+    let host_addrs = if host.addrs.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "ip daddr {{ {0} }} meta l4proto tcp counter reject with tcp reset comment \"host\"\n        \
+             ip daddr {{ {0} }} counter reject with icmpx admin-prohibited",
+            addr_set(&host.addrs)
+        )
+    };
+    CAPSULE_RULES
+        .replace("@DNS@", &dns)
+        .replace("@BLOCKED@", BLOCKED_RANGES)
+        .replace("@HOST_ADDRS@", &host_addrs)
+        .replace("@GATEWAY@", &gateway.to_string())
+}
+
+/// Installs the host-wide nft table and turns on forwarding; returns what capsule firewalls
+/// need to know about the host.
+pub async fn setup_host() -> anyhow::Result<HostNet> {
     let resolv = tokio::fs::read_to_string("/etc/resolv.conf")
         .await
         .unwrap_or_default();
@@ -155,7 +263,27 @@ pub async fn setup_host() -> anyhow::Result<()> {
     tokio::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .await
         .context("ip_forward=1")?;
-    Ok(())
+    Ok(HostNet::probe(&resolv))
+}
+
+/// Checks that the host table is whole and puts it back when a firewall reload (`nft flush
+/// ruleset`, a distribution's firewall service) removed or changed it. Returns whether it had
+/// to. Capsules stay fenced in meanwhile by their own namespace's rules.
+pub async fn ensure_host() -> anyhow::Result<bool> {
+    let out = tokio::process::Command::new("nft")
+        .args(["list", "table", "inet", "wrenn"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("spawn nft")?;
+    let listing = String::from_utf8_lossy(&out.stdout);
+    if out.status.success() && HOST_MARKERS.iter().all(|m| listing.contains(m)) {
+        return Ok(false);
+    }
+    setup_host().await?;
+    Ok(true)
 }
 
 /// Removes the host-wide nft table (forwarding is left on: other software may rely on it).
@@ -210,8 +338,9 @@ pub fn owned_slots(owner: &Path) -> Vec<(u32, String)> {
         .collect()
 }
 
-/// Creates the namespace (and, with a slot, the veth pair and addresses).
-pub async fn create(net: &CapsuleNet) -> anyhow::Result<()> {
+/// Creates the namespace (and, with a slot, the veth pair, addresses and the capsule's own
+/// firewall).
+pub async fn create(net: &CapsuleNet, host_net: &HostNet) -> anyhow::Result<()> {
     let ns = &net.netns;
     let Some(slot) = net.slot else {
         run_stdin("ip", &["-b", "-"], &format!("netns add {ns}\n")).await?;
@@ -234,6 +363,14 @@ pub async fn create(net: &CapsuleNet) -> anyhow::Result<()> {
          route add default via {host}\n"
     );
     run_stdin("ip", &["-n", ns, "-b", "-"], &ns_batch).await?;
+    let netns = format!("--net={}", net.netns_path().display());
+    run_stdin(
+        "nsenter",
+        &[&netns, "nft", "-f", "-"],
+        &capsule_rules(host_net, host),
+    )
+    .await
+    .context("capsule firewall")?;
     Ok(())
 }
 
@@ -311,7 +448,35 @@ mod tests {
 
 #[cfg(test)]
 mod nft_tests {
-    use super::nft_rules;
+    use super::{capsule_rules, nft_rules, HostNet, Ipv4Addr};
+
+    fn host() -> HostNet {
+        HostNet {
+            dns: vec![Ipv4Addr::new(10, 255, 255, 53)],
+            addrs: vec![Ipv4Addr::new(203, 0, 113, 7), Ipv4Addr::new(10, 0, 0, 2)],
+        }
+    }
+
+    #[test]
+    fn capsule_rules_default_deny_both_ways_with_the_exceptions_in_order() {
+        let rules = capsule_rules(&host(), Ipv4Addr::new(10, 213, 0, 1));
+        let pos = |needle: &str| {
+            rules
+                .find(needle)
+                .unwrap_or_else(|| panic!("missing {needle} in {rules}"))
+        };
+        assert_eq!(rules.matches("policy drop;").count(), 2);
+        let established = pos("ct state established,related accept");
+        let dns = pos("ip daddr { 10.255.255.53 } meta l4proto { udp, tcp } th dport 53 accept");
+        let blocked = pos("ip daddr { 10.0.0.0/8");
+        let host_addrs = pos("ip daddr { 203.0.113.7, 10.0.0.2 } meta l4proto tcp counter reject");
+        let egress = pos(r#"oifname "eth0" meta nfproto ipv4 accept"#);
+        assert!(established < dns && dns < blocked && blocked < host_addrs && host_addrs < egress);
+        assert!(rules.contains(r#"iifname "eth0" ip saddr 10.213.0.1 meta nfproto ipv4 accept"#));
+        assert!(!rules.contains('@'), "unfilled placeholder: {rules}");
+        let bare = capsule_rules(&HostNet::default(), Ipv4Addr::new(10, 213, 0, 1));
+        assert!(!bare.contains('@') && !bare.contains("dport 53"));
+    }
 
     #[test]
     fn host_dns_servers_are_let_through_before_private_ranges_drop() {
@@ -379,7 +544,8 @@ mod nft_tests {
                 return;
             }
         };
-        let rules = nft_rules("nameserver 10.255.255.53\nnameserver 192.168.1.1\n");
+        let rules = nft_rules("nameserver 10.255.255.53\nnameserver 192.168.1.1\n")
+            + &capsule_rules(&host(), Ipv4Addr::new(10, 213, 0, 1));
         child
             .stdin
             .take()

@@ -141,18 +141,27 @@ impl CapsuleDirs {
         sys::mount_overlay(lower, &self.upper(), &self.work(), &self.rootfs())
     }
 
-    /// Seeds the capsule's `/etc/resolv.conf` from the host's, so name resolution works with
-    /// egress. Written into the fresh upper layer (a tree only we have written, so no symlink
-    /// can redirect it) before the overlay is mounted; host loopback resolvers are dropped
-    /// because they are unreachable from the capsule's network namespace. Without a usable
-    /// host resolver the template's own file stays.
-    pub fn seed_resolv_conf(&self, host_conf: &str) -> io::Result<()> {
-        let Some(conf) = capsule_resolv_conf(host_conf) else {
-            return Ok(());
-        };
+    /// Seeds the capsule's own `/etc/hostname` and `/etc/hosts` (its id, never the host's
+    /// name) and, with egress, `/etc/resolv.conf` from the host's so name resolution works.
+    /// Written into the fresh upper layer (a tree only we have written, so no symlink can
+    /// redirect it) before the overlay is mounted; host loopback resolvers are dropped because
+    /// they are unreachable from the capsule's network namespace. Without a usable host
+    /// resolver the template's own `resolv.conf` stays.
+    pub fn seed_etc(&self, id: &str, host_conf: Option<&str>) -> io::Result<()> {
         let etc = self.upper().join("etc");
-        std::fs::create_dir(&etc)?;
-        std::fs::write(etc.join("resolv.conf"), conf)
+        std::fs::create_dir_all(&etc)?;
+        // debootstrap copies the host's hostname into a template: the capsule gets its own.
+        std::fs::write(etc.join("hostname"), format!("{id}\n"))?;
+        std::fs::write(
+            etc.join("hosts"),
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{id}\n"
+            ),
+        )?;
+        match host_conf.and_then(capsule_resolv_conf) {
+            Some(conf) => std::fs::write(etc.join("resolv.conf"), conf),
+            None => Ok(()),
+        }
     }
 
     /// Unmounts everything mounted under the capsule dir (the overlay, anything a crash left

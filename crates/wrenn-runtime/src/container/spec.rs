@@ -6,7 +6,8 @@
 //! What it sets: pid, mount, ipc, uts, cgroup namespaces and the pre-created network namespace
 //! (by path); hostname = capsule id; the overlay root; /proc, /dev, /dev/pts, /dev/shm,
 //! /dev/mqueue, read-only /sys; runc's masked and read-only paths; Docker's default
-//! capabilities minus CAP_NET_RAW and CAP_MKNOD; no_new_privs; NOFILE rlimit; cpu, memory
+//! capabilities minus CAP_NET_RAW and CAP_MKNOD; no_new_privs; NOFILE rlimit; a positive OOM
+//! score; a devpts instance of at most [`PTY_MAX`] terminals; cpu (quota and cpuset), memory
 //! (+swap, same value, so no swap) and pids limits under `/wrenn/<id>`; the agent as PID 1
 //! with stdio on /dev/null. No seccomp section: the agent installs the precompiled filter
 //! itself (see [`super::seccomp`]).
@@ -82,7 +83,19 @@ pub struct SpecInput<'a> {
     pub pids_limit: u32,
     /// RLIMIT_NOFILE for the capsule.
     pub nofile: u64,
+    /// Host CPUs the capsule may run on (cpuset list, e.g. `1` or `0-1`), so `nproc` in the
+    /// capsule says its vCPUs.
+    pub cpus: &'a str,
+    /// Memory nodes (cpuset `mems`).
+    pub mems: &'a str,
 }
+
+/// Pseudo-terminals one capsule may have open at once (its own devpts instance).
+pub const PTY_MAX: u32 = 256;
+
+/// OOM score adjustment of every capsule process: under host memory pressure the kernel
+/// picks a capsule before anything of the host (the server runs at -1000).
+pub const CAPSULE_OOM_SCORE_ADJ: i32 = 500;
 
 /// Builds the `config.json` value.
 pub fn build(i: &SpecInput<'_>) -> Value {
@@ -112,6 +125,7 @@ pub fn build(i: &SpecInput<'_>) -> Value {
             },
             "rlimits": [ { "type": "RLIMIT_NOFILE", "hard": i.nofile, "soft": i.nofile } ],
             "noNewPrivileges": true,
+            "oomScoreAdj": CAPSULE_OOM_SCORE_ADJ,
         },
         "mounts": [
             { "destination": "/proc", "type": "proc", "source": "proc",
@@ -119,7 +133,8 @@ pub fn build(i: &SpecInput<'_>) -> Value {
             { "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
               "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
             { "destination": "/dev/pts", "type": "devpts", "source": "devpts",
-              "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"] },
+              "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620",
+                          format!("max={PTY_MAX}")] },
             { "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
               "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
             { "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
@@ -142,7 +157,7 @@ pub fn build(i: &SpecInput<'_>) -> Value {
             "resources": {
                 "devices": [ { "allow": false, "access": "rwm" } ],
                 "memory": { "limit": mem, "swap": mem },
-                "cpu": { "quota": quota, "period": 100_000u64 },
+                "cpu": { "quota": quota, "period": 100_000u64, "cpus": i.cpus, "mems": i.mems },
                 "pids": { "limit": i64::from(i.pids_limit) },
             },
             "sysctl": {
@@ -171,6 +186,8 @@ mod tests {
             memory_mb: 256,
             pids_limit: 64,
             nofile: 1024,
+            cpus: "1",
+            mems: "0",
         });
         let spec: oci_spec::runtime::Spec = serde_json::from_value(v).expect("valid oci spec");
         let linux = spec.linux().as_ref().expect("linux");

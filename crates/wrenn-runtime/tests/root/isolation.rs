@@ -24,6 +24,16 @@ sc("clone3", 435, None, 0)
 sc("bpf", 321, 0, None, 0)
 sc("ptrace_outside", 101, 16, int(os.environ["OUTSIDE_PID"]), None, None)
 sc("keyctl", 250, 0, 0, 0, 0, 0)
+sc("statmount", 457, None, None, 0, 0)
+sc("listmount", 458, None, None, 0, 0)
+sc("mbind", 237, None, 0, 0, None, 0, 0)
+sc("set_mempolicy", 238, 0, None, 0)
+sc("io_uring_setup", 425, 1, None)
+sc("perf_event_open", 298, None, 0, -1, -1, 0)
+sc("userfaultfd", 323, 0)
+sc("open_by_handle_at", 304, -1, None, 0)
+sc("future_syscall", 600)
+sc("getpid", 39)
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,10 +68,21 @@ async fn minimal_template_denies_raw_sockets_mount_modules_ptrace() {
         "unshare_net",
         "bpf",
         "keyctl",
+        // Not denied by name anywhere: refused because the filter allows only a list.
+        "statmount",
+        "listmount",
+        "mbind",
+        "set_mempolicy",
+        "io_uring_setup",
+        "perf_event_open",
+        "userfaultfd",
+        "open_by_handle_at",
+        "future_syscall",
     ] {
         assert_eq!(got.get(denied), Some(&"EPERM"), "{denied}: {}", r.stdout);
     }
     assert_eq!(got.get("clone3"), Some(&"ENOSYS"), "{}", r.stdout);
+    assert_eq!(got.get("getpid"), Some(&"ok"), "{}", r.stdout);
     // The host pid is either absent from the capsule's pid namespace or not traceable.
     assert!(
         matches!(got.get("ptrace_outside"), Some(&"ESRCH") | Some(&"EPERM")),
@@ -70,6 +91,15 @@ async fn minimal_template_denies_raw_sockets_mount_modules_ptrace() {
     );
     // Processes still fork and exec normally under the filter (clone without CLONE_NEW*).
     assert_eq!(sh(&c, "bash -c 'echo $((6*7))' | cat").await.stdout, "42\n");
+    // Everyday tools run under the allow-list: threads, git, a local TCP round trip.
+    let r = sh(
+        &c,
+        "cd /tmp && git init -q repo && cd repo && echo x > f && git add f \
+         && git -c user.email=a@b -c user.name=a commit -qm m && git log --oneline | wc -l \
+         && python3 -c 'import threading,socket,subprocess; s=socket.socket(); s.bind((\"127.0.0.1\",0)); s.listen(); t=threading.Thread(target=lambda: s.accept()[0].sendall(b\"hi\")); t.start(); c=socket.create_connection(s.getsockname()); print(c.recv(2).decode()); t.join(); print(subprocess.run([\"ps\",\"-e\"],capture_output=True).returncode)'",
+    )
+    .await;
+    assert_eq!(r.stdout, "1\nhi\n0\n", "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,3 +106,58 @@ async fn fork_bomb_stops_at_pids_limit_and_capsule_survives() {
     .await;
     assert!(r.is_some(), "capsule did not recover from the fork bomb");
 }
+
+/// A 1-vCPU capsule sees one CPU; capsules sit on distinct CPUs in turn; the capsule has its
+/// own name, a bounded PTY pool, a sane open-files limit and dies first under host OOM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capsule_sees_its_vcpus_own_name_and_bounded_pools() {
+    if !privileged("capsule_sees_its_vcpus_own_name_and_bounded_pools") {
+        return;
+    }
+    let t = TestRuntime::new();
+    let a = t.capsule("busybox", NetworkMode::Isolated).await;
+    let b = t.capsule("busybox", NetworkMode::Isolated).await;
+    let script = "nproc; hostname; cat /etc/hostname; grep -c \"$(hostname)\" /etc/hosts; \
+                  cat /proc/self/oom_score_adj; ulimit -n; grep devpts /proc/mounts";
+    let (ra, rb) = (sh(&a, script).await, sh(&b, script).await);
+    let la: Vec<&str> = ra.stdout.lines().collect();
+    assert_eq!(la.first(), Some(&"1"), "nproc: {ra:?}");
+    assert_eq!(la.get(1), Some(&a.id()), "{ra:?}");
+    assert_eq!(la.get(2), Some(&a.id()), "/etc/hostname: {ra:?}");
+    assert_eq!(la.get(3), Some(&"1"), "/etc/hosts: {ra:?}");
+    assert_eq!(la.get(4), Some(&"500"), "oom_score_adj: {ra:?}");
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .expect("getrlimit");
+    let nofile = hard
+        .min(wrenn_runtime::container::CAPSULE_NOFILE)
+        .to_string();
+    assert_eq!(la.get(5), Some(&nofile.as_str()), "nofile: {ra:?}");
+    assert!(la.get(6).is_some_and(|l| l.contains("max=256")), "{ra:?}");
+    assert_eq!(rb.stdout.lines().nth(1), Some(b.id()));
+    if Path::new("/sys/fs/cgroup/cpuset").is_dir() {
+        let (ca, cb) = (
+            cgroup_file("cpuset", a.id(), "cpuset.cpus"),
+            cgroup_file("cpuset", b.id(), "cpuset.cpus"),
+        );
+        assert_eq!(ca.trim().len(), 1, "one CPU: {ca:?}");
+        if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
+            assert_ne!(ca, cb, "two capsules in a row share a CPU");
+        }
+    }
+    // The process running the runtime is the last the kernel would pick, where it may lower
+    // its score (CAP_SYS_RESOURCE, bit 24).
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .expect("CapEff");
+    let adj = std::fs::read_to_string("/proc/self/oom_score_adj").expect("oom_score_adj");
+    if cap_eff & (1 << 24) != 0 {
+        assert_eq!(adj.trim(), "-1000");
+    } else {
+        eprintln!(
+            "NOTE: no CAP_SYS_RESOURCE here; the runtime's process keeps oom_score_adj {adj}"
+        );
+    }
+}

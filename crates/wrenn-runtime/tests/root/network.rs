@@ -56,8 +56,8 @@ async fn egress_capsule_has_address_and_reaches_its_host_veth() {
         .trim()
         .trim_start_matches("0x");
     assert_eq!(u32::from_str_radix(flags, 16).unwrap_or(0) & 1, 1, "{r:?}");
-    // Capsule → its host veth: the host answers (a reset: no service is offered to capsules),
-    // so the address is reachable, and nothing else is.
+    // Capsule → its host veth: refused (a reset) by the capsule's own firewall before anything
+    // leaves it (no service is offered to capsules).
     let r = sh(&c, &format!("nc -w 5 {host} 9 </dev/null; echo rc=$?")).await;
     assert!(r.stderr.contains("refused"), "{r:?}");
     // Host → capsule over the veth, a full TCP exchange.
@@ -222,4 +222,82 @@ async fn other_machines_cannot_route_to_capsule_ports() {
         !got.contains("hello"),
         "a routed peer reached the capsule: {got:?}"
     );
+}
+
+/// The `packets` of the counter on the rule with `comment` in the capsule's own firewall.
+fn capsule_counter(id: &str, comment: &str) -> u64 {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{id}"))
+        .args(["nft", "list", "chain", "inet", "capsule", "output"])
+        .output()
+        .expect("nsenter nft");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!("comment \"{comment}\"")))
+        .unwrap_or_else(|| panic!("no rule {comment} in {text}"));
+    let after = line.split("packets ").nth(1).expect("counter");
+    after
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("packet count")
+}
+
+/// A reload of the host firewall (here: our table deleted) neither opens the capsule's way to
+/// the host nor lasts: the capsule's own rules drop the attempt meanwhile, and the watchdog
+/// puts the host table back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capsule_firewall_holds_without_the_host_table_and_the_table_comes_back() {
+    if !privileged("capsule_firewall_holds") {
+        return;
+    }
+    let t = TestRuntime::new();
+    let c = t.capsule("busybox", NetworkMode::Egress).await;
+    let host = t.rt.host_ip(c.id()).expect("host veth address");
+    // Capsule root cannot touch its namespace's firewall: no CAP_NET_ADMIN there.
+    let r = sh(
+        &c,
+        "grep CapEff /proc/self/status; ip link set lo down; echo rc=$?",
+    )
+    .await;
+    let cap_eff = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .expect("CapEff");
+    assert_eq!(cap_eff & (1 << 12), 0, "CAP_NET_ADMIN held: {r:?}");
+    assert!(
+        r.stderr.contains("not permitted") && !r.stdout.contains("rc=0"),
+        "{r:?}"
+    );
+
+    // A host service on the veth address, reachable only if nothing filters.
+    let listener = std::net::TcpListener::bind((host, 0)).expect("bind host veth");
+    let port = listener.local_addr().expect("addr").port();
+    let blocked0 = capsule_counter(c.id(), "blocked");
+    let del = std::process::Command::new("nft")
+        .args(["delete", "table", "inet", "wrenn"])
+        .status()
+        .expect("nft delete");
+    assert!(del.success());
+    let r = sh(&c, &format!("nc -w 2 {host} {port} </dev/null; echo rc=$?")).await;
+    assert!(r.stderr.contains("refused"), "{r:?}");
+    assert!(capsule_counter(c.id(), "blocked") > blocked0, "{r:?}");
+    listener.set_nonblocking(true).expect("nonblocking");
+    assert!(listener.accept().is_err(), "the capsule reached the host");
+
+    let back = wait_until(Duration::from_secs(10), || async {
+        let out = tokio::process::Command::new("nft")
+            .args(["list", "table", "inet", "wrenn"])
+            .output()
+            .await
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        (out.status.success() && text.contains("wrenn:forward")).then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "host table not restored");
 }
