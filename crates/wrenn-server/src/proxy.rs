@@ -5,15 +5,18 @@
 //!    else goes to the API router.
 //! 2. Bad port or id → 400; unknown capsule → 404; not running → 409; no address → 503 (plain
 //!    text, as upstream).
-//! 3. The request is forwarded unchanged (method, path, query, body, headers; `Host` rewritten,
+//! 3. Access: the owning team's `X-API-Key` (the official SDK always sends it), or none when the
+//!    capsule was created with metadata `public_traffic: "true"`. No key → 401; a key of another
+//!    team → 404, exactly as for a capsule that does not exist.
+//! 4. The request is forwarded unchanged (method, path, query, body, headers; `Host` rewritten,
 //!    `X-API-Key` removed) over a fresh HTTP/1.1 connection to the capsule's veth address; the
 //!    dial is retried twice (100 ms, 200 ms) to cover a listener that is just starting;
 //!    failures are 502 `proxy error: …` so clients such as the code runner keep retrying.
-//! 4. WebSocket and other upgrades are spliced byte for byte once both sides switched.
-//! 5. `Location` headers pointing at the internal target are made relative.
+//! 5. WebSocket and other upgrades are spliced byte for byte once both sides switched.
+//! 6. `Location` headers pointing at the internal target are made relative.
 //!
-//! The URL is the capability (as upstream v0.1.5): no API key is required, the capsule id is
-//! 128 random bits. Proxy traffic does not count as activity for the inactivity timeout.
+//! Unlike upstream v0.1.5 (where the URL alone is the capability) a capsule's ports are private
+//! to its team by default. Proxy traffic does not count as activity for the inactivity timeout.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -28,6 +31,9 @@ use wrenn_types::api::CapsuleStatus;
 
 use crate::ids;
 use crate::AppState;
+
+/// The header that carries an API key.
+const API_KEY_HEADER: &str = "x-api-key";
 
 /// What a `Host` header asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -102,9 +108,30 @@ pub async fn route_by_host(State(state): State<AppState>, req: Request, next: Ne
 }
 
 async fn proxy(state: &AppState, port: u16, id: &str, req: Request) -> Response {
+    let not_found = || text(StatusCode::NOT_FOUND, format!("capsule {id} not found"));
     let Some(live) = state.capsules.live_get(id) else {
-        return text(StatusCode::NOT_FOUND, format!("capsule {id} not found"));
+        return not_found();
     };
+    if !live.public_traffic() {
+        let key = req
+            .headers()
+            .get(API_KEY_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|k| !k.is_empty());
+        let Some(key) = key else {
+            return text(
+                StatusCode::UNAUTHORIZED,
+                "the port proxy needs the owning team's X-API-Key (or a capsule created with \
+                 metadata public_traffic=true)",
+            );
+        };
+        match state.keys.resolve(key).await {
+            Ok(Some(caller)) if caller.team_id == live.team_id() => {}
+            Ok(Some(_)) => return not_found(),
+            Ok(None) => return text(StatusCode::UNAUTHORIZED, "invalid API key"),
+            Err(_) => return text(StatusCode::SERVICE_UNAVAILABLE, "cannot check the API key"),
+        }
+    }
     let status = live.status();
     if status != CapsuleStatus::Running {
         return text(
@@ -175,7 +202,7 @@ async fn forward(ip: Ipv4Addr, port: u16, mut req: Request) -> Result<Response, 
     parts.uri = Uri::try_from(path).map_err(|e| e.to_string())?;
     let target_host = format!("{ip}:{port}");
     let headers = &mut parts.headers;
-    headers.remove("x-api-key");
+    headers.remove(API_KEY_HEADER);
     for h in HOP_BY_HOP {
         headers.remove(h);
     }

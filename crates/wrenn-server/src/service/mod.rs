@@ -39,7 +39,7 @@ use wrenn_types::api::{Capsule, CapsuleStatus, EventKind};
 
 pub use self::admission::Capacity;
 pub use self::error::{CapsuleError, CapsuleResult, Needed};
-pub use self::registry::{LiveCapsule, Lookup};
+pub use self::registry::{LiveCapsule, Lookup, PUBLIC_TRAFFIC_KEY};
 pub use self::snapshot::ResolvedTemplate;
 pub use self::validate::{
     check_id, ValidCreate, DEFAULT_MEMORY_MB, DEFAULT_TEMPLATE, DEFAULT_VCPUS, MAX_MEMORY_MB,

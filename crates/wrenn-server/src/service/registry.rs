@@ -16,6 +16,10 @@ use super::error::{CapsuleError, CapsuleResult, Needed};
 use super::validate::check_id;
 use super::{Capsules, READY_WAIT};
 
+/// Metadata key that, set to `"true"` at create, opens the capsule's ports to anyone who knows
+/// its proxy URL; without it the proxy wants the owning team's API key.
+pub const PUBLIC_TRAFFIC_KEY: &str = "public_traffic";
+
 /// A capsule the server is managing.
 #[derive(Debug)]
 pub struct LiveCapsule {
@@ -39,6 +43,23 @@ impl LiveCapsule {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The team that owns the capsule.
+    pub fn team_id(&self) -> &str {
+        &self.team_id
+    }
+
+    /// Whether its creator let traffic through the port proxy without an API key (metadata
+    /// [`PUBLIC_TRAFFIC_KEY`] = `"true"`).
+    pub fn public_traffic(&self) -> bool {
+        self.record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get(PUBLIC_TRAFFIC_KEY))
+            .is_some_and(|v| v == "true")
     }
 
     /// The capsule's agent.
