@@ -199,7 +199,8 @@ def _path_from_env(var: str, default: str) -> Path:
 
 
 class WrennServer:
-    def __init__(self) -> None:
+    def __init__(self, extra_args: list[str] | None = None) -> None:
+        self.extra_args = list(extra_args or [])
         self.bin = _path_from_env("WRENN_BIN", "target/debug/wrenn")
         self.agent = _path_from_env(
             "WRENN_AGENT", "target/x86_64-unknown-linux-gnu/release/wrenn-agent"
@@ -258,6 +259,7 @@ class WrennServer:
                 str(self.cache),
                 "--agent",
                 str(self.agent),
+                *self.extra_args,
             ],
             stdout=self._log,
             stderr=self._log,

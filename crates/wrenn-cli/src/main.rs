@@ -70,6 +70,25 @@ enum Command {
         /// ENOSPC inside the capsule); 0 = no limit.
         #[arg(long, env = "WRENN_DISK_MB", default_value_t = 10240)]
         disk_mb: u32,
+        /// Capsule disks are sparse: their sizes may add up to (the data dir's free space +
+        /// what capsules use) × this; beyond, creates answer 503 `host_unavailable`.
+        #[arg(long, env = "WRENN_DISK_OVERCOMMIT", default_value_t = 100.0)]
+        disk_overcommit: f64,
+        /// Live capsules per team (402 `concurrent_sandbox_limit` beyond); 0 = no limit.
+        #[arg(long, env = "WRENN_TEAM_MAX_CAPSULES", default_value_t = 500)]
+        team_max_capsules: u32,
+        /// vCPUs of a team's live capsules, added up (402 `vcpu_limit`); 0 = no limit.
+        #[arg(long, env = "WRENN_TEAM_MAX_VCPUS", default_value_t = 256)]
+        team_max_vcpus: u32,
+        /// Memory of a team's live capsules, MiB (402 `memory_limit`); 0 = no limit.
+        #[arg(long, env = "WRENN_TEAM_MAX_MEMORY_MB", default_value_t = 262_144)]
+        team_max_memory_mb: u64,
+        /// Snapshots a team keeps (402 `snapshot_limit`); 0 = no limit.
+        #[arg(long, env = "WRENN_TEAM_MAX_SNAPSHOTS", default_value_t = 100)]
+        team_max_snapshots: u32,
+        /// MiB a team's snapshots take (402 `snapshot_limit`); 0 = no limit.
+        #[arg(long, env = "WRENN_TEAM_MAX_SNAPSHOT_MB", default_value_t = 102_400)]
+        team_max_snapshot_mb: u64,
     },
     /// Manage API keys.
     Key {
@@ -166,6 +185,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             memory_overcommit,
             max_capsules,
             disk_mb,
+            disk_overcommit,
+            team_max_capsules,
+            team_max_vcpus,
+            team_max_memory_mb,
+            team_max_snapshots,
+            team_max_snapshot_mb,
         } => {
             let data_dir = runtime.dir.dir.clone();
             let rt = container_runtime(&runtime)?;
@@ -180,6 +205,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 memory_overcommit,
                 max_capsules,
                 disk_mb,
+                disk_overcommit,
+                team_limits: wrenn_server::service::TeamLimits {
+                    capsules: team_max_capsules,
+                    vcpus: team_max_vcpus,
+                    memory_mb: team_max_memory_mb,
+                    snapshots: team_max_snapshots,
+                    snapshot_mb: team_max_snapshot_mb,
+                },
             };
             wrenn_server::serve(config, rt).await.map(|()| 0)
         }

@@ -38,6 +38,9 @@ pub enum ApiError {
     /// The capsule's agent failed (502 `agent_error`).
     #[error("{0}")]
     Agent(String),
+    /// The team is at a limit (402 with upstream's quota code, e.g. `vcpu_limit`).
+    #[error("{1}")]
+    Quota(&'static str, String),
     /// No capacity or runtime unavailable (503 `host_unavailable`).
     #[error("{0}")]
     HostUnavailable(String),
@@ -59,6 +62,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::Agent(_) => (StatusCode::BAD_GATEWAY, "agent_error"),
             Self::HostUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "host_unavailable"),
+            Self::Quota(code, _) => (StatusCode::PAYMENT_REQUIRED, code),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
     }

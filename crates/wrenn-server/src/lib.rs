@@ -54,6 +54,10 @@ pub struct ServerConfig {
     pub max_capsules: usize,
     /// Size of every capsule's disk, MiB; 0 = no limit.
     pub disk_mb: u32,
+    /// Promised disks may add up to the data dir's free space (plus what capsules use) × this.
+    pub disk_overcommit: f64,
+    /// Per-team limits.
+    pub team_limits: service::TeamLimits,
 }
 
 /// Builds the state over an opened store and a runtime.
@@ -82,6 +86,9 @@ pub async fn serve(config: ServerConfig, runtime: Arc<dyn Runtime>) -> anyhow::R
     }
     let capacity = Capacity {
         disk_mb: config.disk_mb,
+        disk_overcommit: config.disk_overcommit,
+        disk_dir: Some(config.data_dir.clone()),
+        team: config.team_limits,
         ..Capacity::of_host(config.memory_overcommit, config.max_capsules)
     };
     let state = state(store, runtime.clone(), capacity);

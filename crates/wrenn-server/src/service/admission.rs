@@ -1,25 +1,124 @@
-//! Admission control: a create is refused while the live capsules' memory limits would exceed
-//! host memory × the overcommit factor, or their count the maximum.
+//! Admission control, in three rings:
+//! 1. **The capsule fits the host**: no more vCPUs than host cores, no more memory than host RAM
+//!    (400 `invalid_request`: asking again cannot help).
+//! 2. **The team stays within its limits**: live capsules, their vCPUs and memory; snapshot count
+//!    and bytes (402 with upstream's quota codes, e.g. `concurrent_sandbox_limit`).
+//! 3. **The host has room now**: live capsules' memory limits within host memory × the memory
+//!    overcommit, their promised disks within the data dir's free space plus what they already
+//!    use × the disk overcommit, and the capsule count (503 `host_unavailable`).
+
+use std::path::PathBuf;
 
 use super::error::{CapsuleError, CapsuleResult};
 use super::Capsules;
 
+/// Per-team limits; 0 means no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TeamLimits {
+    /// Live capsules.
+    pub capsules: u32,
+    /// vCPUs of live capsules, added up.
+    pub vcpus: u32,
+    /// Memory limits of live capsules, added up, MiB.
+    pub memory_mb: u64,
+    /// Snapshots kept.
+    pub snapshots: u32,
+    /// Bytes of the snapshots kept, MiB.
+    pub snapshot_mb: u64,
+}
+
+impl TeamLimits {
+    /// No per-team limit.
+    pub const NONE: Self = Self {
+        capsules: 0,
+        vcpus: 0,
+        memory_mb: 0,
+        snapshots: 0,
+        snapshot_mb: 0,
+    };
+}
+
+impl Default for TeamLimits {
+    /// Defaults of `wrenn serve`: room for real work, not for one team to take a whole host.
+    fn default() -> Self {
+        Self {
+            capsules: 500,
+            vcpus: 256,
+            memory_mb: 256 * 1024,
+            snapshots: 100,
+            snapshot_mb: 100 * 1024,
+        }
+    }
+}
+
 /// How much this host may hand out.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Capacity {
-    /// Host memory, MiB.
+    /// Host memory, MiB (0: unknown, no memory checks).
     pub host_memory_mb: u64,
+    /// Host CPUs (0: unknown, no check).
+    pub host_cpus: u32,
     /// Memory limits of live capsules may add up to `host_memory_mb` × this.
     pub memory_overcommit: f64,
     /// Live capsules at most.
     pub max_capsules: usize,
     /// Size of every capsule's disk, MiB (reported as `disk_size_mb`); 0 = no limit.
     pub disk_mb: u32,
+    /// Promised disks may add up to (free space + space live capsules use) × this.
+    pub disk_overcommit: f64,
+    /// Where capsule disks live (free space is read there); `None`: no disk check.
+    pub disk_dir: Option<PathBuf>,
+    /// Per-team limits.
+    pub team: TeamLimits,
+}
+
+/// What the live capsules of the host, and of one team, hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Live capsules.
+    pub capsules: u32,
+    /// Their vCPUs.
+    pub vcpus: u32,
+    /// Their memory limits, MiB.
+    pub memory_mb: u64,
+}
+
+impl Usage {
+    fn add(&mut self, vcpus: u32, memory_mb: u32) {
+        self.capsules += 1;
+        self.vcpus += vcpus;
+        self.memory_mb += u64::from(memory_mb);
+    }
+}
+
+/// Why a capsule is not admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// It can never fit this host.
+    TooBig(String),
+    /// The team is at a limit: upstream's quota code and a message.
+    Quota(&'static str, String),
+    /// The host is full now.
+    Full(String),
+}
+
+impl From<Refusal> for CapsuleError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::TooBig(m) => Self::Invalid(m),
+            Refusal::Quota(code, message) => Self::Quota { code, message },
+            Refusal::Full(m) => Self::NoCapacity(m),
+        }
+    }
+}
+
+fn over(limit: u64, used: u64, asked: u64) -> bool {
+    limit > 0 && used + asked > limit
 }
 
 impl Capacity {
-    /// This host's memory with the given policy; capsules get no disk limit (set
-    /// [`Capacity::disk_mb`] for one).
+    /// This host's memory and CPUs with the given policy; no disk limit, no team limits (set
+    /// the fields for them).
     pub fn of_host(memory_overcommit: f64, max_capsules: usize) -> Self {
         let host_memory_mb = std::fs::read_to_string("/proc/meminfo")
             .ok()
@@ -29,46 +128,156 @@ impl Capacity {
                     .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             })
             .map_or(0, |kb| kb / 1024);
+        let host_cpus = std::thread::available_parallelism().map_or(0, |n| n.get() as u32);
         Self {
             host_memory_mb,
+            host_cpus,
             memory_overcommit,
             max_capsules,
             disk_mb: 0,
+            disk_overcommit: 1.0,
+            disk_dir: None,
+            team: TeamLimits::NONE,
         }
     }
 
-    /// Why a capsule with `memory_mb` cannot be admitted next to `live` capsules reserving
-    /// `reserved_mb`, if it cannot.
-    pub fn refuse(&self, live: usize, reserved_mb: u64, memory_mb: u32) -> Option<String> {
-        if live >= self.max_capsules {
-            return Some(format!(
-                "this host runs its maximum of {} capsules",
-                self.max_capsules
+    /// Why a capsule of `vcpus` and `memory_mb` cannot join `host` (every live capsule) and
+    /// `team` (the team's), if it cannot. `disk` is (free MiB, MiB live capsules use) where the
+    /// disks live, when known.
+    pub fn refuse(
+        &self,
+        host: Usage,
+        team: Usage,
+        vcpus: u32,
+        memory_mb: u32,
+        disk: Option<(u64, u64)>,
+    ) -> Option<Refusal> {
+        if self.host_cpus > 0 && vcpus > self.host_cpus {
+            return Some(Refusal::TooBig(format!(
+                "vcpus must be at most {} (the host's cores)",
+                self.host_cpus
+            )));
+        }
+        if self.host_memory_mb > 0 && u64::from(memory_mb) > self.host_memory_mb {
+            return Some(Refusal::TooBig(format!(
+                "memory_mb must be at most {} (the host's memory)",
+                self.host_memory_mb
+            )));
+        }
+        let t = &self.team;
+        if over(u64::from(t.capsules), u64::from(team.capsules), 1) {
+            return Some(Refusal::Quota(
+                "concurrent_sandbox_limit",
+                format!("the team runs its limit of {} capsules", t.capsules),
             ));
         }
+        if over(u64::from(t.vcpus), u64::from(team.vcpus), u64::from(vcpus)) {
+            return Some(Refusal::Quota(
+                "vcpu_limit",
+                format!(
+                    "the team's capsules hold {} of its {} vCPUs; {vcpus} asked",
+                    team.vcpus, t.vcpus
+                ),
+            ));
+        }
+        if over(t.memory_mb, team.memory_mb, u64::from(memory_mb)) {
+            return Some(Refusal::Quota(
+                "memory_limit",
+                format!(
+                    "the team's capsules hold {} of its {} MiB; {memory_mb} MiB asked",
+                    team.memory_mb, t.memory_mb
+                ),
+            ));
+        }
+        if host.capsules as usize >= self.max_capsules {
+            return Some(Refusal::Full(format!(
+                "this host runs its maximum of {} capsules",
+                self.max_capsules
+            )));
+        }
         let budget = (self.host_memory_mb as f64 * self.memory_overcommit) as u64;
-        if self.host_memory_mb > 0 && reserved_mb + u64::from(memory_mb) > budget {
-            return Some(format!(
-                "not enough memory on this host: {reserved_mb} MiB of {budget} MiB reserved, \
-                 {memory_mb} MiB asked"
+        if self.host_memory_mb > 0 && host.memory_mb + u64::from(memory_mb) > budget {
+            return Some(Refusal::Full(format!(
+                "not enough memory on this host: {} MiB of {budget} MiB reserved, \
+                 {memory_mb} MiB asked",
+                host.memory_mb
+            )));
+        }
+        if let (Some((free, used)), true) = (disk, self.disk_mb > 0) {
+            let promised = u64::from(host.capsules) * u64::from(self.disk_mb);
+            let budget = ((free + used) as f64 * self.disk_overcommit) as u64;
+            if promised + u64::from(self.disk_mb) > budget {
+                return Some(Refusal::Full(format!(
+                    "not enough disk on this host: {promised} MiB promised of {budget} MiB, \
+                     {} MiB asked",
+                    self.disk_mb
+                )));
+            }
+        }
+        None
+    }
+
+    /// Why the team cannot keep one more snapshot, if it cannot: it has `count` of `mb` MiB.
+    pub fn refuse_snapshot(&self, count: u32, mb: u64) -> Option<Refusal> {
+        let t = &self.team;
+        if over(u64::from(t.snapshots), u64::from(count), 1) {
+            return Some(Refusal::Quota(
+                "snapshot_limit",
+                format!("the team keeps its limit of {} snapshots", t.snapshots),
+            ));
+        }
+        if t.snapshot_mb > 0 && mb >= t.snapshot_mb {
+            return Some(Refusal::Quota(
+                "snapshot_limit",
+                format!(
+                    "the team's snapshots take {mb} MiB of its {} MiB",
+                    t.snapshot_mb
+                ),
             ));
         }
         None
     }
 }
 
+/// Free MiB of the filesystem holding `dir`.
+fn free_mb(dir: &std::path::Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(st.blocks_available() as u64 * st.fragment_size() as u64 / (1024 * 1024))
+}
+
 impl Capsules {
-    /// Admits one more capsule of `memory_mb` next to the live ones, or says why not.
-    pub(super) fn admit(&self, memory_mb: u32) -> CapsuleResult<()> {
-        let live = self.live.all();
-        let reserved_mb = live
-            .iter()
-            .map(|l| l.snapshot())
-            .filter(|c| !c.status.is_terminal())
-            .map(|c| u64::from(c.memory_mb))
-            .sum::<u64>();
-        match self.capacity.refuse(live.len(), reserved_mb, memory_mb) {
-            Some(why) => Err(CapsuleError::NoCapacity(why)),
+    /// Admits one more capsule of `vcpus` and `memory_mb` for `team_id`, or says why not.
+    pub(super) fn admit(&self, team_id: &str, vcpus: u32, memory_mb: u32) -> CapsuleResult<()> {
+        let (mut host, mut team, mut disk_used_mb) = (Usage::default(), Usage::default(), 0u64);
+        for live in self.live.all() {
+            let c = live.snapshot();
+            if c.status.is_terminal() {
+                continue;
+            }
+            host.add(c.vcpus, c.memory_mb);
+            disk_used_mb += c.disk_used_mb.unwrap_or(0);
+            if live.team_id() == team_id {
+                team.add(c.vcpus, c.memory_mb);
+            }
+        }
+        let disk = self
+            .capacity
+            .disk_dir
+            .as_deref()
+            .and_then(free_mb)
+            .map(|free| (free, disk_used_mb));
+        match self.capacity.refuse(host, team, vcpus, memory_mb, disk) {
+            Some(r) => Err(r.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Admits one more snapshot for `team_id`, or says why not.
+    pub(super) async fn admit_snapshot(&self, team_id: &str) -> CapsuleResult<()> {
+        let rows = self.store.list_snapshots(team_id).await?;
+        let mb = rows.iter().map(|r| r.size_bytes).sum::<u64>() / (1024 * 1024);
+        match self.capacity.refuse_snapshot(rows.len() as u32, mb) {
+            Some(r) => Err(r.into()),
             None => Ok(()),
         }
     }
@@ -78,25 +287,134 @@ impl Capsules {
 mod tests {
     use super::*;
 
-    #[test]
-    fn admission_within_memory_budget_and_count() {
-        let cap = Capacity {
+    fn cap() -> Capacity {
+        Capacity {
             host_memory_mb: 1000,
+            host_cpus: 2,
             memory_overcommit: 2.0,
             max_capsules: 3,
             disk_mb: 0,
-        };
-        assert!(cap.refuse(0, 0, 512).is_none());
-        assert!(cap.refuse(2, 1488, 512).is_none(), "exactly at the budget");
-        assert!(cap.refuse(2, 1489, 512).is_some());
-        assert!(cap.refuse(3, 0, 32).is_some(), "count limit");
+            disk_overcommit: 1.0,
+            disk_dir: None,
+            team: TeamLimits::NONE,
+        }
+    }
+
+    fn used(capsules: u32, vcpus: u32, memory_mb: u64) -> Usage {
+        Usage {
+            capsules,
+            vcpus,
+            memory_mb,
+        }
+    }
+
+    #[test]
+    fn admission_within_memory_budget_and_count() {
+        let cap = cap();
+        let none = Usage::default();
+        assert!(cap.refuse(none, none, 1, 512, None).is_none());
+        assert!(
+            cap.refuse(used(2, 2, 1488), none, 1, 512, None).is_none(),
+            "exactly at the budget"
+        );
+        assert!(matches!(
+            cap.refuse(used(2, 2, 1489), none, 1, 512, None),
+            Some(Refusal::Full(_))
+        ));
+        assert!(matches!(
+            cap.refuse(used(3, 3, 0), none, 1, 32, None),
+            Some(Refusal::Full(_))
+        ));
         let unknown = Capacity {
             host_memory_mb: 0,
-            ..cap
+            ..cap.clone()
         };
         assert!(
-            unknown.refuse(0, 1 << 40, 512).is_none(),
+            unknown
+                .refuse(used(0, 0, 1 << 40), none, 1, 512, None)
+                .is_none(),
             "no meminfo: no memory check"
+        );
+    }
+
+    #[test]
+    fn a_capsule_larger_than_the_host_is_invalid() {
+        let cap = cap();
+        let none = Usage::default();
+        assert!(
+            matches!(cap.refuse(none, none, 3, 64, None), Some(Refusal::TooBig(m)) if m.contains("at most 2"))
+        );
+        assert!(matches!(
+            cap.refuse(none, none, 1, 1001, None),
+            Some(Refusal::TooBig(_))
+        ));
+        assert!(cap.refuse(none, none, 2, 1000, None).is_none());
+    }
+
+    #[test]
+    fn team_limits_use_upstream_quota_codes() {
+        let cap = Capacity {
+            team: TeamLimits {
+                capsules: 2,
+                vcpus: 3,
+                memory_mb: 600,
+                snapshots: 1,
+                snapshot_mb: 10,
+            },
+            max_capsules: 100,
+            memory_overcommit: 100.0,
+            ..cap()
+        };
+        let host = used(2, 2, 512);
+        let code = |r: Option<Refusal>| match r {
+            Some(Refusal::Quota(c, _)) => c,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            code(cap.refuse(host, used(2, 2, 256), 1, 64, None)),
+            "concurrent_sandbox_limit"
+        );
+        assert_eq!(
+            code(cap.refuse(host, used(1, 2, 256), 2, 64, None)),
+            "vcpu_limit"
+        );
+        assert_eq!(
+            code(cap.refuse(host, used(1, 1, 512), 1, 128, None)),
+            "memory_limit"
+        );
+        assert!(cap.refuse(host, used(1, 1, 512), 1, 88, None).is_none());
+        assert_eq!(code(cap.refuse_snapshot(1, 0)), "snapshot_limit");
+        assert_eq!(code(cap.refuse_snapshot(0, 10)), "snapshot_limit");
+        assert!(cap.refuse_snapshot(0, 9).is_none());
+        assert!(Capacity {
+            team: TeamLimits::NONE,
+            ..cap
+        }
+        .refuse_snapshot(1000, 1 << 30)
+        .is_none());
+    }
+
+    #[test]
+    fn promised_disk_fits_free_space_times_overcommit() {
+        let cap = Capacity {
+            disk_mb: 100,
+            disk_overcommit: 2.0,
+            max_capsules: 100,
+            memory_overcommit: 100.0,
+            ..cap()
+        };
+        let none = Usage::default();
+        // 2 live capsules promise 200 MiB; budget (50 free + 50 used) × 2 = 200.
+        assert!(matches!(
+            cap.refuse(used(2, 0, 0), none, 1, 1, Some((50, 50))),
+            Some(Refusal::Full(m)) if m.contains("disk")
+        ));
+        assert!(cap
+            .refuse(used(1, 0, 0), none, 1, 1, Some((50, 50)))
+            .is_none());
+        assert!(
+            cap.refuse(used(9, 0, 0), none, 1, 1, None).is_none(),
+            "unknown: no check"
         );
     }
 }

@@ -25,7 +25,7 @@ impl Capsules {
         let req = ValidCreate::try_from(req)?;
         let resolved = self.resolve_template(team_id, &req.template).await?;
         let (vcpus, memory_mb) = resolved.sizes.unwrap_or((req.vcpus, req.memory_mb));
-        self.admit(memory_mb)?;
+        self.admit(team_id, vcpus, memory_mb)?;
 
         let now = Utc::now();
         let capsule = Capsule {

@@ -56,6 +56,14 @@ pub enum CapsuleError {
     /// Base templates cannot be deleted.
     #[error("{0} is a protected base template")]
     Protected(String),
+    /// The team is at one of its limits (`code` is upstream's quota code).
+    #[error("{message}")]
+    Quota {
+        /// e.g. `concurrent_sandbox_limit`, `vcpu_limit`, `memory_limit`, `snapshot_limit`.
+        code: &'static str,
+        /// What limit, in words.
+        message: String,
+    },
     /// The host cannot take another capsule of this size now.
     #[error("{0}")]
     NoCapacity(String),

@@ -37,7 +37,7 @@ use chrono::Utc;
 use wrenn_runtime::Runtime;
 use wrenn_types::api::{Capsule, CapsuleStatus, EventKind};
 
-pub use self::admission::Capacity;
+pub use self::admission::{Capacity, TeamLimits};
 pub use self::error::{CapsuleError, CapsuleResult, Needed};
 pub use self::registry::{LiveCapsule, Lookup, PUBLIC_TRAFFIC_KEY};
 pub use self::snapshot::ResolvedTemplate;

@@ -169,6 +169,7 @@ impl Capsules {
             }
             self.remove_snapshot(team_id, actor, &old).await?;
         }
+        self.admit_snapshot(team_id).await?;
         let rec = self
             .transition(&live, &[before], CapsuleStatus::Snapshotting, |_| {})
             .await

@@ -21,7 +21,7 @@ use tokio::sync::broadcast;
 use tower::ServiceExt;
 use wrenn_server::events::TeamEvent;
 use wrenn_server::service::fake::FakeRuntime;
-use wrenn_server::service::Capacity;
+use wrenn_server::service::{Capacity, TeamLimits};
 use wrenn_server::store::Store;
 use wrenn_server::AppState;
 use wrenn_types::api::{Event, EventKind};
@@ -29,9 +29,13 @@ use wrenn_types::api::{Event, EventKind};
 /// Room for every test's capsules.
 const ROOMY: Capacity = Capacity {
     host_memory_mb: 0,
+    host_cpus: 0,
     memory_overcommit: 1.0,
     max_capsules: 100,
     disk_mb: 0,
+    disk_overcommit: 1.0,
+    disk_dir: None,
+    team: TeamLimits::NONE,
 };
 
 /// How long a test waits for a background task to land.

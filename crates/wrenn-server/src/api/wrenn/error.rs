@@ -19,6 +19,7 @@ impl From<CapsuleError> for ApiError {
             | E::Store(StoreError::Exists(_)) => Self::Conflict(chain_tail(&e)),
             E::Protected(_) => Self::Forbidden(e.to_string()),
             E::NoCapacity(_) => Self::HostUnavailable(e.to_string()),
+            E::Quota { code, message } => Self::Quota(code, message),
             E::Runtime(r) => runtime(r),
             E::Snapshot { .. } | E::Store(_) | E::Task { .. } => Self::internal(e),
         }
