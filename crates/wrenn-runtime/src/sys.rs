@@ -1,4 +1,5 @@
-//! Every raw syscall of the container backend, behind safe functions.
+//! Every raw syscall of the runtime crate (the container backend and the template store), behind
+//! safe functions.
 //!
 //! Anything here is a thin wrapper: typed arguments in, `std::io::Result` out. Callers add the
 //! step context.

@@ -2,21 +2,21 @@
 //! youki's `libcontainer` in a single-threaded launcher process.
 //!
 //! # Design
-//! One module per concern: [`spec`] (OCI config), [`launcher`] (the forking part, out of
-//! process), [`cgroups`] (freeze, usage, kill), [`overlay`] (capsule dirs and root), [`disk`]
+//! One module per concern: `spec` (OCI config), [`launcher`] (the forking part, out of
+//! process), `cgroups` (freeze, usage, kill), `overlay` (capsule dirs and root), `disk`
 //! (the capsule's sized filesystem for its writes, and the pool of formatted images),
-//! [`seccomp`] (filter compiled once per runtime), [`net`] (netns, veth, nft), [`watch`]
-//! (pidfd exit watch), [`record`] (what recovery reads), [`sys`] (raw syscalls).
+//! `seccomp` (filter compiled once per runtime), `net` (netns, veth, nft), `watch`
+//! (pidfd exit watch), `record` (what recovery reads); raw syscalls are the crate's `sys`.
 //!
 //! Create: template → network ∥ (disk → overlay) → bundle → launcher (binds the agent socket on a
 //! host-only path, passes it to the agent as fd 3) → wait for `GET /health` → start the
-//! template's services and wait for their probes (see [`crate::services`]).
+//! template's services and wait for their probes (see the crate's `services`).
 //! Destroy: thaw, kill the cgroup, remove cgroups, unmount (overlay, then disk: its loop device
 //! frees itself), delete libcontainer state, network and the capsule dir (image included).
 //!
 //! # Limitations
 //! Pause is a cgroup freeze: memory stays resident and nothing survives a host reboot.
-//! Snapshots are files only. Networking shells out to `ip`/`nft` (see [`net`]).
+//! Snapshots are files only. Networking shells out to `ip`/`nft` (see `net`).
 //!
 //! Everything but [`ContainerRuntime`], [`ContainerConfig`], [`launcher::launcher_main`] and
 //! [`DISK_POOL_SIZE`] is internal to the crate.

@@ -104,42 +104,59 @@ fn add_files(recipe: &Recipe, rootfs: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The host's CA bundle: lent to build steps (pip over HTTPS) so that they trust what the host
+/// trusts (e.g. an egress proxy's CA); removed from the tree afterwards.
+const HOST_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// Where build steps find it in the tree.
+const BUILD_CA_PATH: &str = "tmp/.wrenn-build-ca.crt";
+
 /// Runs `script` with `/bin/sh` chrooted into `rootfs`, with `/proc`, `/dev` and the host's
-/// resolver in a mount namespace of its own (gone with the process).
+/// resolver and CA bundle, in a mount namespace of its own (gone with the process).
 fn in_chroot(rootfs: &Path, script: &str) -> anyhow::Result<()> {
     let resolv = rootfs.join("etc/resolv.conf");
     let had_resolv = resolv.symlink_metadata().is_ok();
     if !had_resolv {
         let _ = std::fs::copy("/etc/resolv.conf", &resolv);
     }
+    let ca = rootfs.join(BUILD_CA_PATH);
+    let lend_ca = std::fs::copy(HOST_CA_BUNDLE, &ca).is_ok();
     let mounts = "mount -t proc proc \"$1/proc\" && mount --rbind /dev \"$1/dev\" && \
                   exec chroot \"$1\" /bin/sh -c \"$2\"";
-    let status = Command::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "--fork",
-            "/bin/sh",
-            "-c",
-        ])
-        .arg(mounts)
-        .arg("wrenn-build")
-        .arg(rootfs)
-        .arg(script)
-        .env_clear()
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
-        .env("HOME", "/root")
-        .env("LANG", "C.UTF-8")
-        .stdin(Stdio::null())
-        .status()
-        .context("spawn unshare")?;
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "--fork",
+        "/bin/sh",
+        "-c",
+    ])
+    .arg(mounts)
+    .arg("wrenn-build")
+    .arg(rootfs)
+    .arg(script)
+    .env_clear()
+    .env(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    )
+    .env("HOME", "/root")
+    .env("LANG", "C.UTF-8")
+    .stdin(Stdio::null());
+    if lend_ca {
+        let inside = format!("/{BUILD_CA_PATH}");
+        cmd.env("PIP_CERT", &inside)
+            .env("SSL_CERT_FILE", &inside)
+            .env("REQUESTS_CA_BUNDLE", &inside);
+    }
+    let status = cmd.status().context("spawn unshare");
+    if lend_ca {
+        let _ = std::fs::remove_file(&ca);
+    }
     if !had_resolv {
         let _ = std::fs::remove_file(&resolv);
     }
+    let status = status?;
     if !status.success() {
         bail!("{script:?} failed in the template tree: {status}");
     }

@@ -9,8 +9,8 @@
 //! ```
 //!
 //! # Design
-//! [`recipe`] is the data model and its checks, [`store`] what is on disk (listing, building
-//! on first use, deletion), `builder` turns a recipe into a tree, [`snapshot`] copies a
+//! [`recipe`] is the data model and its checks, `store` what is on disk (listing, building
+//! on first use, deletion), `builder` turns a recipe into a tree, `snapshot` copies a
 //! capsule's tree into a new template. One tree is built per recipe; each backend turns it into
 //! what it boots through a [`TemplateForm`] (a directory for containers, later a disk image for
 //! microVMs), before the template is renamed into place.
@@ -28,8 +28,8 @@ use std::path::Path;
 
 mod builder;
 pub mod recipe;
-pub mod snapshot;
-pub mod store;
+mod snapshot;
+mod store;
 
 pub use builder::debian_mirror;
 pub use recipe::{Probe, Recipe, RecipeError, Recipes, RunConfig, Service};

@@ -191,3 +191,40 @@ async fn a_bad_recipe_fails_runtime_start_with_its_name_and_line() {
         "{chain}"
     );
 }
+
+/// apt and pip steps on a `minimal` child: downloads from Debian and PyPI, so opt-in.
+#[tokio::test]
+async fn apt_and_pip_steps_build_into_the_tree() {
+    if !privileged("apt_and_pip_steps_build_into_the_tree")
+        || !minimal_allowed("apt_and_pip_steps_build_into_the_tree")
+    {
+        return;
+    }
+    if std::env::var_os("WRENN_TEST_NETWORK_BUILDS").is_none() {
+        eprintln!(
+            "SKIP apt_and_pip_steps_build_into_the_tree: downloads packages; \
+             run with WRENN_TEST_NETWORK_BUILDS=1"
+        );
+        return;
+    }
+    let recipes = Scratch::new("recipes-pip");
+    recipe(
+        recipes.path(),
+        "py",
+        r#"
+base = { template = "minimal" }
+apt = ["python3-venv"]
+pip = { packages = ["six"] }
+"#,
+        &[],
+    );
+    let t = TestRuntime::with_recipes(Some(recipes.path()));
+    let c = t.capsule("py", NetworkMode::Isolated).await;
+    let r = sh(
+        &c,
+        "/opt/venv/bin/python -c 'import six; print(six.PY3)'; \
+         test -e /tmp/.wrenn-build-ca.crt && echo ca-left; ls /var/lib/apt/lists | wc -l",
+    )
+    .await;
+    assert_eq!(r.stdout, "True\n0\n", "{r:?}");
+}
