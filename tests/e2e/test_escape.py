@@ -233,3 +233,23 @@ def test_another_teams_key_reaches_nothing(make_capsule, api_beta):
         r = api_beta.request(method, path, json=body)
         assert r.status_code == 404, f"{method} {path}: {r.status_code} {r.text}"
     assert cap.commands.run("echo still-mine").stdout == "still-mine\n"
+
+
+def test_mountinfo_names_no_team_template_or_disk(make_capsule, wrenn_client, server):
+    src = make_capsule()
+    name = "escape-mi-" + src.capsule_id[-6:]
+    src.create_snapshot(name=name)
+    try:
+        poll(lambda: name in {t.name for t in wrenn_client.snapshots.list(type="snapshot")},
+             timeout=60, what=f"snapshot {name} listed")
+        child = make_capsule(name)
+        info = child.commands.run("cat /proc/self/mountinfo").stdout
+        root = [line for line in info.splitlines() if line.split()[4] == "/"]
+        assert root and "overlay" in root[0], info
+        for leak in ("team-", "/templates/", "/capsules/", "disk", str(server.data_dir) + "/t"):
+            assert leak not in info, f"{leak!r} visible in the capsule's mountinfo:\n{info}"
+        assert child.capsule_id in root[0]
+        child.destroy(wait=True)
+    finally:
+        poll(lambda: src.get_info().status.value == "running", timeout=60, what="source running")
+        wrenn_client.snapshots.delete(name)

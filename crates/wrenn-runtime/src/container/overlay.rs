@@ -137,8 +137,28 @@ impl CapsuleDirs {
 
     /// Mounts the overlay with `lower` (a template rootfs) as its only, read-only layer,
     /// `nosuid,nodev`.
+    ///
+    /// The capsule reads the overlay's options in its `/proc/self/mountinfo`, so the layers are
+    /// named through short-lived links `/run/wrenn/ov/<id>/{l,u,w}` (the kernel resolves them at
+    /// mount time and shows the names given): the capsule sees its own id, never the data dir,
+    /// a template's team or the disk.
     pub fn mount(&self, lower: &Path) -> io::Result<()> {
-        sys::mount_overlay(lower, &self.upper(), &self.work(), &self.rootfs())
+        let id = self
+            .root
+            .file_name()
+            .ok_or_else(|| io::Error::other("capsule dir has no name"))?;
+        let links = Path::new(LAYER_LINKS).join(id);
+        let _ = std::fs::remove_dir_all(&links);
+        std::fs::create_dir_all(&links)?;
+        let made = (|| {
+            let (l, u, w) = (links.join("l"), links.join("u"), links.join("w"));
+            std::os::unix::fs::symlink(lower, &l)?;
+            std::os::unix::fs::symlink(self.upper(), &u)?;
+            std::os::unix::fs::symlink(self.work(), &w)?;
+            sys::mount_overlay(&l, &u, &w, &self.rootfs())
+        })();
+        let _ = std::fs::remove_dir_all(&links);
+        made
     }
 
     /// Seeds the capsule's own `/etc/hostname` and `/etc/hosts` (its id, never the host's
@@ -193,6 +213,9 @@ impl CapsuleDirs {
         }
     }
 }
+
+/// Where the overlay's layer links are made for the moment of mounting.
+const LAYER_LINKS: &str = "/run/wrenn/ov";
 
 /// The host resolver configuration minus loopback nameservers; `None` when no nameserver is
 /// left.
