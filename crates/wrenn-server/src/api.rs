@@ -1,5 +1,26 @@
-//! HTTP front ends over the capsule service. `wrenn` serves the Wrenn API.
+//! HTTP front ends over the capsule service: `wrenn` serves the Wrenn API. In front of them,
+//! the port proxy (by `Host`) and the middleware that logs server errors once.
 
 pub mod wrenn;
 
-pub use wrenn::{router, UPLOAD_LIMIT};
+use axum::Router;
+
+pub use wrenn::UPLOAD_LIMIT;
+
+use crate::error::log_server_errors;
+use crate::AppState;
+
+/// The whole router: the port proxy by `Host` first, then the API.
+pub fn router(state: AppState) -> Router {
+    let api = wrenn::routes()
+        .fallback(wrenn::fallback)
+        .method_not_allowed_fallback(wrenn::method_not_allowed)
+        .with_state(state.clone());
+    Router::new()
+        .fallback_service(api)
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            crate::proxy::route_by_host,
+        ))
+        .layer(axum::middleware::from_fn(log_server_errors))
+}

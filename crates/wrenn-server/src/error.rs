@@ -127,3 +127,24 @@ impl From<AgentError> for ApiError {
 
 /// Result of a handler.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_server_errors_carry_their_cause_to_the_log() {
+        let internal = ApiError::internal(anyhow::anyhow!("disk on fire").context("writing"));
+        let response = internal.into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let ServerError(cause) = response
+            .extensions()
+            .get::<ServerError>()
+            .expect("a server error travels to the middleware");
+        let cause: &(dyn std::error::Error + 'static) = (**cause).as_ref();
+        assert_eq!(chain(cause), "writing: disk on fire");
+
+        let missing = ApiError::NotFound("capsule x not found".into()).into_response();
+        assert!(missing.extensions().get::<ServerError>().is_none());
+    }
+}

@@ -227,6 +227,20 @@ async fn bad_ids_unknown_ids_and_server_errors() {
         )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = h.call(Method::GET, "/v1/nope", None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    let (status, body) = h.call(Method::PUT, "/v1/capsules", None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, Some("invalid_request"))
+    );
+    let (status, _) = h
+        .call_as("wrn_bad", Method::GET, "/v1/capsules", None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     // A runtime failure is a 500 whose body hides the cause.
     h.rt.fail(Op::ListTemplates, true);
     let (status, body) = h.call(Method::GET, "/v1/snapshots", None).await;

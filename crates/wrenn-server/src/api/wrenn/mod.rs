@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 
-use crate::error::{log_server_errors, ApiError};
+use crate::error::ApiError;
 use crate::AppState;
 
 /// The largest non-streamed upload (contract §14).
@@ -65,34 +65,26 @@ fn v1() -> Router<AppState> {
         .route("/events/stream", get(events::stream))
 }
 
-/// The whole router: the port proxy by `Host` first, then the API.
-pub fn router(state: AppState) -> Router {
-    let api = Router::new()
+/// The Wrenn API: health, the OpenAPI document and every resource under `/v1` and `/api/v1`.
+pub fn routes() -> Router<AppState> {
+    Router::new()
         .route("/health", get(health))
         .route("/openapi.json", get(openapi::document))
         .nest("/v1", v1())
         .nest("/api/v1", v1())
-        .fallback(fallback)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state.clone());
-    Router::new()
-        .fallback_service(api)
-        .layer(axum::middleware::from_fn_with_state(
-            state,
-            crate::proxy::route_by_host,
-        ))
-        .layer(axum::middleware::from_fn(log_server_errors))
 }
 
 async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
 }
 
-async fn fallback() -> ApiError {
+/// Unknown routes, in the Wrenn error shape.
+pub(crate) async fn fallback() -> ApiError {
     ApiError::NotFound("no such route".into())
 }
 
-async fn method_not_allowed() -> Response {
+/// A known route with another method, in the Wrenn error shape.
+pub(crate) async fn method_not_allowed() -> Response {
     let body = wrenn_types::error::ErrorBody::new("invalid_request", "method not allowed");
     (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
 }
