@@ -7,9 +7,9 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), wrenn_agent_client::AgentError> {
 //! use wrenn_agent_client::{AgentClient, ExecOutcome};
-//! use wrenn_types::agent::ExecRequest;
+//! use wrenn_types::agent::{ExecRequest, ProcessSpec};
 //! let agent = AgentClient::new("/run/wrenn/cl-1/agent.sock");
-//! let req = ExecRequest { cmd: "/bin/sh".into(), args: vec!["-c".into(), "uname -a".into()], ..Default::default() };
+//! let req = ExecRequest::from(ProcessSpec::new("/bin/sh", ["-c", "uname -a"]));
 //! if let ExecOutcome::Finished(r) = agent.exec(&req).await? {
 //!     println!("{}", r.stdout);
 //! }
@@ -245,12 +245,8 @@ impl AgentClient {
 
     /// `DELETE /processes/{selector}?signal=`: `selector` is a decimal pid or a tag.
     pub async fn kill(&self, selector: &str, signal: KillSignal) -> Result<(), AgentError> {
-        let name = match signal {
-            KillSignal::Kill => "SIGKILL",
-            KillSignal::Term => "SIGTERM",
-        };
         let path = format!(
-            "/processes/{}?signal={name}",
+            "/processes/{}?signal={signal}",
             percent_encode(selector, false)
         );
         self.send(Method::DELETE, &path, None, empty()).await?;

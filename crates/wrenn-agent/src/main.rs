@@ -8,16 +8,21 @@
 //! Startup order matters: the process-wide `prctl`s and the seccomp filter are installed while
 //! the process still has a single thread, so every runtime thread and every child inherits them.
 
+mod error;
 mod exec;
 mod files;
+mod health;
+mod launch;
 mod processes;
 mod pty;
 mod reaper;
 mod server;
 mod spawn;
+mod state;
 mod stream;
 mod sys;
 mod users;
+mod ws;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -25,6 +30,9 @@ use std::sync::Arc;
 
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
+
+use crate::error::error_chain;
+use crate::state::AppState;
 
 const USAGE: &str = "usage: wrenn-agent (--listen-fd N | --socket PATH) [--seccomp FILE]
 
@@ -107,17 +115,6 @@ fn harden(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(c) = source {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        source = c.source();
-    }
-    s
-}
-
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -196,7 +193,7 @@ async fn serve(
     args: Args,
     inherited: Option<std::os::unix::net::UnixListener>,
 ) -> Result<(), String> {
-    let state = Arc::new(server::AppState::default());
+    let state = Arc::new(AppState::default());
     state
         .reaper
         .start()

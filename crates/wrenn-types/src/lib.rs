@@ -3,6 +3,7 @@
 //! `agent` holds the agent protocol (spoken over a unix socket between the server and
 //! `wrenn-agent`); `api` holds the public REST/WebSocket shapes of the contract. The agent
 //! protocol mirrors the public shapes so the server stays a thin proxy. No I/O lives here.
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod agent;

@@ -133,8 +133,11 @@ where
 /// `/bin/sh -c script`.
 pub fn sh(script: &str) -> ExecRequest {
     ExecRequest {
-        cmd: "/bin/sh".into(),
-        args: vec!["-c".into(), script.into()],
+        process: wrenn_types::agent::ProcessSpec {
+            cmd: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            ..Default::default()
+        },
         ..Default::default()
     }
 }
