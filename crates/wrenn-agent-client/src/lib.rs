@@ -636,4 +636,18 @@ mod tests {
             Err(AgentError::Connect { .. })
         ));
     }
+
+    #[tokio::test]
+    async fn unreachable_vsock_is_a_connect_error() {
+        // cid 1 is this machine's loopback context: nothing leaves the host, and with no
+        // vsock_loopback transport (or nothing listening) the connect fails.
+        let client = AgentClient::new(AgentEndpoint::Vsock {
+            cid: 1,
+            port: 0x7fff_fff0,
+        });
+        let r = tokio::time::timeout(std::time::Duration::from_secs(20), client.health())
+            .await
+            .expect("connect gives up");
+        assert!(matches!(r, Err(AgentError::Connect { .. })), "{r:?}");
+    }
 }

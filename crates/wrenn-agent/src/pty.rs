@@ -229,11 +229,7 @@ fn start_session(state: &SharedState, start: PtyStart) -> Result<Arc<PtySession>
     let spawned = spawn::spawn(&state.reaper, &spec, ChildIo::Pty(slave))?;
     let pid = spawned.pid;
     let master = sys::set_nonblocking(master.as_fd())
-        .and_then(|()| {
-            // SAFETY: `master` is an open OwnedFd moved into the AsyncFd, which owns it until it
-            // is dropped; `OwnedFd::as_raw_fd` always returns that same descriptor.
-            unsafe { AsyncFd::register(master) }.map_err(io::Error::from)
-        })
+        .and_then(|()| sys::async_fd(master))
         .map_err(|e| {
             let _ = sys::kill_group(pid, libc::SIGKILL);
             internal("watch pty", e)

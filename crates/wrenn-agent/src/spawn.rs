@@ -5,7 +5,6 @@
 //! own session and process group, so kills and deadlines hit all its descendants.
 
 use std::io;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
@@ -179,12 +178,7 @@ pub fn spawn(reaper: &Reaper, spec: &ProcessSpec, io: ChildIo) -> Result<Spawned
                 .stderr(Stdio::from(err));
         }
     }
-    // SAFETY: `child_setup` only calls async-signal-safe functions (setsid, ioctl TIOCSCTTY,
-    // setgroups, setgid, setuid) on data allocated before the fork, as required after fork in
-    // a multi-threaded process.
-    unsafe {
-        cmd.pre_exec(move || sys::child_setup(&setup));
-    }
+    sys::set_child_setup(&mut cmd, setup);
     // `cmd` (and with it the PTY slave copies) is dropped at the end of this function, so the
     // parent keeps no slave fd and the master sees EIO once the session's processes are gone.
     let (child, exit) = reaper
