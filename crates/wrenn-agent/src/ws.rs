@@ -9,6 +9,8 @@ use wrenn_types::stream::FIRST_MESSAGE_TIMEOUT_SEC;
 pub const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(FIRST_MESSAGE_TIMEOUT_SEC);
 /// Keepalive period of pings.
 pub const PING_PERIOD: Duration = Duration::from_secs(30);
+/// How long a side that closes waits for the peer's close reply.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Sends one JSON text frame; false when the socket is gone.
 pub async fn send_json<T: serde::Serialize>(socket: &mut WebSocket, msg: &T) -> bool {
@@ -18,14 +20,29 @@ pub async fn send_json<T: serde::Serialize>(socket: &mut WebSocket, msg: &T) -> 
     }
 }
 
-/// Sends a normal close frame (1000); errors are irrelevant at that point.
+/// Sends a normal close frame (1000) and waits (at most [`CLOSE_GRACE`]) for the peer's close
+/// reply, as RFC 6455 §7.1.1 asks of the side that closes: dropping the connection at once
+/// makes a write the peer still has pending (a pong to our last ping) fail with EPIPE, and its
+/// WebSocket library then reports that error instead of the frames we sent before the close.
+/// Errors are irrelevant at that point.
 pub async fn close(socket: &mut WebSocket) {
-    let _ = socket
+    let sent = socket
         .send(Message::Close(Some(CloseFrame {
             code: 1000,
             reason: "".into(),
         })))
         .await;
+    if sent.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Some(Ok(msg)) = socket.recv().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// The next text frame, skipping control frames; `None` for anything else.

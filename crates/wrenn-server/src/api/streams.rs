@@ -288,7 +288,8 @@ async fn pump<C: Channel>(
                 if C::INPUT_IS_ACTIVITY {
                     activity();
                 }
-                if sent.is_err() {
+                if let Err(error) = sent {
+                    tracing::debug!(?error, "agent stream broke");
                     if let Some(frame) = C::error(AGENT_LOST.to_string()) {
                         let _ = client_tx.send(frame).await;
                     }
@@ -298,13 +299,18 @@ async fn pump<C: Channel>(
             from_agent = agent_rx.next() => {
                 let event = match from_agent {
                     Some(Ok(event)) => event,
-                    Some(Err(_)) => {
+                    Some(Err(error)) => {
+                        tracing::debug!(?error, "agent stream broke");
                         if let Some(frame) = C::error(AGENT_LOST.to_string()) {
                             let _ = client_tx.send(frame).await;
                         }
                         break;
                     }
-                    None => break,
+                    None => {
+                        // Completes the closing handshake the agent started.
+                        agent_tx.close().await;
+                        break;
+                    }
                 };
                 let Some(frame) = C::frame(event) else { continue };
                 if client_tx.send(frame).await.is_err() {
