@@ -1,15 +1,18 @@
-//! Client of the wrenn-agent protocol over a unix socket.
+//! Client of the wrenn-agent protocol over any [`AgentEndpoint`]: a unix socket, a vsock, or a
+//! vsock behind a unix socket (see [`transport`]).
 //!
 //! One fresh HTTP/1.1 connection per request (the agent is local, connects are cheap), so the
-//! client holds no connection state and is trivially `Clone`. WebSocket endpoints are opened
-//! with [`AgentClient::websocket`] and spoken with the message types of [`wrenn_types::stream`].
+//! client holds no connection state and is trivially `Clone`. The WebSocket endpoints have typed
+//! helpers ([`AgentClient::exec_stream`], [`AgentClient::attach`], [`AgentClient::pty_start`],
+//! [`AgentClient::pty_connect`]) speaking the message types of [`wrenn_types::stream`];
+//! [`AgentClient::websocket`] opens any endpoint raw.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), wrenn_agent_client::AgentError> {
 //! use wrenn_agent_client::{AgentClient, ExecOutcome};
-//! use wrenn_types::agent::ExecRequest;
+//! use wrenn_types::agent::{ExecRequest, ProcessSpec};
 //! let agent = AgentClient::new("/run/wrenn/cl-1/agent.sock");
-//! let req = ExecRequest { cmd: "/bin/sh".into(), args: vec!["-c".into(), "uname -a".into()], ..Default::default() };
+//! let req = ExecRequest::from(ProcessSpec::new("/bin/sh", ["-c", "uname -a"]));
 //! if let ExecOutcome::Finished(r) = agent.exec(&req).await? {
 //!     println!("{}", r.stdout);
 //! }
@@ -28,7 +31,6 @@ use hyper::body::{Body, Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::net::UnixStream;
 use tokio_tungstenite::WebSocketStream;
 use wrenn_types::agent::{
     AgentEndpoint, BackgroundStarted, ExecRequest, ExecResult, Health, KillSignal, ProcessList,
@@ -36,7 +38,12 @@ use wrenn_types::agent::{
 use wrenn_types::error::{AgentErrorCode, ErrorBody};
 use wrenn_types::files::{EntryResponse, FileEntry, ListRequest, ListResponse, PathRequest};
 
+pub mod stream;
+pub mod transport;
+
+pub use stream::{PtyEvent, PtyEvents, PtyInput, StreamCommands, StreamEvents};
 pub use tokio_tungstenite;
+pub use transport::AgentStream;
 
 type ReqBody = UnsyncBoxBody<Bytes, std::io::Error>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -106,6 +113,16 @@ pub enum ExecOutcome {
     Started(BackgroundStarted),
 }
 
+/// Facts about a capsule's guest, as its agent reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestFacts {
+    /// The agent's version (`agent_version` metadata).
+    pub agent_version: String,
+    /// The guest kernel's release (`kernel_version` metadata); `None` from agents older than
+    /// this field.
+    pub kernel_version: Option<String>,
+}
+
 /// Client of one agent endpoint.
 #[derive(Debug, Clone)]
 pub struct AgentClient {
@@ -132,7 +149,7 @@ impl Default for Limits {
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters (and `/` when `keep_slash`).
-fn percent_encode(s: &str, keep_slash: bool) -> String {
+pub(crate) fn percent_encode(s: &str, keep_slash: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || (keep_slash && b == b'/') {
@@ -162,17 +179,13 @@ impl AgentClient {
         &self.endpoint
     }
 
-    async fn connect(&self) -> Result<UnixStream, AgentError> {
-        let err = |source| AgentError::Connect {
-            endpoint: self.endpoint.clone(),
-            source,
-        };
-        match &self.endpoint {
-            AgentEndpoint::Unix { path } => UnixStream::connect(path).await.map_err(err),
-            AgentEndpoint::Vsock { .. } | AgentEndpoint::HybridVsock { .. } => Err(err(
-                std::io::Error::new(std::io::ErrorKind::Unsupported, "transport not built yet"),
-            )),
-        }
+    async fn connect(&self) -> Result<AgentStream, AgentError> {
+        transport::connect(&self.endpoint)
+            .await
+            .map_err(|source| AgentError::Connect {
+                endpoint: self.endpoint.clone(),
+                source,
+            })
     }
 
     /// Sends one request on a fresh connection; non-2xx answers become [`AgentError::Api`].
@@ -227,6 +240,16 @@ impl AgentClient {
             .await
     }
 
+    /// What the capsule says about itself (`GET /health`): the facts a server shows as capsule
+    /// metadata, read from inside the guest rather than from the host.
+    pub async fn guest_facts(&self) -> Result<GuestFacts, AgentError> {
+        let health = self.health().await?;
+        Ok(GuestFacts {
+            agent_version: health.version,
+            kernel_version: health.kernel_version,
+        })
+    }
+
     /// `POST /exec`: a foreground run's result, or a started background process.
     pub async fn exec(&self, req: &ExecRequest) -> Result<ExecOutcome, AgentError> {
         let resp = self.send_json(Method::POST, "/exec", req).await?;
@@ -245,12 +268,8 @@ impl AgentClient {
 
     /// `DELETE /processes/{selector}?signal=`: `selector` is a decimal pid or a tag.
     pub async fn kill(&self, selector: &str, signal: KillSignal) -> Result<(), AgentError> {
-        let name = match signal {
-            KillSignal::Kill => "SIGKILL",
-            KillSignal::Term => "SIGTERM",
-        };
         let path = format!(
-            "/processes/{}?signal={name}",
+            "/processes/{}?signal={signal}",
             percent_encode(selector, false)
         );
         self.send(Method::DELETE, &path, None, empty()).await?;
@@ -332,7 +351,7 @@ impl AgentClient {
     pub async fn websocket(
         &self,
         path_and_query: &str,
-    ) -> Result<WebSocketStream<UnixStream>, AgentError> {
+    ) -> Result<WebSocketStream<AgentStream>, AgentError> {
         let stream = self.connect().await?;
         let url = format!("ws://localhost{path_and_query}");
         match tokio_tungstenite::client_async(url, stream).await {
@@ -544,5 +563,91 @@ mod tests {
             "{e:?}"
         );
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A fake vsock-over-UDS forwarder next to `agent`: answers `CONNECT <port>` with `answer`,
+    /// then (when it said OK) proxies bytes to the agent's socket.
+    async fn fake_forwarder(agent: std::path::PathBuf, answer: &'static str) -> AgentClient {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let path = agent.with_file_name(format!("vsock-{}.sock", answer.len()));
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind forwarder");
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                let agent = agent.clone();
+                tokio::spawn(async move {
+                    let mut conn = BufReader::new(conn);
+                    let mut line = String::new();
+                    if conn.read_line(&mut line).await.is_err() || line != "CONNECT 1024\n" {
+                        return;
+                    }
+                    let _ = conn.write_all(answer.as_bytes()).await;
+                    if !answer.starts_with("OK ") {
+                        return;
+                    }
+                    let Ok(mut upstream) = tokio::net::UnixStream::connect(&agent).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut conn, &mut upstream).await;
+                });
+            }
+        });
+        AgentClient::new(AgentEndpoint::HybridVsock { path, port: 1024 })
+    }
+
+    #[tokio::test]
+    async fn hybrid_vsock_speaks_http_after_the_handshake() {
+        let (direct, dir) = fake_agent(Answer::Fixed("200 OK", processes_json(0))).await;
+        let socket = direct.endpoint().host_path().expect("unix").to_path_buf();
+        let client = fake_forwarder(socket, "OK 1073741824\n").await;
+        assert_eq!(
+            client.processes().await.expect("via forwarder").processes,
+            vec![]
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn refused_hybrid_handshake_is_a_connect_error() {
+        let (direct, dir) = fake_agent(Answer::Fixed("200 OK", processes_json(0))).await;
+        let socket = direct.endpoint().host_path().expect("unix").to_path_buf();
+        let client = fake_forwarder(socket, "NO such port\n").await;
+        match client.health().await {
+            Err(AgentError::Connect { endpoint, source }) => {
+                assert_eq!(&endpoint, client.endpoint());
+                assert_eq!(source.kind(), std::io::ErrorKind::ConnectionRefused);
+            }
+            other => panic!("expected a connect error, got {other:?}"),
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn missing_endpoints_are_connect_errors() {
+        let gone = AgentClient::new(AgentEndpoint::HybridVsock {
+            path: "/nonexistent/wrenn/vsock.sock".into(),
+            port: 1,
+        });
+        assert!(matches!(
+            gone.health().await,
+            Err(AgentError::Connect { .. })
+        ));
+        assert!(matches!(
+            gone.websocket("/pty").await,
+            Err(AgentError::Connect { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn unreachable_vsock_is_a_connect_error() {
+        // cid 1 is this machine's loopback context: nothing leaves the host, and with no
+        // vsock_loopback transport (or nothing listening) the connect fails.
+        let client = AgentClient::new(AgentEndpoint::Vsock {
+            cid: 1,
+            port: 0x7fff_fff0,
+        });
+        let r = tokio::time::timeout(std::time::Duration::from_secs(20), client.health())
+            .await
+            .expect("connect gives up");
+        assert!(matches!(r, Err(AgentError::Connect { .. })), "{r:?}");
     }
 }

@@ -1,23 +1,26 @@
-//! `POST /exec`: foreground runs with a deadline, and background launches.
+//! `POST /exec` (foreground runs with a deadline, and background launches), `GET /processes`
+//! and `DELETE /processes/{selector}`.
 
 use std::time::{Duration, Instant};
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::State;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
-use tokio::net::unix::pipe;
+use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 use wrenn_types::agent::{
-    BackgroundStarted, ExecRequest, ExecResult, OutputEncoding, DEFAULT_EXEC_TIMEOUT_SEC,
+    BackgroundStarted, ExecRequest, ExecResult, KillSignal, OutputEncoding, ProcessList,
+    DEFAULT_EXEC_TIMEOUT_SEC,
 };
-use wrenn_types::error::AgentErrorCode;
 
-use crate::processes::{self, ProcEvent, Sink};
-use crate::server::{json_rejection, ApiError, SharedState};
-use crate::spawn::{self, ChildIo, SpawnSpec};
+use crate::error::{json_rejection, ApiError};
+use crate::launch::{launch, KillOnDrop, STREAM_CHUNK};
+use crate::processes::{ProcEvent, ProcessError, Sink};
+use crate::spawn;
+use crate::state::SharedState;
 use crate::sys;
 
 /// Each of stdout and stderr of a foreground run is capped at this; the rest is dropped.
@@ -26,83 +29,6 @@ pub const OUTPUT_CAP: usize = 16 * 1024 * 1024;
 pub const TIMEOUT_EXIT_CODE: i32 = 124;
 /// Read size of foreground pipes.
 const FOREGROUND_CHUNK: usize = 64 * 1024;
-/// Read size of streamed pipes: a JSON frame of it stays under 64 KiB even fully escaped.
-pub const STREAM_CHUNK: usize = 8 * 1024;
-
-/// Spawns `spec` on pipes, tracks it, and pumps its output into `sink`. Returns the pid.
-pub fn launch(
-    state: &SharedState,
-    spec: &SpawnSpec,
-    tag: Option<String>,
-    sink: Sink,
-    chunk: usize,
-) -> Result<u32, ApiError> {
-    let mut spawned = spawn::spawn(&state.reaper, spec, ChildIo::Pipes)?;
-    let pid = spawned.pid;
-    let pipes = spawned
-        .child
-        .stdout
-        .take()
-        .zip(spawned.child.stderr.take())
-        .ok_or_else(|| ApiError::new(AgentErrorCode::Internal, "child has no pipes"))
-        .and_then(|(o, e)| {
-            let o = pipe::Receiver::from_owned_fd(o.into());
-            let e = pipe::Receiver::from_owned_fd(e.into());
-            o.and_then(|o| e.map(|e| (o, e))).map_err(|e| {
-                ApiError::new(AgentErrorCode::Internal, format!("cannot watch pipes: {e}"))
-            })
-        });
-    let events = match &sink {
-        Sink::Broadcast(tx) => Some(tx.clone()),
-        Sink::Direct(_) => None,
-    };
-    let tracked = pipes.and_then(|pipes| {
-        state
-            .procs
-            .insert(pid, tag, &spec.cmd, &spec.args, events)
-            .map(|()| pipes)
-    });
-    let (stdout, stderr) = match tracked {
-        Ok(p) => p,
-        Err(e) => {
-            // The exit status still arrives at the reaper, which drops it with the receiver.
-            let _ = sys::kill_group(pid, libc::SIGKILL);
-            return Err(e);
-        }
-    };
-    let state = SharedState::clone(state);
-    tokio::spawn(async move {
-        processes::pump(&state.procs, pid, stdout, stderr, spawned.exit, sink, chunk).await;
-    });
-    Ok(pid)
-}
-
-/// Kills a process group when dropped while armed (a foreground request whose client left).
-#[derive(Debug)]
-pub struct KillOnDrop {
-    /// The group.
-    pub pid: u32,
-    /// Whether to kill.
-    pub armed: bool,
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = sys::kill_group(self.pid, libc::SIGKILL);
-        }
-    }
-}
-
-fn spec_of(req: &ExecRequest) -> SpawnSpec {
-    SpawnSpec {
-        cmd: req.cmd.clone(),
-        args: req.args.clone(),
-        envs: req.envs.clone(),
-        cwd: req.cwd.clone(),
-        user: req.user.clone(),
-    }
-}
 
 /// `POST /exec`.
 pub async fn exec(
@@ -110,7 +36,7 @@ pub async fn exec(
     req: Result<Json<ExecRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = req.map_err(json_rejection)?;
-    if req.cmd.is_empty() {
+    if req.process.cmd.is_empty() {
         return Err(ApiError::invalid("cmd is required"));
     }
     if req.background {
@@ -119,12 +45,12 @@ pub async fn exec(
             _ => spawn::new_tag("proc-"),
         };
         if state.procs.tag_in_use(&tag) {
-            return Err(processes::tag_taken(&tag));
+            return Err(ProcessError::TagTaken { tag }.into());
         }
         let (tx, _) = broadcast::channel(1024);
         let pid = launch(
             &state,
-            &spec_of(&req),
+            &req.process,
             Some(tag.clone()),
             Sink::Broadcast(tx),
             STREAM_CHUNK,
@@ -145,7 +71,7 @@ async fn foreground(state: &SharedState, req: &ExecRequest) -> Result<ExecResult
     let (tx, mut rx) = mpsc::channel(64);
     let pid = launch(
         state,
-        &spec_of(req),
+        &req.process,
         None,
         Sink::Direct(tx),
         FOREGROUND_CHUNK,
@@ -184,6 +110,30 @@ async fn foreground(state: &SharedState, req: &ExecRequest) -> Result<ExecResult
         encoding,
         timed_out,
     })
+}
+
+/// `GET /processes`.
+pub async fn processes(State(state): State<SharedState>) -> Json<ProcessList> {
+    Json(state.procs.list())
+}
+
+/// The query of `DELETE /processes/{selector}`.
+#[derive(Debug, Deserialize)]
+pub struct KillQuery {
+    signal: Option<String>,
+}
+
+/// `DELETE /processes/{selector}?signal=`.
+pub async fn kill(
+    State(state): State<SharedState>,
+    Path(selector): Path<String>,
+    query: Result<Query<KillQuery>, QueryRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let signal = KillSignal::from_query(query.signal.as_deref())
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    state.procs.kill(&selector, signal)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 fn append_capped(buf: &mut Vec<u8>, chunk: &[u8]) {

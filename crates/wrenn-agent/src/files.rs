@@ -24,7 +24,7 @@ use wrenn_types::files::{
     EntryResponse, FileEntry, FileType, ListRequest, ListResponse, PathRequest,
 };
 
-use crate::server::{json_rejection, ApiError};
+use crate::error::{json_rejection, ApiError};
 use crate::users::Names;
 
 /// Read chunk size of streamed downloads.

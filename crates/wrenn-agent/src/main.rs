@@ -2,22 +2,34 @@
 //! (see `wrenn_types::agent`) over a unix socket.
 //!
 //! Run with: `wrenn-agent --listen-fd 3 [--seccomp /.wrenn/seccomp.bpf]` (in a capsule: the
-//! runtime binds the socket on a host-only path and hands the listening socket over as fd 3), or
-//! `wrenn-agent --socket PATH [--seccomp FILE]` (the agent binds `PATH` itself; host-run tests).
+//! runtime binds the socket on a host-only path and hands the listening socket over as fd 3),
+//! `wrenn-agent --socket PATH [--seccomp FILE]` (the agent binds `PATH` itself; host-run tests),
+//! or `wrenn-agent --listen-vsock PORT` (in a microVM; it may be given beside either of the
+//! others).
 //!
 //! Startup order matters: the process-wide `prctl`s and the seccomp filter are installed while
 //! the process still has a single thread, so every runtime thread and every child inherits them.
 
+// Raw syscalls, and with them every `unsafe` block, live in `sys` only.
+#![deny(unsafe_code)]
+
+mod error;
 mod exec;
 mod files;
+mod health;
+mod launch;
 mod processes;
 mod pty;
 mod reaper;
 mod server;
 mod spawn;
+mod state;
 mod stream;
+#[allow(unsafe_code)]
 mod sys;
 mod users;
+mod vsock;
+mod ws;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -26,11 +38,18 @@ use std::sync::Arc;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 
-const USAGE: &str = "usage: wrenn-agent (--listen-fd N | --socket PATH) [--seccomp FILE]
+use crate::error::error_chain;
+use crate::state::AppState;
 
-  --listen-fd N    serve on the already listening unix socket inherited as fd N
-  --socket PATH    bind a unix socket at PATH (a stale file there is replaced)
-  --seccomp FILE   install this classic BPF program (raw sock_filter array) before serving";
+const USAGE: &str =
+    "usage: wrenn-agent [--listen-fd N | --socket PATH] [--listen-vsock PORT] [--seccomp FILE]
+
+  --listen-fd N        serve on the already listening unix socket inherited as fd N
+  --socket PATH        bind a unix socket at PATH (a stale file there is replaced)
+  --listen-vsock PORT  also (or only) serve on this AF_VSOCK port, any local context id
+  --seccomp FILE       install this classic BPF program (raw sock_filter array) before serving
+
+At least one of --listen-fd, --socket and --listen-vsock is required.";
 
 /// Where the agent serves.
 #[derive(Debug, PartialEq, Eq)]
@@ -43,12 +62,16 @@ enum Listen {
 
 #[derive(Debug)]
 struct Args {
-    listen: Listen,
+    /// The unix socket, if any.
+    listen: Option<Listen>,
+    /// The vsock port, if any.
+    vsock: Option<u32>,
     seccomp: Option<PathBuf>,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut listen = None;
+    let mut vsock = None;
     let mut seccomp = None;
     while let Some(arg) = args.next() {
         let (key, inline) = match arg.split_once('=') {
@@ -75,14 +98,27 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                     .ok_or_else(|| format!("--listen-fd needs a fd number >= 3, got {v:?}"))?;
                 listen = Some(Listen::Fd(fd));
             }
+            "--listen-vsock" => {
+                let v = value()?;
+                let port = v
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|p| *p != u32::MAX)
+                    .ok_or_else(|| format!("--listen-vsock needs a port number, got {v:?}"))?;
+                vsock = Some(port);
+            }
             "--seccomp" => seccomp = Some(PathBuf::from(value()?)),
             "-h" | "--help" => return Err(String::new()),
             "-V" | "--version" => return Err(format!("wrenn-agent {}", env!("CARGO_PKG_VERSION"))),
             other => return Err(format!("unknown argument: {other}")),
         }
     }
+    if listen.is_none() && vsock.is_none() {
+        return Err("one of --listen-fd, --socket and --listen-vsock is required".into());
+    }
     Ok(Args {
-        listen: listen.ok_or("one of --listen-fd and --socket is required")?,
+        listen,
+        vsock,
         seccomp,
     })
 }
@@ -105,17 +141,6 @@ fn harden(args: &Args) -> Result<(), String> {
         })?;
     }
     Ok(())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(c) = source {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        source = c.source();
-    }
-    s
 }
 
 fn main() -> ExitCode {
@@ -144,14 +169,14 @@ fn main() -> ExitCode {
     };
     // Claim the inherited listener first: mark it close-on-exec before anything can fork.
     let inherited = match args.listen {
-        Listen::Fd(fd) => match sys::adopt_listener(fd) {
+        Some(Listen::Fd(fd)) => match sys::adopt_listener(fd) {
             Ok(l) => Some(l),
             Err(e) => {
                 eprintln!("wrenn-agent: --listen-fd: {}", error_chain(&e));
                 return ExitCode::FAILURE;
             }
         },
-        Listen::Socket(_) => None,
+        Some(Listen::Socket(_)) | None => None,
     };
     if let Err(msg) = harden(&args) {
         eprintln!("wrenn-agent: {msg}");
@@ -196,27 +221,53 @@ async fn serve(
     args: Args,
     inherited: Option<std::os::unix::net::UnixListener>,
 ) -> Result<(), String> {
-    let state = Arc::new(server::AppState::default());
+    let state = Arc::new(AppState::default());
     state
         .reaper
         .start()
         .map_err(|e| format!("cannot watch SIGCHLD: {e}"))?;
     let (listener, socket) = match (&args.listen, inherited) {
-        (Listen::Socket(path), _) => (bind(path)?, Some(path.clone())),
-        (Listen::Fd(fd), Some(l)) => (
-            UnixListener::from_std(l).map_err(|e| format!("cannot serve on fd {fd}: {e}"))?,
+        (Some(Listen::Socket(path)), _) => (Some(bind(path)?), Some(path.clone())),
+        (Some(Listen::Fd(fd)), Some(l)) => (
+            Some(UnixListener::from_std(l).map_err(|e| format!("cannot serve on fd {fd}: {e}"))?),
             None,
         ),
-        (Listen::Fd(fd), None) => return Err(format!("fd {fd} was not adopted")),
+        (Some(Listen::Fd(fd)), None) => return Err(format!("fd {fd} was not adopted")),
+        (None, _) => (None, None),
+    };
+    let vsock = match args.vsock {
+        Some(port) => Some(
+            vsock::VsockListener::bind(port)
+                .map_err(|e| format!("cannot listen on vsock port {port}: {e}"))?,
+        ),
+        None => None,
     };
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
     let mut sigint =
         signal(SignalKind::interrupt()).map_err(|e| format!("cannot watch SIGINT: {e}"))?;
-    tracing::info!(listen = ?args.listen, version = env!("CARGO_PKG_VERSION"), "agent serving");
+    tracing::info!(
+        listen = ?args.listen,
+        vsock = ?args.vsock,
+        version = env!("CARGO_PKG_VERSION"),
+        "agent serving"
+    );
     let app = server::app(Arc::clone(&state));
+    let serve_unix = async {
+        match listener {
+            Some(l) => axum::serve(l, app.clone()).await,
+            None => std::future::pending().await,
+        }
+    };
+    let serve_vsock = async {
+        match vsock {
+            Some(l) => axum::serve(l, app.clone()).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
-        r = axum::serve(listener, app) => r.map_err(|e| format!("server failed: {e}"))?,
+        r = serve_unix => r.map_err(|e| format!("server failed: {e}"))?,
+        r = serve_vsock => r.map_err(|e| format!("vsock server failed: {e}"))?,
         _ = sigterm.recv() => {}
         _ = sigint.recv() => {}
     }
@@ -243,11 +294,18 @@ mod tests {
     #[test]
     fn parses_arguments() {
         let a = parse(&["--socket", "/s", "--seccomp=/f"]).expect("valid");
-        assert_eq!(a.listen, Listen::Socket(PathBuf::from("/s")));
+        assert_eq!(a.listen, Some(Listen::Socket(PathBuf::from("/s"))));
         assert_eq!(a.seccomp, Some(PathBuf::from("/f")));
+        assert_eq!(a.vsock, None);
         let a = parse(&["--listen-fd=3"]).expect("valid");
-        assert_eq!(a.listen, Listen::Fd(3));
+        assert_eq!(a.listen, Some(Listen::Fd(3)));
         assert_eq!(a.seccomp, None);
+        let a = parse(&["--listen-vsock", "1024"]).expect("valid");
+        assert_eq!((a.listen, a.vsock), (None, Some(1024)));
+        let a = parse(&["--listen-fd", "3", "--listen-vsock=52"]).expect("valid");
+        assert_eq!((a.listen, a.vsock), (Some(Listen::Fd(3)), Some(52)));
+        assert!(parse(&["--listen-vsock", "x"]).is_err());
+        assert!(parse(&["--listen-vsock", "4294967295"]).is_err());
         assert!(parse(&[]).is_err());
         assert!(parse(&["--socket"]).is_err());
         assert!(parse(&["--socket", "/s", "--bogus"]).is_err());

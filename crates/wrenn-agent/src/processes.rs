@@ -18,12 +18,55 @@ use wrenn_types::agent::{KillSignal, ProcessInfo, ProcessList};
 use wrenn_types::error::AgentErrorCode;
 
 use crate::reaper::ExitReceiver;
-use crate::server::ApiError;
 use crate::sys;
 
 /// How long output is still collected after the process exited, for pipes that a detached
 /// grandchild keeps open.
 const DRAIN_GRACE: Duration = Duration::from_millis(300);
+
+/// A process-table operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// No tracked process has this pid or tag.
+    #[error("process not found: {selector}")]
+    NotFound {
+        /// The decimal pid or tag asked for.
+        selector: String,
+    },
+    /// A running process carries the tag already.
+    #[error("a running process already has tag {tag}")]
+    TagTaken {
+        /// The tag.
+        tag: String,
+    },
+    /// The process has no broadcast of its output (only background processes do).
+    #[error("process {selector} has no output stream (not a background process)")]
+    NoOutputStream {
+        /// The decimal pid or tag asked for.
+        selector: String,
+    },
+    /// `kill(2)` failed for another reason than the group being gone.
+    #[error("cannot signal process {pid}")]
+    Signal {
+        /// The process group.
+        pid: u32,
+        /// Cause.
+        #[source]
+        source: nix::errno::Errno,
+    },
+}
+
+impl ProcessError {
+    /// The agent error code of this failure.
+    pub fn code(&self) -> AgentErrorCode {
+        match self {
+            Self::NotFound { .. } => AgentErrorCode::NotFound,
+            Self::TagTaken { .. } => AgentErrorCode::AlreadyExists,
+            Self::NoOutputStream { .. } => AgentErrorCode::InvalidRequest,
+            Self::Signal { .. } => AgentErrorCode::Internal,
+        }
+    }
+}
 
 /// Output and exit of one process.
 #[derive(Debug, Clone)]
@@ -68,11 +111,11 @@ impl ProcessTable {
         cmd: &str,
         args: &[String],
         events: Option<broadcast::Sender<ProcEvent>>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), ProcessError> {
         let mut inner = self.lock();
         if let Some(tag) = &tag {
             if inner.values().any(|t| t.tag.as_ref() == Some(tag)) {
-                return Err(tag_taken(tag));
+                return Err(ProcessError::TagTaken { tag: tag.clone() });
             }
         }
         inner.insert(
@@ -131,15 +174,12 @@ impl ProcessTable {
     }
 
     /// Signals the process group of the process selected by decimal pid or tag.
-    pub fn kill(&self, selector: &str, signal: KillSignal) -> Result<u32, ApiError> {
+    pub fn kill(&self, selector: &str, signal: KillSignal) -> Result<u32, ProcessError> {
         let pid = Self::find(&self.lock(), selector).ok_or_else(|| unknown(selector))?;
         match sys::kill_group(pid, signal.number()) {
             // Already gone, only not yet reaped and untracked.
             Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(pid),
-            Err(e) => Err(ApiError::new(
-                AgentErrorCode::Internal,
-                format!("cannot signal process {pid}: {e}"),
-            )),
+            Err(source) => Err(ProcessError::Signal { pid, source }),
         }
     }
 
@@ -147,32 +187,22 @@ impl ProcessTable {
     pub fn subscribe(
         &self,
         selector: &str,
-    ) -> Result<(u32, broadcast::Receiver<ProcEvent>), ApiError> {
+    ) -> Result<(u32, broadcast::Receiver<ProcEvent>), ProcessError> {
         let inner = self.lock();
         let pid = Self::find(&inner, selector).ok_or_else(|| unknown(selector))?;
         match inner.get(&pid).and_then(|t| t.events.as_ref()) {
             Some(events) => Ok((pid, events.subscribe())),
-            None => Err(ApiError::new(
-                AgentErrorCode::InvalidRequest,
-                format!("process {selector} has no output stream (not a background process)"),
-            )),
+            None => Err(ProcessError::NoOutputStream {
+                selector: selector.to_string(),
+            }),
         }
     }
 }
 
-fn unknown(selector: &str) -> ApiError {
-    ApiError::new(
-        AgentErrorCode::NotFound,
-        format!("process not found: {selector}"),
-    )
-}
-
-/// The `already_exists` error of a taken tag.
-pub fn tag_taken(tag: &str) -> ApiError {
-    ApiError::new(
-        AgentErrorCode::AlreadyExists,
-        format!("a running process already has tag {tag}"),
-    )
+fn unknown(selector: &str) -> ProcessError {
+    ProcessError::NotFound {
+        selector: selector.to_string(),
+    }
 }
 
 /// Where a pump sends output.

@@ -28,13 +28,14 @@ use bytes::Bytes;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use wrenn_types::error::AgentErrorCode;
-use wrenn_types::stream::{PtyClientMessage, PtyServerMessage};
+use wrenn_types::stream::{PtyClientMessage, PtyServerMessage, PtyStart, PTY_FIRST_MESSAGE_ERROR};
 
+use crate::error::ApiError;
 use crate::reaper::ExitReceiver;
-use crate::server::{ApiError, SharedState};
-use crate::spawn::{self, ChildIo, SpawnSpec};
-use crate::stream::{close, next_text, send_json, FIRST_MESSAGE_TIMEOUT, PING_PERIOD};
+use crate::spawn::{self, ChildIo};
+use crate::state::SharedState;
 use crate::sys;
+use crate::ws::{close, first_text, send_json, PING_PERIOD};
 
 /// Output kept for replay on re-attach.
 pub const RING_BYTES: usize = 64 * 1024;
@@ -46,8 +47,6 @@ const EXIT_GRACE: Duration = Duration::from_millis(200);
 pub const INPUT_QUEUE_BYTES: usize = 1024 * 1024;
 /// Non-fatal error sent when input starts being dropped.
 const INPUT_DROPPED: &str = "input dropped: the program is not reading its terminal";
-/// Error of a bad first message.
-const FIRST_MESSAGE_ERROR: &str = "first message must be type 'start' or 'connect'";
 
 #[derive(Debug)]
 enum PtyOut {
@@ -203,27 +202,21 @@ impl PtyTable {
     }
 }
 
-fn start_session(state: &SharedState, msg: PtyClientMessage) -> Result<Arc<PtySession>, ApiError> {
-    let PtyClientMessage::Start {
-        cmd,
-        args,
-        mut envs,
-        cwd,
-        user,
+fn start_session(state: &SharedState, start: PtyStart) -> Result<Arc<PtySession>, ApiError> {
+    let PtyStart {
+        process: mut spec,
         cols,
         rows,
-    } = msg
-    else {
-        return Err(ApiError::invalid(FIRST_MESSAGE_ERROR));
-    };
-    let cmd = if !cmd.is_empty() {
-        cmd
-    } else if std::path::Path::new("/bin/bash").exists() {
-        "/bin/bash".to_string()
-    } else {
-        "/bin/sh".to_string()
-    };
-    envs.entry("TERM".to_string())
+    } = start;
+    if spec.cmd.is_empty() {
+        spec.cmd = if std::path::Path::new("/bin/bash").exists() {
+            "/bin/bash".to_string()
+        } else {
+            "/bin/sh".to_string()
+        };
+    }
+    spec.envs
+        .entry("TERM".to_string())
         .or_insert_with(|| "xterm-256color".to_string());
     let (cols, rows) = (
         if cols == 0 { 80 } else { cols },
@@ -233,21 +226,10 @@ fn start_session(state: &SharedState, msg: PtyClientMessage) -> Result<Arc<PtySe
         ApiError::new(AgentErrorCode::Internal, format!("cannot {what}: {e}"))
     };
     let (master, slave) = sys::open_pty(cols, rows).map_err(|e| internal("open pty", e))?;
-    let spec = SpawnSpec {
-        cmd,
-        args,
-        envs,
-        cwd,
-        user,
-    };
     let spawned = spawn::spawn(&state.reaper, &spec, ChildIo::Pty(slave))?;
     let pid = spawned.pid;
     let master = sys::set_nonblocking(master.as_fd())
-        .and_then(|()| {
-            // SAFETY: `master` is an open OwnedFd moved into the AsyncFd, which owns it until it
-            // is dropped; `OwnedFd::as_raw_fd` always returns that same descriptor.
-            unsafe { AsyncFd::register(master) }.map_err(io::Error::from)
-        })
+        .and_then(|()| sys::async_fd(master))
         .map_err(|e| {
             let _ = sys::kill_group(pid, libc::SIGKILL);
             internal("watch pty", e)
@@ -351,13 +333,11 @@ async fn fatal(socket: &mut WebSocket, data: String) {
 }
 
 async fn run_pty(state: SharedState, mut socket: WebSocket) {
-    let first = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, next_text(&mut socket))
+    let first = first_text(&mut socket)
         .await
-        .ok()
-        .flatten()
         .and_then(|t| serde_json::from_str::<PtyClientMessage>(&t).ok());
     let session = match first {
-        Some(msg @ PtyClientMessage::Start { .. }) => match start_session(&state, msg) {
+        Some(PtyClientMessage::Start(start)) => match start_session(&state, start) {
             Ok(s) => s,
             Err(e) => return fatal(&mut socket, e.message).await,
         },
@@ -368,7 +348,7 @@ async fn run_pty(state: SharedState, mut socket: WebSocket) {
             Some(s) => s,
             None => return fatal(&mut socket, format!("pty session not found: {tag}")).await,
         },
-        _ => return fatal(&mut socket, FIRST_MESSAGE_ERROR.to_string()).await,
+        _ => return fatal(&mut socket, PTY_FIRST_MESSAGE_ERROR.to_string()).await,
     };
     let Some((id, mut rx, replay)) = session.attach() else {
         return fatal(

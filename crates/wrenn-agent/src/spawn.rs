@@ -4,12 +4,11 @@
 //! in the parent before the fork; the child only runs [`sys::child_setup`]. Every child leads its
 //! own session and process group, so kills and deadlines hit all its descendants.
 
-use std::collections::BTreeMap;
 use std::io;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+use wrenn_types::agent::ProcessSpec;
 use wrenn_types::error::AgentErrorCode;
 
 use crate::reaper::{ExitReceiver, Reaper};
@@ -18,21 +17,6 @@ use crate::users::{self, ResolveUserError};
 
 /// `PATH` every process starts with.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// What to run.
-#[derive(Debug, Clone, Default)]
-pub struct SpawnSpec {
-    /// Program (path or name looked up in `PATH`).
-    pub cmd: String,
-    /// Arguments.
-    pub args: Vec<String>,
-    /// Extra environment on top of the defaults.
-    pub envs: BTreeMap<String, String>,
-    /// Working directory; default the user's home, or `/`.
-    pub cwd: Option<String>,
-    /// User name or uid; default root.
-    pub user: Option<String>,
-}
 
 /// Starting a process failed.
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +115,7 @@ pub struct Spawned {
 }
 
 /// Starts `spec` with `io`, registered with `reaper`.
-pub fn spawn(reaper: &Reaper, spec: &SpawnSpec, io: ChildIo) -> Result<Spawned, SpawnError> {
+pub fn spawn(reaper: &Reaper, spec: &ProcessSpec, io: ChildIo) -> Result<Spawned, SpawnError> {
     if spec.cmd.is_empty() {
         return Err(SpawnError::MissingCmd);
     }
@@ -194,12 +178,7 @@ pub fn spawn(reaper: &Reaper, spec: &SpawnSpec, io: ChildIo) -> Result<Spawned, 
                 .stderr(Stdio::from(err));
         }
     }
-    // SAFETY: `child_setup` only calls async-signal-safe functions (setsid, ioctl TIOCSCTTY,
-    // setgroups, setgid, setuid) on data allocated before the fork, as required after fork in
-    // a multi-threaded process.
-    unsafe {
-        cmd.pre_exec(move || sys::child_setup(&setup));
-    }
+    sys::set_child_setup(&mut cmd, setup);
     // `cmd` (and with it the PTY slave copies) is dropped at the end of this function, so the
     // parent keeps no slave fd and the master sees EIO once the session's processes are gone.
     let (child, exit) = reaper

@@ -5,26 +5,18 @@
 //! or `error` {data} → close. The socket is read all along, so pings are answered and a client
 //! close is noticed (which kills an exec stream's process group).
 
-use std::time::Duration;
-
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::response::Response;
 use tokio::sync::{broadcast, mpsc};
-use wrenn_types::stream::{ExecStreamRequest, StreamEvent};
+use wrenn_types::stream::{ExecStreamRequest, StreamEvent, EXEC_FIRST_MESSAGE_ERROR};
 
-use crate::exec::{launch, KillOnDrop, STREAM_CHUNK};
+use crate::error::ApiError;
+use crate::launch::{launch, KillOnDrop, STREAM_CHUNK};
 use crate::processes::{ProcEvent, Sink};
-use crate::server::SharedState;
-use crate::spawn::SpawnSpec;
+use crate::state::SharedState;
 use crate::sys;
-
-/// Error of a bad first `exec/stream` message.
-pub const FIRST_MESSAGE_ERROR: &str = "first message must be type 'start' with a 'cmd' field";
-/// How long a client may take to send its first message.
-pub const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Keepalive period of WebSocket pings.
-pub const PING_PERIOD: Duration = Duration::from_secs(30);
+use crate::ws::{close, first_text, send_json, PING_PERIOD};
 
 /// Decodes a byte stream to UTF-8 text, carrying a sequence split across chunks to the next.
 #[derive(Debug, Default)]
@@ -66,38 +58,9 @@ impl Utf8Carry {
     }
 }
 
-/// Sends one JSON text frame.
-pub async fn send_json<T: serde::Serialize>(socket: &mut WebSocket, msg: &T) -> bool {
-    match serde_json::to_string(msg) {
-        Ok(text) => socket.send(Message::Text(text.into())).await.is_ok(),
-        Err(_) => false,
-    }
-}
-
-/// Sends a normal close frame (1000); errors are irrelevant at that point.
-pub async fn close(socket: &mut WebSocket) {
-    let _ = socket
-        .send(Message::Close(Some(CloseFrame {
-            code: 1000,
-            reason: "".into(),
-        })))
-        .await;
-}
-
 async fn fail(socket: &mut WebSocket, data: String) {
     send_json(socket, &StreamEvent::Error { data }).await;
     close(socket).await;
-}
-
-/// The next text frame, skipping control frames; `None` for anything else.
-pub async fn next_text(socket: &mut WebSocket) -> Option<String> {
-    loop {
-        match socket.recv().await {
-            Some(Ok(Message::Text(t))) => return Some(t.to_string()),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            _ => return None,
-        }
-    }
 }
 
 /// Output decoders of both streams.
@@ -160,30 +123,15 @@ pub async fn exec_stream(State(state): State<SharedState>, ws: WebSocketUpgrade)
 }
 
 async fn run_exec_stream(state: SharedState, mut socket: WebSocket) {
-    let first = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, next_text(&mut socket))
-        .await
-        .ok()
-        .flatten();
+    let first = first_text(&mut socket).await;
     let spec = match first.map(|t| serde_json::from_str::<ExecStreamRequest>(&t)) {
-        Some(Ok(ExecStreamRequest::Start {
-            cmd,
-            args,
-            envs,
-            cwd,
-            user,
-        })) if !cmd.is_empty() => SpawnSpec {
-            cmd,
-            args,
-            envs,
-            cwd,
-            user,
-        },
-        _ => return fail(&mut socket, FIRST_MESSAGE_ERROR.to_string()).await,
+        Some(Ok(ExecStreamRequest::Start(spec))) if !spec.cmd.is_empty() => spec,
+        _ => return fail(&mut socket, EXEC_FIRST_MESSAGE_ERROR.to_string()).await,
     };
     let (tx, mut rx) = mpsc::channel(64);
     let pid = match launch(&state, &spec, None, Sink::Direct(tx), STREAM_CHUNK) {
         Ok(pid) => pid,
-        Err(e) => return fail(&mut socket, e.message).await,
+        Err(e) => return fail(&mut socket, ApiError::from(e).message).await,
     };
     let mut guard = KillOnDrop { pid, armed: true };
     if !send_json(&mut socket, &StreamEvent::Start { pid }).await {
@@ -234,7 +182,7 @@ pub async fn attach(
 async fn run_attach(state: SharedState, selector: String, mut socket: WebSocket) {
     let (pid, mut rx) = match state.procs.subscribe(&selector) {
         Ok(s) => s,
-        Err(e) => return fail(&mut socket, e.message).await,
+        Err(e) => return fail(&mut socket, ApiError::from(e).message).await,
     };
     if !send_json(&mut socket, &StreamEvent::Start { pid }).await {
         return;

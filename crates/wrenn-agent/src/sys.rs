@@ -346,6 +346,54 @@ pub unsafe fn child_setup(setup: &ChildSetup) -> io::Result<()> {
     Ok(())
 }
 
+/// A non-blocking `AF_VSOCK` stream socket listening on `port` of every local context id.
+pub fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
+    use nix::sys::socket::VsockAddr;
+    use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType};
+
+    let fd = socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    bind(fd.as_raw_fd(), &VsockAddr::new(libc::VMADDR_CID_ANY, port))?;
+    listen(&fd, Backlog::new(128).unwrap_or(Backlog::MAXCONN))?;
+    Ok(fd)
+}
+
+/// Accepts one connection on a listening socket, non-blocking and close-on-exec.
+pub fn accept_nonblocking(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{accept4, SockFlag};
+    use std::os::fd::FromRawFd;
+
+    let fd = accept4(
+        listener.as_raw_fd(),
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+    )?;
+    // SAFETY: accept4(2) just returned `fd`, a new descriptor that nothing else refers to, so
+    // the OwnedFd is its only owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Registers an owned, non-blocking descriptor with the tokio reactor.
+pub fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: `fd` is an open OwnedFd moved into the AsyncFd, which owns it until it is
+    // dropped; `OwnedFd::as_raw_fd` always returns that same descriptor.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(io::Error::from)
+}
+
+/// Makes `cmd` run [`child_setup`] with `setup` between fork and exec.
+pub fn set_child_setup(cmd: &mut std::process::Command, setup: ChildSetup) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: `child_setup` only calls async-signal-safe functions (setsid, ioctl TIOCSCTTY,
+    // setgroups, setgid, setuid) on data allocated before the fork, as required after fork in
+    // a multi-threaded process.
+    unsafe {
+        cmd.pre_exec(move || child_setup(&setup));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

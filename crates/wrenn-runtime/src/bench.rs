@@ -87,7 +87,10 @@ pub async fn bench_runtime_with_disk(
     let (mut create, mut exec, mut freeze, mut thaw, mut destroy) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let req = ExecRequest {
-        cmd: "true".into(),
+        process: wrenn_types::agent::ProcessSpec {
+            cmd: "true".into(),
+            ..Default::default()
+        },
         ..Default::default()
     };
     for i in 0..n {

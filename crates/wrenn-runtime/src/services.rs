@@ -11,7 +11,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use wrenn_agent_client::{AgentClient, ExecOutcome};
-use wrenn_types::agent::ExecRequest;
+use wrenn_types::agent::{ExecRequest, ProcessSpec};
 
 use crate::templates::{Probe, RunConfig, Service};
 use crate::RuntimeError;
@@ -60,13 +60,15 @@ where
     let mut envs: BTreeMap<String, String> = run.env.clone();
     envs.extend(svc.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     let req = ExecRequest {
-        cmd: svc.cmd.clone(),
-        args: svc.args.clone(),
+        process: ProcessSpec {
+            cmd: svc.cmd.clone(),
+            args: svc.args.clone(),
+            envs: envs.clone(),
+            cwd: svc.cwd.clone(),
+            user: svc.user.clone().or_else(|| run.user.clone()),
+        },
         background: true,
-        envs: envs.clone(),
-        cwd: svc.cwd.clone(),
         tag: Some(svc.tag()),
-        user: svc.user.clone().or_else(|| run.user.clone()),
         ..Default::default()
     };
     match agent.exec(&req).await {
@@ -86,7 +88,7 @@ where
                 port_open(*port).await
             }
             Probe::Command(argv) => {
-                let (ok, why) = command_probe(agent, argv, &envs, &req.user).await;
+                let (ok, why) = command_probe(agent, argv, &envs, &req.process.user).await;
                 last = why;
                 ok
             }
@@ -114,11 +116,14 @@ async fn command_probe(
     user: &Option<String>,
 ) -> (bool, String) {
     let req = ExecRequest {
-        cmd: argv[0].clone(),
-        args: argv[1..].to_vec(),
+        process: ProcessSpec {
+            cmd: argv[0].clone(),
+            args: argv[1..].to_vec(),
+            envs: envs.clone(),
+            cwd: None,
+            user: user.clone(),
+        },
         timeout_sec: Some(PROBE_COMMAND_TIMEOUT_SEC),
-        envs: envs.clone(),
-        user: user.clone(),
         ..Default::default()
     };
     match agent.exec(&req).await {

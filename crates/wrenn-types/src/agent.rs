@@ -21,6 +21,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -104,42 +105,75 @@ impl From<&str> for AgentEndpoint {
 /// Default foreground deadline when `timeout_sec` is absent or 0.
 pub const DEFAULT_EXEC_TIMEOUT_SEC: u64 = 30;
 
-/// `GET /health`.
+/// `GET /health`: the agent is up, and what it sees of its guest.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Health {
     /// Always `ok`.
     pub status: String,
     /// Agent version.
     pub version: String,
+    /// The guest kernel's release (`uname -r` inside the capsule); absent from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_version: Option<String>,
 }
 
-/// `POST /exec` (contract §6.1 plus `user`).
+/// What to run: shared by `POST /exec` ([`ExecRequest`]), `exec/stream` start
+/// ([`crate::stream::ExecStreamRequest::Start`]) and PTY start ([`crate::stream::PtyStart`]),
+/// each of which embeds it flattened, so the fields sit at the top level of their JSON.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ExecRequest {
+pub struct ProcessSpec {
     /// Program (a path, or a name looked up in `PATH`).
     #[serde(default)]
     pub cmd: String,
     /// Arguments.
     #[serde(default)]
     pub args: Vec<String>,
-    /// Detach and track under `tag`.
-    #[serde(default)]
-    pub background: bool,
-    /// Foreground deadline in seconds; absent or 0 → [`DEFAULT_EXEC_TIMEOUT_SEC`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout_sec: Option<u64>,
     /// Extra environment, on top of the agent's defaults (PATH, HOME, ...).
     #[serde(default)]
     pub envs: BTreeMap<String, String>,
     /// Working directory; default the user's home.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
-    /// Background tag; default `proc-` + 8 hex. Ignored for foreground.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tag: Option<String>,
     /// User name or numeric uid; default root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+}
+
+impl ProcessSpec {
+    /// `cmd` with `args`, everything else default.
+    pub fn new(cmd: impl Into<String>, args: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self {
+            cmd: cmd.into(),
+            args: args.into_iter().map(Into::into).collect(),
+            ..Self::default()
+        }
+    }
+}
+
+/// `POST /exec` (contract §6.1 plus `user`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExecRequest {
+    /// What to run.
+    #[serde(flatten)]
+    pub process: ProcessSpec,
+    /// Detach and track under `tag`.
+    #[serde(default)]
+    pub background: bool,
+    /// Foreground deadline in seconds; absent or 0 → [`DEFAULT_EXEC_TIMEOUT_SEC`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_sec: Option<u64>,
+    /// Background tag; default `proc-` + 8 hex. Ignored for foreground.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+impl From<ProcessSpec> for ExecRequest {
+    fn from(process: ProcessSpec) -> Self {
+        Self {
+            process,
+            ..Self::default()
+        }
+    }
 }
 
 /// How `stdout`/`stderr` of an [`ExecResult`] are encoded.
@@ -213,13 +247,24 @@ pub enum KillSignal {
     Term,
 }
 
+/// A signal name [`KillSignal`] does not know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownSignal(pub String);
+
+impl fmt::Display for UnknownSignal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid signal {:?}, want SIGKILL or SIGTERM", self.0)
+    }
+}
+
+impl std::error::Error for UnknownSignal {}
+
 impl KillSignal {
-    /// Parses `SIGKILL`/`SIGTERM` (also `KILL`/`TERM`, `9`/`15`).
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "SIGKILL" | "KILL" | "9" => Some(Self::Kill),
-            "SIGTERM" | "TERM" | "15" => Some(Self::Term),
-            _ => None,
+    /// The wire name, as the `signal` query parameter carries it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kill => "SIGKILL",
+            Self::Term => "SIGTERM",
         }
     }
 
@@ -228,6 +273,188 @@ impl KillSignal {
         match self {
             Self::Kill => 9,
             Self::Term => 15,
+        }
+    }
+
+    /// The `signal` query parameter of a kill: absent or empty means [`KillSignal::Kill`].
+    pub fn from_query(s: Option<&str>) -> Result<Self, UnknownSignal> {
+        match s {
+            None | Some("") => Ok(Self::default()),
+            Some(s) => s.parse(),
+        }
+    }
+}
+
+impl FromStr for KillSignal {
+    type Err = UnknownSignal;
+
+    /// Parses `SIGKILL`/`SIGTERM` (also `KILL`/`TERM`, `9`/`15`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "SIGKILL" | "KILL" | "9" => Ok(Self::Kill),
+            "SIGTERM" | "TERM" | "15" => Ok(Self::Term),
+            _ => Err(UnknownSignal(s.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for KillSignal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Pins the exact JSON of the agent's request and answer bodies.
+
+    use super::*;
+
+    #[test]
+    fn exec_request_json() {
+        let minimal = ExecRequest::default();
+        assert_eq!(
+            serde_json::to_string(&minimal).expect("encode"),
+            r#"{"cmd":"","args":[],"envs":{},"background":false}"#
+        );
+        let full = ExecRequest {
+            process: ProcessSpec {
+                cmd: "c".into(),
+                args: vec!["a".into()],
+                envs: [("K".to_string(), "V".to_string())].into(),
+                cwd: Some("/w".into()),
+                user: Some("u".into()),
+            },
+            background: true,
+            timeout_sec: Some(5),
+            tag: Some("t".into()),
+        };
+        let json = r#"{"cmd":"c","args":["a"],"envs":{"K":"V"},"cwd":"/w","user":"u","background":true,"timeout_sec":5,"tag":"t"}"#;
+        assert_eq!(serde_json::to_string(&full).expect("encode"), json);
+        let decode = |s: &str| serde_json::from_str::<ExecRequest>(s).expect("decode");
+        assert_eq!(decode(json), full);
+        // The field order before the process spec was shared, and what the SDK sends.
+        assert_eq!(
+            decode(
+                r#"{"cmd":"c","args":["a"],"background":true,"timeout_sec":5,"envs":{"K":"V"},"cwd":"/w","tag":"t","user":"u"}"#
+            ),
+            full
+        );
+        assert_eq!(
+            decode(r#"{"cmd":"ls"}"#),
+            ProcessSpec::new("ls", [""; 0]).into()
+        );
+        assert_eq!(decode("{}"), minimal);
+        assert_eq!(
+            decode(r#"{"cmd":"ls","timeout_sec":null,"tag":null,"cwd":null,"user":null}"#),
+            ProcessSpec::new("ls", [""; 0]).into()
+        );
+    }
+
+    #[test]
+    fn health_json() {
+        let old = Health {
+            status: "ok".into(),
+            version: "1".into(),
+            kernel_version: None,
+        };
+        let json = r#"{"status":"ok","version":"1"}"#;
+        assert_eq!(serde_json::to_string(&old).expect("encode"), json);
+        assert_eq!(
+            serde_json::from_str::<Health>(json).expect("old agent"),
+            old
+        );
+        let new = Health {
+            kernel_version: Some("6.1.0".into()),
+            ..old
+        };
+        let json = r#"{"status":"ok","version":"1","kernel_version":"6.1.0"}"#;
+        assert_eq!(serde_json::to_string(&new).expect("encode"), json);
+        assert_eq!(serde_json::from_str::<Health>(json).expect("decode"), new);
+    }
+
+    #[test]
+    fn exec_answers_json() {
+        let r = ExecResult {
+            stdout: "o".into(),
+            stderr: "".into(),
+            exit_code: 1,
+            duration_ms: 2,
+            encoding: OutputEncoding::Base64,
+            timed_out: false,
+        };
+        let json = r#"{"stdout":"o","stderr":"","exit_code":1,"duration_ms":2,"encoding":"base64","timed_out":false}"#;
+        assert_eq!(serde_json::to_string(&r).expect("encode"), json);
+        let older =
+            r#"{"stdout":"o","stderr":"","exit_code":1,"duration_ms":2,"encoding":"base64"}"#;
+        assert_eq!(
+            serde_json::from_str::<ExecResult>(older).expect("decode"),
+            r
+        );
+        let b = BackgroundStarted {
+            pid: 4,
+            tag: "proc-1".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&b).expect("encode"),
+            r#"{"pid":4,"tag":"proc-1"}"#
+        );
+    }
+
+    #[test]
+    fn kill_signals_parse_in_one_place() {
+        for (s, sig) in [
+            ("SIGKILL", KillSignal::Kill),
+            ("KILL", KillSignal::Kill),
+            ("9", KillSignal::Kill),
+            ("SIGTERM", KillSignal::Term),
+            ("TERM", KillSignal::Term),
+            ("15", KillSignal::Term),
+        ] {
+            assert_eq!(s.parse::<KillSignal>(), Ok(sig));
+            assert_eq!(KillSignal::from_query(Some(s)), Ok(sig));
+        }
+        assert_eq!(KillSignal::from_query(None), Ok(KillSignal::Kill));
+        assert_eq!(KillSignal::from_query(Some("")), Ok(KillSignal::Kill));
+        let e = "SIGHUP".parse::<KillSignal>().expect_err("unknown");
+        assert_eq!(
+            e.to_string(),
+            r#"invalid signal "SIGHUP", want SIGKILL or SIGTERM"#
+        );
+        for sig in [KillSignal::Kill, KillSignal::Term] {
+            assert_eq!(sig.as_str().parse::<KillSignal>(), Ok(sig));
+            assert_eq!(
+                serde_json::to_string(&sig).expect("encode"),
+                format!("\"{sig}\"")
+            );
+        }
+    }
+
+    #[test]
+    fn endpoints_json() {
+        let eps = [
+            (
+                AgentEndpoint::from("/a.sock"),
+                r#"{"kind":"unix","path":"/a.sock"}"#,
+            ),
+            (
+                AgentEndpoint::Vsock { cid: 3, port: 52 },
+                r#"{"kind":"vsock","cid":3,"port":52}"#,
+            ),
+            (
+                AgentEndpoint::HybridVsock {
+                    path: "/v.sock".into(),
+                    port: 52,
+                },
+                r#"{"kind":"hybrid_vsock","path":"/v.sock","port":52}"#,
+            ),
+        ];
+        for (ep, json) in eps {
+            assert_eq!(serde_json::to_string(&ep).expect("encode"), json);
+            assert_eq!(
+                serde_json::from_str::<AgentEndpoint>(json).expect("decode"),
+                ep
+            );
         }
     }
 }

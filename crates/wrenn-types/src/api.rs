@@ -350,4 +350,19 @@ mod tests {
         }
         assert_eq!(CapsuleStatus::parse("created"), None);
     }
+
+    /// The public exec answers mirror the agent's and carry the same encoding names.
+    #[test]
+    fn exec_answers_round_trip() {
+        use super::{BackgroundExecResponse, ExecResponse};
+        use crate::agent::OutputEncoding;
+        let json = r#"{"sandbox_id":"cl-1","cmd":"ls","stdout":"aGk=","stderr":"","exit_code":0,"duration_ms":3,"encoding":"base64"}"#;
+        let r: ExecResponse = serde_json::from_str(json).expect("decode");
+        assert_eq!(r.encoding, OutputEncoding::Base64);
+        assert_eq!(serde_json::to_string(&r).expect("encode"), json);
+        let json = r#"{"sandbox_id":"cl-1","cmd":"sleep","pid":9,"tag":"proc-1"}"#;
+        let r: BackgroundExecResponse = serde_json::from_str(json).expect("decode");
+        assert_eq!((r.pid, r.tag.as_str()), (9, "proc-1"));
+        assert_eq!(serde_json::to_string(&r).expect("encode"), json);
+    }
 }

@@ -196,3 +196,25 @@ fn refuses_a_listen_fd_that_is_not_a_listening_unix_socket() {
     let (code, _) = run(Command::new(env!("CARGO_BIN_EXE_wrenn-agent")).args(["--listen-fd", "0"]));
     assert_eq!(code, Some(2));
 }
+
+#[tokio::test]
+async fn serves_on_vsock_beside_the_unix_socket_and_reports_the_guest() {
+    // vsock_loopback is not available here, so no client reaches the vsock port: this proves the
+    // listener binds and the agent still serves its unix socket, and that a taken port fails
+    // startup with a clear message.
+    let port = 20_000 + std::process::id() % 40_000;
+    let port_arg = port.to_string();
+    let agent = TestAgent::start_with(&["--listen-vsock", &port_arg]).await;
+    let facts = agent.client.guest_facts().await.expect("guest facts");
+    assert_eq!(facts.agent_version, env!("CARGO_PKG_VERSION"));
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    assert_eq!(facts.kernel_version.as_deref(), Some(release.trim()));
+
+    let out = agent_cmd(&["--listen-vsock", &port_arg]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on vsock port {port}")),
+        "{stderr}"
+    );
+}

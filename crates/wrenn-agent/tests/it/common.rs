@@ -8,10 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tokio::net::UnixStream;
 use wrenn_agent_client::tokio_tungstenite::tungstenite::Message;
 use wrenn_agent_client::tokio_tungstenite::WebSocketStream;
-use wrenn_agent_client::{AgentClient, AgentError, ExecOutcome};
+use wrenn_agent_client::{AgentClient, AgentError, AgentStream, ExecOutcome};
 use wrenn_types::agent::{ExecRequest, ExecResult};
 use wrenn_types::error::AgentErrorCode;
 
@@ -133,8 +132,11 @@ where
 /// `/bin/sh -c script`.
 pub fn sh(script: &str) -> ExecRequest {
     ExecRequest {
-        cmd: "/bin/sh".into(),
-        args: vec!["-c".into(), script.into()],
+        process: wrenn_types::agent::ProcessSpec {
+            cmd: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            ..Default::default()
+        },
         ..Default::default()
     }
 }
@@ -190,7 +192,7 @@ pub fn zombies_of(ppid: u32) -> Vec<u32> {
 }
 
 /// A WebSocket to the agent.
-pub type Ws = WebSocketStream<UnixStream>;
+pub type Ws = WebSocketStream<AgentStream>;
 
 /// The next data or close message, skipping pings/pongs; panics after [`DEADLINE`].
 pub async fn next_msg(ws: &mut Ws) -> Option<Message> {

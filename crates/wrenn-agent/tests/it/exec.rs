@@ -22,9 +22,9 @@ async fn exec_applies_env_cwd_and_user() {
     let agent = TestAgent::start().await;
     let cwd = agent.dir.path().to_string_lossy().into_owned();
     let mut req = sh("echo $FOO; pwd; id -u; id -G; echo oops >&2; exit 7");
-    req.envs.insert("FOO".into(), "bar baz".into());
-    req.cwd = Some(cwd.clone());
-    req.user = Some("nobody".into());
+    req.process.envs.insert("FOO".into(), "bar baz".into());
+    req.process.cwd = Some(cwd.clone());
+    req.process.user = Some("nobody".into());
     let r = agent.run(req).await;
     let lines: Vec<&str> = r.stdout.lines().collect();
     assert_eq!(lines[..3], ["bar baz", cwd.as_str(), "65534"], "{r:?}");
@@ -111,14 +111,20 @@ async fn exec_rejects_bad_requests_with_clear_codes() {
             .contains("cmd is required")
     );
     let missing = ExecRequest {
-        cmd: "/no/such/program".into(),
+        process: wrenn_types::agent::ProcessSpec {
+            cmd: "/no/such/program".into(),
+            ..Default::default()
+        },
         ..Default::default()
     };
     assert!(
         assert_code(c.exec(&missing).await, AgentErrorCode::NotFound).contains("command not found")
     );
     let by_name = ExecRequest {
-        cmd: "no-such-program-anywhere".into(),
+        process: wrenn_types::agent::ProcessSpec {
+            cmd: "no-such-program-anywhere".into(),
+            ..Default::default()
+        },
         ..Default::default()
     };
     assert_code(c.exec(&by_name).await, AgentErrorCode::NotFound);
@@ -126,7 +132,10 @@ async fn exec_rejects_bad_requests_with_clear_codes() {
     std::fs::write(&script, "#!/bin/sh\necho hi\n").expect("write");
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let not_exec = ExecRequest {
-        cmd: script.to_string_lossy().into_owned(),
+        process: wrenn_types::agent::ProcessSpec {
+            cmd: script.to_string_lossy().into_owned(),
+            ..Default::default()
+        },
         ..Default::default()
     };
     assert!(
@@ -134,13 +143,13 @@ async fn exec_rejects_bad_requests_with_clear_codes() {
             .contains("cannot be executed")
     );
     let mut bad_cwd = sh("true");
-    bad_cwd.cwd = Some("/no/such/dir".into());
+    bad_cwd.process.cwd = Some("/no/such/dir".into());
     assert!(
         assert_code(c.exec(&bad_cwd).await, AgentErrorCode::NotFound)
             .contains("working directory not found")
     );
     let mut bad_user = sh("true");
-    bad_user.user = Some("no-such-user".into());
+    bad_user.process.user = Some("no-such-user".into());
     assert_code(c.exec(&bad_user).await, AgentErrorCode::InvalidRequest);
 }
 
@@ -148,7 +157,7 @@ async fn exec_rejects_bad_requests_with_clear_codes() {
 async fn exec_by_uid_without_passwd_entry() {
     let agent = TestAgent::start().await;
     let mut req = sh("id -u; id -g");
-    req.user = Some("4242".into());
+    req.process.user = Some("4242".into());
     let r = agent.run(req).await;
     assert_eq!(r.stdout, "4242\n4242\n");
 }

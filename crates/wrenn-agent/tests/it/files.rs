@@ -179,7 +179,7 @@ async fn permission_denied_for_an_unprivileged_agent() {
     );
     // Switching users needs root.
     let mut req = sh("true");
-    req.user = Some("root".into());
+    req.process.user = Some("root".into());
     assert_code(c.exec(&req).await, AgentErrorCode::PermissionDenied);
 }
 

@@ -95,8 +95,10 @@ async fn background_applies_env_and_cwd() {
         "echo $GIT_TERMINAL_PROMPT $(pwd) > {}",
         out.display()
     ));
-    req.envs.insert("GIT_TERMINAL_PROMPT".into(), "0".into());
-    req.cwd = Some("/tmp".into());
+    req.process
+        .envs
+        .insert("GIT_TERMINAL_PROMPT".into(), "0".into());
+    req.process.cwd = Some("/tmp".into());
     let job = background(&agent, req).await;
     let a = &agent;
     assert!(wait_until(DEADLINE, || async move { !listed(a, job.pid).await }).await);

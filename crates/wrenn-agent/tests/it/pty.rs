@@ -185,8 +185,11 @@ async fn pty_fds_do_not_leak_into_concurrent_children() {
         let ptys = join_all((0..24).map(|_| start_sleeping_pty(&agent)));
         let children = join_all((0..24).map(|_| async {
             let req = wrenn_types::agent::ExecRequest {
-                cmd: "sleep".into(),
-                args: vec!["1000".into()],
+                process: wrenn_types::agent::ProcessSpec {
+                    cmd: "sleep".into(),
+                    args: vec!["1000".into()],
+                    ..Default::default()
+                },
                 background: true,
                 ..Default::default()
             };

@@ -343,9 +343,12 @@ pub async fn sh(c: &Capsule, script: &str) -> wrenn_types::agent::ExecResult {
     exec(
         c,
         wrenn_types::agent::ExecRequest {
-            cmd: "/bin/sh".into(),
-            args: vec!["-c".into(), script.into()],
-            cwd: Some("/".into()),
+            process: wrenn_types::agent::ProcessSpec {
+                cmd: "/bin/sh".into(),
+                args: vec!["-c".into(), script.into()],
+                cwd: Some("/".into()),
+                ..Default::default()
+            },
             ..Default::default()
         },
     )

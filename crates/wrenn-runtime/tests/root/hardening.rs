@@ -124,8 +124,11 @@ async fn vsock_sockets_are_refused_in_capsules() {
     let r = exec(
         &c,
         wrenn_types::agent::ExecRequest {
-            cmd: "python3".into(),
-            args: vec!["-c".into(), SOCKET_PROBES.into()],
+            process: wrenn_types::agent::ProcessSpec {
+                cmd: "python3".into(),
+                args: vec!["-c".into(), SOCKET_PROBES.into()],
+                ..Default::default()
+            },
             ..Default::default()
         },
     )

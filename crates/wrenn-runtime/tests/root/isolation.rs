@@ -50,9 +50,12 @@ async fn minimal_template_denies_raw_sockets_mount_modules_ptrace() {
     let r = exec(
         &c,
         wrenn_types::agent::ExecRequest {
-            cmd: "python3".into(),
-            args: vec!["-c".into(), PROBES.into()],
-            envs,
+            process: wrenn_types::agent::ProcessSpec {
+                cmd: "python3".into(),
+                args: vec!["-c".into(), PROBES.into()],
+                envs,
+                ..Default::default()
+            },
             ..Default::default()
         },
     )

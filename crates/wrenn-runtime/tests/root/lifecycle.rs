@@ -40,14 +40,16 @@ async fn exec_env_cwd_user_exit_codes_and_streams() {
     let r = exec(
         &c,
         ExecRequest {
-            cmd: "/bin/sh".into(),
-            args: vec![
-                "-c".into(),
-                "echo \"$GREETING\"; pwd; id -u; echo oops >&2; exit 7".into(),
-            ],
-            envs,
-            cwd: Some("/tmp".into()),
-            user: Some("nobody".into()),
+            process: wrenn_types::agent::ProcessSpec {
+                cmd: "/bin/sh".into(),
+                args: vec![
+                    "-c".into(),
+                    "echo \"$GREETING\"; pwd; id -u; echo oops >&2; exit 7".into(),
+                ],
+                envs,
+                cwd: Some("/tmp".into()),
+                user: Some("nobody".into()),
+            },
             ..Default::default()
         },
     )
@@ -78,12 +80,7 @@ async fn freeze_stops_execution_and_thaw_resumes_it() {
     let id = c.id().to_owned();
     let bg = c
         .client
-        .exec(&ExecRequest {
-            cmd: "/bin/sh".into(),
-            args: vec!["-c".into(), "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; done".into()],
-            background: true,
-            ..Default::default()
-        })
+        .exec(&ExecRequest { process: wrenn_types::agent::ProcessSpec { cmd: "/bin/sh".into(), args: vec!["-c".into(), "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; done".into()], ..Default::default() }, background: true, ..Default::default() })
         .await
         .expect("background exec");
     assert!(

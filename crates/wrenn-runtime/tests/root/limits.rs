@@ -95,7 +95,10 @@ async fn fork_bomb_stops_at_pids_limit_and_capsule_survives() {
     }
     let r = wait_until(std::time::Duration::from_secs(10), || async {
         let req = wrenn_types::agent::ExecRequest {
-            cmd: "true".into(),
+            process: wrenn_types::agent::ProcessSpec {
+                cmd: "true".into(),
+                ..Default::default()
+            },
             ..Default::default()
         };
         match c.client.exec(&req).await {

@@ -9,8 +9,11 @@ use crate::common::*;
 /// Starts a one-shot `hello` server on port 7000 in the capsule.
 async fn listen(c: &Capsule) {
     let req = wrenn_types::agent::ExecRequest {
-        cmd: "/bin/sh".into(),
-        args: vec!["-c".into(), "nc -l -p 7000 -e echo hello".into()],
+        process: wrenn_types::agent::ProcessSpec {
+            cmd: "/bin/sh".into(),
+            args: vec!["-c".into(), "nc -l -p 7000 -e echo hello".into()],
+            ..Default::default()
+        },
         background: true,
         ..Default::default()
     };

@@ -20,14 +20,14 @@ pub(super) async fn exec(
     Path(id): Path<String>,
     Body(req): Body<ExecRequest>,
 ) -> ApiResult<Response> {
-    if req.cmd.is_empty() {
+    if req.process.cmd.is_empty() {
         return Err(ApiError::InvalidRequest("cmd is required".into()));
     }
     if !req.background && req.tag.is_some() {
         // The SDK sends a tag for foreground runs too; it means nothing there.
     }
     let live = state.capsules.running(&caller.team_id, &id).await?;
-    let cmd = req.cmd.clone();
+    let cmd = req.process.cmd.clone();
     let outcome = live.agent().exec(&req).await?;
     state.capsules.touch(&live);
     Ok(match outcome {
@@ -74,12 +74,8 @@ pub(super) async fn kill_process(
     Path((id, selector)): Path<(String, String)>,
     Query(q): Query<KillQuery>,
 ) -> ApiResult<StatusCode> {
-    let signal = match q.signal.as_deref() {
-        None | Some("") => KillSignal::Kill,
-        Some(s) => KillSignal::parse(s).ok_or_else(|| {
-            ApiError::InvalidRequest(format!("invalid signal {s:?}, want SIGKILL or SIGTERM"))
-        })?,
-    };
+    let signal = KillSignal::from_query(q.signal.as_deref())
+        .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     let live = state.capsules.running(&caller.team_id, &id).await?;
     live.agent().kill(&selector, signal).await?;
     Ok(StatusCode::NO_CONTENT)

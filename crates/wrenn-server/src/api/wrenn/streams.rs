@@ -1,17 +1,32 @@
 //! WebSocket routes (contract §6.4, §6.5, §7): authenticated before the upgrade, then spliced
-//! frame by frame to the same endpoint of the capsule's agent, which speaks the public shapes.
+//! message by message to the same endpoint of the capsule's agent, through the agent client's
+//! typed helpers.
 //!
 //! 1. Auth and id checks answer before the upgrade (401/400 JSON).
 //! 2. After the upgrade, a missing or stopped capsule is an in-band `error` frame, then close.
-//! 3. Frames flow both ways unchanged; the client socket is read all along, so its pings are
-//!    answered. Either side closing closes the other with 1000.
+//! 3. The client's first message (`start`, or `connect` for a PTY) is read here, within the
+//!    agent's own first-message deadline, and opens the agent stream; a bad one is answered
+//!    with the agent's own error. An attach has no first message.
+//! 4. Messages flow both ways, decoded and re-encoded; the client socket is read all along, so
+//!    its pings are answered. Either side closing closes the other with 1000.
+
+use std::future::Future;
+use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::response::Response;
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message as AgentMessage;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use wrenn_agent_client::stream::{Incoming, Receiver, Sender};
+use wrenn_agent_client::{AgentClient, AgentError, PtyEvent};
+use wrenn_types::stream::{
+    ExecStreamRequest, PtyClientMessage, PtyServerMessage, StreamEvent, EXEC_FIRST_MESSAGE_ERROR,
+    FIRST_MESSAGE_TIMEOUT_SEC, PTY_FIRST_MESSAGE_ERROR,
+};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -20,21 +35,96 @@ use crate::AppState;
 
 /// Inbound frame cap (contract §14).
 const MAX_FRAME: usize = 4 * 1024 * 1024;
+/// The error sent when the agent's side of a splice breaks.
+const AGENT_LOST: &str = "capsule agent connection lost";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flavor {
-    /// exec and process streams: `{"type":"error","data":...}`.
+/// Which agent stream a route opens.
+#[derive(Debug, Clone)]
+enum Target {
+    /// `exec/stream`: the client's `start` opens it.
     Exec,
-    /// PTY: `{"type":"error","data":...,"fatal":true}`.
+    /// `processes/{selector}/stream`.
+    Attach(String),
+    /// `pty`: the client's `start` or `connect` opens it.
     Pty,
 }
 
-fn error_frame(flavor: Flavor, message: &str) -> Message {
-    let v = match flavor {
-        Flavor::Exec => serde_json::json!({"type": "error", "data": message}),
-        Flavor::Pty => serde_json::json!({"type": "error", "data": message, "fatal": true}),
-    };
-    Message::Text(v.to_string().into())
+/// One kind of agent stream, as the splice sees it.
+trait Channel {
+    /// Client → agent control messages.
+    type Command: DeserializeOwned + Serialize + Send;
+    /// Agent → client frames.
+    type Event: Incoming + Send;
+    /// Whether client input counts as capsule activity.
+    const INPUT_IS_ACTIVITY: bool;
+    /// The in-band error frame that ends a stream of this kind.
+    fn error(data: String) -> Option<Message>;
+    /// The client frame of an agent event.
+    fn frame(event: Self::Event) -> Option<Message>;
+    /// Forwards a binary client frame.
+    fn binary(
+        tx: &mut Sender<Self::Command>,
+        bytes: Bytes,
+    ) -> impl Future<Output = Result<(), AgentError>> + Send;
+}
+
+/// `exec/stream` and `processes/{selector}/stream`.
+struct ExecChannel;
+
+impl Channel for ExecChannel {
+    type Command = ExecStreamRequest;
+    type Event = StreamEvent;
+    const INPUT_IS_ACTIVITY: bool = false;
+
+    fn error(data: String) -> Option<Message> {
+        text(&StreamEvent::Error { data })
+    }
+
+    fn frame(event: StreamEvent) -> Option<Message> {
+        text(&event)
+    }
+
+    /// The agent reads no binary frames on a process stream.
+    async fn binary(_: &mut Sender<ExecStreamRequest>, _: Bytes) -> Result<(), AgentError> {
+        Ok(())
+    }
+}
+
+/// `pty`.
+struct PtyChannel;
+
+impl Channel for PtyChannel {
+    type Command = PtyClientMessage;
+    type Event = PtyEvent;
+    const INPUT_IS_ACTIVITY: bool = true;
+
+    fn error(data: String) -> Option<Message> {
+        text(&PtyServerMessage::Error { data, fatal: true })
+    }
+
+    fn frame(event: PtyEvent) -> Option<Message> {
+        match event {
+            PtyEvent::Message(m) => text(&m),
+            PtyEvent::Output(b) => Some(Message::Binary(b)),
+        }
+    }
+
+    async fn binary(tx: &mut Sender<PtyClientMessage>, bytes: Bytes) -> Result<(), AgentError> {
+        tx.input(bytes).await
+    }
+}
+
+fn text<T: Serialize>(msg: &T) -> Option<Message> {
+    serde_json::to_string(msg)
+        .ok()
+        .map(|t| Message::Text(t.into()))
+}
+
+fn normal_close() -> Message {
+    Message::Close(Some(CloseFrame {
+        code: close_code::NORMAL,
+        reason: "".into(),
+    }))
 }
 
 fn upgrade(
@@ -42,8 +132,7 @@ fn upgrade(
     caller: Caller,
     id: String,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-    agent_path: String,
-    flavor: Flavor,
+    target: Target,
 ) -> ApiResult<Response> {
     check_id(&id)?;
     let ws =
@@ -51,7 +140,7 @@ fn upgrade(
     Ok(ws
         .max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
-        .on_upgrade(move |socket| splice(state, caller, id, agent_path, flavor, socket)))
+        .on_upgrade(move |socket| splice(state, caller, id, target, socket)))
 }
 
 pub(super) async fn exec_stream(
@@ -60,7 +149,7 @@ pub(super) async fn exec_stream(
     Path(id): Path<String>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
-    upgrade(state, caller, id, ws, "/exec/stream".into(), Flavor::Exec)
+    upgrade(state, caller, id, ws, Target::Exec)
 }
 
 pub(super) async fn process_stream(
@@ -69,8 +158,7 @@ pub(super) async fn process_stream(
     Path((id, selector)): Path<(String, String)>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
-    let path = format!("/processes/{}/stream", encode_segment(&selector));
-    upgrade(state, caller, id, ws, path, Flavor::Exec)
+    upgrade(state, caller, id, ws, Target::Attach(selector))
 }
 
 pub(super) async fn pty(
@@ -79,106 +167,160 @@ pub(super) async fn pty(
     Path(id): Path<String>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
-    upgrade(state, caller, id, ws, "/pty".into(), Flavor::Pty)
+    upgrade(state, caller, id, ws, Target::Pty)
 }
 
-fn encode_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
+/// Sends `kind`'s error frame and a normal close.
+async fn refuse<C: Channel>(mut socket: WebSocket, message: String) {
+    if let Some(frame) = C::error(message) {
+        let _ = socket.send(frame).await;
     }
-    out
+    let _ = socket.send(normal_close()).await;
 }
 
-async fn close_with(mut socket: WebSocket, flavor: Flavor, message: &str) {
-    let _ = socket.send(error_frame(flavor, message)).await;
-    let _ = socket
-        .send(Message::Close(Some(CloseFrame {
-            code: 1000,
-            reason: "".into(),
-        })))
-        .await;
+/// The client's first message, decoded; `None` when it is not a `T` (or does not come in time).
+async fn first_message<T: DeserializeOwned>(socket: &mut WebSocket) -> Option<T> {
+    let next_text = async {
+        loop {
+            match socket.recv().await {
+                Some(Ok(Message::Text(t))) => return Some(t),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                _ => return None,
+            }
+        }
+    };
+    let t = tokio::time::timeout(Duration::from_secs(FIRST_MESSAGE_TIMEOUT_SEC), next_text)
+        .await
+        .ok()??;
+    serde_json::from_str(t.as_str()).ok()
+}
+
+/// Opens the agent end of an exec stream or attach, or the message to refuse the client with.
+async fn open_exec(
+    agent: &AgentClient,
+    socket: &mut WebSocket,
+    target: &Target,
+) -> Result<(Sender<ExecStreamRequest>, Receiver<StreamEvent>), String> {
+    let opened = match target {
+        Target::Attach(selector) => agent.attach(selector).await,
+        _ => match first_message::<ExecStreamRequest>(socket).await {
+            Some(ExecStreamRequest::Start(spec)) if !spec.cmd.is_empty() => {
+                agent.exec_stream(&spec).await
+            }
+            _ => return Err(EXEC_FIRST_MESSAGE_ERROR.to_string()),
+        },
+    };
+    opened.map_err(|e| ApiError::from(e).to_string())
+}
+
+/// Opens the agent end of a PTY session, or the message to refuse the client with.
+async fn open_pty(
+    agent: &AgentClient,
+    socket: &mut WebSocket,
+) -> Result<(Sender<PtyClientMessage>, Receiver<PtyEvent>), String> {
+    let opened = match first_message::<PtyClientMessage>(socket).await {
+        Some(PtyClientMessage::Start(start)) => agent.pty_start(&start).await,
+        Some(PtyClientMessage::Connect { tag }) => agent.pty_connect(&tag).await,
+        _ => return Err(PTY_FIRST_MESSAGE_ERROR.to_string()),
+    };
+    opened.map_err(|e| ApiError::from(e).to_string())
 }
 
 async fn splice(
     state: AppState,
     caller: Caller,
     id: String,
-    agent_path: String,
-    flavor: Flavor,
-    socket: WebSocket,
+    target: Target,
+    mut socket: WebSocket,
 ) {
+    let is_pty = matches!(target, Target::Pty);
     let live = match state.capsules.running(&caller.team_id, &id).await {
         Ok(l) => l,
-        Err(e) => return close_with(socket, flavor, &ApiError::from(e).to_string()).await,
-    };
-    let agent_ws = match live.agent().websocket(&agent_path).await {
-        Ok(ws) => ws,
-        Err(e) => {
-            let msg = ApiError::from(e).to_string();
-            return close_with(socket, flavor, &msg).await;
+        Err(e) if is_pty => {
+            return refuse::<PtyChannel>(socket, ApiError::from(e).to_string()).await
         }
+        Err(e) => return refuse::<ExecChannel>(socket, ApiError::from(e).to_string()).await,
     };
+    if is_pty {
+        let opened = open_pty(live.agent(), &mut socket).await;
+        // The first message was client input.
+        state.capsules.touch(&live);
+        match opened {
+            Ok((tx, rx)) => {
+                pump::<PtyChannel>(socket, tx, rx, || state.capsules.touch(&live)).await
+            }
+            Err(message) => return refuse::<PtyChannel>(socket, message).await,
+        }
+    } else {
+        match open_exec(live.agent(), &mut socket, &target).await {
+            Ok((tx, rx)) => pump::<ExecChannel>(socket, tx, rx, || {}).await,
+            Err(message) => return refuse::<ExecChannel>(socket, message).await,
+        }
+    }
+    state.capsules.touch(&live);
+}
+
+/// Moves messages both ways until either side ends, then closes the client with 1000.
+/// `activity` runs on every client message of a kind whose input is activity.
+async fn pump<C: Channel>(
+    socket: WebSocket,
+    mut agent_tx: Sender<C::Command>,
+    mut agent_rx: Receiver<C::Event>,
+    activity: impl Fn(),
+) {
     let (mut client_tx, mut client_rx) = socket.split();
-    let (mut agent_tx, mut agent_rx) = agent_ws.split();
     loop {
         tokio::select! {
             from_client = client_rx.next() => {
-                let msg = match from_client {
-                    Some(Ok(m)) => m,
-                    _ => {
-                        let _ = agent_tx.send(AgentMessage::Close(None)).await;
+                let sent = match from_client {
+                    Some(Ok(Message::Text(t))) => {
+                        // The agent ignores what it cannot decode; so does the splice.
+                        match serde_json::from_str::<C::Command>(t.as_str()) {
+                            Ok(cmd) => agent_tx.send(&cmd).await,
+                            Err(_) => Ok(()),
+                        }
+                    }
+                    Some(Ok(Message::Binary(b))) => C::binary(&mut agent_tx, b).await,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                        agent_tx.close().await;
                         break;
                     }
                 };
-                let forward = match msg {
-                    Message::Text(t) => AgentMessage::Text(t.as_str().into()),
-                    Message::Binary(b) => AgentMessage::Binary(b),
-                    Message::Ping(_) | Message::Pong(_) => continue,
-                    Message::Close(_) => {
-                        let _ = agent_tx.send(AgentMessage::Close(None)).await;
-                        break;
-                    }
-                };
-                if flavor == Flavor::Pty {
-                    state.capsules.touch(&live);
+                if C::INPUT_IS_ACTIVITY {
+                    activity();
                 }
-                if agent_tx.send(forward).await.is_err() {
-                    let _ = client_tx.send(error_frame(flavor, "capsule agent connection lost")).await;
+                if let Err(error) = sent {
+                    tracing::debug!(?error, "agent stream broke");
+                    if let Some(frame) = C::error(AGENT_LOST.to_string()) {
+                        let _ = client_tx.send(frame).await;
+                    }
                     break;
                 }
             }
             from_agent = agent_rx.next() => {
-                let msg = match from_agent {
-                    Some(Ok(m)) => m,
-                    Some(Err(_)) => {
-                        let _ = client_tx.send(error_frame(flavor, "capsule agent connection lost")).await;
+                let event = match from_agent {
+                    Some(Ok(event)) => event,
+                    Some(Err(error)) => {
+                        tracing::debug!(?error, "agent stream broke");
+                        if let Some(frame) = C::error(AGENT_LOST.to_string()) {
+                            let _ = client_tx.send(frame).await;
+                        }
                         break;
                     }
-                    None => break,
+                    None => {
+                        // Completes the closing handshake the agent started.
+                        agent_tx.close().await;
+                        break;
+                    }
                 };
-                let forward = match msg {
-                    AgentMessage::Text(t) => Message::Text(t.as_str().into()),
-                    AgentMessage::Binary(b) => Message::Binary(b),
-                    AgentMessage::Close(_) => break,
-                    _ => continue,
-                };
-                if client_tx.send(forward).await.is_err() {
-                    let _ = agent_tx.send(AgentMessage::Close(None)).await;
+                let Some(frame) = C::frame(event) else { continue };
+                if client_tx.send(frame).await.is_err() {
+                    agent_tx.close().await;
                     break;
                 }
             }
         }
     }
-    let _ = client_tx
-        .send(Message::Close(Some(CloseFrame {
-            code: 1000,
-            reason: "".into(),
-        })))
-        .await;
-    state.capsules.touch(&live);
+    let _ = client_tx.send(normal_close()).await;
 }
