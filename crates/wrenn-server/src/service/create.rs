@@ -79,8 +79,10 @@ impl Capsules {
         match result {
             Ok(handle) => {
                 live.set_ip(handle.ip);
-                let agent_version = live.agent().health().await.map(|h| h.version).ok();
-                let kernel = self.kernel_version.clone();
+                // Guest facts come from the capsule itself, never from the host's /proc.
+                let health = live.agent().health().await.ok();
+                let kernel = health.as_ref().and_then(|h| h.kernel_version.clone());
+                let agent_version = health.map(|h| h.version);
                 let kind = self.runtime.kind();
                 let rec = self
                     .transition(
@@ -92,7 +94,9 @@ impl Capsules {
                             c.started_at = Some(now);
                             c.last_active_at = Some(now);
                             let m = c.metadata.get_or_insert_with(BTreeMap::new);
-                            m.insert("kernel_version".into(), kernel);
+                            if let Some(k) = kernel {
+                                m.insert("kernel_version".into(), k);
+                            }
                             m.insert("vmm_version".into(), kind.into());
                             if let Some(v) = agent_version {
                                 m.insert("agent_version".into(), v);

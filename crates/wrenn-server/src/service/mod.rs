@@ -80,7 +80,6 @@ pub struct Capsules {
     runtime: Arc<dyn Runtime>,
     events: EventBus,
     live: registry::Registry,
-    kernel_version: String,
     metrics: Metrics,
     capacity: Capacity,
 }
@@ -91,12 +90,6 @@ impl std::fmt::Debug for Capsules {
             .field("runtime", &self.runtime.kind())
             .finish()
     }
-}
-
-fn kernel_version() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
 }
 
 impl Capsules {
@@ -112,7 +105,6 @@ impl Capsules {
             runtime,
             events,
             live: registry::Registry::default(),
-            kernel_version: kernel_version(),
             metrics: Metrics::default(),
             capacity,
         })
