@@ -4,6 +4,7 @@ mod capsules;
 mod events;
 mod exec;
 mod files;
+mod keys;
 mod openapi;
 mod snapshots;
 mod streams;
@@ -61,6 +62,8 @@ fn v1() -> Router<AppState> {
         .route("/snapshots", get(snapshots::list).post(snapshots::create))
         .route("/snapshots/{name}", delete(snapshots::delete))
         .route("/events/stream", get(events::stream))
+        .route("/api-keys", get(keys::list).post(keys::create))
+        .route("/api-keys/{id}", delete(keys::revoke))
 }
 
 /// The whole router: the port proxy by `Host` first, then the API.
