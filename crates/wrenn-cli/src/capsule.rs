@@ -8,7 +8,7 @@ use tokio::io::AsyncWriteExt;
 use wrenn_client::{CapsuleStatus, Client, CreateCapsuleRequest, ExecRequest, StreamEvent};
 
 use crate::output::{self, Cell, Table};
-use crate::remote::{resolve, Remote};
+use crate::remote::{resolve, resolve_running, Remote};
 
 /// Capsule commands.
 #[derive(Debug, clap::Subcommand)]
@@ -196,7 +196,7 @@ pub async fn run(remote: &Remote, cmd: CapsuleCommand) -> anyhow::Result<i32> {
             command,
         } => {
             let envs = pairs(&envs, "environment variable")?;
-            let id = resolve(&client, &id).await?;
+            let id = resolve_running(&client, &id).await?;
             let req = ExecRequest {
                 cwd,
                 envs,
@@ -206,7 +206,7 @@ pub async fn run(remote: &Remote, cmd: CapsuleCommand) -> anyhow::Result<i32> {
             return exec(&client, &id, &req).await;
         }
         CapsuleCommand::Shell { id, attach, cmd } => {
-            let id = resolve(&client, &id).await?;
+            let id = resolve_running(&client, &id).await?;
             return crate::shell::run(&client, &id, attach.as_deref(), cmd).await;
         }
         CapsuleCommand::Cp { src, dst } => crate::cp::run(&client, &src, &dst).await?,

@@ -201,8 +201,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             command,
         } => keys::run(&local, &remote, command).await.map(|()| 0),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "wrenn", &mut std::io::stdout());
-            Ok(0)
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "wrenn", &mut script);
+            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(0),
+            }
         }
         Command::Serve {
             listen,

@@ -1,7 +1,7 @@
 //! Talking to a running server: where it is, who we are, and capsule ids by unique prefix.
 
 use anyhow::bail;
-use wrenn_client::{Capsule, Client};
+use wrenn_client::{Capsule, CapsuleStatus, Client};
 
 /// Where the server is and who we are.
 #[derive(Debug, Clone, clap::Args)]
@@ -84,6 +84,20 @@ pub async fn resolve(client: &Client, prefix: &str) -> anyhow::Result<String> {
     }
     let capsules = client.list_capsules().await?;
     Ok(pick(&capsules, prefix)?.id.clone())
+}
+
+/// Like [`resolve`], and the capsule must be running: a WebSocket reports a stopped or paused
+/// capsule only in-band, without the contract's code, so ask first.
+pub async fn resolve_running(client: &Client, prefix: &str) -> anyhow::Result<String> {
+    let id = resolve(client, prefix).await?;
+    let capsule = client.get_capsule(&id).await?;
+    if capsule.status != CapsuleStatus::Running {
+        bail!(
+            "invalid_state: capsule {id} is not running (status: {})",
+            capsule.status
+        );
+    }
+    Ok(id)
 }
 
 #[cfg(test)]
