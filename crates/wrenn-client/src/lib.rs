@@ -18,6 +18,7 @@
 //! code ([`ClientError::code`]). Plain HTTP only: put a TLS-terminating proxy in front of a
 //! remote server and reach it through a tunnel, or run the client next to it.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod capsules;
 mod error;
