@@ -24,7 +24,8 @@ def cli(server, *args: str, key: str | None = None, timeout: float = 180) -> sub
     env = dict(os.environ, WRENN_BASE_URL=server.base_url, WRENN_API_KEY=key or server.key_alpha)
     env.pop("WRENN_DIR", None)
     return subprocess.run(
-        [str(server.bin), *args], capture_output=True, text=True, env=env, timeout=timeout
+        [str(server.bin), *args], capture_output=True, text=True, env=env, timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -371,6 +372,7 @@ def test_cli_shell_in_a_real_terminal(server, cli_capsule, tmp_path):
         tmux.wait("two", r"mark=still-here")
         tmux.type("two", "stty size")
         tmux.wait("two", r"\n30 100\s")  # the new terminal's size was sent on attach
+        one_line_error(cli(server, "capsule", "shell", cid, "--attach", "pty-00000000"), "not_found")
         tmux.type("two", "exit 3")
         poll(lambda: status.exists() and status.read_text().strip(), timeout=30, what="the CLI's exit status")
         assert status.read_text().strip() == "3"

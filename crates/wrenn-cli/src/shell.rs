@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
-use wrenn_client::{Client, PtyEvent, PtyInput, PtyOptions};
+use wrenn_client::{Client, ClientError, PtyEvent, PtyInput, PtyOptions};
 
 /// Restores the terminal's mode when dropped.
 struct RawMode;
@@ -58,6 +58,15 @@ fn stdin_reader() -> mpsc::Receiver<Bytes> {
     rx
 }
 
+/// Gives an in-band WebSocket error (which has no code) the contract's nearest one.
+fn in_band(e: ClientError) -> anyhow::Error {
+    match e {
+        ClientError::Stream(m) if m.contains("not found") => anyhow::anyhow!("not_found: {m}"),
+        ClientError::Stream(m) => anyhow::anyhow!("agent_error: {m}"),
+        other => other.into(),
+    }
+}
+
 /// Runs the session; the result is the shell's exit status.
 pub async fn run(
     client: &Client,
@@ -68,7 +77,7 @@ pub async fn run(
     let (cols, rows) = window_size().unwrap_or((80, 24));
     let session = match attach {
         Some(tag) => {
-            let s = client.pty_connect(id, tag).await?;
+            let s = client.pty_connect(id, tag).await.map_err(in_band)?;
             // The server keeps the old size; tell it ours.
             s.resize(cols, rows).await?;
             s
@@ -80,7 +89,7 @@ pub async fn run(
                 rows,
                 ..PtyOptions::default()
             };
-            client.pty(id, &opts).await?
+            client.pty(id, &opts).await.map_err(in_band)?
         }
     };
     let tag = session.tag().to_owned();
