@@ -5,7 +5,7 @@ set -euo pipefail
 
 need_apt=()
 for pkg in debootstrap busybox-static nftables iproute2 pkg-config gcc libc6-dev \
-           ca-certificates curl python3 python3-venv git file; do
+           ca-certificates curl python3 python3-venv git file tmux; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -18,6 +18,9 @@ export WRENN_BIN="$PWD/target/debug/wrenn"
 echo "==> cargo test"
 cargo test --workspace -- --test-threads=2
 
+echo "==> the Rust client against a real server"
+cargo test -p wrenn-client --test live -- --ignored
+
 echo "==> end-to-end tests with the official SDK"
 bash scripts/e2e-venv.sh .venv
 .venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider

@@ -1,8 +1,15 @@
-//! The `wrenn` binary: `serve`, `key create`, `bench`, and the hidden launcher entry point the
-//! container runtime re-executes for every capsule it starts.
+//! The `wrenn` binary: `serve` and `bench` on the host, `capsule`, `snapshot`, `template`,
+//! `events` and `key` against a server (Docker's habits: tables, `--json`, `-q`, id prefixes),
+//! and the hidden launcher entry point the container runtime re-executes for every capsule.
 
+mod admin;
 mod bench;
+mod capsule;
+mod cp;
+mod keys;
+mod output;
 mod remote;
+mod shell;
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -11,7 +18,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use wrenn_runtime::container::{ContainerConfig, ContainerRuntime};
 
 /// Default data directory.
@@ -90,10 +97,15 @@ enum Command {
         #[arg(long, env = "WRENN_TEAM_MAX_SNAPSHOT_MB", default_value_t = 102_400)]
         team_max_snapshot_mb: u64,
     },
-    /// Manage API keys.
+    /// Manage API keys: on this host's data directory (`--dir`, or when no API key is set),
+    /// else the calling key's team on the server.
     Key {
+        #[command(flatten)]
+        local: keys::Local,
+        #[command(flatten)]
+        remote: remote::Remote,
         #[command(subcommand)]
-        command: KeyCommand,
+        command: keys::KeyCommand,
     },
     /// Measure the runtime on this host; prints one JSON object per line.
     Bench {
@@ -108,35 +120,43 @@ enum Command {
         #[command(flatten)]
         remote: remote::Remote,
         #[command(subcommand)]
-        command: remote::CapsuleCommand,
+        command: capsule::CapsuleCommand,
     },
-    /// Work with templates on a running server.
+    /// Snapshot capsules into templates, list and delete snapshots.
+    Snapshot {
+        #[command(flatten)]
+        remote: remote::Remote,
+        #[command(subcommand)]
+        command: admin::SnapshotCommand,
+    },
+    /// List and delete templates.
     Template {
         #[command(flatten)]
         remote: remote::Remote,
         #[command(subcommand)]
-        command: remote::TemplateCommand,
+        command: admin::TemplateCommand,
+    },
+    /// Follow the team's lifecycle events as they happen (until Ctrl-C).
+    Events {
+        #[command(flatten)]
+        remote: remote::Remote,
+        /// Keep following (the default: the server keeps no history to print).
+        #[arg(short, long)]
+        follow: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script: `wrenn completions bash > /etc/bash_completion.d/wrenn`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
     /// Internal: the single-threaded launcher the container runtime runs per capsule.
     #[command(name = "__launch", hide = true)]
     Launch {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum KeyCommand {
-    /// Create an API key; prints it (and nothing else) on one line.
-    Create {
-        /// Team the key belongs to (created when missing).
-        #[arg(long, default_value = "default")]
-        team: String,
-        /// A label for the key.
-        #[arg(long, default_value = "cli")]
-        name: String,
-        #[command(flatten)]
-        dir: DirArgs,
     },
 }
 
@@ -161,11 +181,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    let result = rt.block_on(run(cli));
+    // A shell's stdin thread may still be blocked in read(2): do not wait for it.
+    rt.shutdown_background();
+    match result {
         Ok(0) => ExitCode::SUCCESS,
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let label = if output::stderr_colour() {
+                "\x1b[31merror\x1b[0m"
+            } else {
+                "error"
+            };
+            eprintln!("{label}: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
@@ -174,9 +202,30 @@ fn main() -> ExitCode {
 /// Runs a command; the result is the process exit code.
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
-        Command::Capsule { remote, command } => remote::capsule(&remote, command).await,
+        Command::Capsule { remote, command } => capsule::run(&remote, command).await,
+        Command::Snapshot { remote, command } => {
+            admin::snapshot(&remote, command).await.map(|()| 0)
+        }
         Command::Template { remote, command } => {
-            remote::template(&remote, command).await.map(|()| 0)
+            admin::template(&remote, command).await.map(|()| 0)
+        }
+        Command::Events {
+            remote,
+            follow: _,
+            json,
+        } => admin::events(&remote, json).await.map(|()| 0),
+        Command::Key {
+            local,
+            remote,
+            command,
+        } => keys::run(&local, &remote, command).await.map(|()| 0),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "wrenn", &mut script);
+            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(0),
+            }
         }
         Command::Serve {
             listen,
@@ -216,21 +265,23 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             };
             wrenn_server::serve(config, rt).await.map(|()| 0)
         }
-        Command::Key {
-            command: KeyCommand::Create { team, name, dir },
-        } => {
-            std::fs::create_dir_all(&dir.dir)
-                .with_context(|| format!("creating {}", dir.dir.display()))?;
-            let store = wrenn_server::store::Store::open(&dir.dir.join("wrenn.db"))?;
-            let key = store.create_key(&team, &name).await?;
-            println!("{}", key.secret);
-            Ok(0)
-        }
         Command::Bench { runtime, n } => bench::run(container_runtime(&runtime)?, n)
             .await
             .map(|()| 0),
         Command::Launch { .. } => unreachable!("dispatched before parsing"),
     }
+}
+
+/// The error and its causes on one line, API errors first with their contract code.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string().replace('\n', " ");
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
 }
 
 fn container_runtime(args: &RuntimeArgs) -> anyhow::Result<Arc<ContainerRuntime>> {

@@ -1,252 +1,132 @@
-//! `wrenn capsule …` and `wrenn template …`: a small client of a running server's REST API
-//! (`WRENN_BASE_URL`, `WRENN_API_KEY`), printing JSON.
+//! Talking to a running server: where it is, who we are, and capsule ids by unique prefix.
 
-use anyhow::{bail, Context};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use serde_json::{json, Value};
+use anyhow::bail;
+use wrenn_client::{Capsule, CapsuleStatus, Client};
 
 /// Where the server is and who we are.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Remote {
     /// Server base URL (plain HTTP; put TLS in front with a proxy).
-    #[arg(long, env = "WRENN_BASE_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "WRENN_BASE_URL",
+        default_value = wrenn_client::DEFAULT_BASE_URL,
+        global = true
+    )]
     base_url: String,
     /// API key.
-    #[arg(long, env = "WRENN_API_KEY", hide_env_values = true)]
-    api_key: String,
-}
-
-/// Capsule commands.
-#[derive(Debug, clap::Subcommand)]
-pub enum CapsuleCommand {
-    /// Create a capsule and wait until it runs; prints it.
-    Create {
-        /// Template (default: the server's, `minimal`).
-        #[arg(long)]
-        template: Option<String>,
-        /// CPUs.
-        #[arg(long)]
-        vcpus: Option<u32>,
-        /// Memory in MiB.
-        #[arg(long)]
-        memory_mb: Option<u32>,
-        /// Pause after this many idle seconds (0 = never).
-        #[arg(long)]
-        timeout_sec: Option<u32>,
-    },
-    /// List capsules.
-    List,
-    /// Show one capsule.
-    Get {
-        /// Capsule id.
-        id: String,
-    },
-    /// Run a command through `/bin/sh -c`; prints its output and exits with its status.
-    Exec {
-        /// Capsule id.
-        id: String,
-        /// The command line.
-        #[arg(trailing_var_arg = true, required = true)]
-        command: Vec<String>,
-    },
-    /// Pause a capsule.
-    Pause {
-        /// Capsule id.
-        id: String,
-    },
-    /// Resume a capsule.
-    Resume {
-        /// Capsule id.
-        id: String,
-    },
-    /// Destroy a capsule.
-    Destroy {
-        /// Capsule id.
-        id: String,
-    },
-}
-
-/// Template commands.
-#[derive(Debug, clap::Subcommand)]
-pub enum TemplateCommand {
-    /// List base templates and this team's snapshots.
-    List,
-    /// Snapshot a capsule's filesystem into a template.
-    Snapshot {
-        /// Capsule id.
-        id: String,
-        /// Template name.
-        #[arg(long)]
-        name: Option<String>,
-    },
-    /// Delete a snapshot template.
-    Delete {
-        /// Template name.
-        name: String,
-    },
+    #[arg(long, env = "WRENN_API_KEY", hide_env_values = true, global = true)]
+    api_key: Option<String>,
 }
 
 impl Remote {
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-        let url = format!("{}{}", self.base_url.trim_end_matches('/'), path);
-        let mut req = hyper::Request::builder()
-            .method(method)
-            .uri(&url)
-            .header("x-api-key", &self.api_key);
-        let payload = match body {
-            Some(v) => {
-                req = req.header("content-type", "application/json");
-                Bytes::from(serde_json::to_vec(&v)?)
-            }
-            None => Bytes::new(),
+    /// Whether an API key was given.
+    pub fn has_key(&self) -> bool {
+        self.api_key.as_deref().is_some_and(|k| !k.is_empty())
+    }
+
+    /// A client of the server.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        let Some(key) = self.api_key.as_deref().filter(|k| !k.is_empty()) else {
+            bail!("unauthorized: no API key; set WRENN_API_KEY or pass --api-key");
         };
-        let resp = client
-            .request(req.body(Full::new(payload))?)
-            .await
-            .with_context(|| format!("{method} {url}"))?;
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        let value: Value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes)))
-        };
-        if !status.is_success() {
-            let code = value["error"]["code"].as_str().unwrap_or("error");
-            let msg = value["error"]["message"].as_str().unwrap_or("");
-            bail!("{status} {code}: {msg}");
-        }
-        Ok(value)
+        Ok(Client::new(&self.base_url, key)?)
     }
+}
 
-    async fn wait_for(&self, id: &str, want: &str) -> anyhow::Result<Value> {
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
-        loop {
-            let c = self
-                .call("GET", &format!("/v1/capsules/{id}"), None)
-                .await?;
-            match c["status"].as_str() {
-                Some(s) if s == want => return Ok(c),
-                Some("error" | "stopped") => {
-                    bail!("capsule {id} ended up {}: {}", c["status"], c["error"])
-                }
-                _ => {}
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("capsule {id} is still {} after 120 s", c["status"]);
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+/// The id-shaped part of a prefix: `cl-` is optional.
+fn normalise(prefix: &str) -> String {
+    if prefix.starts_with("cl-") {
+        prefix.to_owned()
+    } else {
+        format!("cl-{prefix}")
+    }
+}
+
+/// Whether `s` is a whole capsule id (`cl-` + 25 base36).
+fn is_full_id(s: &str) -> bool {
+    s.strip_prefix("cl-").is_some_and(|rest| {
+        rest.len() == 25
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+    })
+}
+
+/// Picks the one capsule whose id starts with `prefix`.
+pub fn pick<'a>(capsules: &'a [Capsule], prefix: &str) -> anyhow::Result<&'a Capsule> {
+    if prefix.is_empty() || prefix == "cl-" {
+        bail!("invalid_request: empty capsule id");
+    }
+    let want = normalise(prefix);
+    let hits: Vec<&Capsule> = capsules
+        .iter()
+        .filter(|c| c.id.starts_with(&want))
+        .collect();
+    match hits.as_slice() {
+        [one] => Ok(one),
+        [] => bail!("not_found: no capsule matches {prefix:?}"),
+        many => {
+            let ids: Vec<&str> = many.iter().map(|c| c.id.as_str()).collect();
+            bail!(
+                "invalid_request: capsule id prefix {prefix:?} is ambiguous: it matches {}",
+                ids.join(", ")
+            )
         }
     }
 }
 
-fn print(v: &Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
-}
-
-/// Runs a capsule command; returns the process exit code.
-pub async fn capsule(remote: &Remote, cmd: CapsuleCommand) -> anyhow::Result<i32> {
-    match cmd {
-        CapsuleCommand::Create {
-            template,
-            vcpus,
-            memory_mb,
-            timeout_sec,
-        } => {
-            let mut body = serde_json::Map::new();
-            if let Some(t) = template {
-                body.insert("template".into(), json!(t));
-            }
-            if let Some(v) = vcpus {
-                body.insert("vcpus".into(), json!(v));
-            }
-            if let Some(m) = memory_mb {
-                body.insert("memory_mb".into(), json!(m));
-            }
-            if let Some(t) = timeout_sec {
-                body.insert("timeout_sec".into(), json!(t));
-            }
-            let c = remote
-                .call("POST", "/v1/capsules", Some(Value::Object(body)))
-                .await?;
-            let id = c["id"].as_str().context("no id in the answer")?.to_owned();
-            print(&remote.wait_for(&id, "running").await?)?;
-        }
-        CapsuleCommand::List => print(&remote.call("GET", "/v1/capsules", None).await?)?,
-        CapsuleCommand::Get { id } => print(
-            &remote
-                .call("GET", &format!("/v1/capsules/{id}"), None)
-                .await?,
-        )?,
-        CapsuleCommand::Exec { id, command } => {
-            let body =
-                json!({"cmd": "/bin/sh", "args": ["-c", command.join(" ")], "background": false});
-            let r = remote
-                .call("POST", &format!("/v1/capsules/{id}/exec"), Some(body))
-                .await?;
-            let decode = |s: &Value| -> Vec<u8> {
-                let s = s.as_str().unwrap_or("");
-                if r["encoding"] == "base64" {
-                    use base64::Engine;
-                    base64::engine::general_purpose::STANDARD
-                        .decode(s)
-                        .unwrap_or_default()
-                } else {
-                    s.as_bytes().to_vec()
-                }
-            };
-            use std::io::Write;
-            std::io::stdout().write_all(&decode(&r["stdout"]))?;
-            std::io::stderr().write_all(&decode(&r["stderr"]))?;
-            return Ok(r["exit_code"].as_i64().unwrap_or(1) as i32);
-        }
-        CapsuleCommand::Pause { id } => {
-            remote
-                .call("POST", &format!("/v1/capsules/{id}/pause"), None)
-                .await?;
-            print(&remote.wait_for(&id, "paused").await?)?;
-        }
-        CapsuleCommand::Resume { id } => {
-            remote
-                .call("POST", &format!("/v1/capsules/{id}/resume"), None)
-                .await?;
-            print(&remote.wait_for(&id, "running").await?)?;
-        }
-        CapsuleCommand::Destroy { id } => {
-            remote
-                .call("DELETE", &format!("/v1/capsules/{id}"), None)
-                .await?;
-            print(&remote.wait_for(&id, "stopped").await.or_else(|e| {
-                if e.to_string().contains("ended up \"stopped\"") {
-                    Ok(Value::Null)
-                } else {
-                    Err(e)
-                }
-            })?)?;
-        }
+/// The full id of the capsule `prefix` names: a whole id as it is (a stopped capsule too),
+/// else the one live capsule of the team whose id starts with it.
+pub async fn resolve(client: &Client, prefix: &str) -> anyhow::Result<String> {
+    if is_full_id(prefix) {
+        return Ok(prefix.to_owned());
     }
-    Ok(0)
+    let capsules = client.list_capsules().await?;
+    Ok(pick(&capsules, prefix)?.id.clone())
 }
 
-/// Runs a template command.
-pub async fn template(remote: &Remote, cmd: TemplateCommand) -> anyhow::Result<()> {
-    match cmd {
-        TemplateCommand::List => print(&remote.call("GET", "/v1/snapshots", None).await?),
-        TemplateCommand::Snapshot { id, name } => {
-            let body = json!({"sandbox_id": id, "name": name});
-            print(&remote.call("POST", "/v1/snapshots", Some(body)).await?)
-        }
-        TemplateCommand::Delete { name } => {
-            remote
-                .call("DELETE", &format!("/v1/snapshots/{name}"), None)
-                .await?;
-            Ok(())
-        }
+/// Like [`resolve`], and the capsule must be running: a WebSocket reports a stopped or paused
+/// capsule only in-band, without the contract's code, so ask first.
+pub async fn resolve_running(client: &Client, prefix: &str) -> anyhow::Result<String> {
+    let id = resolve(client, prefix).await?;
+    let capsule = client.get_capsule(&id).await?;
+    if capsule.status != CapsuleStatus::Running {
+        bail!(
+            "invalid_state: capsule {id} is not running (status: {})",
+            capsule.status
+        );
+    }
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capsule(id: &str) -> Capsule {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "status": "running", "template": "minimal", "vcpus": 1, "memory_mb": 512,
+            "timeout_sec": 0, "disk_size_mb": 0, "created_at": "2026-05-02T10:00:00Z",
+            "last_updated": "2026-05-02T10:00:00Z"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn prefixes_pick_one_capsule_or_say_why_not() {
+        let all = [capsule("cl-abc1"), capsule("cl-abd2"), capsule("cl-x99")];
+        assert_eq!(pick(&all, "cl-abc").unwrap().id, "cl-abc1");
+        assert_eq!(pick(&all, "x").unwrap().id, "cl-x99");
+        let amb = pick(&all, "ab").unwrap_err().to_string();
+        assert!(
+            amb.starts_with("invalid_request:") && amb.contains("cl-abd2"),
+            "{amb}"
+        );
+        let none = pick(&all, "zz").unwrap_err().to_string();
+        assert!(none.starts_with("not_found:"), "{none}");
+        assert!(pick(&all, "").is_err());
+        assert!(is_full_id(&format!("cl-{}", "a".repeat(25))));
+        assert!(!is_full_id("cl-abc"));
     }
 }

@@ -3,9 +3,11 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use chrono::Utc;
 use wrenn_types::api::Actor;
 
 use crate::error::ApiError;
@@ -21,11 +23,27 @@ pub struct Caller {
     pub actor: Actor,
 }
 
-/// Resolves keys, remembering the ones seen (keys are never deleted while the server runs).
+/// How long a resolved key is trusted without asking the store again: a key revoked by
+/// another process (`wrenn key revoke --dir`) stops working within this.
+const CACHE_TTL: Duration = Duration::from_millis(500);
+
+/// How often a key's `last_used_at` is written at most.
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
+
+/// A resolved key and when it was last checked against the store.
+#[derive(Debug, Clone)]
+struct CachedKey {
+    row: ApiKeyRow,
+    checked: Instant,
+}
+
+/// Resolves keys, remembering each for [`CACHE_TTL`]; a key revoked through the API is
+/// forgotten at once.
 #[derive(Debug, Clone)]
 pub struct KeyResolver {
     store: Store,
-    cache: Arc<Mutex<HashMap<String, ApiKeyRow>>>,
+    cache: Arc<Mutex<HashMap<String, CachedKey>>>,
+    touched: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl KeyResolver {
@@ -34,7 +52,21 @@ impl KeyResolver {
         Self {
             store,
             cache: Arc::default(),
+            touched: Arc::default(),
         }
+    }
+
+    /// The store the keys live in.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Forgets every cached secret of key `key_id` (after a revoke).
+    pub fn forget(&self, key_id: &str) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, k| k.row.id != key_id);
     }
 
     /// The caller behind `secret`, if any.
@@ -44,25 +76,36 @@ impl KeyResolver {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(secret)
-            .cloned();
+            .filter(|k| k.checked.elapsed() < CACHE_TTL)
+            .map(|k| k.row.clone());
         let row = match cached {
             Some(row) => row,
-            None => match self
-                .store
-                .find_key(secret)
-                .await
-                .map_err(ApiError::internal)?
-            {
-                Some(row) => {
-                    self.cache
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(secret.to_owned(), row.clone());
-                    row
+            None => {
+                let found = self
+                    .store
+                    .find_key(secret)
+                    .await
+                    .map_err(ApiError::internal)?;
+                let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                match found {
+                    Some(row) => {
+                        cache.insert(
+                            secret.to_owned(),
+                            CachedKey {
+                                row: row.clone(),
+                                checked: Instant::now(),
+                            },
+                        );
+                        row
+                    }
+                    None => {
+                        cache.remove(secret);
+                        return Ok(None);
+                    }
                 }
-                None => return Ok(None),
-            },
+            }
         };
+        self.touch(&row.id);
         Ok(Some(Caller {
             team_id: row.team_id,
             actor: Actor {
@@ -71,6 +114,27 @@ impl KeyResolver {
                 name: Some(row.name),
             },
         }))
+    }
+
+    /// Records the key's use in the store, at most every [`TOUCH_EVERY`], off the request path.
+    fn touch(&self, key_id: &str) {
+        {
+            let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+            if touched
+                .get(key_id)
+                .is_some_and(|t| t.elapsed() < TOUCH_EVERY)
+            {
+                return;
+            }
+            touched.insert(key_id.to_owned(), Instant::now());
+        }
+        let store = self.store.clone();
+        let id = key_id.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = store.touch_key(&id, Utc::now()).await {
+                tracing::warn!(key_id = %id, error = %e, "recording a key's use failed");
+            }
+        });
     }
 }
 

@@ -10,4 +10,5 @@ pub mod agent;
 pub mod api;
 pub mod error;
 pub mod files;
+pub mod keys;
 pub mod stream;

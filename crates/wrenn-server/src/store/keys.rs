@@ -1,8 +1,10 @@
 //! Teams and API keys. Keys are stored as SHA-256 hashes; the key itself is shown once.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension};
 use sha2::{Digest, Sha256};
+
+use wrenn_types::keys::{ApiKey, CreatedApiKey};
 
 use super::{Store, StoreError};
 use crate::ids::random_hex;
@@ -25,12 +27,90 @@ pub struct NewKey {
     pub row: ApiKeyRow,
     /// `wrn_` + 40 hex.
     pub secret: String,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+impl NewKey {
+    /// The key as the API shows it on creation.
+    pub fn to_api(&self) -> CreatedApiKey {
+        CreatedApiKey {
+            info: ApiKey {
+                id: self.row.id.clone(),
+                name: self.row.name.clone(),
+                prefix: key_prefix(&self.secret).to_owned(),
+                created_at: self.created_at,
+                last_used_at: None,
+            },
+            key: self.secret.clone(),
+        }
+    }
+}
+
+/// A key as listed, with the name of its team (for the local `wrenn key ls`).
+#[derive(Debug, Clone)]
+pub struct KeyListing {
+    /// The key as the API shows it.
+    pub key: ApiKey,
+    /// Owning team's id.
+    pub team_id: String,
+    /// Owning team's name.
+    pub team_name: String,
 }
 
 /// SHA-256 of a key, hex.
 pub fn hash_key(secret: &str) -> String {
     let digest = Sha256::digest(secret.as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The part of a key that is stored and shown: `wrn_` + 4 characters.
+fn key_prefix(secret: &str) -> &str {
+    secret.get(..8).unwrap_or(secret)
+}
+
+/// Parses a stored RFC 3339 column `idx`.
+fn time_column(r: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<Option<DateTime<Utc>>> {
+    let Some(s) = r.get::<_, Option<String>>(idx)? else {
+        return Ok(None);
+    };
+    DateTime::parse_from_rfc3339(&s)
+        .map(|t| Some(t.with_timezone(&Utc)))
+        .map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, e.into())
+        })
+}
+
+/// Inserts a key for `team_id` inside `tx`.
+fn insert_key(
+    tx: &rusqlite::Transaction<'_>,
+    team_id: String,
+    key_name: String,
+) -> Result<NewKey, StoreError> {
+    let created_at = Utc::now();
+    let secret = random_hex("wrn_", 40);
+    let id = random_hex("key-", 16);
+    tx.execute(
+        "INSERT INTO api_keys (id, team_id, name, key_hash, prefix, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            id,
+            team_id,
+            key_name,
+            hash_key(&secret),
+            key_prefix(&secret),
+            created_at.to_rfc3339()
+        ],
+    )?;
+    Ok(NewKey {
+        row: ApiKeyRow {
+            id,
+            team_id,
+            name: key_name,
+        },
+        secret,
+        created_at,
+    })
 }
 
 impl Store {
@@ -40,7 +120,6 @@ impl Store {
         let key_name = key_name.to_owned();
         self.call(move |conn| {
             let tx = conn.transaction()?;
-            let now = Utc::now().to_rfc3339();
             let team_id: Option<String> = tx
                 .query_row(
                     "SELECT id FROM teams WHERE name = ?1",
@@ -54,27 +133,95 @@ impl Store {
                     let id = random_hex("team-", 16);
                     tx.execute(
                         "INSERT INTO teams (id, name, created_at) VALUES (?1, ?2, ?3)",
-                        params![id, team_name, now],
+                        params![id, team_name, Utc::now().to_rfc3339()],
                     )?;
                     id
                 }
             };
-            let secret = random_hex("wrn_", 40);
-            let id = random_hex("key-", 16);
-            tx.execute(
-                "INSERT INTO api_keys (id, team_id, name, key_hash, prefix, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![id, team_id, key_name, hash_key(&secret), &secret[..8], now],
-            )?;
+            let key = insert_key(&tx, team_id, key_name)?;
             tx.commit()?;
-            Ok(NewKey {
-                row: ApiKeyRow {
-                    id,
-                    team_id,
-                    name: key_name,
-                },
-                secret,
-            })
+            Ok(key)
+        })
+        .await
+    }
+
+    /// Creates a key in an existing team.
+    pub async fn create_team_key(
+        &self,
+        team_id: &str,
+        key_name: &str,
+    ) -> Result<NewKey, StoreError> {
+        let team_id = team_id.to_owned();
+        let key_name = key_name.to_owned();
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            let key = insert_key(&tx, team_id, key_name)?;
+            tx.commit()?;
+            Ok(key)
+        })
+        .await
+    }
+
+    /// The keys of `team_id` (every team's when `None`), oldest first.
+    pub async fn list_keys(&self, team_id: Option<&str>) -> Result<Vec<KeyListing>, StoreError> {
+        let team_id = team_id.map(str::to_owned);
+        self.call(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT k.id, k.name, k.prefix, k.created_at, k.last_used_at, t.id, t.name
+                 FROM api_keys k JOIN teams t ON t.id = k.team_id
+                 WHERE ?1 IS NULL OR k.team_id = ?1
+                 ORDER BY k.created_at, k.id",
+            )?;
+            let rows = stmt
+                .query_map(params![team_id], |r| {
+                    let created_at = time_column(r, 3)?.ok_or_else(|| {
+                        rusqlite::Error::InvalidColumnType(
+                            3,
+                            "created_at".into(),
+                            rusqlite::types::Type::Null,
+                        )
+                    })?;
+                    Ok(KeyListing {
+                        key: ApiKey {
+                            id: r.get(0)?,
+                            name: r.get(1)?,
+                            prefix: r.get(2)?,
+                            created_at,
+                            last_used_at: time_column(r, 4)?,
+                        },
+                        team_id: r.get(5)?,
+                        team_name: r.get(6)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// Deletes key `id` (only when it belongs to `team_id`, if given); whether it existed.
+    pub async fn revoke_key(&self, team_id: Option<&str>, id: &str) -> Result<bool, StoreError> {
+        let team_id = team_id.map(str::to_owned);
+        let id = id.to_owned();
+        self.call(move |conn| {
+            let n = conn.execute(
+                "DELETE FROM api_keys WHERE id = ?1 AND (?2 IS NULL OR team_id = ?2)",
+                params![id, team_id],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    /// Records that key `id` authenticated a request at `at`.
+    pub async fn touch_key(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.call(move |conn| {
+            conn.execute(
+                "UPDATE api_keys SET last_used_at = ?2 WHERE id = ?1",
+                params![id, at.to_rfc3339()],
+            )?;
+            Ok(())
         })
         .await
     }
@@ -130,5 +277,45 @@ mod tests {
             .await
             .unwrap();
         assert!(!stored.starts_with("wrn_"));
+    }
+
+    #[tokio::test]
+    async fn keys_list_per_team_and_revoke_only_within_their_team() {
+        let store = Store::open_in_memory().unwrap();
+        let a = store.create_key("alpha", "k1").await.unwrap();
+        let b = store.create_team_key(&a.row.team_id, "k2").await.unwrap();
+        let c = store.create_key("beta", "k3").await.unwrap();
+        let listed = store.list_keys(Some(&a.row.team_id)).await.unwrap();
+        let ids: Vec<_> = listed.iter().map(|k| k.key.id.as_str()).collect();
+        assert_eq!(ids, [a.row.id.as_str(), b.row.id.as_str()]);
+        assert_eq!(listed[0].key.prefix, &a.secret[..8]);
+        assert_eq!(listed[0].team_name, "alpha");
+        assert!(listed[0].key.last_used_at.is_none());
+        assert_eq!(store.list_keys(None).await.unwrap().len(), 3);
+
+        let now = Utc::now();
+        store.touch_key(&a.row.id, now).await.unwrap();
+        let used = store.list_keys(Some(&a.row.team_id)).await.unwrap()[0]
+            .key
+            .last_used_at
+            .unwrap();
+        assert!((used - now).num_milliseconds().abs() < 1000);
+
+        // Another team's key is not found; its own team's is, once.
+        assert!(!store
+            .revoke_key(Some(&a.row.team_id), &c.row.id)
+            .await
+            .unwrap());
+        assert!(store.find_key(&c.secret).await.unwrap().is_some());
+        assert!(store
+            .revoke_key(Some(&a.row.team_id), &b.row.id)
+            .await
+            .unwrap());
+        assert!(!store
+            .revoke_key(Some(&a.row.team_id), &b.row.id)
+            .await
+            .unwrap());
+        assert!(store.find_key(&b.secret).await.unwrap().is_none());
+        assert!(store.revoke_key(None, &c.row.id).await.unwrap());
     }
 }

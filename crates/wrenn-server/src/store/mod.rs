@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::Connection;
 
 pub use capsules::CapsuleRow;
-pub use keys::{ApiKeyRow, NewKey};
+pub use keys::{ApiKeyRow, KeyListing, NewKey};
 pub use snapshots::SnapshotRow;
 
 /// Why a store call failed.
@@ -90,6 +90,10 @@ CREATE TABLE snapshots (
     source_capsule TEXT NOT NULL,
     PRIMARY KEY (team_id, name)
 );
+"#,
+    r#"
+ALTER TABLE api_keys ADD COLUMN last_used_at TEXT;
+CREATE INDEX api_keys_by_team ON api_keys(team_id, created_at);
 "#,
 ];
 

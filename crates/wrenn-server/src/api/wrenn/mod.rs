@@ -6,6 +6,7 @@ mod error;
 mod events;
 mod exec;
 mod files;
+mod keys;
 mod openapi;
 mod snapshots;
 mod streams;
@@ -63,6 +64,8 @@ fn v1() -> Router<AppState> {
         .route("/snapshots", get(snapshots::list).post(snapshots::create))
         .route("/snapshots/{name}", delete(snapshots::delete))
         .route("/events/stream", get(events::stream))
+        .route("/api-keys", get(keys::list).post(keys::create))
+        .route("/api-keys/{id}", delete(keys::revoke))
 }
 
 /// The Wrenn API: health, the OpenAPI document and every resource under `/v1` and `/api/v1`.
