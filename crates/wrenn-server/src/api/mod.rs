@@ -70,6 +70,8 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::document))
         .nest("/v1", v1())
         .nest("/api/v1", v1())
+        .merge(crate::dashboard::router())
+        .layer(axum::middleware::from_fn(crate::auth::confirm_ws_protocol))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone());
