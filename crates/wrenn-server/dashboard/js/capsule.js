@@ -16,7 +16,7 @@ function facts(cap) {
     fact("Template", cap.template),
     fact("vCPUs", cap.vcpus),
     fact("Memory", fmtMb(cap.memory_mb)),
-    fact("Disk", cap.disk_size_mb ? `${cap.disk_used_mb ?? "?"} of ${fmtMb(cap.disk_size_mb)} used` : "no limit"),
+    fact("Disk", cap.disk_size_mb ? `${cap.disk_used_mb === undefined ? "?" : fmtMb(cap.disk_used_mb)} of ${fmtMb(cap.disk_size_mb)} used` : "no limit"),
     fact("Inactivity timeout", cap.timeout_sec ? `${cap.timeout_sec} s` : "none"),
     fact("Created", fmtTime(cap.created_at)),
     fact("Started", fmtTime(cap.started_at)),
@@ -34,7 +34,7 @@ function metricsPanel(id, getCap) {
       const last = pts[pts.length - 1];
       const cap = getCap();
       const series = (key) => pts.map((p) => ({ t: p.timestamp_unix, v: p[key] }));
-      const span = Math.min(RANGES[range.value], 120);
+      const span = Math.min(RANGES[range.value], 30);
       replace(body,
         chartBlock("CPU", last ? `${last.cpu_pct.toFixed(1)} %` : "—",
           lineChart({ label: "CPU use, percent of the capsule's vCPUs", cls: "cpu", points: series("cpu_pct"), fixedMax: 100, fmtY: (v) => `${v.toFixed(0)}%`, span })),

@@ -36,6 +36,8 @@ let liveBadge = null;
 function signIn(message) {
   if (stopEvents) stopEvents();
   stopEvents = null;
+  if (cleanup) cleanup();
+  cleanup = null;
   const input = h("input", {
     id: "api-key", name: "api-key", type: "password", autocomplete: "off", required: true,
     placeholder: "wrn_…", spellcheck: "false",
