@@ -124,6 +124,43 @@ def test_static_files_redirect_and_headers(server: WrennServer) -> None:
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
 
 
+def test_key_as_subprotocol_only_on_websocket_upgrades(server: WrennServer) -> None:
+    """The browser's way to send the key (a WebSocket subprotocol) opens no other door."""
+    from conftest import WS_UPGRADE_HEADERS
+
+    offer = {"Sec-WebSocket-Protocol": f"wrenn, wrenn.key.{server.key_alpha}"}
+    r = httpx.get(server.base_url + "/v1/capsules", headers=offer)
+    assert r.status_code == 401, r.text
+    bad = {"Sec-WebSocket-Protocol": "wrenn, wrenn.key.wrn_" + "0" * 40}
+    r = httpx.get(
+        server.base_url + "/v1/capsules/cl-" + "0" * 25 + "/pty", headers={**WS_UPGRADE_HEADERS, **bad}
+    )
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", r.text
+
+
+def test_keyboard_only_sign_in_and_navigation(page: Page, server: WrennServer) -> None:
+    expect(page.get_by_label("API key")).to_be_focused()
+    page.keyboard.type(server.key_alpha)
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Capsules", exact=True)).to_be_visible()
+    expect(page.locator("#main")).to_be_focused()
+    # Backwards from the page: Sign out, then the navigation.
+    for _ in range(4):
+        page.keyboard.press("Shift+Tab")
+    expect(page.get_by_role("link", name="Templates")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Templates and snapshots")).to_be_visible()
+    expect(page.get_by_role("link", name="Templates")).to_have_attribute("aria-current", "page")
+    # After a reload the first Tab reaches the skip link, which jumps to the page.
+    page.reload()
+    expect(page.get_by_role("heading", name="Templates and snapshots")).to_be_visible()
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("#main")).to_be_focused()
+    assert page.url.endswith("#/templates"), page.url
+
+
 def test_bad_key_is_refused_in_words(page: Page) -> None:
     expect(page.get_by_role("heading", name="Sign in to Wrenn")).to_be_visible()
     shot(page, "signin")
@@ -161,6 +198,11 @@ def test_capsule_terminal_files_metrics_and_destroy(
         expect(page.locator("#terminal-state")).to_contain_text("connected (pty-")
         type_in_terminal(page, "export MARK=wren$((6*7)); echo dash-$((6*7))")
         expect_terminal(page, r"dash-42")
+
+        # The keyboard is never trapped: Ctrl+] leaves the terminal.
+        page.locator("#terminal").click()
+        page.keyboard.press("Control+BracketRight")
+        expect(page.locator("#terminal-help")).to_be_focused()
 
         # Resize: the shell sees the terminal's new size.
         size = re.compile(r"^(\d+)\s(\d+)\s*$", re.M)

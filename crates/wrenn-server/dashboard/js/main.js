@@ -53,8 +53,8 @@ function signIn(message) {
       session.set(key);
       try {
         await get("/capsules");
-        if (!location.hash || location.hash === "#/signin") location.hash = "#/capsules";
         start();
+        document.getElementById("main")?.focus({ preventScroll: true });
       } catch (err) {
         session.clear();
         replace(status, notice("error", err instanceof ApiError && err.status === 401
@@ -126,12 +126,18 @@ function start() {
   if (!stopEvents) {
     stopEvents = followEvents((ev) => live.emit(ev), setLive);
   }
+  if (!location.hash.startsWith("#/")) history.replaceState(null, "", "#/capsules");
   route();
 }
 
 window.addEventListener("hashchange", () => {
   route();
   document.getElementById("main")?.focus({ preventScroll: true });
+});
+// The skip link moves the focus without touching the hash (the hash is the router's).
+document.querySelector(".skip")?.addEventListener("click", (e) => {
+  e.preventDefault();
+  document.getElementById("main")?.focus();
 });
 if (session.key()) start();
 else signIn();

@@ -21,10 +21,12 @@ export function terminalPanel(id) {
     type: "button",
     onclick: () => { sessionStorage.removeItem(tagKey); term.reset(); open(true); },
   }, "New shell");
+  const help = h("p", { class: "muted small", tabindex: "-1", id: "terminal-help" },
+    "Click the terminal or Tab into it to type. It keeps Tab for the shell: press Ctrl+] to leave it.");
   const el = h("div", {},
     h("div", { class: "term-bar" }, reconnect, fresh, state),
     box,
-    h("p", { class: "muted small" }, "Click the terminal or press Tab into it to type. It keeps Tab for the shell: use the mouse or Shift+Tab from the buttons above to move past it."));
+    help);
 
   const term = new Terminal({
     cursorBlink: true,
@@ -35,6 +37,14 @@ export function terminalPanel(id) {
   });
   const fit = new FitAddon();
   term.loadAddon(fit);
+  // Ctrl+] (telnet's escape key) moves the focus out, so the keyboard is never trapped.
+  term.attachCustomKeyEventHandler((e) => {
+    if (e.ctrlKey && !e.altKey && !e.metaKey && (e.key === "]" || e.code === "BracketRight")) {
+      if (e.type === "keydown") help.focus();
+      return false;
+    }
+    return true;
+  });
 
   let ws = null;
   let disposed = false;
