@@ -42,7 +42,7 @@ VIEWPORT = {"width": 1366, "height": 860}
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: run scripts/deps.sh (Debian's chromium)", pytrace=False)
+        pytest.fail(f"{CHROMIUM} is missing: run scripts/deps.sh", pytrace=False)
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
@@ -132,9 +132,8 @@ def test_key_as_subprotocol_only_on_websocket_upgrades(server: WrennServer) -> N
     r = httpx.get(server.base_url + "/v1/capsules", headers=offer)
     assert r.status_code == 401, r.text
     bad = {"Sec-WebSocket-Protocol": "wrenn, wrenn.key.wrn_" + "0" * 40}
-    r = httpx.get(
-        server.base_url + "/v1/capsules/cl-" + "0" * 25 + "/pty", headers={**WS_UPGRADE_HEADERS, **bad}
-    )
+    pty = server.base_url + "/v1/capsules/cl-" + "0" * 25 + "/pty"
+    r = httpx.get(pty, headers={**WS_UPGRADE_HEADERS, **bad})
     assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", r.text
 
 
@@ -211,8 +210,9 @@ def test_capsule_terminal_files_metrics_and_destroy(
         page.set_viewport_size({"width": 1000, "height": 860})
         time.sleep(0.5)
         type_in_terminal(page, "clear; stty size")
+        cols = int(before.group(2))
         after = poll(
-            lambda: (m := size.search(terminal_text(page))) and int(m.group(2)) < int(before.group(2)) and m,
+            lambda: (m := size.search(terminal_text(page))) and int(m.group(2)) < cols and m,
             timeout=15,
             what=f"fewer columns than {before.group(0)!r}",
         )
@@ -247,8 +247,9 @@ def test_capsule_terminal_files_metrics_and_destroy(
         for cls in ("cpu", "mem", "disk"):
             line = page.locator(f"#metrics path.line.{cls}")
             expect(line).to_have_count(1, timeout=30_000)
+        mem_line = page.locator("#metrics path.line.mem")
         poll(
-            lambda: int(page.locator("#metrics path.line.mem").get_attribute("data-points") or 0) >= 4,
+            lambda: int(mem_line.get_attribute("data-points") or 0) >= 4,
             timeout=40,
             what="four memory samples",
         )
