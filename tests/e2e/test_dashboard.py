@@ -11,6 +11,7 @@ browser is Debian's, never one downloaded by `playwright install`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -324,3 +325,40 @@ def test_api_keys_page(page: Page, server: WrennServer, api: httpx.Client) -> No
     expect(row).to_have_count(0)
     with server.client(secret) as c:
         assert c.get("/v1/capsules").status_code == 401
+
+
+def test_reconnects_after_a_server_restart(
+    page: Page, server: WrennServer, api: httpx.Client, restart_server
+) -> None:
+    """The event stream and the terminal come back by themselves; the shell is the same one."""
+    r = api.post("/v1/capsules", json={"template": "busybox"})
+    assert r.status_code == 202, r.text
+    cid = r.json()["id"]
+    try:
+        wait_status(api, cid, {"running"})
+        sign_in(page, server.key_alpha)
+        page.goto(f"{server.base_url}/dashboard/#/capsules/{cid}")
+        state = page.locator("#terminal-state")
+        expect(state).to_contain_text("connected (pty-")
+        tag = re.search(r"pty-[0-9a-z]+", state.inner_text()).group(0)
+        type_in_terminal(page, "X=re$((1+2))")
+
+        restart_server()
+
+        expect(page.locator("#live")).to_have_text("live", timeout=30_000)
+        expect(state).to_have_text(f"connected ({tag})", timeout=30_000)
+        type_in_terminal(page, "echo x=$X")
+        expect_terminal(page, r"x=re3")
+
+        # The list follows capsules made by other clients, over the new stream.
+        page.get_by_role("link", name="Capsules").click()
+        r = api.post("/v1/capsules", json={"template": "busybox"})
+        assert r.status_code == 202, r.text
+        other = r.json()["id"]
+        row = page.locator(f"#capsule-table tr[data-id='{other}']")
+        expect(row.locator(".status")).to_have_text("running", timeout=30_000)
+        api.delete(f"/v1/capsules/{other}")
+        expect(row).to_have_count(0, timeout=30_000)
+    finally:
+        with contextlib.suppress(httpx.HTTPError):  # a failed restart must not hide its error
+            api.delete(f"/v1/capsules/{cid}")

@@ -127,20 +127,23 @@ export function capsulePage(main, id, { live, onUnauthorized }) {
     h("section", { class: "panel", "aria-labelledby": "files-h" }, h("h2", { id: "files-h" }, "Files"), filesBox),
     h("section", { class: "panel", "aria-labelledby": "metrics-h" }, h("h2", { id: "metrics-h" }, "Metrics"), metricsBox));
 
-  const stop = live.on((ev) => {
-    if (ev.sandbox && ev.sandbox.id === id) {
-      cap = { ...cap, ...ev.sandbox };
-      render();
-    }
-  });
-  get(`/capsules/${id}`)
-    .then((c) => { cap = { ...c, ...cap, disk_used_mb: c.disk_used_mb }; render(); })
+  const load = () => get(`/capsules/${id}`)
+    .then((c) => { cap = { ...cap, ...c }; render(); })
     .catch((err) => {
       if (err instanceof ApiError && err.status === 401) return onUnauthorized();
       replace(info, notice("error", err instanceof ApiError && err.status === 404
         ? `There is no capsule ${id} in your team.`
         : describe(err)));
     });
+  const stop = live.on((ev) => {
+    if (ev.event === "connected" && cap) {
+      load(); // events may have been missed while the stream was down
+    } else if (ev.sandbox && ev.sandbox.id === id) {
+      cap = { ...cap, ...ev.sandbox };
+      render();
+    }
+  });
+  load();
   return () => {
     stop();
     if (terminal) terminal.dispose();

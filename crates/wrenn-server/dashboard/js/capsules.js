@@ -114,8 +114,20 @@ export function capsulesPage(main, { live, onUnauthorized }) {
     h("section", { class: "panel", "aria-labelledby": "list-h" }, h("h2", { id: "list-h" }, "Your capsules"), table),
   );
 
+  // The list, then events; after a reconnect (a new `connected` event) the list is re-read,
+  // since events may have been missed meanwhile.
+  const load = () => get("/capsules")
+    .then((list) => {
+      const seen = new Set(list.map((c) => c.id));
+      for (const id of capsules.keys()) if (!seen.has(id)) capsules.delete(id);
+      for (const c of list) capsules.set(c.id, { ...capsules.get(c.id), ...c });
+      render();
+    })
+    .catch(report);
   const stop = live.on((ev) => {
-    if (ev.sandbox && ev.sandbox.id) {
+    if (ev.event === "connected") {
+      load();
+    } else if (ev.sandbox && ev.sandbox.id) {
       capsules.set(ev.sandbox.id, { ...capsules.get(ev.sandbox.id), ...ev.sandbox });
       render();
     }
@@ -123,12 +135,7 @@ export function capsulesPage(main, { live, onUnauthorized }) {
   get("/snapshots")
     .then((ts) => replace(formBox, createForm(ts, report)))
     .catch((err) => replace(formBox, notice("error", `Templates could not be listed: ${describe(err)}`)));
-  get("/capsules")
-    .then((list) => {
-      for (const c of list) if (!capsules.has(c.id)) capsules.set(c.id, c);
-      render();
-    })
-    .catch(report);
+  load();
   const tick = setInterval(render, 30000);
   return () => {
     stop();
