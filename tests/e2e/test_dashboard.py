@@ -351,7 +351,7 @@ def test_reconnects_after_a_server_restart(
         expect_terminal(page, r"x=re3")
 
         # The list follows capsules made by other clients, over the new stream.
-        page.get_by_role("link", name="Capsules").click()
+        page.get_by_role("link", name="Capsules", exact=True).click()
         r = api.post("/v1/capsules", json={"template": "busybox"})
         assert r.status_code == 202, r.text
         other = r.json()["id"]
