@@ -227,6 +227,13 @@ def test_capsule_terminal_files_metrics_and_destroy(
         type_in_terminal(page, "echo mark=$MARK")
         expect_terminal(page, r"mark=wren42")
 
+        # New shell: another session (the old one is killed), without the old variables.
+        page.get_by_role("button", name="New shell").click()
+        expect(page.locator("#terminal-state")).to_contain_text("connected (pty-")
+        expect(page.locator("#terminal-state")).not_to_contain_text(tag)
+        type_in_terminal(page, "echo mark=[$MARK]")
+        expect_terminal(page, r"mark=\[\]")
+
         # Files: upload into /tmp, see it listed, download it back.
         page.locator("#files-path").fill("/tmp")
         page.get_by_role("button", name="Open").click()

@@ -19,7 +19,12 @@ export function terminalPanel(id) {
   const reconnect = h("button", { type: "button", id: "terminal-reconnect", onclick: () => open(true) }, "Reconnect");
   const fresh = h("button", {
     type: "button",
-    onclick: () => { sessionStorage.removeItem(tagKey); term.reset(); open(true); },
+    onclick: () => {
+      send({ type: "kill" }); // ends the old shell, which would otherwise outlive its socket
+      sessionStorage.removeItem(tagKey);
+      term.reset();
+      open(true);
+    },
   }, "New shell");
   const help = h("p", { class: "muted small", tabindex: "-1", id: "terminal-help" },
     "Click the terminal or Tab into it to type. It keeps Tab for the shell: press Ctrl+] to leave it.");
