@@ -44,9 +44,12 @@ export function lineChart({ label, cls, points, fmtY, fixedMax, span }) {
   const tStart = Math.min(points.length ? points[0].t : tEnd, tEnd - (span || 60));
   const x = (t) => PAD.left + (innerW * (t - tStart)) / Math.max(tEnd - tStart, 1);
   const y = (v) => PAD.top + innerH - (innerH * Math.min(v, yMax)) / yMax;
+  const clock = tEnd - tStart < 600
+    ? { hour: "2-digit", minute: "2-digit", second: "2-digit" }
+    : { hour: "2-digit", minute: "2-digit" };
   for (const [t, anchor] of [[tStart, "start"], [tEnd, "end"]]) {
     svg.append(s("text", { x: x(t), y: H - 6, "text-anchor": anchor },
-      new Date(t * 1000).toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" })));
+      new Date(t * 1000).toLocaleTimeString(undefined, clock)));
   }
   if (points.length >= 1) {
     const d = points.map((p, i) => `${i ? "L" : "M"}${x(p.t).toFixed(1)},${y(p.v).toFixed(1)}`).join("");
