@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Installs the system packages wrenn-rs needs to build, run and test, on Debian 12.
+# Installs the system packages wrenn-rs needs to build, run and test, on Debian 12
+# (chromium: the dashboard's browser tests, tests/e2e/test_dashboard.py).
 # Idempotent; run as root.
 set -euo pipefail
 
 need_apt=()
 for pkg in debootstrap busybox-static nftables iproute2 pkg-config gcc libc6-dev \
-           ca-certificates curl python3 python3-venv git file tmux; do
+           ca-certificates curl python3 python3-venv git file tmux chromium; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

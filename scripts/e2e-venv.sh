@@ -3,7 +3,8 @@
 #
 #   scripts/e2e-venv.sh [VENV_DIR]        (default: .venv at the repo root)
 #
-# Installs pytest, pytest-timeout, httpx, httpx-ws, pydantic, certifi and the OFFICIAL
+# Installs pytest, pytest-timeout, httpx, httpx-ws, pydantic, certifi, playwright (driving
+# Debian's chromium; no browser is downloaded) and the OFFICIAL
 # `wrenn` SDK 0.3.0. The SDK declares Python >= 3.13 but runs on 3.11, so it is fetched as a
 # wheel for 3.13 and installed with --ignore-requires-python (see the wire contract).
 # Idempotent: a venv that already has everything is left alone (takes well under a second).
@@ -13,12 +14,12 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${1:-$repo_root/.venv}"
 python="${PYTHON:-python3}"
 sdk_version="0.3.0"
-deps=(pytest pytest-timeout httpx httpx-ws pydantic certifi)
+deps=(pytest pytest-timeout httpx httpx-ws pydantic certifi playwright)
 
 # Fast path: everything importable and the SDK at the pinned version.
 if [[ -x "$venv/bin/python" ]] && "$venv/bin/python" - "$sdk_version" <<'EOF' 2>/dev/null; then
 import sys, importlib.metadata as md
-import pytest, pytest_timeout, httpx, httpx_ws, pydantic, certifi, wrenn  # noqa: F401
+import pytest, pytest_timeout, httpx, httpx_ws, pydantic, certifi, playwright, wrenn  # noqa: F401
 sys.exit(0 if md.version("wrenn") == sys.argv[1] else 1)
 EOF
     echo "e2e venv ready: $venv"

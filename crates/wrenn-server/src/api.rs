@@ -1,5 +1,6 @@
-//! HTTP front ends over the capsule service: `wrenn` serves the Wrenn API. In front of them,
-//! the port proxy (by `Host`) and the middleware that logs server errors once.
+//! HTTP front ends over the capsule service: `wrenn` serves the Wrenn API, beside it the web
+//! dashboard (`/dashboard/`). In front of them, the port proxy (by `Host`) and the middleware
+//! that logs server errors once.
 
 pub mod wrenn;
 
@@ -13,6 +14,8 @@ use crate::AppState;
 /// The whole router: the port proxy by `Host` first, then the API.
 pub fn router(state: AppState) -> Router {
     let api = wrenn::routes()
+        .merge(crate::dashboard::router())
+        .layer(axum::middleware::from_fn(crate::auth::confirm_ws_protocol))
         .fallback(wrenn::fallback)
         .method_not_allowed_fallback(wrenn::method_not_allowed)
         .with_state(state.clone());

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -131,15 +132,32 @@ pub async fn serve(config: ServerConfig, runtime: Arc<dyn Runtime>) -> anyhow::R
         .with_context(|| format!("binding {}", config.listen))?;
     tracing::info!(listen = %config.listen, runtime = runtime.kind(), "wrenn serving");
     let app = api::router(state.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving")?;
+    // Open event streams (a dashboard, `events.stream()`) never end by themselves: after the
+    // signal, in-flight requests get DRAIN to finish, then the server stops regardless.
+    let stopping = tokio_util::sync::CancellationToken::new();
+    let on_signal = {
+        let stopping = stopping.clone();
+        async move {
+            shutdown_signal().await;
+            stopping.cancel();
+        }
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(on_signal);
+    tokio::select! {
+        served = std::future::IntoFuture::into_future(server) => served.context("serving")?,
+        () = async {
+            stopping.cancelled().await;
+            tokio::time::sleep(DRAIN).await;
+        } => tracing::info!(drain_secs = DRAIN.as_secs(), "closing connections still open"),
+    }
     housekeeping.abort();
     state.capsules.flush_activity().await;
     tracing::info!("stopped; capsules keep running");
     Ok(())
 }
+
+/// How long a stopping server waits for open requests (event streams never end by themselves).
+const DRAIN: Duration = Duration::from_secs(5);
 
 /// Limits `path` to root: the data directory holds key hashes and capsules' files.
 fn restrict(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
