@@ -70,6 +70,11 @@ enum Command {
         /// ENOSPC inside the capsule); 0 = no limit.
         #[arg(long, env = "WRENN_DISK_MB", default_value_t = 10240)]
         disk_mb: u32,
+        /// Keep COUNT ready capsules of TEMPLATE (`TEMPLATE=COUNT`, repeatable or
+        /// comma-separated; 0 turns a pool off). Default `code-runner-beta=1`; a pool fills
+        /// once its template is built.
+        #[arg(long, env = "WRENN_WARM", value_name = "TEMPLATE=COUNT")]
+        warm: Vec<String>,
     },
     /// Manage API keys.
     Key {
@@ -91,12 +96,12 @@ enum Command {
         #[command(subcommand)]
         command: remote::CapsuleCommand,
     },
-    /// Work with templates on a running server.
+    /// Work with templates: build one here, or list, snapshot and delete on a running server.
     Template {
         #[command(flatten)]
         remote: remote::Remote,
         #[command(subcommand)]
-        command: remote::TemplateCommand,
+        command: TemplateCommand,
     },
     /// Internal: the single-threaded launcher the container runtime runs per capsule.
     #[command(name = "__launch", hide = true)]
@@ -104,6 +109,23 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum TemplateCommand {
+    /// Build a template from its recipe on this host ahead of first use (as root; the server
+    /// would build it on first use otherwise). Each step is logged; slow trees are cached.
+    Build {
+        /// Template (recipe) name, e.g. `code-runner-beta`.
+        name: String,
+        /// Rebuild from scratch (drops the built and the cached tree; stop capsules of it first).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+    },
+    #[command(flatten)]
+    Remote(remote::TemplateCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -156,8 +178,31 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Capsule { remote, command } => remote::capsule(&remote, command).await,
-        Command::Template { remote, command } => {
-            remote::template(&remote, command).await.map(|()| 0)
+        Command::Template {
+            remote,
+            command: TemplateCommand::Remote(command),
+        } => remote::template(&remote, command).await.map(|()| 0),
+        Command::Template {
+            remote: _,
+            command:
+                TemplateCommand::Build {
+                    name,
+                    force,
+                    runtime,
+                },
+        } => {
+            let started = std::time::Instant::now();
+            let info = container_runtime(&runtime)?
+                .build_template(&name, force)
+                .await
+                .map_err(|e| anyhow::anyhow!(wrenn_types::error::chain(&e)))?;
+            eprintln!(
+                "template {} ready: {} MB, {:.1} s",
+                info.name,
+                info.size_bytes / 1_000_000,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(0)
         }
         Command::Serve {
             listen,
@@ -166,7 +211,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             memory_overcommit,
             max_capsules,
             disk_mb,
+            warm,
         } => {
+            let warm = wrenn_server::WarmTargets::parse(&warm).map_err(anyhow::Error::msg)?;
             let data_dir = runtime.dir.dir.clone();
             let rt = container_runtime(&runtime)?;
             let config = wrenn_server::ServerConfig {
@@ -180,6 +227,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 memory_overcommit,
                 max_capsules,
                 disk_mb,
+                warm,
             };
             wrenn_server::serve(config, rt).await.map(|()| 0)
         }

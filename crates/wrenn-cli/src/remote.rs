@@ -14,8 +14,13 @@ pub struct Remote {
     /// Server base URL (plain HTTP; put TLS in front with a proxy).
     #[arg(long, env = "WRENN_BASE_URL", default_value = "http://127.0.0.1:8080")]
     base_url: String,
-    /// API key.
-    #[arg(long, env = "WRENN_API_KEY", hide_env_values = true)]
+    /// API key (needed by every command that talks to a server).
+    #[arg(
+        long,
+        env = "WRENN_API_KEY",
+        hide_env_values = true,
+        default_value = ""
+    )]
     api_key: String,
 }
 
@@ -91,6 +96,9 @@ pub enum TemplateCommand {
 
 impl Remote {
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        if self.api_key.is_empty() {
+            bail!("no API key: pass --api-key or set WRENN_API_KEY");
+        }
         let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
         let url = format!("{}{}", self.base_url.trim_end_matches('/'), path);
         let mut req = hyper::Request::builder()

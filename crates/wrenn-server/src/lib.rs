@@ -25,6 +25,7 @@ use wrenn_runtime::Runtime;
 
 use crate::auth::KeyResolver;
 use crate::events::EventBus;
+pub use crate::service::WarmTargets;
 use crate::service::{Capacity, Capsules};
 use crate::store::Store;
 
@@ -54,13 +55,25 @@ pub struct ServerConfig {
     pub max_capsules: usize,
     /// Size of every capsule's disk, MiB; 0 = no limit.
     pub disk_mb: u32,
+    /// Warm capsules to keep per template.
+    pub warm: WarmTargets,
 }
 
-/// Builds the state over an opened store and a runtime.
+/// Builds the state over an opened store and a runtime, without warm pools.
 pub fn state(store: Store, runtime: Arc<dyn Runtime>, capacity: Capacity) -> AppState {
+    state_with_pools(store, runtime, capacity, WarmTargets::default())
+}
+
+/// Builds the state over an opened store and a runtime, with warm pools of `warm`.
+pub fn state_with_pools(
+    store: Store,
+    runtime: Arc<dyn Runtime>,
+    capacity: Capacity,
+    warm: WarmTargets,
+) -> AppState {
     let events = EventBus::new();
     AppState {
-        capsules: Capsules::new(store.clone(), runtime, events.clone(), capacity),
+        capsules: Capsules::with_pools(store.clone(), runtime, events.clone(), capacity, warm),
         keys: KeyResolver::new(store),
         events,
     }
@@ -84,7 +97,7 @@ pub async fn serve(config: ServerConfig, runtime: Arc<dyn Runtime>) -> anyhow::R
         disk_mb: config.disk_mb,
         ..Capacity::of_host(config.memory_overcommit, config.max_capsules)
     };
-    let state = state(store, runtime.clone(), capacity);
+    let state = state_with_pools(store, runtime.clone(), capacity, config.warm.clone());
     state
         .capsules
         .recover()
@@ -119,6 +132,8 @@ pub async fn serve(config: ServerConfig, runtime: Arc<dyn Runtime>) -> anyhow::R
         }
     });
 
+    let pools = tokio::spawn(state.capsules.clone().fill_pools());
+
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -129,6 +144,9 @@ pub async fn serve(config: ServerConfig, runtime: Arc<dyn Runtime>) -> anyhow::R
         .await
         .context("serving")?;
     housekeeping.abort();
+    pools.abort();
+    // A pooled capsule being made when the filler was aborted is left to recovery.
+    state.capsules.drain_pool().await;
     state.capsules.flush_activity().await;
     tracing::info!("stopped; capsules keep running");
     Ok(())

@@ -3,7 +3,8 @@
 //!
 //! 1. The `Host` header (port stripped) is matched against `^(\d+)-(cl-[0-9a-z]+)\.`; anything
 //!    else goes to the API router.
-//! 2. Bad port or id → 400; unknown capsule → 404; not running → 409; no address → 503 (plain
+//! 2. Bad port or id → 400; unknown capsule → 404; starting or resuming → 503 (retry);
+//!    otherwise not running → 409; no address → 503 (plain
 //!    text, as upstream).
 //! 3. The request is forwarded unchanged (method, path, query, body, headers; `Host` rewritten,
 //!    `X-API-Key` removed) over a fresh HTTP/1.1 connection to the capsule's veth address; the
@@ -106,6 +107,16 @@ async fn proxy(state: &AppState, port: u16, id: &str, req: Request) -> Response 
         return text(StatusCode::NOT_FOUND, format!("capsule {id} not found"));
     };
     let status = live.status();
+    if matches!(
+        status,
+        CapsuleStatus::Pending | CapsuleStatus::Starting | CapsuleStatus::Resuming
+    ) {
+        // Soon running: a 5xx, which clients such as the SDK's code runner retry (§11).
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("capsule {id} is not running yet (status: {status})"),
+        );
+    }
     if status != CapsuleStatus::Running {
         return text(
             StatusCode::CONFLICT,

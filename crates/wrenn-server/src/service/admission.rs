@@ -58,16 +58,22 @@ impl Capacity {
 }
 
 impl Capsules {
-    /// Admits one more capsule of `memory_mb` next to the live ones, or says why not.
+    /// Admits one more capsule of `memory_mb` next to the live and the pooled ones, or says
+    /// why not.
     pub(super) fn admit(&self, memory_mb: u32) -> CapsuleResult<()> {
         let live = self.live.all();
+        let (pooled, pooled_mb) = self.pool.reserved();
         let reserved_mb = live
             .iter()
             .map(|l| l.snapshot())
             .filter(|c| !c.status.is_terminal())
             .map(|c| u64::from(c.memory_mb))
-            .sum::<u64>();
-        match self.capacity.refuse(live.len(), reserved_mb, memory_mb) {
+            .sum::<u64>()
+            + pooled_mb;
+        match self
+            .capacity
+            .refuse(live.len() + pooled, reserved_mb, memory_mb)
+        {
             Some(why) => Err(CapsuleError::NoCapacity(why)),
             None => Ok(()),
         }
