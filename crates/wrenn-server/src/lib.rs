@@ -29,6 +29,9 @@ pub use crate::service::WarmTargets;
 use crate::service::{Capacity, Capsules};
 use crate::store::Store;
 
+/// How long shutdown waits for the warm-pool filler to finish the capsule it is making.
+const POOL_STOP_WAIT: Duration = Duration::from_secs(100);
+
 /// Shared state of every request handler.
 #[derive(Clone, Debug)]
 pub struct AppState {
@@ -144,8 +147,11 @@ pub async fn serve(config: ServerConfig, runtime: Arc<dyn Runtime>) -> anyhow::R
         .await
         .context("serving")?;
     housekeeping.abort();
-    pools.abort();
-    // A pooled capsule being made when the filler was aborted is left to recovery.
+    state.capsules.stop_pools();
+    if tokio::time::timeout(POOL_STOP_WAIT, pools).await.is_err() {
+        // Still making one: what it leaves is removed by recovery at the next start.
+        tracing::warn!("warm pool filler did not stop in time");
+    }
     state.capsules.drain_pool().await;
     state.capsules.flush_activity().await;
     tracing::info!("stopped; capsules keep running");

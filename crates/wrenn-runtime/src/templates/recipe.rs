@@ -662,7 +662,9 @@ mod tests {
     #[test]
     fn key_covers_the_recipe_and_its_base_chain() {
         let embedded = Recipes::embedded().expect("recipes");
-        let cr = embedded.key("code-runner-beta").expect("code-runner-beta key");
+        let cr = embedded
+            .key("code-runner-beta")
+            .expect("code-runner-beta key");
         assert_eq!(embedded.key("code-runner-beta"), Some(cr.clone()), "stable");
         assert!(embedded.key("nope").is_none());
         assert!(embedded
@@ -676,13 +678,17 @@ mod tests {
             files.insert("extra".to_owned(), extra.to_vec());
             Recipe::parse(name, files).expect("recipe")
         };
-        recipes.insert(mk("b", "base = \"busybox\"", b"1")).expect("b");
+        recipes
+            .insert(mk("b", "base = \"busybox\"", b"1"))
+            .expect("b");
         recipes
             .insert(mk("c", "base = { template = \"b\" }", b"x"))
             .expect("c");
         let before = recipes.key("c").expect("key");
         recipes.by_name.remove("b");
-        recipes.insert(mk("b", "base = \"busybox\"", b"2")).expect("b");
+        recipes
+            .insert(mk("b", "base = \"busybox\"", b"2"))
+            .expect("b");
         assert_ne!(recipes.key("c").expect("key"), before, "base file changed");
     }
 }

@@ -17,13 +17,14 @@
 //!   create is in flight (low priority); it is woken after each hand-out. It never builds a
 //!   template: a pool fills once its template is built (by `wrenn template build` or a first
 //!   cold create).
-//! - Pooled capsules are destroyed at shutdown ([`Capsules::drain_pool`]). A server that died
-//!   without draining finds them at start-up among the runtime's capsules the store does not
-//!   know, and recovery removes them like any leftover.
+//! - Pooled capsules are destroyed at shutdown: the filler finishes the capsule it is making
+//!   ([`Capsules::stop_pools`]), then [`Capsules::drain_pool`] destroys them all. A server
+//!   that died without draining finds them at start-up among the runtime's capsules the store
+//!   does not know, and recovery removes them like any leftover.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -92,6 +93,8 @@ pub(super) struct Pool {
     /// Cold creates in flight: the filler waits while there are any.
     pub(super) cold_creates: AtomicUsize,
     wake: tokio::sync::Notify,
+    /// Set at shutdown: the filler finishes the capsule it is making and returns.
+    stopping: AtomicBool,
 }
 
 impl Pool {
@@ -164,7 +167,7 @@ impl Capsules {
             return;
         }
         let mut backoff: HashMap<String, tokio::time::Instant> = HashMap::new();
-        loop {
+        while !self.pool.stopping.load(Ordering::Relaxed) {
             let next = self.pool.targets.iter().find(|(t, n)| {
                 self.pool.len(t) < **n
                     && backoff
@@ -245,7 +248,14 @@ impl Capsules {
         }
     }
 
-    /// Destroys every pooled capsule (at shutdown).
+    /// Asks [`Capsules::fill_pools`] to return once the capsule it is making (if any) is
+    /// pooled, so that [`Capsules::drain_pool`] then finds it.
+    pub fn stop_pools(&self) {
+        self.pool.stopping.store(true, Ordering::Relaxed);
+        self.pool.wake.notify_one();
+    }
+
+    /// Destroys every pooled capsule (at shutdown, after the filler stopped).
     pub async fn drain_pool(&self) {
         for w in self.pool.take_all() {
             if let Err(e) = self.runtime.destroy(&w.id).await {
