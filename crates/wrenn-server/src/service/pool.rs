@@ -168,25 +168,27 @@ impl Capsules {
         }
         let mut backoff: HashMap<String, tokio::time::Instant> = HashMap::new();
         while !self.pool.stopping.load(Ordering::Relaxed) {
-            let next = self.pool.targets.iter().find(|(t, n)| {
-                self.pool.len(t) < **n
-                    && backoff
-                        .get(*t)
-                        .is_none_or(|until| *until <= tokio::time::Instant::now())
+            let now = tokio::time::Instant::now();
+            let mut next = None;
+            for (t, n) in &self.pool.targets {
+                if self.pool.len(t) < *n
+                    && backoff.get(t).is_none_or(|until| *until <= now)
+                    && self.built(t).await
+                {
+                    next = Some(t.clone());
+                    break;
+                }
+            }
+            let ready = next.filter(|_| {
+                self.pool.cold_creates.load(Ordering::Relaxed) == 0
+                    && self.admit(DEFAULT_MEMORY_MB).is_ok()
             });
-            let Some((template, _)) = next.map(|(t, n)| (t.clone(), *n)) else {
-                // All full (or backing off): sleep until a hand-out or the next look.
+            let Some(template) = ready else {
+                // Full, unbuilt, backing off, busy or no room: look again after a hand-out
+                // or a while.
                 let _ = tokio::time::timeout(RECHECK, self.pool.wake.notified()).await;
                 continue;
             };
-            if self.pool.cold_creates.load(Ordering::Relaxed) > 0 || !self.built(&template).await {
-                let _ = tokio::time::timeout(RECHECK, self.pool.wake.notified()).await;
-                continue;
-            }
-            if self.admit(DEFAULT_MEMORY_MB).is_err() {
-                tokio::time::sleep(RECHECK).await;
-                continue;
-            }
             if !self.make_warm(&template).await {
                 backoff.insert(template, tokio::time::Instant::now() + BACKOFF);
             }
