@@ -2,6 +2,13 @@
 
 Run with: bench/run.sh (starts its own server), or
     WRENN_BASE_URL=... WRENN_API_KEY=... python bench/api_bench.py [--n 50] [--template busybox]
+    ... python bench/api_bench.py --code-runner [--n 10] [--refill-wait 8]
+
+`--code-runner` runs only the code-runner benchmarks, with the official SDK's
+`wrenn.code_runner.Capsule` against `code-runner-beta` (the server's warm pool on, the default;
+`*.localhost` must resolve, see scripts/deps.sh): create → first `run_code` answered, warm (from
+the pool, `--refill-wait` seconds between creates so it refills) and cold (a non-default memory
+size, which the pool never serves), and a trivial cell's round trip on a warm kernel.
 """
 
 import argparse
@@ -46,13 +53,65 @@ def destroy_all(c, ids, deadline_s=60):
             time.sleep(0.01)
 
 
+def code_runner(base, key, n, refill_wait):
+    """api.create_to_first_run_code (warm, cold) and api.run_code_roundtrip."""
+    from wrenn.code_runner import Capsule
+
+    # The SDK reaches Jupyter at http://8888-{id}.{host}:{port}: the host must be a name.
+    sdk_base = base.replace("127.0.0.1", "localhost")
+
+    def first_cell(**kw):
+        t0 = time.perf_counter()
+        cap = Capsule(base_url=sdk_base, api_key=key, **kw)
+        try:
+            r = cap.run_code("1 + 1", jupyter_timeout=120)
+            assert r.error is None and r.text == "2", (r.error, r.text)
+            ms = (time.perf_counter() - t0) * 1000
+            warm = (cap.get_info().metadata or {}).get("warm_pool") == "true"
+        finally:
+            cap.destroy()
+        return ms, warm
+
+    # The first cold create may build the template into the data dir; not measured.
+    first_cell(memory_mb=768)
+    warm, pooled = [], 0
+    for _ in range(n):
+        time.sleep(refill_wait)
+        ms, from_pool = first_cell()
+        warm.append(ms)
+        pooled += from_pool
+    line("api.create_to_first_run_code", warm, mode="warm", from_pool=pooled)
+    cold = [first_cell(memory_mb=768)[0] for _ in range(max(3, n // 2))]
+    line("api.create_to_first_run_code", cold, mode="cold")
+
+    time.sleep(refill_wait)
+    cap = Capsule(base_url=sdk_base, api_key=key)
+    try:
+        cap.run_code("x = 1", jupyter_timeout=120)
+        samples = []
+        for _ in range(n * 10):
+            t0 = time.perf_counter()
+            r = cap.run_code("x")
+            samples.append((time.perf_counter() - t0) * 1000)
+            assert r.text == "1", (r.error, r.text)
+        line("api.run_code_roundtrip", samples)
+    finally:
+        cap.destroy()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=30)
     ap.add_argument("--template", default="busybox")
+    ap.add_argument("--code-runner", action="store_true", help="only the code-runner benchmarks")
+    ap.add_argument("--refill-wait", type=float, default=8.0,
+                    help="seconds between warm creates (the pool refills)")
     a = ap.parse_args()
     base = os.environ.get("WRENN_BASE_URL", "http://127.0.0.1:8080")
     key = os.environ["WRENN_API_KEY"]
+    if a.code_runner:
+        code_runner(base, key, a.n, a.refill_wait)
+        return
     c = httpx.Client(base_url=base, headers={"X-API-Key": key}, timeout=60)
     true_cmd = {"cmd": "true", "args": [], "background": False}
 

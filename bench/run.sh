@@ -20,3 +20,8 @@ trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
 bash scripts/e2e-venv.sh .venv >&2
 WRENN_BASE_URL="http://127.0.0.1:$port" WRENN_API_KEY="$key" .venv/bin/python bench/api_bench.py --n "$n"
+# CODE_RUNNER=1: the code-runner benchmarks too (builds code-runner-beta once, ~2 min; cached).
+if [ -n "${CODE_RUNNER:-}" ]; then
+  WRENN_BASE_URL="http://127.0.0.1:$port" WRENN_API_KEY="$key" .venv/bin/python bench/api_bench.py \
+    --code-runner --n "${CODE_RUNNER_N:-10}"
+fi

@@ -6,13 +6,20 @@ set -euo pipefail
 
 need_apt=()
 for pkg in debootstrap busybox-static nftables iproute2 pkg-config gcc libc6-dev \
-           ca-certificates curl python3 python3-venv git file tmux chromium; do
+           ca-certificates curl python3 python3-venv git file tmux chromium libnss-myhostname; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> apt-get install ${need_apt[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# `*.localhost` names the host (RFC 6761): the SDK reaches a capsule's port through the proxy at
+# http://{port}-{id}.localhost:{port}, which nss-myhostname resolves to loopback.
+if ! grep -Eq '^hosts:.*\bmyhostname\b' /etc/nsswitch.conf; then
+  echo "==> enabling nss-myhostname in /etc/nsswitch.conf (*.localhost → loopback)"
+  sed -i -E 's/^(hosts:[[:space:]]+files)/\1 myhostname/' /etc/nsswitch.conf
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

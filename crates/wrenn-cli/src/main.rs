@@ -96,6 +96,11 @@ enum Command {
         /// MiB a team's snapshots take (402 `snapshot_limit`); 0 = no limit.
         #[arg(long, env = "WRENN_TEAM_MAX_SNAPSHOT_MB", default_value_t = 102_400)]
         team_max_snapshot_mb: u64,
+        /// Keep COUNT ready capsules of TEMPLATE (`TEMPLATE=COUNT`, repeatable or
+        /// comma-separated; 0 turns a pool off). Default `code-runner-beta=1`; a pool fills
+        /// once its template is built.
+        #[arg(long, env = "WRENN_WARM", value_name = "TEMPLATE=COUNT")]
+        warm: Vec<String>,
     },
     /// Manage API keys: on this host's data directory (`--dir`, or when no API key is set),
     /// else the calling key's team on the server.
@@ -129,12 +134,12 @@ enum Command {
         #[command(subcommand)]
         command: admin::SnapshotCommand,
     },
-    /// List and delete templates.
+    /// Build templates here; list and delete them on a server.
     Template {
         #[command(flatten)]
         remote: remote::Remote,
         #[command(subcommand)]
-        command: admin::TemplateCommand,
+        command: TemplateCommand,
     },
     /// Follow the team's lifecycle events as they happen (until Ctrl-C).
     Events {
@@ -158,6 +163,23 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum TemplateCommand {
+    /// Build a template from its recipe on this host ahead of first use (as root; the server
+    /// would build it on first use otherwise). Each step is logged; slow trees are cached.
+    Build {
+        /// Template (recipe) name, e.g. `code-runner-beta`.
+        name: String,
+        /// Rebuild from scratch (drops the built and the cached tree; stop capsules of it first).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+    },
+    #[command(flatten)]
+    Remote(admin::TemplateCommand),
 }
 
 fn main() -> ExitCode {
@@ -206,8 +228,31 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Snapshot { remote, command } => {
             admin::snapshot(&remote, command).await.map(|()| 0)
         }
-        Command::Template { remote, command } => {
-            admin::template(&remote, command).await.map(|()| 0)
+        Command::Template {
+            remote,
+            command: TemplateCommand::Remote(command),
+        } => admin::template(&remote, command).await.map(|()| 0),
+        Command::Template {
+            remote: _,
+            command:
+                TemplateCommand::Build {
+                    name,
+                    force,
+                    runtime,
+                },
+        } => {
+            let started = std::time::Instant::now();
+            let info = container_runtime(&runtime)?
+                .build_template(&name, force)
+                .await
+                .map_err(|e| anyhow::anyhow!(wrenn_types::error::chain(&e)))?;
+            eprintln!(
+                "template {} ready: {} MB, {:.1} s",
+                info.name,
+                info.size_bytes / 1_000_000,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(0)
         }
         Command::Events {
             remote,
@@ -240,7 +285,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             team_max_memory_mb,
             team_max_snapshots,
             team_max_snapshot_mb,
+            warm,
         } => {
+            let warm = wrenn_server::WarmTargets::parse(&warm).map_err(anyhow::Error::msg)?;
             let data_dir = runtime.dir.dir.clone();
             let rt = container_runtime(&runtime)?;
             let config = wrenn_server::ServerConfig {
@@ -262,6 +309,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     snapshots: team_max_snapshots,
                     snapshot_mb: team_max_snapshot_mb,
                 },
+                warm,
             };
             wrenn_server::serve(config, rt).await.map(|()| 0)
         }

@@ -26,8 +26,12 @@ use wrenn_runtime::Runtime;
 
 use crate::auth::KeyResolver;
 use crate::events::EventBus;
+pub use crate::service::WarmTargets;
 use crate::service::{Capacity, Capsules};
 use crate::store::Store;
+
+/// How long shutdown waits for the warm-pool filler to finish the capsule it is making.
+const POOL_STOP_WAIT: Duration = Duration::from_secs(100);
 
 /// Shared state of every request handler.
 #[derive(Clone, Debug)]
@@ -59,13 +63,25 @@ pub struct ServerConfig {
     pub disk_overcommit: f64,
     /// Per-team limits.
     pub team_limits: service::TeamLimits,
+    /// Warm capsules to keep per template.
+    pub warm: WarmTargets,
 }
 
-/// Builds the state over an opened store and a runtime.
+/// Builds the state over an opened store and a runtime, without warm pools.
 pub fn state(store: Store, runtime: Arc<dyn Runtime>, capacity: Capacity) -> AppState {
+    state_with_pools(store, runtime, capacity, WarmTargets::default())
+}
+
+/// Builds the state over an opened store and a runtime, with warm pools of `warm`.
+pub fn state_with_pools(
+    store: Store,
+    runtime: Arc<dyn Runtime>,
+    capacity: Capacity,
+    warm: WarmTargets,
+) -> AppState {
     let events = EventBus::new();
     AppState {
-        capsules: Capsules::new(store.clone(), runtime, events.clone(), capacity),
+        capsules: Capsules::with_pools(store.clone(), runtime, events.clone(), capacity, warm),
         keys: KeyResolver::new(store),
         events,
     }
@@ -92,7 +108,7 @@ pub async fn serve(config: ServerConfig, runtime: Arc<dyn Runtime>) -> anyhow::R
         team: config.team_limits,
         ..Capacity::of_host(config.memory_overcommit, config.max_capsules)
     };
-    let state = state(store, runtime.clone(), capacity);
+    let state = state_with_pools(store, runtime.clone(), capacity, config.warm.clone());
     state
         .capsules
         .recover()
@@ -127,6 +143,8 @@ pub async fn serve(config: ServerConfig, runtime: Arc<dyn Runtime>) -> anyhow::R
         }
     });
 
+    let pools = tokio::spawn(state.capsules.clone().fill_pools());
+
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -151,6 +169,12 @@ pub async fn serve(config: ServerConfig, runtime: Arc<dyn Runtime>) -> anyhow::R
         } => tracing::info!(drain_secs = DRAIN.as_secs(), "closing connections still open"),
     }
     housekeeping.abort();
+    state.capsules.stop_pools();
+    if tokio::time::timeout(POOL_STOP_WAIT, pools).await.is_err() {
+        // Still making one: what it leaves is removed by recovery at the next start.
+        tracing::warn!("warm pool filler did not stop in time");
+    }
+    state.capsules.drain_pool().await;
     state.capsules.flush_activity().await;
     tracing::info!("stopped; capsules keep running");
     Ok(())

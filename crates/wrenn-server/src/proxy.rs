@@ -3,7 +3,8 @@
 //!
 //! 1. The `Host` header (port stripped) is matched against `^(\d+)-(cl-[0-9a-z]+)\.`; anything
 //!    else goes to the API router.
-//! 2. Bad port or id → 400; unknown capsule → 404; not running → 409; no address → 503 (plain
+//! 2. Bad port or id → 400; unknown capsule → 404; starting or resuming → 503 (retry);
+//!    otherwise not running → 409; no address → 503 (plain
 //!    text, as upstream).
 //! 3. Access: the owning team's `X-API-Key` (the official SDK always sends it), or none when the
 //!    capsule was created with metadata `public_traffic: "true"`. No key → 401; a key of another
@@ -133,6 +134,16 @@ async fn proxy(state: &AppState, port: u16, id: &str, req: Request) -> Response 
         }
     }
     let status = live.status();
+    if matches!(
+        status,
+        CapsuleStatus::Pending | CapsuleStatus::Starting | CapsuleStatus::Resuming
+    ) {
+        // Soon running: a 5xx, which clients such as the SDK's code runner retry (§11).
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("capsule {id} is not running yet (status: {status})"),
+        );
+    }
     if status != CapsuleStatus::Running {
         return text(
             StatusCode::CONFLICT,

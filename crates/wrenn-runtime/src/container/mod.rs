@@ -228,6 +228,20 @@ impl ContainerRuntime {
         self.inner.disk_pool.wait_idle(timeout);
     }
 
+    /// Builds template `name` from its recipe ahead of first use (a no-op when built), or
+    /// from scratch with `force` (see [`Templates::rebuild`]).
+    pub async fn build_template(
+        &self,
+        name: &str,
+        force: bool,
+    ) -> Result<TemplateInfo, RuntimeError> {
+        if force {
+            self.inner.templates.rebuild(name).await
+        } else {
+            self.inner.templates.ensure(name).await
+        }
+    }
+
     /// The configuration this runtime was built with.
     pub fn config(&self) -> &ContainerConfig {
         &self.inner.cfg

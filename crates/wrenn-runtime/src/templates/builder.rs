@@ -18,15 +18,22 @@ use crate::tree::{copy_tree, private_dir, PRIVATE_DIR_MODE};
 const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 
 /// Builds the tree of `recipe` at `rootfs` (which must not exist). `parent_rootfs` is the built
-/// tree of its base template, when its base is one.
+/// tree of its base template, when its base is one; `key` is the recipe's identity
+/// ([`super::recipe::Recipes::key`]): a recipe that installs packages on top of a template is
+/// built once into `cache/<name>/rootfs` under that key and copied from there afterwards.
 pub(super) fn build_tree(
     recipe: &Recipe,
     rootfs: &Path,
     cache: &Path,
     parent_rootfs: Option<&Path>,
+    key: &str,
 ) -> anyhow::Result<()> {
+    let steps = Steps::new(recipe);
     match &recipe.spec.base {
-        Base::Busybox => build_busybox(rootfs)?,
+        Base::Busybox => {
+            steps.step("busybox", "busybox from the host");
+            build_busybox(rootfs)?;
+        }
         Base::Debootstrap {
             suite,
             packages_file,
@@ -34,37 +41,194 @@ pub(super) fn build_tree(
             let packages = recipe
                 .file(packages_file)
                 .context("packages_file missing")?;
+            steps.step("debootstrap", "Debian base (cached after the first build)");
             let cached = ensure_debootstrap_cache(cache, &recipe.name, suite, packages)?;
+            steps.step("copy", "copy the cached base");
             copy_tree(&cached, rootfs)?;
         }
         Base::Template(parent) => {
             let from =
                 parent_rootfs.with_context(|| format!("base template {parent} not built"))?;
+            if recipe.installs_packages() {
+                let cached = ensure_recipe_cache(cache, recipe, key, from, &steps)?;
+                steps.step("copy", "copy the cached tree");
+                copy_tree(&cached, rootfs)?;
+                steps.step("fixups", "users, /tmp, mount points");
+                return common_fixups(rootfs);
+            }
+            steps.step("copy", &format!("copy the tree of {parent}"));
             copy_tree(from, rootfs)?;
         }
     }
+    install_packages(recipe, rootfs, &steps)?;
+    steps.step(
+        "files",
+        &format!("{} recipe files", recipe.spec.files.len()),
+    );
+    add_files(recipe, rootfs)?;
+    steps.step("fixups", "users, /tmp, mount points");
+    common_fixups(rootfs)
+}
+
+/// Progress of one build: one log line per step (the server's log and `wrenn template build`
+/// show the same lines).
+struct Steps<'a> {
+    name: &'a str,
+    started: std::time::Instant,
+}
+
+impl<'a> Steps<'a> {
+    fn new(recipe: &'a Recipe) -> Self {
+        Self {
+            name: &recipe.name,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn step(&self, step: &str, what: &str) {
+        tracing::info!(
+            template = self.name,
+            step,
+            at_s = self.started.elapsed().as_secs(),
+            "building template: {what}"
+        );
+    }
+}
+
+/// The apt and pip steps of a recipe.
+fn install_packages(recipe: &Recipe, rootfs: &Path, steps: &Steps<'_>) -> anyhow::Result<()> {
     if !recipe.spec.apt.is_empty() {
         let pkgs = recipe.spec.apt.join(" ");
+        steps.step("apt", &format!("apt-get install {pkgs}"));
         in_chroot(
             rootfs,
             &format!(
-                "apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y \
+                "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
                  --no-install-recommends {pkgs} && apt-get clean && rm -rf /var/lib/apt/lists/*"
             ),
+            &[],
         )
         .context("install apt packages")?;
     }
     if let Some(pip) = &recipe.spec.pip {
         let venv = &pip.venv;
         let pkgs = pip.packages.join(" ");
+        steps.step("venv", &format!("python3 -m venv {venv}"));
+        in_chroot(rootfs, &format!("python3 -m venv {venv}"), &[]).context("create the venv")?;
+        steps.step(
+            "pip",
+            &format!("pip install {} packages (minutes)", pip.packages.len()),
+        );
+        // The host's CA bundle (a TLS-intercepting egress needs its CA), only for the build.
+        let ca = HostCa::install(rootfs)?;
+        let env: Vec<(&str, &str)> = ca.as_ref().map_or(vec![], |c| vec![("PIP_CERT", c.path())]);
+        let r = in_chroot(
+            rootfs,
+            &format!(
+                "{venv}/bin/pip install --no-cache-dir --disable-pip-version-check \
+                 --progress-bar off {pkgs}"
+            ),
+            &env,
+        );
+        drop(ca);
+        r.context("install pip packages")?;
+        // Byte code compiled at build time, not by the first capsule that imports.
+        steps.step("compileall", "compile the venv's byte code");
         in_chroot(
             rootfs,
-            &format!("python3 -m venv {venv} && {venv}/bin/pip install --no-cache-dir {pkgs}"),
+            &format!("{venv}/bin/python -m compileall -q -j 0 {venv} >/dev/null || true"),
+            &[],
         )
-        .context("install pip packages")?;
+        .context("compile byte code")?;
     }
-    add_files(recipe, rootfs)?;
-    common_fixups(rootfs)
+    Ok(())
+}
+
+/// The host's CA bundle copied into a tree for the length of a build step.
+struct HostCa {
+    host_path: PathBuf,
+}
+
+impl HostCa {
+    /// Where the bundle is inside the tree.
+    const IN_TREE: &'static str = "/tmp/.wrenn-build-ca.crt";
+    /// The host's bundle (Debian's path).
+    const HOST: &'static str = "/etc/ssl/certs/ca-certificates.crt";
+
+    fn install(rootfs: &Path) -> anyhow::Result<Option<Self>> {
+        if !Path::new(Self::HOST).is_file() {
+            return Ok(None);
+        }
+        let host_path = rootfs.join(Self::IN_TREE.trim_start_matches('/'));
+        std::fs::create_dir_all(rootfs.join("tmp")).context("mkdir /tmp")?;
+        std::fs::copy(Self::HOST, &host_path).context("copy the host's CA bundle")?;
+        Ok(Some(Self { host_path }))
+    }
+
+    fn path(&self) -> &'static str {
+        Self::IN_TREE
+    }
+}
+
+impl Drop for HostCa {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.host_path);
+    }
+}
+
+/// Returns the cached tree of `recipe` (a template base plus packages and files) under `key`,
+/// building it from `parent` first when missing or stale. An flock on `cache/<name>.lock`
+/// serialises builds across processes.
+fn ensure_recipe_cache(
+    cache: &Path,
+    recipe: &Recipe,
+    key: &str,
+    parent: &Path,
+    steps: &Steps<'_>,
+) -> anyhow::Result<PathBuf> {
+    let name = recipe.name.as_str();
+    let dir = cache.join(name);
+    private_dir(cache, PRIVATE_DIR_MODE).context("create cache dir")?;
+    let lock_file =
+        std::fs::File::create(cache.join(format!("{name}.lock"))).context("open cache lock")?;
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .context("lock cache")?;
+    let rootfs = dir.join("rootfs");
+    if std::fs::read_to_string(dir.join("recipe")).ok().as_deref() == Some(key) && rootfs.is_dir() {
+        steps.step("cache", &format!("cached tree {}", rootfs.display()));
+        return Ok(rootfs);
+    }
+    let tmp = cache.join(format!(".{name}.build-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let target = tmp.join("rootfs");
+    let built = (|| {
+        steps.step("copy", "copy the base template's tree");
+        copy_tree(parent, &target)?;
+        install_packages(recipe, &target, steps)?;
+        steps.step(
+            "files",
+            &format!("{} recipe files", recipe.spec.files.len()),
+        );
+        add_files(recipe, &target)?;
+        std::fs::write(tmp.join("recipe"), key)?;
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir).context("rename cache into place")
+    })();
+    if built.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    built.map(|()| rootfs)
+}
+
+/// Forgets the cached tree of recipe `name` (`wrenn template build --force`).
+pub(super) fn drop_cache(cache: &Path, name: &str) -> anyhow::Result<()> {
+    let dir = cache.join(name);
+    if dir.symlink_metadata().is_ok() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Writes the recipe's files into the tree (parents created, never through a symlink of the
@@ -104,59 +268,44 @@ fn add_files(recipe: &Recipe, rootfs: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The host's CA bundle: lent to build steps (pip over HTTPS) so that they trust what the host
-/// trusts (e.g. an egress proxy's CA); removed from the tree afterwards.
-const HOST_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
-/// Where build steps find it in the tree.
-const BUILD_CA_PATH: &str = "tmp/.wrenn-build-ca.crt";
-
 /// Runs `script` with `/bin/sh` chrooted into `rootfs`, with `/proc`, `/dev` and the host's
-/// resolver and CA bundle, in a mount namespace of its own (gone with the process).
-fn in_chroot(rootfs: &Path, script: &str) -> anyhow::Result<()> {
+/// resolver in a mount namespace of its own (gone with the process, so nothing stays mounted
+/// even when the script fails), in a clean environment plus `env`.
+fn in_chroot(rootfs: &Path, script: &str, env: &[(&str, &str)]) -> anyhow::Result<()> {
     let resolv = rootfs.join("etc/resolv.conf");
     let had_resolv = resolv.symlink_metadata().is_ok();
     if !had_resolv {
         let _ = std::fs::copy("/etc/resolv.conf", &resolv);
     }
-    let ca = rootfs.join(BUILD_CA_PATH);
-    let lend_ca = std::fs::copy(HOST_CA_BUNDLE, &ca).is_ok();
     let mounts = "mount -t proc proc \"$1/proc\" && mount --rbind /dev \"$1/dev\" && \
                   exec chroot \"$1\" /bin/sh -c \"$2\"";
-    let mut cmd = Command::new("unshare");
-    cmd.args([
-        "--mount",
-        "--propagation",
-        "private",
-        "--fork",
-        "/bin/sh",
-        "-c",
-    ])
-    .arg(mounts)
-    .arg("wrenn-build")
-    .arg(rootfs)
-    .arg(script)
-    .env_clear()
-    .env(
-        "PATH",
-        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    )
-    .env("HOME", "/root")
-    .env("LANG", "C.UTF-8")
-    .stdin(Stdio::null());
-    if lend_ca {
-        let inside = format!("/{BUILD_CA_PATH}");
-        cmd.env("PIP_CERT", &inside)
-            .env("SSL_CERT_FILE", &inside)
-            .env("REQUESTS_CA_BUNDLE", &inside);
-    }
-    let status = cmd.status().context("spawn unshare");
-    if lend_ca {
-        let _ = std::fs::remove_file(&ca);
-    }
+    let status = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--fork",
+            "/bin/sh",
+            "-c",
+        ])
+        .arg(mounts)
+        .arg("wrenn-build")
+        .arg(rootfs)
+        .arg(script)
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("HOME", "/root")
+        .env("LANG", "C.UTF-8")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .status()
+        .context("spawn unshare")?;
     if !had_resolv {
         let _ = std::fs::remove_file(&resolv);
     }
-    let status = status?;
     if !status.success() {
         bail!("{script:?} failed in the template tree: {status}");
     }

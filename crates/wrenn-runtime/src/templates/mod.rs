@@ -4,9 +4,16 @@
 //! ```text
 //! data_dir/templates/<name>/rootfs/        the built tree (overlay lower dir; never written)
 //! data_dir/templates/<name>/template.json  TemplateInfo + RunConfig (env, user, services)
-//! cache_dir/templates/<name>/rootfs/       a debootstrap base, kept across data dirs
-//! cache_dir/templates/<name>/recipe        hash of the suite and package list that built it
+//! cache_dir/templates/<name>/rootfs/       a debootstrap base, or a recipe's tree that runs
+//!                                          apt or pip on a template base; kept across data dirs
+//! cache_dir/templates/<name>/recipe        the key it was built with (debootstrap: suite and
+//!                                          package list; others: `Recipes::key`)
 //! ```
+//!
+//! Each build step is logged (`building template: …`, with `template`, `step` and seconds
+//! since the start), so `wrenn template build` and the server's log show the same progress.
+//! Build steps that fetch from PyPI get the host's CA bundle (`PIP_CERT`) for their length
+//! only, for hosts whose egress intercepts TLS.
 //!
 //! # Design
 //! [`recipe`] is the data model and its checks, `store` what is on disk (listing, building
@@ -21,7 +28,8 @@
 //!
 //! # Limitations
 //! A built template is not rebuilt when its recipe changes (a base template may be in use as
-//! the lower layer of running capsules); remove `data_dir/templates/<name>` to rebuild it.
+//! the lower layer of running capsules); `wrenn template build --force NAME` rebuilds it (and its
+//! cached tree) when no capsule of it runs. A cached tree is rebuilt when its key changes.
 
 use std::fmt;
 use std::path::Path;

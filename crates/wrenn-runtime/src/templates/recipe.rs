@@ -249,6 +249,11 @@ impl Recipe {
         self.files.get(rel).map(Vec::as_slice)
     }
 
+    /// Whether building it runs a package manager (apt or pip): slow, so its tree is cached.
+    pub fn installs_packages(&self) -> bool {
+        !self.spec.apt.is_empty() || self.spec.pip.is_some()
+    }
+
     /// What capsules of this template start with.
     pub fn run_config(&self) -> RunConfig {
         RunConfig {
@@ -435,6 +440,25 @@ impl Recipes {
             }
         }
         Ok(())
+    }
+
+    /// The identity of recipe `name`: a hash of every file of its dir and, recursively, of its
+    /// base template's recipe, so that a change anywhere down the chain rebuilds a cached tree.
+    pub fn key(&self, name: &str) -> Option<String> {
+        use sha2::{Digest, Sha256};
+        let r = self.by_name.get(name)?;
+        let mut h = Sha256::new();
+        if let Base::Template(parent) = &r.spec.base {
+            // Bases are checked for loops at load, so this recursion ends.
+            h.update(self.key(parent)?);
+        }
+        for (rel, bytes) in &r.files {
+            h.update((rel.len() as u64).to_le_bytes());
+            h.update(rel);
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(bytes);
+        }
+        Some(format!("{:x}", h.finalize()))
     }
 
     /// The recipe of `name`.
@@ -632,5 +656,39 @@ mod tests {
             .with_dir(&std::path::PathBuf::from("/nonexistent-wrenn"))
             .expect_err("missing dir");
         assert!(matches!(e, RecipeError::Read { .. }), "{e}");
+    }
+
+    /// A cached tree's key changes with any file of its recipe or of its base's recipe.
+    #[test]
+    fn key_covers_the_recipe_and_its_base_chain() {
+        let embedded = Recipes::embedded().expect("recipes");
+        let cr = embedded
+            .key("code-runner-beta")
+            .expect("code-runner-beta key");
+        assert_eq!(embedded.key("code-runner-beta"), Some(cr.clone()), "stable");
+        assert!(embedded.key("nope").is_none());
+        assert!(embedded
+            .get("code-runner-beta")
+            .expect("recipe")
+            .installs_packages());
+        let mut recipes = Recipes::default();
+        let mk = |name: &str, text: &str, extra: &[u8]| {
+            let mut files = BTreeMap::new();
+            files.insert("recipe.toml".to_owned(), text.as_bytes().to_vec());
+            files.insert("extra".to_owned(), extra.to_vec());
+            Recipe::parse(name, files).expect("recipe")
+        };
+        recipes
+            .insert(mk("b", "base = \"busybox\"", b"1"))
+            .expect("b");
+        recipes
+            .insert(mk("c", "base = { template = \"b\" }", b"x"))
+            .expect("c");
+        let before = recipes.key("c").expect("key");
+        recipes.by_name.remove("b");
+        recipes
+            .insert(mk("b", "base = \"busybox\"", b"2"))
+            .expect("b");
+        assert_ne!(recipes.key("c").expect("key"), before, "base file changed");
     }
 }

@@ -160,9 +160,17 @@ impl Templates {
         if let Some(i) = self.read_info(name) {
             return Ok(i);
         }
+        let key = self.recipes.key(name).unwrap_or_default();
         let (dir, cache, form) = (self.dir.clone(), self.cache.clone(), self.form.clone());
         let built = tokio::task::spawn_blocking(move || {
-            build(&dir, &cache, &recipe, parent.as_deref(), form.as_ref())
+            build(
+                &dir,
+                &cache,
+                &recipe,
+                parent.as_deref(),
+                &key,
+                form.as_ref(),
+            )
         })
         .await
         .map_err(|e| anyhow::anyhow!("build task: {e}"))
@@ -171,6 +179,34 @@ impl Templates {
             name: name.to_owned(),
             source,
         })
+    }
+
+    /// Builds recipe `name` again from scratch: its built tree and its cached tree (not its
+    /// base templates') are removed first. Capsules running on the old tree keep it as their
+    /// lower layer until they end, so rebuild when none runs (`wrenn template build --force`).
+    pub async fn rebuild(&self, name: &str) -> Result<TemplateInfo, RuntimeError> {
+        if !self.recipes.contains(name) {
+            return Err(RuntimeError::TemplateNotFound(name.to_owned()));
+        }
+        let target = self.dir.join(name);
+        let trash = self.dir.join(unique_tmp_name(name, "deleted"));
+        let cache = self.cache.clone();
+        let owned = name.to_owned();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            if target.symlink_metadata().is_ok() {
+                crate::sys::rename_noreplace(&target, &trash)?;
+                std::fs::remove_dir_all(&trash)?;
+            }
+            builder::drop_cache(&cache, &owned)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("rebuild task: {e}"))
+        .and_then(|r| r)
+        .map_err(|source| RuntimeError::TemplateBuild {
+            name: name.to_owned(),
+            source,
+        })?;
+        self.ensure(name).await
     }
 
     /// Removes snapshot template `name`.
@@ -222,6 +258,7 @@ fn build(
     cache: &Path,
     recipe: &super::recipe::Recipe,
     parent: Option<&Path>,
+    key: &str,
     form: &dyn TemplateForm,
 ) -> anyhow::Result<TemplateInfo> {
     use anyhow::Context;
@@ -232,7 +269,7 @@ fn build(
     let started = std::time::Instant::now();
     let result = (|| {
         let rootfs = tmp.join("rootfs");
-        builder::build_tree(recipe, &rootfs, cache, parent)?;
+        builder::build_tree(recipe, &rootfs, cache, parent, key)?;
         let file = TemplateFile {
             name: name.to_owned(),
             base: true,

@@ -152,6 +152,12 @@ impl Capacity {
         memory_mb: u32,
         disk: Option<(u64, u64)>,
     ) -> Option<Refusal> {
+        self.refuse_team(team, vcpus, memory_mb)
+            .or_else(|| self.refuse_host(host, memory_mb, disk))
+    }
+
+    /// The first two rings: the capsule fits the host, the team stays within its limits.
+    pub fn refuse_team(&self, team: Usage, vcpus: u32, memory_mb: u32) -> Option<Refusal> {
         if self.host_cpus > 0 && vcpus > self.host_cpus {
             return Some(Refusal::TooBig(format!(
                 "vcpus must be at most {} (the host's cores)",
@@ -189,6 +195,16 @@ impl Capacity {
                 ),
             ));
         }
+        None
+    }
+
+    /// The third ring: the host has room now (`disk` as for [`Capacity::refuse`]).
+    pub fn refuse_host(
+        &self,
+        host: Usage,
+        memory_mb: u32,
+        disk: Option<(u64, u64)>,
+    ) -> Option<Refusal> {
         if host.capsules as usize >= self.max_capsules {
             return Some(Refusal::Full(format!(
                 "this host runs its maximum of {} capsules",
@@ -246,8 +262,9 @@ fn free_mb(dir: &std::path::Path) -> Option<u64> {
 }
 
 impl Capsules {
-    /// Admits one more capsule of `vcpus` and `memory_mb` for `team_id`, or says why not.
-    pub(super) fn admit(&self, team_id: &str, vcpus: u32, memory_mb: u32) -> CapsuleResult<()> {
+    /// What the live capsules hold, on the whole host (with the warm pools) and for `team_id`;
+    /// and the MiB their disks use.
+    fn usage(&self, team_id: Option<&str>) -> (Usage, Usage, u64) {
         let (mut host, mut team, mut disk_used_mb) = (Usage::default(), Usage::default(), 0u64);
         for live in self.live.all() {
             let c = live.snapshot();
@@ -256,17 +273,42 @@ impl Capsules {
             }
             host.add(c.vcpus, c.memory_mb);
             disk_used_mb += c.disk_used_mb.unwrap_or(0);
-            if live.team_id() == team_id {
+            if Some(live.team_id()) == team_id {
                 team.add(c.vcpus, c.memory_mb);
             }
         }
+        let (pooled, pooled_mb) = self.pool.reserved();
+        host.capsules += pooled as u32;
+        host.memory_mb += pooled_mb;
+        (host, team, disk_used_mb)
+    }
+
+    /// Whether `team_id` may have one more capsule of `vcpus` and `memory_mb` (it must fit the
+    /// host and the team's limits), whether it comes from a warm pool or not.
+    pub(super) fn admit_team(
+        &self,
+        team_id: &str,
+        vcpus: u32,
+        memory_mb: u32,
+    ) -> CapsuleResult<()> {
+        let (_, team, _) = self.usage(Some(team_id));
+        match self.capacity.refuse_team(team, vcpus, memory_mb) {
+            Some(r) => Err(r.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the host has room now for one more capsule of `memory_mb`, next to the live and
+    /// the pooled ones.
+    pub(super) fn admit(&self, memory_mb: u32) -> CapsuleResult<()> {
+        let (host, _, disk_used_mb) = self.usage(None);
         let disk = self
             .capacity
             .disk_dir
             .as_deref()
             .and_then(free_mb)
             .map(|free| (free, disk_used_mb));
-        match self.capacity.refuse(host, team, vcpus, memory_mb, disk) {
+        match self.capacity.refuse_host(host, memory_mb, disk) {
             Some(r) => Err(r.into()),
             None => Ok(()),
         }

@@ -1,7 +1,10 @@
-//! Create: validate → resolve the template → admit → record `starting` → answer; in a task,
-//! under the capsule's lock: the runtime creates it → `running` (or `error`, cleaned up).
+//! Create: validate → resolve the template → a warm capsule of the pool, or admit → record
+//! `starting` → answer; in a task, under the capsule's lock: the runtime creates it →
+//! `running` (or `error`, cleaned up). A warm capsule is recorded `starting` then `running`
+//! before the answer, with the same events.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -25,11 +28,20 @@ impl Capsules {
         let req = ValidCreate::try_from(req)?;
         let resolved = self.resolve_template(team_id, &req.template).await?;
         let (vcpus, memory_mb) = resolved.sizes.unwrap_or((req.vcpus, req.memory_mb));
-        self.admit(team_id, vcpus, memory_mb)?;
+        self.admit_team(team_id, vcpus, memory_mb)?;
+        let warm = match resolved.sizes {
+            None => self.take_warm(&resolved.runtime_name, vcpus, memory_mb),
+            Some(_) => None,
+        };
+        if warm.is_none() {
+            self.admit(memory_mb)?;
+        }
 
         let now = Utc::now();
         let capsule = Capsule {
-            id: ids::new_capsule_id(),
+            id: warm
+                .as_ref()
+                .map_or_else(ids::new_capsule_id, |w| w.id.clone()),
             status: CapsuleStatus::Starting,
             template: req.template,
             vcpus,
@@ -51,6 +63,12 @@ impl Capsules {
             &capsule,
             Action::success(EventKind::CapsuleCreate, actor),
         );
+        if let Some(w) = warm {
+            live.set_ip(w.ip);
+            tracing::info!(id = %capsule.id, template = %capsule.template, "capsule handed out from the warm pool");
+            let _op = live.op.lock().await;
+            return Ok(self.created(&live, true).await.unwrap_or(capsule));
+        }
         let spec = CapsuleSpec {
             id: capsule.id.clone(),
             source: if resolved.sizes.is_some() {
@@ -65,11 +83,55 @@ impl Capsules {
             disk_mb: self.capacity.disk_mb,
         };
         let this = self.clone();
-        tokio::spawn(async move { this.run_create(live, spec).await });
+        self.pool.cold_creates.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            this.run_create(live, spec).await;
+            this.pool.cold_creates.fetch_sub(1, Ordering::Relaxed);
+        });
         Ok(capsule)
     }
 
-    async fn run_create(self: Arc<Self>, live: Arc<LiveCapsule>, spec: CapsuleSpec) {
+    /// Records a started capsule `running` (with its runtime's versions in its metadata, and
+    /// `warm_pool` when it came from one) and publishes the create's success.
+    async fn created(&self, live: &LiveCapsule, warm: bool) -> Option<Capsule> {
+        // Guest facts come from the capsule itself, never from the host's /proc.
+        let health = live.agent().health().await.ok();
+        let kernel = health.as_ref().and_then(|h| h.kernel_version.clone());
+        let agent_version = health.map(|h| h.version);
+        let kind = self.runtime.kind();
+        let rec = self
+            .transition(
+                live,
+                &[CapsuleStatus::Starting],
+                CapsuleStatus::Running,
+                |c| {
+                    let now = Utc::now();
+                    c.started_at = Some(now);
+                    c.last_active_at = Some(now);
+                    let m = c.metadata.get_or_insert_with(BTreeMap::new);
+                    if let Some(k) = kernel {
+                        m.insert("kernel_version".into(), k);
+                    }
+                    m.insert("vmm_version".into(), kind.into());
+                    if let Some(v) = agent_version {
+                        m.insert("agent_version".into(), v);
+                    }
+                    if warm {
+                        m.insert("warm_pool".into(), "true".into());
+                    }
+                },
+            )
+            .await
+            .ok()?;
+        self.events.capsule(
+            &live.team_id,
+            &rec,
+            Action::success(EventKind::CapsuleCreate, &system_actor()),
+        );
+        Some(rec)
+    }
+
+    async fn run_create(self: &Arc<Self>, live: Arc<LiveCapsule>, spec: CapsuleSpec) {
         let _op = live.op.lock().await;
         let result = self.runtime.create(&spec).await;
         if live.status() != CapsuleStatus::Starting {
@@ -79,38 +141,7 @@ impl Capsules {
         match result {
             Ok(handle) => {
                 live.set_ip(handle.ip);
-                // Guest facts come from the capsule itself, never from the host's /proc.
-                let health = live.agent().health().await.ok();
-                let kernel = health.as_ref().and_then(|h| h.kernel_version.clone());
-                let agent_version = health.map(|h| h.version);
-                let kind = self.runtime.kind();
-                let rec = self
-                    .transition(
-                        &live,
-                        &[CapsuleStatus::Starting],
-                        CapsuleStatus::Running,
-                        |c| {
-                            let now = Utc::now();
-                            c.started_at = Some(now);
-                            c.last_active_at = Some(now);
-                            let m = c.metadata.get_or_insert_with(BTreeMap::new);
-                            if let Some(k) = kernel {
-                                m.insert("kernel_version".into(), k);
-                            }
-                            m.insert("vmm_version".into(), kind.into());
-                            if let Some(v) = agent_version {
-                                m.insert("agent_version".into(), v);
-                            }
-                        },
-                    )
-                    .await;
-                if let Ok(rec) = rec {
-                    self.events.capsule(
-                        &live.team_id,
-                        &rec,
-                        Action::success(EventKind::CapsuleCreate, &system_actor()),
-                    );
-                }
+                self.created(&live, false).await;
             }
             Err(e) => {
                 let reason = chain(&e);

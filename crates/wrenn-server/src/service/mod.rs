@@ -14,6 +14,7 @@
 //! | `admission.rs` | [`Capacity`]: whether the host takes one more |
 //! | `create.rs`, `destroy.rs`, `freezer.rs` (pause, resume), `snapshot.rs` | one verb each |
 //! | `housekeeping.rs` | the inactivity reaper, dead capsules, sampling, activity |
+//! | `pool.rs` | warm pools: capsules made ahead of demand, handed out by create |
 //! | `recover.rs` | start-up reconciliation with the runtime |
 
 mod admission;
@@ -22,6 +23,7 @@ mod destroy;
 pub mod error;
 mod freezer;
 mod housekeeping;
+mod pool;
 mod recover;
 mod registry;
 mod snapshot;
@@ -39,6 +41,7 @@ use wrenn_types::api::{Capsule, CapsuleStatus, EventKind};
 
 pub use self::admission::{Capacity, TeamLimits};
 pub use self::error::{CapsuleError, CapsuleResult, Needed};
+pub use self::pool::{WarmTargets, DEFAULT_CODE_RUNNER_WARM};
 pub use self::registry::{LiveCapsule, Lookup, PUBLIC_TRAFFIC_KEY};
 pub use self::snapshot::ResolvedTemplate;
 pub use self::validate::{
@@ -82,6 +85,7 @@ pub struct Capsules {
     live: registry::Registry,
     metrics: Metrics,
     capacity: Capacity,
+    pool: pool::Pool,
 }
 
 impl std::fmt::Debug for Capsules {
@@ -93,14 +97,27 @@ impl std::fmt::Debug for Capsules {
 }
 
 impl Capsules {
-    /// A service over `store` and `runtime`, admitting capsules within `capacity`.
+    /// A service over `store` and `runtime`, admitting capsules within `capacity`, without
+    /// warm pools.
     pub fn new(
         store: Store,
         runtime: Arc<dyn Runtime>,
         events: EventBus,
         capacity: Capacity,
     ) -> Arc<Self> {
+        Self::with_pools(store, runtime, events, capacity, WarmTargets::default())
+    }
+
+    /// [`Capsules::new`] with warm pools of `warm` (filled by [`Capsules::fill_pools`]).
+    pub fn with_pools(
+        store: Store,
+        runtime: Arc<dyn Runtime>,
+        events: EventBus,
+        capacity: Capacity,
+        warm: WarmTargets,
+    ) -> Arc<Self> {
         Arc::new(Self {
+            pool: pool::Pool::new(warm),
             store,
             runtime,
             events,

@@ -19,8 +19,9 @@ pub const MAX_VCPUS: i64 = 64;
 /// Upper bound on memory per capsule (256 GiB).
 pub const MAX_MEMORY_MB: i64 = 262_144;
 /// Metadata keys the server sets itself.
-pub const RESERVED_METADATA: [&str; 4] = [
+pub const RESERVED_METADATA: [&str; 5] = [
     "kernel_version",
+    "warm_pool",
     "vmm_version",
     "agent_version",
     "envd_version",

@@ -6,6 +6,7 @@
 //! Run with `cargo test -p wrenn-server --test router`.
 
 mod lifecycle;
+mod pool;
 mod reaper;
 mod recovery;
 

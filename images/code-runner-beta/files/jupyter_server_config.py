@@ -1,0 +1,17 @@
+# Jupyter Server as the official SDK's code runner expects it (contract §12): reachable only
+# through the capsule's port proxy, so no token, no password, no XSRF check and any origin.
+c = get_config()  # noqa: F821
+c.ServerApp.ip = "0.0.0.0"
+c.ServerApp.port = 8888
+c.ServerApp.port_retries = 0
+c.ServerApp.open_browser = False
+c.ServerApp.allow_root = True
+c.ServerApp.root_dir = "/root"
+c.IdentityProvider.token = ""
+c.ServerApp.password = ""
+c.ServerApp.disable_check_xsrf = True
+c.ServerApp.allow_origin = "*"
+c.ServerApp.allow_remote_access = True
+# Nothing but the server itself: no extension discovery at start-up.
+c.ServerApp.jpserver_extensions = {}
+c.MappingKernelManager.default_kernel_name = "wrenn"
