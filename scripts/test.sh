@@ -21,6 +21,12 @@ cargo test --workspace -- --test-threads=2
 echo "==> the Rust client against a real server"
 cargo test -p wrenn-client --test live -- --ignored
 
+echo "==> template code-runner-beta (pip, ~2 min the first time; cached in \$WRENN_CACHE after)"
+tpl_dir=$(mktemp -d /tmp/wrenn-template-build.XXXXXX)
+"$WRENN_BIN" template build code-runner-beta --dir "$tpl_dir" --cache-dir "$WRENN_CACHE" \
+  --agent "$WRENN_AGENT"
+rm -rf "$tpl_dir"
+
 echo "==> end-to-end tests with the official SDK"
 bash scripts/e2e-venv.sh .venv
 .venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider

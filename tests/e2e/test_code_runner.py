@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import queue
+import re
 import socket
 import time
 
@@ -206,3 +207,46 @@ def test_async_code_runner(server, runner):
             await cap.destroy()
 
     asyncio.run(main())
+
+
+def _pooled_now(server) -> list[str]:
+    """Ids of warm capsules made and not handed out, from the server log."""
+    made, handed = [], set()
+    for line in server.log_path.read_text(errors="replace").splitlines():
+        m = re.search(r"(cl-[0-9a-z]{25})", line)
+        if not m:
+            continue
+        if "warm capsule ready" in line:
+            made.append(m.group(1))
+        elif "handed out from the warm pool" in line:
+            handed.add(m.group(1))
+    return [i for i in made if i not in handed]
+
+
+def test_pooled_capsules_do_not_outlive_the_server(server, runner, restart_server):
+    """Graceful stop destroys pooled capsules; after a crash, recovery removes them."""
+    capsules = server.data_dir / "capsules"
+
+    def live_pooled():
+        return [i for i in _pooled_now(server) if (capsules / i).exists()]
+
+    pooled = poll(live_pooled, timeout=180, interval=1, what="a pooled capsule")
+    restart_server(kill=False)
+    for cid in pooled:
+        assert not (capsules / cid).exists(), f"pooled {cid} survived a graceful stop"
+    # The pool refills after the restart; a crash then leaves it to recovery.
+    fresh = poll(
+        lambda: [i for i in live_pooled() if i not in pooled],
+        timeout=180,
+        interval=1,
+        what="the pool refilled after restart",
+    )
+    restart_server(kill=True)
+    poll(
+        lambda: not any((capsules / i).exists() for i in fresh),
+        timeout=60,
+        interval=0.5,
+        what="recovery removed the crashed server's pooled capsules",
+    )
+    # The team's capsule lived through both restarts.
+    assert runner.get_info().status.value == "running"

@@ -143,17 +143,45 @@ impl Pool {
 
 impl Capsules {
     /// A warm capsule of `template` with these sizes, taken out of its pool, if one is ready.
-    pub(super) fn take_warm(&self, template: &str, vcpus: u32, memory_mb: u32) -> Option<Warm> {
-        let w = {
+    /// One whose init has exited meanwhile is destroyed (in the background) instead.
+    pub(super) fn take_warm(
+        self: &Arc<Self>,
+        template: &str,
+        vcpus: u32,
+        memory_mb: u32,
+    ) -> Option<Warm> {
+        let mut dead = Vec::new();
+        let found = {
             let mut ready = self.pool.ready.lock().unwrap_or_else(|p| p.into_inner());
             let q = ready.get_mut(template)?;
-            let i = q
+            let mut found = None;
+            while let Some(i) = q
                 .iter()
-                .position(|w| w.vcpus == vcpus && w.memory_mb == memory_mb)?;
-            q.remove(i)?
+                .position(|w| w.vcpus == vcpus && w.memory_mb == memory_mb)
+            {
+                let Some(w) = q.remove(i) else { break };
+                if self.runtime.exit_status(&w.id).is_some() {
+                    dead.push(w);
+                } else {
+                    found = Some(w);
+                    break;
+                }
+            }
+            found
         };
+        if !dead.is_empty() {
+            let this = self.clone();
+            tokio::spawn(async move {
+                for w in dead {
+                    tracing::warn!(id = %w.id, "a warm capsule died in the pool");
+                    if let Err(e) = this.runtime.destroy(&w.id).await {
+                        tracing::warn!(id = %w.id, error = %chain(&e), "destroying a dead warm capsule");
+                    }
+                }
+            });
+        }
         self.pool.wake.notify_one();
-        Some(w)
+        found
     }
 
     /// Warm capsules ready in the pool of `template`.

@@ -137,3 +137,22 @@ async fn draining_destroys_pooled_capsules() {
     assert_eq!(made, destroyed);
     assert_eq!(h.state.capsules.warm_ready("minimal"), 0);
 }
+
+#[tokio::test]
+async fn a_warm_capsule_that_died_in_the_pool_is_never_handed_out() {
+    let h = pooled(ROOMY, "minimal=1").await;
+    wait_warm(&h, "minimal", 1).await;
+    let dead = h.rt.calls(Op::Create)[0].clone();
+    h.rt.exit(&dead, 137);
+    let (s, c) = h
+        .call(
+            Method::POST,
+            "/v1/capsules",
+            Some(json!({"template": "minimal"})),
+        )
+        .await;
+    assert!(s.is_success(), "{s} {c}");
+    assert_ne!(c["id"], dead.as_str());
+    assert_eq!(c["status"], "starting", "made cold instead");
+    super::wait_call(&h.rt, Op::Destroy, &dead).await;
+}
