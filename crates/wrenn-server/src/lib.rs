@@ -1,6 +1,7 @@
 //! The Wrenn API server: authenticates callers, owns the truth about capsules (store), drives
 //! their lifecycle through a [`wrenn_runtime::Runtime`], and proxies work inside a capsule to
 //! its agent. It never runs a user's command itself.
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
