@@ -36,17 +36,8 @@ impl ApiError {
     }
 }
 
-/// `e` and its sources, joined by `": "`.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(c) = source {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        source = c.source();
-    }
-    s
-}
+/// `e` and its sources, joined by `": "` (the workspace's one way to write an error chain).
+pub use wrenn_types::error::chain as error_chain;
 
 impl From<SpawnError> for ApiError {
     fn from(e: SpawnError) -> Self {

@@ -1,6 +1,7 @@
 //! The `wrenn` binary: `serve` and `bench` on the host, `capsule`, `snapshot`, `template`,
 //! `events` and `key` against a server (Docker's habits: tables, `--json`, `-q`, id prefixes),
 //! and the hidden launcher entry point the container runtime re-executes for every capsule.
+#![forbid(unsafe_code)]
 
 mod admin;
 mod bench;

@@ -3,7 +3,6 @@
 //! its agent. It never runs a user's command itself.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
-#![forbid(unsafe_code)]
 
 pub mod api;
 pub mod auth;

@@ -245,7 +245,7 @@ impl ContainerRuntime {
                     ),
                     Ok(false) => {}
                     Err(e) => {
-                        tracing::warn!(error = %format!("{e:#}"), "cannot restore host firewall table")
+                        tracing::warn!(error = %wrenn_types::error::chain(e.as_ref()), "cannot restore host firewall table")
                     }
                 }
             }
