@@ -181,6 +181,7 @@ impl ContainerRuntime {
                 root: self.state_root(),
                 agent_socket: dirs.agent_socket(),
                 netns: record.net.netns_path(),
+                sysfs: dirs.run_root().join("sys"),
             })
             .await
             .map_err(|source| RuntimeError::Launch {

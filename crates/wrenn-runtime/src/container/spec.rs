@@ -5,9 +5,9 @@
 //!
 //! What it sets: the capsule's user namespace (by path: made and mapped by the runtime, see
 //! [`super::ids`]), new pid, mount, ipc, uts and cgroup namespaces owned by it; hostname =
-//! capsule id; the overlay root; /proc, /dev, /dev/pts, /dev/shm, /dev/mqueue, and the host's
-//! /sys bound read-only (as runc does in a user namespace: capsule root has no CAP_SYS_ADMIN
-//! over the host-owned network namespace, so it cannot mount a sysfs); runc's masked and read-only paths; Docker's default
+//! capsule id; the overlay root; /proc, /dev, /dev/pts, /dev/shm, /dev/mqueue (the read-only
+//! /sys is mounted by the launcher: capsule root has no CAP_SYS_ADMIN over the host-owned
+//! network namespace, so it cannot mount a sysfs); runc's masked and read-only paths; Docker's default
 //! capabilities minus CAP_NET_RAW and CAP_MKNOD; no_new_privs; NOFILE rlimit; a positive OOM
 //! score; a devpts instance of at most [`PTY_MAX`] terminals; cpu (quota and cpuset), memory
 //! (+swap, same value, so no swap) and pids limits under `/wrenn/<id>`; the agent as PID 1
@@ -145,8 +145,6 @@ pub fn build(i: &SpecInput<'_>) -> Value {
               "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
             { "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
               "options": ["nosuid", "noexec", "nodev"] },
-            { "destination": "/sys", "type": "bind", "source": "/sys",
-              "options": ["rbind", "nosuid", "noexec", "nodev", "ro"] },
         ],
         "linux": {
             "namespaces": [
@@ -205,16 +203,12 @@ mod tests {
             args.as_deref().and_then(|a| a.get(1..3)),
             Some(&["--listen-fd".to_owned(), "3".to_owned()][..])
         );
-        // The only bind mount is the host's /sys, read-only: nothing on the host is writable.
-        let binds: Vec<_> = spec
+        // No bind mount: nothing on the host is reachable, let alone writable.
+        assert!(!spec
             .mounts()
             .iter()
             .flatten()
-            .filter(|m| m.typ().as_deref() == Some("bind"))
-            .collect();
-        assert_eq!(binds.len(), 1);
-        assert_eq!(binds[0].destination(), Path::new("/sys"));
-        assert!(binds[0].options().iter().flatten().any(|o| o == "ro"));
+            .any(|m| m.typ().as_deref() == Some("bind")));
         // Its own user namespace; the network namespace is joined by the launcher.
         let ns = linux.namespaces().as_ref().expect("namespaces");
         use oci_spec::runtime::LinuxNamespaceType as T;
