@@ -523,3 +523,179 @@ pub(crate) fn lower_thread_priority() {
         )
     };
 }
+
+/// Makes a user namespace owned by host uid `base` that maps ids `0..size` to
+/// `base..base+size` (uid and gid), and bind-mounts it at `target` (an existing empty file)
+/// so it lives without a process; unmounting `target` lets it go.
+///
+/// A helper child (`sleep`, run as uid/gid `base` with no supplementary groups) unshares
+/// `CLONE_NEWUSER` before it execs (user_namespaces(7)): the namespace's owner is then `base`,
+/// so per-user kernel counters of everything in it (inotify instances and watches, ...) are
+/// charged to `base` in the host namespace, never to host root. We write its `uid_map` and
+/// `gid_map` (privileged writer: no `setgroups` deny needed), bind its `ns/user`, then kill
+/// and reap it.
+pub(crate) fn make_userns(base: u32, size: u32, target: &Path) -> io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("sleep");
+    cmd.arg("60")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .uid(base)
+        .gid(base);
+    // SAFETY: the closure runs in the forked child before exec and only makes the unshare(2)
+    // system call, which is async-signal-safe; it touches no memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).map_err(io::Error::from)
+        });
+    }
+    // spawn() returns once the child has exec'd, so the unshare has happened.
+    let mut child = cmd.spawn()?;
+    let pid = child.id();
+    let made = (|| {
+        let map = format!("0 {base} {size}\n");
+        std::fs::write(format!("/proc/{pid}/uid_map"), &map)?;
+        std::fs::write(format!("/proc/{pid}/gid_map"), &map)?;
+        nix::mount::mount(
+            Some(Path::new(&format!("/proc/{pid}/ns/user"))),
+            target,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(io::Error::from)
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    made
+}
+
+/// `struct mount_attr` of mount_setattr(2) (`MOUNT_ATTR_SIZE_VER0`).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Mounts a copy of the tree at `source` at `target`, idmapped through the user namespace
+/// `userns` (mount_setattr(2) `MOUNT_ATTR_IDMAP`), `nosuid,nodev`: a file owned by host id `x`
+/// shows as the id `x` maps to in `userns`; the tree itself is unchanged. open_tree(2) with
+/// `OPEN_TREE_CLONE` makes a detached bind mount, which is idmapped before move_mount(2)
+/// attaches it (an attached mount cannot be idmapped).
+pub(crate) fn mount_idmapped(
+    source: &Path,
+    userns: &std::fs::File,
+    target: &Path,
+) -> io::Result<()> {
+    let src = std::ffi::CString::new(source.as_os_str().as_bytes())?;
+    let dst = std::ffi::CString::new(target.as_os_str().as_bytes())?;
+    let empty = c"";
+    // SAFETY: `src` is a NUL-terminated path that outlives the call; open_tree returns a new
+    // fd or -1 and keeps no pointer.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            src.as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other("fd out of range"))?;
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd) };
+    let attr = MountAttr {
+        attr_set: libc::MOUNT_ATTR_IDMAP | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    // SAFETY: `tree` and `userns` are open fds, `empty` is a NUL-terminated string and `attr` a
+    // live `struct mount_attr` whose size we pass; the kernel only reads them during the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `tree` is an open mount fd, `empty` and `dst` NUL-terminated strings that outlive
+    // the call; move_mount keeps no pointer.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            dst.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Bind-mounts `source` at `target` (recursively with `recursive`), then makes it read-only,
+/// `nosuid,nodev` (a bind mount takes new flags only through a remount).
+pub(crate) fn bind_mount(
+    source: &Path,
+    target: &Path,
+    read_only: bool,
+    recursive: bool,
+) -> io::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    let mut flags = MsFlags::MS_BIND;
+    if recursive {
+        flags |= MsFlags::MS_REC;
+    }
+    mount(Some(source), target, None::<&str>, flags, None::<&str>).map_err(io::Error::from)?;
+    if read_only {
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV,
+            None::<&str>,
+        )
+        .map_err(io::Error::from)?;
+    }
+    Ok(())
+}
+
+/// `lchown(2)`: the entry itself, a symlink as a link.
+pub(crate) fn lchown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+}
+
+/// Removes the `security.capability` xattr (file capabilities) of `path` itself (never
+/// followed); none there is not an error.
+pub(crate) fn remove_file_caps(path: &Path) -> io::Result<()> {
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: both arguments are NUL-terminated strings that outlive the call; the kernel only
+    // reads them.
+    let r = unsafe { libc::lremovexattr(p.as_ptr(), c"security.capability".as_ptr()) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENODATA) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}

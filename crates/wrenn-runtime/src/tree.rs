@@ -112,6 +112,54 @@ pub(crate) fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Id a shifted file gets when its id lies outside the range being shifted (`nobody`).
+pub(crate) const OVERFLOW_ID: u32 = 65_534;
+
+/// Moves the ids of every entry of the private tree `root` (a fresh copy only this process
+/// writes, so paths are safe) from the host range `base..base+size` down to `0..size`; ids
+/// outside the range become [`OVERFLOW_ID`]. Symlinks are changed as links, never followed.
+///
+/// chown(2) clears the setuid and setgid bits and the `security.capability` xattr of a
+/// non-directory; they are put back only on a file that stays owned by neither uid 0 nor
+/// gid 0. So a tree made from a capsule (whose root is `base` on the host) holds no
+/// setuid/setgid or file-capability file owned by host root: copied out of a capsule it would
+/// otherwise be a root-owned privileged binary on the host's filesystem.
+pub(crate) fn shift_ids(root: &Path, base: u32, size: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let shift = |id: u32| {
+        id.checked_sub(base)
+            .filter(|d| *d < size)
+            .unwrap_or(OVERFLOW_ID)
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let md = std::fs::symlink_metadata(&p).with_context(|| format!("stat {}", p.display()))?;
+        if md.nlink() > 1 && !md.is_dir() && !seen.insert((md.dev(), md.ino())) {
+            continue; // another link to an inode already shifted
+        }
+        let (uid, gid) = (shift(md.uid()), shift(md.gid()));
+        sys::lchown(&p, uid, gid).with_context(|| format!("chown {}", p.display()))?;
+        if md.is_dir() {
+            for e in std::fs::read_dir(&p).with_context(|| format!("read {}", p.display()))? {
+                stack.push(e?.path());
+            }
+            continue;
+        }
+        if md.file_type().is_symlink() {
+            continue;
+        }
+        let mut mode = md.mode() & 0o7777;
+        if uid == 0 || gid == 0 {
+            mode &= !(libc::S_ISUID | libc::S_ISGID);
+            sys::remove_file_caps(&p).with_context(|| format!("drop caps {}", p.display()))?;
+        }
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("chmod {}", p.display()))?;
+    }
+    Ok(())
+}
+
 /// `.{name}.{what}-{pid}-{seq}`: unique among all temp dirs of this process (a counter) and
 /// of other processes (the pid), so concurrent builds, snapshots and deletes of one name never
 /// share (and never wipe) each other's temp dir.
@@ -157,6 +205,47 @@ mod tests {
             matches!(err.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)),
             "{err}"
         );
+    }
+
+    #[test]
+    fn ids_shift_down_and_root_owned_files_lose_setuid() {
+        use std::os::unix::fs::MetadataExt;
+        let s = Scratch::new("shift");
+        let d = s.path().join("t");
+        std::fs::create_dir_all(d.join("sub")).expect("mkdir");
+        let base = 3 << 20;
+        let file = |name: &str, uid: u32, mode: u32| {
+            let p = d.join(name);
+            std::fs::write(&p, "x").expect("write");
+            std::os::unix::fs::lchown(&p, Some(uid), Some(uid)).expect("chown");
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        };
+        file("sub/suid-root", base, 0o4755);
+        file("suid-user", base + 1000, 0o6755);
+        file("stranger", 42, 0o644);
+        std::os::unix::fs::symlink("/etc/passwd", d.join("link")).expect("symlink");
+        std::os::unix::fs::lchown(d.join("link"), Some(base + 5), Some(base + 5)).expect("lchown");
+        std::fs::hard_link(d.join("suid-user"), d.join("hard")).expect("link");
+        std::os::unix::fs::lchown(&d, Some(base), Some(base)).expect("chown dir");
+        shift_ids(&d, base, 65_536).expect("shift");
+        let md = |n: &str| std::fs::symlink_metadata(d.join(n)).expect("stat");
+        assert_eq!((md("").uid(), md("").gid()), (0, 0));
+        assert_eq!(
+            (
+                md("sub/suid-root").uid(),
+                md("sub/suid-root").mode() & 0o7777
+            ),
+            (0, 0o755)
+        );
+        assert_eq!(
+            (md("suid-user").uid(), md("suid-user").mode() & 0o7777),
+            (1000, 0o6755)
+        );
+        assert_eq!(md("hard").uid(), 1000);
+        assert_eq!(md("stranger").uid(), OVERFLOW_ID);
+        assert_eq!(md("link").uid(), 5);
+        // The link's target was not touched.
+        assert_eq!(std::fs::metadata("/etc/passwd").expect("passwd").uid(), 0);
     }
 
     #[test]

@@ -13,9 +13,15 @@
 //!    to fd [`AGENT_LISTEN_FD`] without close-on-exec, and has libcontainer preserve exactly
 //!    that one fd (`with_preserved_fds(1)`: fds 0-2 are /dev/null, fd 3 survives, every higher
 //!    fd is made close-on-exec in the init before it execs the agent with `--listen-fd 3`).
-//! 4. The launcher builds and starts the container (detached; the container's own stdio is
+//! 4. The launcher joins the capsule's network namespace (setns(2); the capsule inherits it:
+//!    libcontainer would join it only after entering the capsule's user namespace, which has
+//!    no rights over a namespace the host owns) and allows unprivileged ICMP echo sockets in
+//!    it (`net.ipv4.ping_group_range`, as Docker: ping without CAP_NET_RAW).
+//!    Then it mounts a sysfs of that namespace read-only at the capsule's `/sys` in a mount
+//!    namespace of its own (see [`mount_sysfs`]).
+//! 5. The launcher builds and starts the container (detached; the container's own stdio is
 //!    /dev/null, never the reply pipe, so nothing keeps that pipe open after the launcher exits).
-//! 5. The launcher writes one JSON [`LaunchReply`] line to stdout and exits 0 (1 on error),
+//! 6. The launcher writes one JSON [`LaunchReply`] line to stdout and exits 0 (1 on error),
 //!    closing its copy of the listener: from then on only the agent holds it, and the socket
 //!    file stays bound (connectable) for as long as the agent lives.
 //!
@@ -50,6 +56,10 @@ pub struct LaunchRequest {
     pub root: PathBuf,
     /// Host path to bind the agent's listening socket at (must not exist yet).
     pub agent_socket: PathBuf,
+    /// The capsule's network namespace, joined before libcontainer runs.
+    pub netns: PathBuf,
+    /// Where the capsule's `/sys` is mounted (its root path's `sys`), see [`mount_sysfs`].
+    pub sysfs: PathBuf,
 }
 
 /// Result of one launch.
@@ -123,12 +133,60 @@ fn bind_agent_socket(path: &Path) -> Result<OwnedFd, BoxError> {
     Ok(fd)
 }
 
+/// Moves this (single-threaded) process into the network namespace at `path` and sets the
+/// namespace's `net.ipv4.ping_group_range` to every group.
+fn join_netns(path: &Path) -> Result<(), BoxError> {
+    let ns = std::fs::File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| format!("join network namespace: {e}"))?;
+    // /proc/sys/net shows the namespace of the process that opens it: now the capsule's.
+    std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647")
+        .map_err(|e| format!("set ping_group_range: {e}"))?;
+    Ok(())
+}
+
+/// Mounts a sysfs, read-only, `nosuid,nodev,noexec`, at `target` (the capsule's `/sys`, in its
+/// root path), in a new mount namespace of this process that receives but never sends mount
+/// events.
+///
+/// Capsule root cannot mount a sysfs itself: that takes CAP_SYS_ADMIN over the user namespace
+/// owning the network namespace, which is the host's. A bind of the host's `/sys` (what runc
+/// does) would show the host's network interfaces. A sysfs shows the network namespace of
+/// whoever mounts it, so we mount it here, after joining the capsule's; libcontainer's mount
+/// namespace is a copy of this one, where the mount is locked (capsule root can neither
+/// unmount it nor make it writable).
+fn mount_sysfs(target: &Path) -> Result<(), BoxError> {
+    use nix::mount::{mount, MsFlags};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| format!("unshare mount namespace: {e}"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("make mounts slave: {e}"))?;
+    std::fs::create_dir_all(target).map_err(|e| format!("create /sys: {e}"))?;
+    mount(
+        Some("sysfs"),
+        target,
+        Some("sysfs"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| format!("mount sysfs: {e}"))?;
+    Ok(())
+}
+
 fn launch(req: &LaunchRequest) -> Result<i32, BoxError> {
     use libcontainer::container::builder::ContainerBuilder;
     use libcontainer::syscall::syscall::SyscallType;
 
     // First, before anything else takes fd 3. Kept open until the container init exists.
     let _listener = bind_agent_socket(&req.agent_socket)?;
+    join_netns(&req.netns)?;
+    mount_sysfs(&req.sysfs)?;
     let null = || {
         std::fs::OpenOptions::new()
             .read(true)

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::ids;
 use super::launcher::{LaunchReply, LaunchRequest};
 use super::net::{self, CapsuleNet};
 use super::overlay::CapsuleDirs;
@@ -85,6 +86,7 @@ impl ContainerRuntime {
                 netns: id.to_owned(),
                 slot: None,
             },
+            ids: None,
             disk_mb: s.disk_mb,
             init_pid: None,
             init_start: None,
@@ -116,6 +118,10 @@ impl ContainerRuntime {
                     .map_err(|e| host_err("allocate network slot", id, e))?,
             );
         }
+        let range = ids::claim_range(&self.inner.cfg.data_dir, id)
+            .map_err(|e| host_err("allocate id range", id, e))?;
+        record.ids = Some(range);
+        let base = ids::host_base(range);
         record
             .save(&dirs.record())
             .map_err(|e| host_err("write capsule.json", id, e))?;
@@ -130,6 +136,7 @@ impl ContainerRuntime {
             self.inner.disk_pool.clone(),
             s.disk_mb,
         );
+        let runtime_dir = self.inner.cfg.data_dir.join("runtime");
         // Disk (when asked for), resolv.conf and overlay, in parallel with the network. The
         // task returns the failed step with its cause.
         let root = tokio::task::spawn_blocking(move || {
@@ -137,9 +144,12 @@ impl ContainerRuntime {
                 d2.mount_disk(&pool, disk_mb)
                     .map_err(|e| ("set up disk", anyhow::Error::from(e)))?;
             }
-            d2.seed_etc(&cid, host_conf.as_deref())
+            d2.make_userns(base)
+                .map_err(|e| ("make user namespace", e.into()))?;
+            d2.seed_etc(&cid, host_conf.as_deref(), base)
                 .map_err(|e| ("write /etc files", e.into()))?;
-            d2.mount(&lower).map_err(|e| ("mount overlay", e.into()))
+            d2.mount(&lower, &runtime_dir)
+                .map_err(|e| ("mount overlay", e.into()))
         });
         let host_net = self.inner.host_net.get().cloned().unwrap_or_default();
         let (net_res, root_res) = tokio::join!(net::create(&record.net, &host_net), root);
@@ -151,9 +161,8 @@ impl ContainerRuntime {
 
         let config = spec::build(&spec::SpecInput {
             id,
-            rootfs: &dirs.rootfs(),
-            runtime_dir: &self.inner.cfg.data_dir.join("runtime"),
-            netns: &record.net.netns_path(),
+            rootfs: &dirs.run_root(),
+            userns: &dirs.userns(),
             vcpus: s.vcpus,
             memory_mb: s.memory_mb,
             pids_limit: s.pids_limit,
@@ -171,6 +180,8 @@ impl ContainerRuntime {
                 bundle: dirs.bundle(),
                 root: self.state_root(),
                 agent_socket: dirs.agent_socket(),
+                netns: record.net.netns_path(),
+                sysfs: dirs.run_root().join("sys"),
             })
             .await
             .map_err(|source| RuntimeError::Launch {
@@ -309,6 +320,7 @@ impl ContainerRuntime {
                             netns: id.to_owned(),
                             slot: None,
                         },
+                        ids: None,
                         disk_mb: 0,
                         init_pid: None,
                         init_start: None,
@@ -375,6 +387,9 @@ impl ContainerRuntime {
             .map_err(|e| host_err("remove network", id, e))?;
         if let Some(slot) = record.net.slot {
             net::release_slot(slot);
+        }
+        if let Some(range) = record.ids {
+            ids::release_range(range);
         }
         Ok(())
     }
@@ -454,6 +469,12 @@ impl ContainerRuntime {
                 })
                 .await;
                 net::release_slot(slot);
+                orphans.push(id);
+            }
+        }
+        for (range, id) in ids::owned_ranges(&self.inner.cfg.data_dir) {
+            if !seen.contains(&id) {
+                ids::release_range(range);
                 orphans.push(id);
             }
         }

@@ -24,6 +24,7 @@
 pub(crate) mod cgroups;
 mod cpuset;
 pub(crate) mod disk;
+pub(crate) mod ids;
 pub mod launcher;
 pub(crate) mod net;
 pub(crate) mod overlay;
@@ -88,6 +89,9 @@ pub struct ContainerConfig {
     /// ones of the repository's `images/`; a name that is built in is refused.
     pub extra_recipes: Option<PathBuf>,
 }
+
+/// Mode of `data_dir/runtime` (see [`ContainerRuntime::new`]).
+const RUNTIME_DIR_MODE: u32 = 0o755;
 
 /// OOM score adjustment of the process that runs the runtime (the server).
 pub const HOST_OOM_SCORE_ADJ: i32 = -1000;
@@ -185,10 +189,16 @@ impl ContainerRuntime {
         }
         // Capsule uppers (setuid files of capsule root included), templates and libcontainer
         // state are for host root only.
-        for d in ["capsules", "templates", "state", "runtime", "pool"] {
+        for d in ["capsules", "templates", "state", "pool"] {
             private_dir(&cfg.data_dir.join(d), PRIVATE_DIR_MODE)
                 .map_err(|e| err("create data dir", e.into()))?;
         }
+        // Bind-mounted read-only at /.wrenn: capsule root (an unprivileged host uid in its
+        // user namespace) must read and run what is in it. It holds only the agent binary and
+        // the seccomp program, and sits inside the 0700 data dir, so no other host user can
+        // reach it.
+        private_dir(&cfg.data_dir.join("runtime"), RUNTIME_DIR_MODE)
+            .map_err(|e| err("create data dir", e.into()))?;
         private_dir(&cfg.cache_dir.join("templates"), PRIVATE_DIR_MODE)
             .map_err(|e| err("create template cache dir", e.into()))?;
         let runtime_dir = cfg.data_dir.join("runtime");
@@ -372,7 +382,15 @@ impl Runtime for ContainerRuntime {
         let made = self
             .inner
             .templates
-            .create_snapshot(name, &self.dirs(id).rootfs(), &capsule.record.template)
+            .create_snapshot(
+                name,
+                &self.dirs(id).rootfs(),
+                &capsule.record.template,
+                capsule
+                    .record
+                    .ids
+                    .map(|n| (ids::host_base(n), ids::RANGE_SIZE)),
+            )
             .await;
         if !was_frozen {
             let c = cg.clone();

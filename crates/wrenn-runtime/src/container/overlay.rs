@@ -6,10 +6,17 @@
 //!   upper/ work/   overlay upper and work dirs (without a disk)
 //!   disk.img disk/ the capsule's own sized filesystem, with upper/ and work/ inside
 //!                  (see super::disk)
-//!   rootfs/        overlay mount point: lower = template rootfs (never written)
+//!   userns         the capsule's user namespace, bind-mounted (see super::ids)
+//!   lower/         the template rootfs, idmapped through that namespace (never written)
+//!   rootfs/        overlay mount point: lower = lower/, the runtime dir bound at .wrenn
 //!   bundle/        config.json for libcontainer
 //!   agent.sock     the agent's socket, bound by the launcher; never visible in the capsule
 //! ```
+//!
+//! libcontainer's init resolves the capsule's root path as capsule root, an unprivileged host
+//! uid that cannot enter the 0700 data dir, so the overlay is also bound at
+//! `/run/wrenn/root/<id>` (`root/` 0711, the overlay's own root owned by capsule root) and the
+//! spec names that path.
 //!
 //! Nothing here is mounted into the capsule: the capsule's root is the overlay at `rootfs/`
 //! (pivoted into), so it can neither see nor replace `agent.sock`.
@@ -78,6 +85,19 @@ impl CapsuleDirs {
     pub fn rootfs(&self) -> PathBuf {
         self.root.join("rootfs")
     }
+    /// Mount point of the idmapped template layer.
+    pub fn lower(&self) -> PathBuf {
+        self.root.join("lower")
+    }
+    /// Bind mount of the capsule's user namespace.
+    pub fn userns(&self) -> PathBuf {
+        self.root.join("userns")
+    }
+    /// The root path libcontainer is given: a bind of [`CapsuleDirs::rootfs`] outside the
+    /// data dir.
+    pub fn run_root(&self) -> PathBuf {
+        Path::new(RUN_ROOTS).join(self.root.file_name().unwrap_or_default())
+    }
     /// OCI bundle dir.
     pub fn bundle(&self) -> PathBuf {
         self.root.join("bundle")
@@ -113,8 +133,22 @@ impl CapsuleDirs {
         } else {
             vec![self.upper(), self.work()]
         };
-        for d in layers.into_iter().chain([self.rootfs(), self.bundle()]) {
+        for d in layers
+            .into_iter()
+            .chain([self.rootfs(), self.bundle(), self.lower()])
+        {
             std::fs::create_dir(d)?;
+        }
+        std::fs::File::create(self.userns())?;
+        Ok(())
+    }
+
+    /// Makes the capsule's user namespace (ids 0–65535 → `base..`) and gives capsule root its
+    /// upper and work dirs. After [`CapsuleDirs::mount_disk`], before [`CapsuleDirs::seed_etc`].
+    pub fn make_userns(&self, base: u32) -> io::Result<()> {
+        sys::make_userns(base, super::ids::RANGE_SIZE, &self.userns())?;
+        for d in [self.upper(), self.work()] {
+            sys::lchown(&d, base, base)?;
         }
         Ok(())
     }
@@ -136,13 +170,22 @@ impl CapsuleDirs {
     }
 
     /// Mounts the overlay with `lower` (a template rootfs) as its only, read-only layer,
-    /// `nosuid,nodev`.
+    /// `nosuid,nodev`, binds `runtime_dir` read-only at its `/.wrenn` and the whole at
+    /// [`CapsuleDirs::run_root`].
+    ///
+    /// The template is shared by every capsule and owned by host ids 0–65535: it is idmapped
+    /// through the capsule's user namespace at `lower/` first, so in the capsule (and in the
+    /// overlay, which copies up with the ids it sees) its files belong to the capsule's ids.
+    /// The runtime dir is bound here, in the host's mount namespace, and not by libcontainer:
+    /// its source is inside the data dir, which capsule root cannot enter; bound here, the
+    /// mount is locked in the capsule's namespace (capsule root can neither unmount nor remount
+    /// it writable).
     ///
     /// The capsule reads the overlay's options in its `/proc/self/mountinfo`, so the layers are
     /// named through short-lived links `/run/wrenn/ov/<id>/{l,u,w}` (the kernel resolves them at
     /// mount time and shows the names given): the capsule sees its own id, never the data dir,
     /// a template's team or the disk.
-    pub fn mount(&self, lower: &Path) -> io::Result<()> {
+    pub fn mount(&self, lower: &Path, runtime_dir: &Path) -> io::Result<()> {
         let id = self
             .root
             .file_name()
@@ -150,15 +193,27 @@ impl CapsuleDirs {
         let links = Path::new(LAYER_LINKS).join(id);
         let _ = std::fs::remove_dir_all(&links);
         std::fs::create_dir_all(&links)?;
+        let userns = std::fs::File::open(self.userns())?;
+        sys::mount_idmapped(lower, &userns, &self.lower())?;
         let made = (|| {
             let (l, u, w) = (links.join("l"), links.join("u"), links.join("w"));
-            std::os::unix::fs::symlink(lower, &l)?;
+            std::os::unix::fs::symlink(self.lower(), &l)?;
             std::os::unix::fs::symlink(self.upper(), &u)?;
             std::os::unix::fs::symlink(self.work(), &w)?;
             sys::mount_overlay(&l, &u, &w, &self.rootfs())
         })();
         let _ = std::fs::remove_dir_all(&links);
-        made
+        made?;
+        sys::bind_mount(
+            runtime_dir,
+            &self.rootfs().join(RUNTIME_MOUNT_DIR),
+            true,
+            false,
+        )?;
+        private_dir(Path::new(RUN_ROOTS), RUN_ROOTS_MODE)?;
+        let run_root = self.run_root();
+        std::fs::create_dir(&run_root)?;
+        sys::bind_mount(&self.rootfs(), &run_root, false, true)
     }
 
     /// Seeds the capsule's own `/etc/hostname` and `/etc/hosts` (its id, never the host's
@@ -167,9 +222,16 @@ impl CapsuleDirs {
     /// redirect it) before the overlay is mounted; host loopback resolvers are dropped because
     /// they are unreachable from the capsule's network namespace. Without a usable host
     /// resolver the template's own `resolv.conf` stays.
-    pub fn seed_etc(&self, id: &str, host_conf: Option<&str>) -> io::Result<()> {
+    /// Every file written is owned by capsule root (host uid `base`).
+    pub fn seed_etc(&self, id: &str, host_conf: Option<&str>, base: u32) -> io::Result<()> {
         let etc = self.upper().join("etc");
         std::fs::create_dir_all(&etc)?;
+        // The mount point of the runtime dir (see `mount`).
+        let rt = self.upper().join(RUNTIME_MOUNT_DIR);
+        std::fs::create_dir(&rt)?;
+        for p in [&etc, &rt] {
+            sys::lchown(p, base, base)?;
+        }
         // debootstrap copies the host's hostname into a template: the capsule gets its own.
         std::fs::write(etc.join("hostname"), format!("{id}\n"))?;
         std::fs::write(
@@ -178,16 +240,27 @@ impl CapsuleDirs {
                 "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{id}\n"
             ),
         )?;
-        match host_conf.and_then(capsule_resolv_conf) {
-            Some(conf) => std::fs::write(etc.join("resolv.conf"), conf),
-            None => Ok(()),
+        sys::lchown(&etc.join("hostname"), base, base)?;
+        sys::lchown(&etc.join("hosts"), base, base)?;
+        if let Some(conf) = host_conf.and_then(capsule_resolv_conf) {
+            std::fs::write(etc.join("resolv.conf"), conf)?;
+            sys::lchown(&etc.join("resolv.conf"), base, base)?;
         }
+        Ok(())
     }
 
     /// Unmounts everything mounted under the capsule dir (the overlay, anything a crash left
     /// stacked on it, and the disk last), waits for the kernel to free the disk's loop device,
     /// then removes the dir (the image with it).
     pub fn remove(&self) -> io::Result<()> {
+        let run_root = self.run_root();
+        for m in sys::mounts_under(&run_root).into_iter().rev() {
+            sys::unmount(&m)?;
+        }
+        match std::fs::remove_dir(&run_root) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let mut mounts = sys::mounts_under(&self.root);
         let disk = self.disk_mount();
         // Deepest first; the disk (under the overlay's upper) after everything else.
@@ -216,6 +289,12 @@ impl CapsuleDirs {
 
 /// Where the overlay's layer links are made for the moment of mounting.
 const LAYER_LINKS: &str = "/run/wrenn/ov";
+/// Where capsule roots are bound for libcontainer (see the module doc).
+const RUN_ROOTS: &str = "/run/wrenn/root";
+/// Mode of [`RUN_ROOTS`]: capsule root may pass through, nobody may list it.
+const RUN_ROOTS_MODE: u32 = 0o711;
+/// The runtime dir's mount point in a capsule's root, relative (see `super::spec`).
+const RUNTIME_MOUNT_DIR: &str = ".wrenn";
 
 /// The host resolver configuration minus loopback nameservers; `None` when no nameserver is
 /// left.

@@ -18,6 +18,9 @@ pub struct CapsuleRecord {
     pub lower: PathBuf,
     /// Network resources.
     pub net: CapsuleNet,
+    /// The capsule's host id range (see `super::ids`), once claimed.
+    #[serde(default)]
+    pub ids: Option<u32>,
     /// Size of the capsule's own disk (`disk.img`, holding upper and work), MiB; 0 = none.
     #[serde(default)]
     pub disk_mb: u32,

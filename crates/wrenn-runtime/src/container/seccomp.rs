@@ -464,6 +464,12 @@ pub fn write_filter(path: &Path) -> Result<usize, SeccompCompileError> {
         source,
     };
     std::fs::write(&tmp, &bytes).map_err(werr)?;
+    // Read by the agent as capsule root, an unprivileged host uid.
+    std::fs::set_permissions(
+        &tmp,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644),
+    )
+    .map_err(werr)?;
     std::fs::rename(&tmp, path).map_err(werr)?;
     Ok(prog.len())
 }

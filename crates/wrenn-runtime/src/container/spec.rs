@@ -3,14 +3,22 @@
 //! Written as JSON (mirroring `runc spec` plus Docker's hardening) so the file reads like the
 //! reference it follows; libcontainer parses it with `oci-spec` (a unit test does the same).
 //!
-//! What it sets: pid, mount, ipc, uts, cgroup namespaces and the pre-created network namespace
-//! (by path); hostname = capsule id; the overlay root; /proc, /dev, /dev/pts, /dev/shm,
-//! /dev/mqueue, read-only /sys; runc's masked and read-only paths; Docker's default
+//! What it sets: the capsule's user namespace (by path: made and mapped by the runtime, see
+//! [`super::ids`]), new pid, mount, ipc, uts and cgroup namespaces owned by it; hostname =
+//! capsule id; the overlay root; /proc, /dev, /dev/pts, /dev/shm, /dev/mqueue (the read-only
+//! /sys is mounted by the launcher: capsule root has no CAP_SYS_ADMIN over the host-owned
+//! network namespace, so it cannot mount a sysfs); runc's masked and read-only paths; Docker's default
 //! capabilities minus CAP_NET_RAW and CAP_MKNOD; no_new_privs; NOFILE rlimit; a positive OOM
 //! score; a devpts instance of at most [`PTY_MAX`] terminals; cpu (quota and cpuset), memory
 //! (+swap, same value, so no swap) and pids limits under `/wrenn/<id>`; the agent as PID 1
 //! with stdio on /dev/null. No seccomp section: the agent installs the precompiled filter
 //! itself (see [`super::seccomp`]).
+//!
+//! Not here: the network namespace, which the launcher joins before libcontainer runs
+//! (libcontainer would join it from inside the new user namespace, where setns(2) on a
+//! namespace owned by the host's user namespace fails with EPERM), and the
+//! `net.ipv4.ping_group_range` sysctl, which the launcher writes there too; the runtime dir,
+//! bound by the runtime itself (see `super::overlay`).
 //!
 //! No host dir is writable from the capsule: the agent does not bind its socket, it serves on
 //! the listening socket the launcher bound on a host-only path and passed as fd
@@ -71,10 +79,8 @@ pub struct SpecInput<'a> {
     pub id: &'a str,
     /// Host path of the mounted overlay root.
     pub rootfs: &'a Path,
-    /// Host dir bind-mounted read-only at [`RUNTIME_MOUNT`].
-    pub runtime_dir: &'a Path,
-    /// Path of the pre-created network namespace.
-    pub netns: &'a Path,
+    /// Bind mount of the capsule's user namespace.
+    pub userns: &'a Path,
     /// Whole CPUs.
     pub vcpus: u32,
     /// Memory limit in MiB.
@@ -139,19 +145,15 @@ pub fn build(i: &SpecInput<'_>) -> Value {
               "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
             { "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
               "options": ["nosuid", "noexec", "nodev"] },
-            { "destination": "/sys", "type": "sysfs", "source": "sysfs",
-              "options": ["nosuid", "noexec", "nodev", "ro"] },
-            { "destination": RUNTIME_MOUNT, "type": "bind", "source": i.runtime_dir,
-              "options": ["rbind", "ro", "nosuid", "nodev"] },
         ],
         "linux": {
             "namespaces": [
+                { "type": "user", "path": i.userns },
                 { "type": "pid" },
                 { "type": "mount" },
                 { "type": "ipc" },
                 { "type": "uts" },
                 { "type": "cgroup" },
-                { "type": "network", "path": i.netns },
             ],
             "cgroupsPath": super::cgroups::CapsuleCgroup::oci_path(i.id),
             "resources": {
@@ -159,10 +161,6 @@ pub fn build(i: &SpecInput<'_>) -> Value {
                 "memory": { "limit": mem, "swap": mem },
                 "cpu": { "quota": quota, "period": 100_000u64, "cpus": i.cpus, "mems": i.mems },
                 "pids": { "limit": i64::from(i.pids_limit) },
-            },
-            "sysctl": {
-                // Unprivileged ICMP echo sockets (as Docker): ping without CAP_NET_RAW.
-                "net.ipv4.ping_group_range": "0 2147483647",
             },
             "rootfsPropagation": "private",
             "maskedPaths": MASKED,
@@ -180,8 +178,7 @@ mod tests {
         let v = build(&SpecInput {
             id: "cl-test",
             rootfs: Path::new("/tmp/r"),
-            runtime_dir: Path::new("/tmp/rt"),
-            netns: Path::new("/run/netns/cl-test"),
+            userns: Path::new("/tmp/r/userns"),
             vcpus: 2,
             memory_mb: 256,
             pids_limit: 64,
@@ -206,14 +203,16 @@ mod tests {
             args.as_deref().and_then(|a| a.get(1..3)),
             Some(&["--listen-fd".to_owned(), "3".to_owned()][..])
         );
-        // The only bind mount is the read-only runtime dir: nothing on the host is writable.
-        let binds: Vec<_> = spec
+        // No bind mount: nothing on the host is reachable, let alone writable.
+        assert!(!spec
             .mounts()
             .iter()
             .flatten()
-            .filter(|m| m.typ().as_deref() == Some("bind"))
-            .collect();
-        assert_eq!(binds.len(), 1);
-        assert!(binds[0].options().iter().flatten().any(|o| o == "ro"));
+            .any(|m| m.typ().as_deref() == Some("bind")));
+        // Its own user namespace; the network namespace is joined by the launcher.
+        let ns = linux.namespaces().as_ref().expect("namespaces");
+        use oci_spec::runtime::LinuxNamespaceType as T;
+        assert!(ns.iter().any(|n| n.typ() == T::User && n.path().is_some()));
+        assert!(!ns.iter().any(|n| n.typ() == T::Network));
     }
 }

@@ -8,7 +8,7 @@ use chrono::Utc;
 
 use super::store::{TemplateFile, Templates};
 use super::TemplateForm;
-use crate::tree::{copy_tree, dir_size, private_dir, unique_tmp_name, PRIVATE_DIR_MODE};
+use crate::tree::{copy_tree, dir_size, private_dir, shift_ids, unique_tmp_name, PRIVATE_DIR_MODE};
 use crate::{ResourceKind, RuntimeError, TemplateInfo};
 
 /// Why [`snapshot_tree`] failed.
@@ -28,12 +28,16 @@ impl<E: Into<anyhow::Error>> From<E> for SnapshotError {
 
 impl Templates {
     /// Makes snapshot template `name` from the tree at `src` (copied; `src` may change after),
-    /// made from template `from`, whose run config it keeps.
+    /// made from template `from`, whose run config it keeps. With `ids`, the tree is a
+    /// capsule's whose ids are the host range `ids.0..ids.0+ids.1`: the copy is shifted back
+    /// to `0..` (see [`crate::tree::shift_ids`]), so it boots in any capsule's range and holds
+    /// no setuid or file-capability file owned by host root.
     pub async fn create_snapshot(
         &self,
         name: &str,
         src: &Path,
         from: &str,
+        ids: Option<(u32, u32)>,
     ) -> Result<TemplateInfo, RuntimeError> {
         let err = |source: anyhow::Error| RuntimeError::TemplateBuild {
             name: name.to_owned(),
@@ -57,9 +61,11 @@ impl Templates {
             run: self.read_file(from).map(|f| f.run).unwrap_or_default(),
         };
         let (dir, src, form) = (self.dir.clone(), src.to_owned(), self.form.clone());
-        match tokio::task::spawn_blocking(move || snapshot_tree(&dir, &src, file, form.as_ref()))
-            .await
-            .map_err(|e| err(anyhow::anyhow!("snapshot task: {e}")))?
+        match tokio::task::spawn_blocking(move || {
+            snapshot_tree(&dir, &src, file, form.as_ref(), ids)
+        })
+        .await
+        .map_err(|e| err(anyhow::anyhow!("snapshot task: {e}")))?
         {
             Ok(info) => Ok(info),
             Err(SnapshotError::Exists) => Err(exists()),
@@ -77,6 +83,7 @@ pub(super) fn snapshot_tree(
     src: &Path,
     mut file: TemplateFile,
     form: &dyn TemplateForm,
+    ids: Option<(u32, u32)>,
 ) -> Result<TemplateInfo, SnapshotError> {
     let name = file.name.clone();
     private_dir(dir, PRIVATE_DIR_MODE).context("create template dir")?;
@@ -85,6 +92,9 @@ pub(super) fn snapshot_tree(
     std::fs::create_dir(&tmp).context("create snapshot temp dir")?;
     let result = (|| {
         copy_tree(src, &tmp.join("rootfs"))?;
+        if let Some((base, size)) = ids {
+            shift_ids(&tmp.join("rootfs"), base, size)?;
+        }
         file.size_bytes = dir_size(&tmp.join("rootfs"));
         file.write(&tmp)?;
         form.materialise(&tmp).context("materialise template")?;
@@ -133,7 +143,7 @@ mod tests {
         }
         let results: Vec<_> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..6)
-                .map(|_| s.spawn(|| snapshot_tree(&dir, &src, file("snap"), &DirectoryForm)))
+                .map(|_| s.spawn(|| snapshot_tree(&dir, &src, file("snap"), &DirectoryForm, None)))
                 .collect();
             hs.into_iter().map(|h| h.join().expect("thread")).collect()
         });
@@ -154,7 +164,7 @@ mod tests {
         // An existing (even empty) dir under the name is never replaced.
         std::fs::create_dir(dir.join("empty")).expect("mkdir");
         assert!(matches!(
-            snapshot_tree(&dir, &src, file("empty"), &DirectoryForm),
+            snapshot_tree(&dir, &src, file("empty"), &DirectoryForm, None),
             Err(SnapshotError::Exists)
         ));
         assert_eq!(
@@ -190,13 +200,13 @@ mod tests {
             timeout_sec: 1,
         });
         pf.write(&parent).expect("parent json");
-        t.create_snapshot("snap", &src, "parent")
+        t.create_snapshot("snap", &src, "parent", None)
             .await
             .expect("first");
         assert_eq!(t.run_config("snap").expect("run"), pf.run);
         // The name check up front catches the plain case...
         assert!(matches!(
-            t.create_snapshot("snap", &src, "parent").await,
+            t.create_snapshot("snap", &src, "parent", None).await,
             Err(RuntimeError::AlreadyExists {
                 kind: ResourceKind::Template,
                 ..
@@ -209,7 +219,8 @@ mod tests {
                 &root.path().join("data/templates"),
                 &src,
                 file("late"),
-                &DirectoryForm
+                &DirectoryForm,
+                None
             ),
             Err(SnapshotError::Exists)
         ));

@@ -48,9 +48,11 @@ async fn setuid_files_of_capsule_root_are_private_and_nosuid_on_the_host() {
     }
     let t = TestRuntime::new();
     let c = t.capsule("busybox", NetworkMode::Isolated).await;
-    for d in ["capsules", "templates", "state", "runtime"] {
+    for d in ["capsules", "templates", "state"] {
         assert_eq!(mode(&t.data_dir.join(d)), 0o700, "data_dir/{d}");
     }
+    // Capsule root (an unprivileged host uid) reads the agent and seccomp program in it.
+    assert_eq!(mode(&t.data_dir.join("runtime")), 0o755, "data_dir/runtime");
     assert_eq!(
         mode(&cache_dir().join("templates")),
         0o700,

@@ -20,3 +20,4 @@ mod limits;
 mod network;
 mod recover;
 mod services;
+mod userns;
