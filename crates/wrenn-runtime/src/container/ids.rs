@@ -15,10 +15,9 @@
 //! namespace at `capsules/<id>/userns`; libcontainer joins it by that path and the overlay's
 //! template layer is idmapped through it.
 
-use std::io::Write as _;
 use std::path::Path;
 
-use anyhow::{bail, Context};
+use super::claims::Claims;
 
 /// Where range claims live.
 const CLAIM_DIR: &str = "/run/wrenn-ids";
@@ -34,46 +33,22 @@ pub fn host_base(n: u32) -> u32 {
     FIRST_ID + n * RANGE_SIZE
 }
 
+/// The range claims.
+pub(crate) const CLAIMS: Claims = Claims::new(CLAIM_DIR, RANGES, "id ranges");
+
 /// Claims a free range for capsule `id` of runtime `owner`.
 pub fn claim_range(owner: &Path, id: &str) -> anyhow::Result<u32> {
-    std::fs::create_dir_all(CLAIM_DIR).context("create id claim dir")?;
-    for n in 0..RANGES {
-        let p = Path::new(CLAIM_DIR).join(n.to_string());
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&p)
-        {
-            Ok(mut f) => {
-                writeln!(f, "{}\t{}", owner.display(), id).context("write id claim")?;
-                return Ok(n);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e).context("claim id range"),
-        }
-    }
-    bail!("all {RANGES} id ranges in use")
+    CLAIMS.claim(owner, id)
 }
 
 /// Frees range `n`.
 pub fn release_range(n: u32) {
-    let _ = std::fs::remove_file(Path::new(CLAIM_DIR).join(n.to_string()));
+    CLAIMS.release(n);
 }
 
 /// Ranges claimed by runtime `owner`: (range, capsule id).
 pub fn owned_ranges(owner: &Path) -> Vec<(u32, String)> {
-    let Ok(rd) = std::fs::read_dir(CLAIM_DIR) else {
-        return Vec::new();
-    };
-    let owner = owner.display().to_string();
-    rd.filter_map(Result::ok)
-        .filter_map(|e| {
-            let n: u32 = e.file_name().to_str()?.parse().ok()?;
-            let s = std::fs::read_to_string(e.path()).ok()?;
-            let (o, id) = s.trim_end().split_once('\t')?;
-            (o == owner).then(|| (n, id.to_owned()))
-        })
-        .collect()
+    CLAIMS.owned(owner)
 }
 
 #[cfg(test)]

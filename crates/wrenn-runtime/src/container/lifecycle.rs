@@ -453,6 +453,17 @@ impl ContainerRuntime {
             }
             seen.push(id);
         }
+        // Claims of runtimes whose data dir is gone (removed with everything in it): a range is
+        // free then; a slot only once its namespace and veth are gone too.
+        let freed = net::CLAIMS.free_orphans(|n, id| {
+            std::path::Path::new("/run/netns").join(id).exists()
+                || std::path::Path::new("/sys/class/net")
+                    .join(net::veth_name(n))
+                    .exists()
+        }) + ids::CLAIMS.free_orphans(|_, _| false);
+        if freed > 0 {
+            tracing::info!(freed, "freed claims of data dirs that no longer exist");
+        }
         // Remains without a capsule dir: libcontainer state and network slots of this runtime.
         let mut orphans: Vec<String> = std::fs::read_dir(self.state_root())
             .map(|rd| {

@@ -22,6 +22,7 @@
 //! [`DISK_POOL_SIZE`] is internal to the crate.
 
 pub(crate) mod cgroups;
+mod claims;
 mod cpuset;
 pub(crate) mod disk;
 pub(crate) mod ids;

@@ -20,13 +20,14 @@
 //! Limitations: configuration runs `ip -b -` and `nft -f -` subprocesses (2 per capsule, about
 //! 10 ms); netlink or a warm pool of ready namespaces would cut that to ~1 ms.
 
-use std::io::Write as _;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use anyhow::{bail, Context};
 use tokio::io::AsyncWriteExt;
+
+use super::claims::Claims;
 
 /// Where slot claims live.
 const CLAIM_DIR: &str = "/run/wrenn-net";
@@ -296,46 +297,22 @@ pub async fn teardown_host() -> anyhow::Result<()> {
     .await
 }
 
+/// The network slot claims.
+pub(crate) const CLAIMS: Claims = Claims::new(CLAIM_DIR, SLOTS, "network slots");
+
 /// Claims a free slot for capsule `id` of runtime `owner`.
 pub fn claim_slot(owner: &Path, id: &str) -> anyhow::Result<u32> {
-    std::fs::create_dir_all(CLAIM_DIR).context("create claim dir")?;
-    for n in 0..SLOTS {
-        let p = Path::new(CLAIM_DIR).join(n.to_string());
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&p)
-        {
-            Ok(mut f) => {
-                writeln!(f, "{}\t{}", owner.display(), id).context("write claim")?;
-                return Ok(n);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e).context("claim slot"),
-        }
-    }
-    bail!("all {SLOTS} network slots in use")
+    CLAIMS.claim(owner, id)
 }
 
 /// Frees slot `n`.
 pub fn release_slot(n: u32) {
-    let _ = std::fs::remove_file(Path::new(CLAIM_DIR).join(n.to_string()));
+    CLAIMS.release(n);
 }
 
 /// Slots claimed by runtime `owner`: (slot, capsule id).
 pub fn owned_slots(owner: &Path) -> Vec<(u32, String)> {
-    let Ok(rd) = std::fs::read_dir(CLAIM_DIR) else {
-        return Vec::new();
-    };
-    let owner = owner.display().to_string();
-    rd.filter_map(Result::ok)
-        .filter_map(|e| {
-            let n: u32 = e.file_name().to_str()?.parse().ok()?;
-            let s = std::fs::read_to_string(e.path()).ok()?;
-            let (o, id) = s.trim_end().split_once('\t')?;
-            (o == owner).then(|| (n, id.to_owned()))
-        })
-        .collect()
+    CLAIMS.owned(owner)
 }
 
 /// Creates the namespace (and, with a slot, the veth pair, addresses and the capsule's own
