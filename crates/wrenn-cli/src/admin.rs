@@ -26,12 +26,8 @@ pub enum SnapshotCommand {
     /// List the team's snapshots.
     #[command(visible_alias = "list")]
     Ls {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Print names only.
-        #[arg(short, long)]
-        quiet: bool,
+        #[command(flatten)]
+        format: crate::output::ListFormat,
     },
     /// Delete snapshots.
     #[command(visible_alias = "delete")]
@@ -48,12 +44,8 @@ pub enum TemplateCommand {
     /// List base templates and the team's snapshots.
     #[command(visible_alias = "list")]
     Ls {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Print names only.
-        #[arg(short, long)]
-        quiet: bool,
+        #[command(flatten)]
+        format: crate::output::ListFormat,
     },
     /// Delete templates (the team's snapshots; base templates are protected).
     #[command(visible_alias = "delete")]
@@ -84,9 +76,9 @@ pub async fn snapshot(remote: &Remote, cmd: SnapshotCommand) -> anyhow::Result<(
                 println!("{}", t.name);
             }
         }
-        SnapshotCommand::Ls { json, quiet } => {
-            templates(&client, Some(TemplateType::Snapshot), json, quiet).await?
-        }
+        SnapshotCommand::Ls {
+            format: crate::output::ListFormat { json, quiet },
+        } => templates(&client, Some(TemplateType::Snapshot), json, quiet).await?,
         SnapshotCommand::Rm { names } => delete(&client, &names).await?,
     }
     Ok(())
@@ -96,7 +88,9 @@ pub async fn snapshot(remote: &Remote, cmd: SnapshotCommand) -> anyhow::Result<(
 pub async fn template(remote: &Remote, cmd: TemplateCommand) -> anyhow::Result<()> {
     let client = remote.client()?;
     match cmd {
-        TemplateCommand::Ls { json, quiet } => templates(&client, None, json, quiet).await,
+        TemplateCommand::Ls {
+            format: crate::output::ListFormat { json, quiet },
+        } => templates(&client, None, json, quiet).await,
         TemplateCommand::Rm { names } => delete(&client, &names).await,
     }
 }

@@ -40,12 +40,8 @@ pub enum CapsuleCommand {
     /// List live capsules.
     #[command(visible_alias = "list")]
     Ls {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Print ids only.
-        #[arg(short, long)]
-        quiet: bool,
+        #[command(flatten)]
+        format: crate::output::ListFormat,
     },
     /// Show one capsule as JSON.
     #[command(visible_alias = "get")]
@@ -160,7 +156,9 @@ pub async fn run(remote: &Remote, cmd: CapsuleCommand) -> anyhow::Result<i32> {
                 return crate::shell::run(&client, &capsule.id, None, None).await;
             }
         }
-        CapsuleCommand::Ls { json, quiet } => {
+        CapsuleCommand::Ls {
+            format: crate::output::ListFormat { json, quiet },
+        } => {
             let capsules = client.list_capsules().await?;
             if json {
                 output::json(&capsules)?;

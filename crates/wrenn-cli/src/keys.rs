@@ -38,12 +38,8 @@ pub enum KeyCommand {
     /// List API keys (never their secrets).
     #[command(visible_alias = "list")]
     Ls {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Print ids only.
-        #[arg(short, long)]
-        quiet: bool,
+        #[command(flatten)]
+        format: crate::output::ListFormat,
     },
     /// Revoke API keys by id (`key-…`); they stop working within a second.
     #[command(visible_alias = "rm")]
@@ -76,7 +72,9 @@ async fn run_local(dir: &Path, cmd: KeyCommand) -> anyhow::Result<()> {
             let key = store.create_key(&team, &name).await?;
             println!("{}", key.secret);
         }
-        KeyCommand::Ls { json, quiet } => {
+        KeyCommand::Ls {
+            format: crate::output::ListFormat { json, quiet },
+        } => {
             let keys = store.list_keys(None).await?;
             if json {
                 let list: Vec<_> = keys.iter().map(|k| &k.key).collect();
@@ -127,7 +125,9 @@ async fn run_remote(remote: &Remote, cmd: KeyCommand) -> anyhow::Result<()> {
             let key = remote.client()?.create_key(Some(&name)).await?;
             println!("{}", key.key);
         }
-        KeyCommand::Ls { json, quiet } => crate::admin::list_keys(remote, json, quiet).await?,
+        KeyCommand::Ls {
+            format: crate::output::ListFormat { json, quiet },
+        } => crate::admin::list_keys(remote, json, quiet).await?,
         KeyCommand::Revoke { ids } => {
             let client = remote.client()?;
             for id in ids {

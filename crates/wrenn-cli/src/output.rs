@@ -96,6 +96,17 @@ impl Table {
     }
 }
 
+/// How a `ls` command prints: a table (default), JSON, or ids/names only.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct ListFormat {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Print ids or names only.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
 /// Whether stdout gets colours: a terminal, and `NO_COLOR` unset.
 pub fn stdout_colour() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
