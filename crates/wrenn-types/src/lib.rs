@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod envd;
 pub mod error;
 pub mod files;
 pub mod keys;
