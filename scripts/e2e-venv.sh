@@ -5,7 +5,8 @@
 #
 # Installs pytest, pytest-timeout, httpx, httpx-ws, pydantic, certifi, playwright (driving
 # Debian's chromium; no browser is downloaded) and the OFFICIAL
-# `wrenn` SDK 0.3.0. The SDK declares Python >= 3.13 but runs on 3.11, so it is fetched as a
+# `wrenn` SDK 0.3.0, and E2B's stock SDKs `e2b` 2.63.0 and `e2b-code-interpreter` 2.11.5.
+# The wrenn SDK declares Python >= 3.13 but runs on 3.11, so it is fetched as a
 # wheel for 3.13 and installed with --ignore-requires-python (see the wire contract).
 # Idempotent: a venv that already has everything is left alone (takes well under a second).
 set -euo pipefail
@@ -14,13 +15,14 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${1:-$repo_root/.venv}"
 python="${PYTHON:-python3}"
 sdk_version="0.3.0"
-deps=(pytest pytest-timeout httpx httpx-ws pydantic certifi playwright)
+deps=(pytest pytest-timeout httpx httpx-ws pydantic certifi playwright "e2b==2.63.0" "e2b-code-interpreter==2.11.5")
 
 # Fast path: everything importable and the SDK at the pinned version.
 if [[ -x "$venv/bin/python" ]] && "$venv/bin/python" - "$sdk_version" <<'EOF' 2>/dev/null; then
 import sys, importlib.metadata as md
-import pytest, pytest_timeout, httpx, httpx_ws, pydantic, certifi, playwright, wrenn  # noqa: F401
-sys.exit(0 if md.version("wrenn") == sys.argv[1] else 1)
+import pytest, pytest_timeout, httpx, httpx_ws, pydantic, certifi, playwright, wrenn, e2b, e2b_code_interpreter  # noqa: F401
+ok = md.version("wrenn") == sys.argv[1] and md.version("e2b") == "2.63.0" and md.version("e2b-code-interpreter") == "2.11.5"
+sys.exit(0 if ok else 1)
 EOF
     echo "e2e venv ready: $venv"
     exit 0
