@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::Connection;
 
 pub use capsules::CapsuleRow;
-pub use keys::{ApiKeyRow, KeyListing, NewKey};
+pub use keys::{ApiKeyRow, KeyFormat, KeyListing, NewKey};
 pub use snapshots::SnapshotRow;
 
 /// Why a store call failed.
