@@ -458,6 +458,23 @@ fn end_event(code: i32, proc: Option<&EnvdProc>) -> Value {
     end
 }
 
+/// A stream's client, which may leave while the stream still has a deadline to enforce.
+struct Client {
+    sender: StreamSender,
+    gone: bool,
+}
+
+impl Client {
+    /// Sends `msg` unless the client has gone (then it only notes that).
+    async fn send(&mut self, msg: &Value) {
+        if !self.gone && !self.sender.send(msg).await {
+            self.gone = true;
+        }
+    }
+}
+
+/// Feeds `source` to the client until the process ends. A client that leaves does not stop the
+/// process; with a `deadline` the stream keeps watching (silently) to kill the process then.
 async fn run_stream(
     pid: u32,
     proc: Option<Arc<EnvdProc>>,
@@ -466,29 +483,30 @@ async fn run_stream(
     keepalive: Duration,
     deadline: Option<tokio::time::Instant>,
 ) {
-    if !sender
+    let mut client = Client {
+        sender,
+        gone: false,
+    };
+    client
         .send(&json!({"event": {"start": {"pid": pid}}}))
-        .await
-    {
-        return source.detach();
-    }
+        .await;
     let mut ka = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
     let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
     let error = loop {
+        if client.gone && deadline.is_none() {
+            return source.detach();
+        }
         tokio::select! {
             next = source.next() => match next {
                 Next::Data(field, b) => {
-                    let data = json!({"event": {"data": {field: encode_bytes(&b)}}});
-                    if !sender.send(&data).await {
-                        return source.detach();
+                    if !client.gone {
+                        client.send(&json!({"event": {"data": {field: encode_bytes(&b)}}})).await;
+                        ka.reset();
                     }
-                    ka.reset();
                 }
                 Next::Exit(code) => {
                     let end = json!({"event": {"end": end_event(code, proc.as_deref())}});
-                    if !sender.send(&end).await {
-                        return source.detach();
-                    }
+                    client.send(&end).await;
                     break None;
                 }
                 Next::Lost => break Some(RpcError::new(
@@ -496,10 +514,8 @@ async fn run_stream(
                     format!("output of process {pid} is attached elsewhere"),
                 )),
             },
-            _ = ka.tick() => {
-                if !sender.send(&json!({"event": {"keepalive": {}}})).await {
-                    return source.detach();
-                }
+            _ = ka.tick(), if !client.gone => {
+                client.send(&json!({"event": {"keepalive": {}}})).await;
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
                 if let Some(p) = &proc {
@@ -511,11 +527,13 @@ async fn run_stream(
                     format!("process {pid} killed: the request deadline elapsed"),
                 ));
             }
-            _ = sender.closed() => return source.detach(),
+            _ = client.sender.closed(), if !client.gone => client.gone = true,
         }
     };
     source.detach();
-    sender.end(error).await;
+    if !client.gone {
+        client.sender.end(error).await;
+    }
 }
 
 /// The pid of a live process selected by pid or tag.

@@ -397,6 +397,16 @@ async fn timeout_kills_the_process_and_ends_the_stream() {
         wait_until(DEADLINE, || async { !alive(pid) }).await,
         "process {pid} survived its deadline"
     );
+
+    // The deadline holds after the client has gone too.
+    let (pid, s) = start(&agent, bash("sleep 30"), &[("connect-timeout-ms", "700")]).await;
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(alive(pid), "disconnect killed {pid} before its deadline");
+    assert!(
+        wait_until(DEADLINE, || async { !alive(pid) }).await,
+        "process {pid} survived its deadline after a disconnect"
+    );
 }
 
 #[tokio::test]
