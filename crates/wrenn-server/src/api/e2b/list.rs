@@ -33,6 +33,8 @@ pub(super) struct ListQuery {
     next_token: Option<String>,
     order: Option<String>,
     template: Option<String>,
+    #[serde(rename = "startedAfter")]
+    started_after: Option<String>,
 }
 
 /// The decoded `metadata` filter: the query value (already decoded once) split on `&` and `=`,
@@ -166,6 +168,14 @@ pub(super) async fn list_v2(
     };
     let wanted =
         parse_metadata(q.metadata.as_deref().unwrap_or("")).map_err(E2bError::bad_request)?;
+    let after = match q.started_after.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(
+            DateTime::parse_from_rfc3339(s)
+                .map_err(|_| E2bError::bad_request(format!("invalid startedAfter {s:?}")))?
+                .with_timezone(&Utc),
+        ),
+    };
     let token = q
         .next_token
         .as_deref()
@@ -177,6 +187,7 @@ pub(super) async fn list_v2(
         .filter(|(_, v)| states.iter().any(|s| v["state"] == s.as_str()))
         .filter(|(_, v)| matches_metadata(v, &wanted))
         .filter(|(c, _)| q.template.as_deref().is_none_or(|t| c.template == t))
+        .filter(|(c, _)| after.is_none_or(|a| c.created_at >= a))
         .collect();
     let (items, next) = page(items, desc, token, limit);
     let body: Vec<Value> = items.into_iter().map(|(_, v)| v).collect();
