@@ -180,6 +180,19 @@ async fn errors_are_e2b_shaped() {
         (s, v["code"].as_u64()),
         (StatusCode::UNAUTHORIZED, Some(401))
     );
+    let (s, _, v) = e2b(&h, Method::GET, "/sandboxes/x/logs", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(v["code"], 404, "{v}");
+    let (s, _, v) = e2b(&h, Method::PUT, "/v2/sandboxes", None).await;
+    assert_eq!(
+        (s, v["code"].as_u64()),
+        (StatusCode::METHOD_NOT_ALLOWED, Some(405))
+    );
+    let (s, _, v) = e2b(&h, Method::GET, "/v1/nothing", None).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
     let (s, _, v) = e2b(&h, Method::PUT, "/sandboxes/x/network", Some(json!({}))).await;
     assert_eq!(
         (s, v["code"].as_u64()),

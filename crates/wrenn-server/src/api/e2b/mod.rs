@@ -61,6 +61,27 @@ pub fn routes() -> Router<AppState> {
         .route("/sandboxes/{id}/network", put(snapshots::unsupported))
 }
 
+/// Whether `path` belongs to E2B's control plane (its unknown routes and methods answer in
+/// E2B's error shape).
+pub fn is_e2b_path(path: &str) -> bool {
+    [
+        "/sandboxes",
+        "/v2/",
+        "/v3/",
+        "/snapshots",
+        "/templates",
+        "/volumes",
+        "/secrets",
+    ]
+    .iter()
+    .any(|p| path.starts_with(p))
+}
+
+/// An unknown E2B route or method: `404`/`405` in E2B's shape.
+pub fn unknown(status: axum::http::StatusCode) -> E2bError {
+    E2bError::new(status, "no such route on this server (wrenn)")
+}
+
 /// The caller of an E2B route: `X-API-KEY` (any of the team's keys); 401 otherwise.
 #[derive(Debug)]
 pub struct E2bCaller(pub Caller);
