@@ -456,3 +456,35 @@ async fn pause_connect_kill_and_the_deadline() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn traffic_is_held_while_the_sandbox_is_on_its_way() {
+    use wrenn_server::service::fake::Op;
+    let h = Harness::new().await;
+    fake_agent(&h).await;
+    let v = create(&h, json!({"templateID": "minimal"})).await;
+    let (sid, token) = (
+        v["sandboxID"].as_str().unwrap().to_owned(),
+        v["envdAccessToken"].as_str().unwrap().to_owned(),
+    );
+    let cid = format!("cl-{sid}");
+    assert_eq!(h.verb(&cid, "pause").await.0, StatusCode::ACCEPTED);
+    h.wait_status(&cid, "paused").await;
+    h.rt.delay(Op::Resume, std::time::Duration::from_millis(300));
+    assert_eq!(h.verb(&cid, "resume").await.0, StatusCode::ACCEPTED);
+    // Resuming: the request waits for the resume, then goes through.
+    let start = std::time::Instant::now();
+    let (s, echo) = traffic(&h, &sid, 49983, "/process.Process/List", Some(&token)).await;
+    assert_eq!(s, StatusCode::OK, "{echo}");
+    assert!(start.elapsed() >= std::time::Duration::from_millis(200));
+    // Pausing: the request waits for the pause, then answers "not found".
+    h.rt.delay(Op::Pause, std::time::Duration::from_millis(300));
+    assert_eq!(h.verb(&cid, "pause").await.0, StatusCode::ACCEPTED);
+    let (s, v) = traffic(&h, &sid, 49983, "/process.Process/List", Some(&token)).await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY);
+    assert!(
+        v["message"].as_str().unwrap().contains("was not found"),
+        "{v}"
+    );
+    assert_eq!(h.get(&cid).await["status"], "paused");
+}
