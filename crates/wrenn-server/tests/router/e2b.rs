@@ -488,3 +488,34 @@ async fn traffic_is_held_while_the_sandbox_is_on_its_way() {
     );
     assert_eq!(h.get(&cid).await["status"], "paused");
 }
+
+#[tokio::test]
+async fn every_documented_route_is_served() {
+    let h = Harness::new().await;
+    let req = Request::builder()
+        .uri("/e2b/openapi.json")
+        .body(Body::empty())
+        .unwrap();
+    let (s, _, doc) = send(&h, req).await;
+    assert_eq!(s, StatusCode::OK);
+    let paths = doc["paths"].as_object().expect("paths");
+    assert!(paths.len() >= 15);
+    for (path, ops) in paths {
+        let uri = path
+            .replace("{sandboxID}", "0123456789abcdefghijklmno")
+            .replace("{templateID}", "none");
+        for method in ops.as_object().unwrap().keys() {
+            let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let (s, _, v) = e2b(&h, m, &uri, Some(json!({"timeout": 10}))).await;
+            assert_ne!(s, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}: {v}");
+            assert_ne!(
+                v["message"], "no such route on this server (wrenn)",
+                "{method} {path}"
+            );
+            assert!(
+                v.is_null() || v["code"].is_u64() || s.is_success(),
+                "{method} {path}: {v}"
+            );
+        }
+    }
+}

@@ -12,6 +12,7 @@
 //! | `metrics.rs` | `GET /sandboxes/{id}/metrics` |
 //! | `snapshots.rs` | snapshots (templates), and the routes answered 501 |
 //! | `envd.rs` | the sandbox defaults sent to envd before create/connect answer |
+//! | `openapi.json` | the OpenAPI document of these routes (`GET /e2b/openapi.json`) |
 //! | `traffic.rs` | sandbox traffic: access rule, envd token and signatures, forwarding |
 
 mod envd;
@@ -59,6 +60,15 @@ pub fn routes() -> Router<AppState> {
         .route("/templates/{id}", delete(snapshots::delete))
         .route("/sandboxes/{id}/fork", post(snapshots::unsupported))
         .route("/sandboxes/{id}/network", put(snapshots::unsupported))
+        .route("/e2b/openapi.json", get(openapi))
+}
+
+/// The OpenAPI document of the routes above.
+const OPENAPI: &str = include_str!("openapi.json");
+
+/// `GET /e2b/openapi.json`.
+async fn openapi() -> impl axum::response::IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
 /// Whether `path` belongs to E2B's control plane (its unknown routes and methods answer in
