@@ -355,6 +355,8 @@ async fn start(state: SharedState, headers: HeaderMap, body: Body) -> Result<Res
         }
     };
     let proc = Arc::new(EnvdProc::new(req.process, stdin));
+    let live: Vec<u32> = state.procs.list().processes.iter().map(|p| p.pid).collect();
+    state.envd.procs.retain(&live);
     state.envd.procs.insert(pid, Arc::clone(&proc));
     tracing::debug!(pid, pty = req.pty.is_some(), "envd process started");
     let (resp, sender) = stream_response();
