@@ -1,9 +1,14 @@
-//! HTTP front ends over the capsule service: `wrenn` serves the Wrenn API, beside it the web
-//! dashboard (`/dashboard/`). In front of them, the port proxy (by `Host`) and the middleware
+//! HTTP front ends over the capsule service: `wrenn` serves the Wrenn API, `e2b` E2B's
+//! control plane (root paths `/sandboxes`, `/v2/sandboxes`, `/snapshots`, `/templates`), beside
+//! them the web dashboard (`/dashboard/`). In front of them, the port proxy (by `Host`) and the middleware
 //! that logs server errors once.
 
+pub mod e2b;
 pub mod wrenn;
 
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 
 pub use wrenn::UPLOAD_LIMIT;
@@ -14,10 +19,11 @@ use crate::AppState;
 /// The whole router: the port proxy by `Host` first, then the API.
 pub fn router(state: AppState) -> Router {
     let api = wrenn::routes()
+        .merge(e2b::routes())
         .merge(crate::dashboard::router())
         .layer(axum::middleware::from_fn(crate::auth::confirm_ws_protocol))
-        .fallback(wrenn::fallback)
-        .method_not_allowed_fallback(wrenn::method_not_allowed)
+        .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone());
     Router::new()
         .fallback_service(api)
@@ -26,4 +32,20 @@ pub fn router(state: AppState) -> Router {
             crate::proxy::route_by_host,
         ))
         .layer(axum::middleware::from_fn(log_server_errors))
+}
+
+/// Unknown routes, in the error shape of the API the path belongs to.
+async fn fallback(req: Request) -> Response {
+    if e2b::is_e2b_path(req.uri().path()) {
+        return e2b::unknown(StatusCode::NOT_FOUND).into_response();
+    }
+    wrenn::fallback().await.into_response()
+}
+
+/// A known route with another method, in the error shape of its API.
+async fn method_not_allowed(req: Request) -> Response {
+    if e2b::is_e2b_path(req.uri().path()) {
+        return e2b::unknown(StatusCode::METHOD_NOT_ALLOWED).into_response();
+    }
+    wrenn::method_not_allowed().await
 }

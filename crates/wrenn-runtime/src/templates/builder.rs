@@ -1,8 +1,8 @@
 //! Building a recipe into a tree (blocking; called from the store on a blocking thread).
 //!
 //! Steps: the base (busybox from the host, a cached debootstrap tree, or a copy of the parent
-//! template's tree) → apt packages → pip venv → files → fixups every template needs. Build
-//! steps that run programs of the tree (apt, pip) run in a chroot inside a private mount
+//! template's tree) → apt packages → pip venv → files → `run` commands → fixups every template
+//! needs. Build steps that run programs of the tree (apt, pip, `run`) run in a chroot inside a private mount
 //! namespace (`unshare --mount`), as debootstrap itself does: the recipe is ours, the packages
 //! come from Debian and PyPI.
 
@@ -66,8 +66,18 @@ pub(super) fn build_tree(
         &format!("{} recipe files", recipe.spec.files.len()),
     );
     add_files(recipe, rootfs)?;
+    run_commands(recipe, rootfs, &steps)?;
     steps.step("fixups", "users, /tmp, mount points");
     common_fixups(rootfs)
+}
+
+/// The recipe's `run` commands, in order, each with `/bin/sh -c` in the tree.
+fn run_commands(recipe: &Recipe, rootfs: &Path, steps: &Steps<'_>) -> anyhow::Result<()> {
+    for cmd in &recipe.spec.run {
+        steps.step("run", cmd);
+        in_chroot(rootfs, cmd, &[]).with_context(|| format!("run {cmd:?}"))?;
+    }
+    Ok(())
 }
 
 /// Progress of one build: one log line per step (the server's log and `wrenn template build`
@@ -212,6 +222,7 @@ fn ensure_recipe_cache(
             &format!("{} recipe files", recipe.spec.files.len()),
         );
         add_files(recipe, &target)?;
+        run_commands(recipe, &target, steps)?;
         std::fs::write(tmp.join("recipe"), key)?;
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::rename(&tmp, &dir).context("rename cache into place")

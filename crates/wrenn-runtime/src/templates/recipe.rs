@@ -8,8 +8,10 @@
 //! base = { template = "minimal" }     # or "busybox", or [base.debootstrap] suite/packages_file
 //! apt = ["python3-venv"]              # extra Debian packages (on a Debian base)
 //! pip = { venv = "/opt/venv", packages = ["jupyter-server"] }
-//! user = "root"                       # default user of the services
+//! user = "root"                       # default user of the services and of E2B calls
+//! workdir = "/root"                   # default working directory of E2B calls
 //! env = { LANG = "C.UTF-8" }          # environment of the services
+//! run = ["useradd -m user"]           # shell commands run in the tree after apt, pip, files
 //!
 //! [[files]]                           # copied into the tree
 //! path = "/etc/motd"
@@ -88,9 +90,15 @@ pub struct RecipeSpec {
     /// Environment of the template's services.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// Default user of the template's services (default root).
+    /// Default user of the template's services and of E2B calls that name none (default root).
     #[serde(default)]
     pub user: Option<String>,
+    /// Default working directory of E2B calls that name none (default the user's home).
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Shell commands (`/bin/sh -c`) run in the tree, in order, after apt, pip and files.
+    #[serde(default)]
+    pub run: Vec<String>,
     /// Long-running processes started in every capsule of the template.
     #[serde(default)]
     pub services: Vec<Service>,
@@ -200,9 +208,12 @@ pub struct RunConfig {
     /// Environment of the services.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
-    /// Default user of the services.
+    /// Default user of the services and of E2B calls.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Default working directory of E2B calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
     /// Services, started in this order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<Service>,
@@ -249,9 +260,10 @@ impl Recipe {
         self.files.get(rel).map(Vec::as_slice)
     }
 
-    /// Whether building it runs a package manager (apt or pip): slow, so its tree is cached.
+    /// Whether building it runs programs of the tree (apt, pip or `run`): slow, so its tree is
+    /// cached.
     pub fn installs_packages(&self) -> bool {
-        !self.spec.apt.is_empty() || self.spec.pip.is_some()
+        !self.spec.apt.is_empty() || self.spec.pip.is_some() || !self.spec.run.is_empty()
     }
 
     /// What capsules of this template start with.
@@ -259,6 +271,7 @@ impl Recipe {
         RunConfig {
             env: self.spec.env.clone(),
             user: self.spec.user.clone(),
+            workdir: self.spec.workdir.clone(),
             services: self.spec.services.clone(),
         }
     }
@@ -299,6 +312,14 @@ impl Recipe {
             if !safe_abs_path(&pip.venv) {
                 return Err(format!("pip venv {:?} must be an absolute path", pip.venv));
             }
+        }
+        if let Some(w) = &s.workdir {
+            if !safe_abs_path(w) && w != "/" {
+                return Err(format!("workdir {w:?} must be absolute, without '..'"));
+            }
+        }
+        if s.run.iter().any(|c| c.trim().is_empty()) {
+            return Err("a run command is empty".into());
         }
         for f in &s.files {
             if !safe_abs_path(&f.path) {
@@ -557,6 +578,9 @@ mod tests {
             r#"
             base = { template = "busybox" }
             env = { A = "1" }
+            user = "user"
+            workdir = "/home/user"
+            run = ["adduser -D user"]
             [[files]]
             path = "/etc/motd"
             source = "motd"
@@ -581,6 +605,10 @@ mod tests {
         assert_eq!(run.services[0].timeout_sec, DEFAULT_SERVICE_TIMEOUT_SEC);
         assert_eq!(run.services[1].tag(), "service-flag");
         assert_eq!(run.env.get("A").map(String::as_str), Some("1"));
+        assert_eq!(run.user.as_deref(), Some("user"));
+        assert_eq!(run.workdir.as_deref(), Some("/home/user"));
+        assert_eq!(r.spec.run, ["adduser -D user"]);
+        assert!(r.installs_packages(), "run steps are cached like packages");
         // The run config round-trips through template.json.
         let json = serde_json::to_string(&run).expect("json");
         assert_eq!(serde_json::from_str::<RunConfig>(&json).expect("back"), run);
@@ -623,6 +651,8 @@ mod tests {
                 "probe port 0",
             ),
             ("base = { template = \"t\" }\n", "its own base"),
+            ("base = \"busybox\"\nworkdir = \"home\"\n", "workdir \"home\""),
+            ("base = \"busybox\"\nrun = [\" \"]\n", "run command is empty"),
         ];
         for (toml, want) in cases {
             let e = parse(toml).expect_err(want);

@@ -44,6 +44,7 @@ struct Inner {
     exits: HashMap<String, i32>,
     recovery: RecoveryReport,
     templates: Vec<TemplateInfo>,
+    agent: Option<std::path::PathBuf>,
 }
 
 /// A controllable in-memory [`Runtime`].
@@ -71,6 +72,11 @@ impl FakeRuntime {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Points every capsule's agent endpoint at the unix socket `path` (a test's fake agent).
+    pub fn agent_at(&self, path: impl Into<std::path::PathBuf>) {
+        self.lock().agent = Some(path.into());
     }
 
     /// Makes every later `op` take `delay` before it acts.
@@ -210,9 +216,12 @@ impl Runtime for FakeRuntime {
     }
 
     fn agent_endpoint(&self, id: &str) -> AgentEndpoint {
-        AgentEndpoint::Unix {
-            path: format!("/nonexistent/wrenn-fake/{id}/agent.sock").into(),
-        }
+        let path = self
+            .lock()
+            .agent
+            .clone()
+            .unwrap_or_else(|| format!("/nonexistent/wrenn-fake/{id}/agent.sock").into());
+        AgentEndpoint::Unix { path }
     }
 
     fn exit_status(&self, id: &str) -> Option<i32> {
