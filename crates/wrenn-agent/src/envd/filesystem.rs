@@ -30,6 +30,8 @@ use crate::users::{Names, User};
 
 /// Events a `CreateWatcher` watcher buffers between two `GetWatcherEvents`; more are dropped.
 const MAX_BUFFERED_EVENTS: usize = 10_000;
+/// Most `CreateWatcher` watchers alive at once.
+const MAX_WATCHERS: usize = 256;
 /// Most directories one recursive watch follows.
 const MAX_WATCHED_DIRS: usize = 8_192;
 
@@ -263,8 +265,15 @@ async fn unary(
             let watch = DirWatch::open(&path, req.recursive)?;
             let id = format!("w-{:016x}", rand::random::<u64>());
             let buffer = Arc::new(Mutex::new(Vec::new()));
+            let mut watchers = state.envd.watchers();
+            if watchers.len() >= MAX_WATCHERS {
+                return Err(RpcError::new(
+                    Code::ResourceExhausted,
+                    format!("at most {MAX_WATCHERS} watchers at once; remove one first"),
+                ));
+            }
             let task = tokio::spawn(collect(watch, Arc::clone(&buffer)));
-            state.envd.watchers().insert(
+            watchers.insert(
                 id.clone(),
                 Watcher {
                     buffer,

@@ -10,6 +10,7 @@
 pub mod connect;
 pub mod filesystem;
 pub mod http;
+mod output;
 pub mod process;
 
 use std::sync::{Mutex, MutexGuard, RwLock};

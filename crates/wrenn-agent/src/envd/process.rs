@@ -9,7 +9,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -20,21 +19,21 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use wrenn_types::agent::{KillSignal, ProcessSpec};
 use wrenn_types::stream::PtyStart;
 
 use super::connect::{
-    self, check_stream_content_type, de_int, de_opt_int, decode_bytes, encode_bytes, stream_error,
-    stream_response, Code, RpcError, StreamSender,
+    self, check_stream_content_type, de_int, de_opt_int, decode_bytes, stream_error,
+    stream_response, Code, RpcError,
 };
+use super::output::{run_stream, Source};
 use super::{check_text, request_user, resolve_path};
 use crate::error::ApiError;
 use crate::launch::{launch_io, STREAM_CHUNK};
-use crate::processes::{ProcEvent, Sink};
-use crate::pty::{self, PtyOut, PtySession};
+use crate::processes::Sink;
+use crate::pty::{self, PtySession};
 use crate::state::SharedState;
-use crate::sys;
 use crate::users::User;
 
 /// Output chunks buffered per process for slow readers before they lose some.
@@ -63,6 +62,27 @@ pub struct EnvdProc {
     stdin: tokio::sync::Mutex<Option<pipe::Sender>>,
     /// The last signal envd sent it (0: none).
     signal: AtomicI32,
+}
+
+impl EnvdProc {
+    /// A process started with `config`, with `stdin` when it is piped and open.
+    pub(super) fn new(config: ProcessConfig, stdin: Option<pipe::Sender>) -> Self {
+        Self {
+            config,
+            stdin: tokio::sync::Mutex::new(stdin),
+            signal: AtomicI32::new(0),
+        }
+    }
+
+    /// The last signal envd sent it (0: none).
+    pub(super) fn signal(&self) -> i32 {
+        self.signal.load(Ordering::Relaxed)
+    }
+
+    /// Notes that envd sends it `signal`.
+    pub(super) fn mark_signal(&self, signal: i32) {
+        self.signal.store(signal, Ordering::Relaxed);
+    }
 }
 
 /// envd's processes by pid.
@@ -334,11 +354,9 @@ async fn start(state: SharedState, headers: HeaderMap, body: Body) -> Result<Res
             (pid, Source::Pipe(rx), stdin)
         }
     };
-    let proc = Arc::new(EnvdProc {
-        config: req.process,
-        stdin: tokio::sync::Mutex::new(stdin),
-        signal: AtomicI32::new(0),
-    });
+    let proc = Arc::new(EnvdProc::new(req.process, stdin));
+    let live: Vec<u32> = state.procs.list().processes.iter().map(|p| p.pid).collect();
+    state.envd.procs.retain(&live);
     state.envd.procs.insert(pid, Arc::clone(&proc));
     tracing::debug!(pid, pty = req.pty.is_some(), "envd process started");
     let (resp, sender) = stream_response();
@@ -385,155 +403,6 @@ async fn attach(state: SharedState, headers: HeaderMap, body: Body) -> Result<Re
     let proc = state.envd.procs.get(pid);
     tokio::spawn(run_stream(pid, proc, source, sender, keepalive, None));
     Ok(resp)
-}
-
-/// Where a stream's events come from.
-enum Source {
-    Pipe(broadcast::Receiver<ProcEvent>),
-    Pty {
-        session: Arc<PtySession>,
-        id: u64,
-        rx: mpsc::Receiver<PtyOut>,
-        /// Output before the stream attached (sent first, by `Start` only).
-        replay: Option<Vec<u8>>,
-    },
-}
-
-enum Next {
-    Data(&'static str, Bytes),
-    Exit(i32),
-    Lost,
-}
-
-impl Source {
-    async fn next(&mut self) -> Next {
-        match self {
-            Self::Pipe(rx) => loop {
-                match rx.recv().await {
-                    Ok(ProcEvent::Stdout(b)) => return Next::Data("stdout", b),
-                    Ok(ProcEvent::Stderr(b)) => return Next::Data("stderr", b),
-                    Ok(ProcEvent::Exit(code)) => return Next::Exit(code),
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::debug!(n, "envd stream lagged, output lost");
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return Next::Lost,
-                }
-            },
-            Self::Pty { rx, replay, .. } => {
-                if let Some(r) = replay.take().filter(|r| !r.is_empty()) {
-                    return Next::Data("pty", Bytes::from(r));
-                }
-                match rx.recv().await {
-                    Some(PtyOut::Output(b)) => Next::Data("pty", b),
-                    Some(PtyOut::Exit(code)) => Next::Exit(code),
-                    None => Next::Lost,
-                }
-            }
-        }
-    }
-
-    fn detach(&self) {
-        if let Self::Pty { session, id, .. } = self {
-            session.detach(*id);
-        }
-    }
-}
-
-/// The `end` event of an exit `code` (128+N for a signal death).
-fn end_event(code: i32, proc: Option<&EnvdProc>) -> Value {
-    let signal = proc.map(|p| p.signal.load(Ordering::Relaxed)).unwrap_or(0);
-    if signal != 0 && code == 128 + signal {
-        let text = match signal {
-            libc::SIGKILL => "signal: killed",
-            libc::SIGTERM => "signal: terminated",
-            _ => "signal",
-        };
-        return json!({"exitCode": -1, "status": text, "error": text});
-    }
-    let status = format!("exit status {code}");
-    let mut end = json!({"exitCode": code, "exited": true, "status": status});
-    if code != 0 {
-        end["error"] = Value::String(status);
-    }
-    end
-}
-
-/// A stream's client, which may leave while the stream still has a deadline to enforce.
-struct Client {
-    sender: StreamSender,
-    gone: bool,
-}
-
-impl Client {
-    /// Sends `msg` unless the client has gone (then it only notes that).
-    async fn send(&mut self, msg: &Value) {
-        if !self.gone && !self.sender.send(msg).await {
-            self.gone = true;
-        }
-    }
-}
-
-/// Feeds `source` to the client until the process ends. A client that leaves does not stop the
-/// process; with a `deadline` the stream keeps watching (silently) to kill the process then.
-async fn run_stream(
-    pid: u32,
-    proc: Option<Arc<EnvdProc>>,
-    mut source: Source,
-    sender: StreamSender,
-    keepalive: Duration,
-    deadline: Option<tokio::time::Instant>,
-) {
-    let mut client = Client {
-        sender,
-        gone: false,
-    };
-    client
-        .send(&json!({"event": {"start": {"pid": pid}}}))
-        .await;
-    let mut ka = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
-    let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
-    let error = loop {
-        if client.gone && deadline.is_none() {
-            return source.detach();
-        }
-        tokio::select! {
-            next = source.next() => match next {
-                Next::Data(field, b) => {
-                    if !client.gone {
-                        client.send(&json!({"event": {"data": {field: encode_bytes(&b)}}})).await;
-                        ka.reset();
-                    }
-                }
-                Next::Exit(code) => {
-                    let end = json!({"event": {"end": end_event(code, proc.as_deref())}});
-                    client.send(&end).await;
-                    break None;
-                }
-                Next::Lost => break Some(RpcError::new(
-                    Code::Unavailable,
-                    format!("output of process {pid} is attached elsewhere"),
-                )),
-            },
-            _ = ka.tick(), if !client.gone => {
-                client.send(&json!({"event": {"keepalive": {}}})).await;
-            }
-            _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
-                if let Some(p) = &proc {
-                    p.signal.store(libc::SIGKILL, Ordering::Relaxed);
-                }
-                let _ = sys::kill_group(pid, libc::SIGKILL);
-                break Some(RpcError::new(
-                    Code::DeadlineExceeded,
-                    format!("process {pid} killed: the request deadline elapsed"),
-                ));
-            }
-            _ = client.sender.closed(), if !client.gone => client.gone = true,
-        }
-    };
-    source.detach();
-    if !client.gone {
-        client.sender.end(error).await;
-    }
 }
 
 /// The pid of a live process selected by pid or tag.
@@ -652,7 +521,7 @@ fn send_signal(state: &SharedState, req: SendSignalRequest) -> Result<Value, Rpc
     };
     let pid = find(state, &req.process)?;
     if let Some(p) = state.envd.procs.get(pid) {
-        p.signal.store(number, Ordering::Relaxed);
+        p.mark_signal(number);
     }
     state
         .procs
@@ -742,25 +611,6 @@ async fn stream_input(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn end_events_mirror_go() {
-        assert_eq!(
-            end_event(0, None),
-            json!({"exitCode": 0, "exited": true, "status": "exit status 0"})
-        );
-        assert_eq!(end_event(3, None)["error"], "exit status 3");
-        let p = EnvdProc {
-            config: ProcessConfig::default(),
-            stdin: tokio::sync::Mutex::new(None),
-            signal: AtomicI32::new(libc::SIGKILL),
-        };
-        assert_eq!(
-            end_event(137, Some(&p)),
-            json!({"exitCode": -1, "status": "signal: killed", "error": "signal: killed"})
-        );
-        assert_eq!(end_event(137, None)["exitCode"], 137);
-    }
 
     #[test]
     fn requests_accept_sdk_shapes() {

@@ -324,6 +324,36 @@ async fn bad_input_is_invalid_argument_and_users_unauthenticated() {
     )
     .await;
     assert_eq!(s.end().await["error"]["code"], "unauthenticated");
+    // A user name with a NUL byte: invalid, for RPCs and /files alike.
+    let nul_user = format!("Basic {}", b64(b"ro\0ot:"));
+    let mut s = stream(
+        &agent,
+        "process.Process/Start",
+        json!({"process": {"cmd": "/bin/true"}}),
+        &[("authorization", &nul_user)],
+    )
+    .await;
+    assert_eq!(s.end().await["error"]["code"], "invalid_argument");
+    let resp = send(
+        &agent,
+        "GET",
+        "/envd/files?path=/etc/hostname&username=a%00b",
+        &[],
+        full(Vec::new()),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = send(
+        &agent,
+        "GET",
+        "/envd/files?path=/etc/host%00name",
+        &[],
+        full(Vec::new()),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: Value = serde_json::from_slice(&body_bytes(resp).await).expect("json error");
+    assert_eq!(body["code"], 400);
 
     let (status, v) = unary(
         &agent,
