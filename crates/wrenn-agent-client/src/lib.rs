@@ -38,6 +38,7 @@ use wrenn_types::agent::{
 use wrenn_types::error::{AgentErrorCode, ErrorBody};
 use wrenn_types::files::{EntryResponse, FileEntry, ListRequest, ListResponse, PathRequest};
 
+pub mod envd;
 pub mod stream;
 pub mod transport;
 

@@ -60,7 +60,7 @@ fn check_path(path: &str) -> Result<String, ApiError> {
 }
 
 /// Maps an I/O error of `op` on `path` to its agent error.
-fn io_error(op: &str, path: &str, e: &io::Error) -> ApiError {
+pub(crate) fn io_error(op: &str, path: &str, e: &io::Error) -> ApiError {
     let (code, reason) = match e.raw_os_error() {
         Some(libc::ENOENT) => (AgentErrorCode::NotFound, "no such file or directory"),
         Some(libc::ENOTDIR) => (AgentErrorCode::NotADirectory, "not a directory"),
@@ -282,7 +282,7 @@ fn list_dir(
 }
 
 /// The entry of `path` (lstat), with its lstat metadata.
-fn entry_of(names: &Names, path: &str) -> io::Result<(FileEntry, Metadata)> {
+pub(crate) fn entry_of(names: &Names, path: &str) -> io::Result<(FileEntry, Metadata)> {
     let meta = fs::symlink_metadata(path)?;
     let is_link = meta.file_type().is_symlink();
     let (file_type, symlink_target) = if is_link {

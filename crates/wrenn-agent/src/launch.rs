@@ -40,8 +40,32 @@ pub fn launch(
     sink: Sink,
     chunk: usize,
 ) -> Result<u32, LaunchError> {
-    let mut spawned = spawn::spawn(&state.reaper, spec, ChildIo::Pipes)?;
+    launch_io(state, spec, tag, sink, chunk, false).map(|(pid, _)| pid)
+}
+
+/// [`launch`], and with `keep_stdin` a pipe to the child's stdin (else stdin is at EOF).
+pub fn launch_io(
+    state: &SharedState,
+    spec: &ProcessSpec,
+    tag: Option<String>,
+    sink: Sink,
+    chunk: usize,
+    keep_stdin: bool,
+) -> Result<(u32, Option<pipe::Sender>), LaunchError> {
+    let io = if keep_stdin {
+        ChildIo::PipesWithStdin
+    } else {
+        ChildIo::Pipes
+    };
+    let mut spawned = spawn::spawn(&state.reaper, spec, io)?;
     let pid = spawned.pid;
+    let stdin = spawned
+        .child
+        .stdin
+        .take()
+        .map(|s| pipe::Sender::from_owned_fd(s.into()))
+        .transpose()
+        .map_err(LaunchError::WatchPipes);
     let pipes = spawned
         .child
         .stdout
@@ -53,7 +77,8 @@ pub fn launch(
             let e = pipe::Receiver::from_owned_fd(e.into());
             o.and_then(|o| e.map(|e| (o, e)))
                 .map_err(LaunchError::WatchPipes)
-        });
+        })
+        .and_then(|(o, e)| stdin.map(|i| (o, e, i)));
     let events = match &sink {
         Sink::Broadcast(tx) => Some(tx.clone()),
         Sink::Direct(_) => None,
@@ -65,7 +90,7 @@ pub fn launch(
             .map(|()| pipes)
             .map_err(LaunchError::from)
     });
-    let (stdout, stderr) = match tracked {
+    let (stdout, stderr, stdin) = match tracked {
         Ok(p) => p,
         Err(e) => {
             // The exit status still arrives at the reaper, which drops it with the receiver.
@@ -77,7 +102,7 @@ pub fn launch(
     tokio::spawn(async move {
         processes::pump(&state.procs, pid, stdout, stderr, spawned.exit, sink, chunk).await;
     });
-    Ok(pid)
+    Ok((pid, stdin))
 }
 
 /// Kills a process group when dropped while armed (a request whose client left).

@@ -13,6 +13,7 @@
 // Raw syscalls, and with them every `unsafe` block, live in `sys` only.
 #![deny(unsafe_code)]
 
+mod envd;
 mod error;
 mod exec;
 mod files;

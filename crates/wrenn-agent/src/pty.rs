@@ -48,9 +48,12 @@ pub const INPUT_QUEUE_BYTES: usize = 1024 * 1024;
 /// Non-fatal error sent when input starts being dropped.
 const INPUT_DROPPED: &str = "input dropped: the program is not reading its terminal";
 
+/// What a session sends its attached client.
 #[derive(Debug)]
-enum PtyOut {
+pub(crate) enum PtyOut {
+    /// Terminal output.
     Output(Bytes),
+    /// Exit code, last.
     Exit(i32),
 }
 
@@ -139,7 +142,7 @@ impl PtySession {
 
     /// Queues `bytes` for the writer task; false when they were dropped (queue full, or the
     /// session has ended).
-    fn queue_input(&self, bytes: Bytes) -> bool {
+    pub(crate) fn queue_input(&self, bytes: Bytes) -> bool {
         if bytes.is_empty() {
             return true;
         }
@@ -166,7 +169,7 @@ impl PtySession {
     }
 
     /// Becomes the attached client: its id, its output and the replay.
-    fn attach(&self) -> Option<(u64, mpsc::Receiver<PtyOut>, Vec<u8>)> {
+    pub(crate) fn attach(&self) -> Option<(u64, mpsc::Receiver<PtyOut>, Vec<u8>)> {
         let mut shared = self.lock();
         if shared.exited {
             return None;
@@ -178,7 +181,17 @@ impl PtySession {
         Some((id, rx, shared.ring.iter().copied().collect()))
     }
 
-    fn detach(&self, id: u64) {
+    /// The session's process (group) id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Resizes the terminal (the kernel sends SIGWINCH to its foreground group).
+    pub(crate) fn resize(&self, cols: u16, rows: u16) -> io::Result<()> {
+        sys::set_winsize(self.master.get_ref().as_fd(), cols, rows)
+    }
+
+    pub(crate) fn detach(&self, id: u64) {
         let mut shared = self.lock();
         if shared.client.as_ref().is_some_and(|(c, _)| *c == id) {
             shared.client = None;
@@ -197,12 +210,16 @@ impl PtyTable {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn get(&self, tag: &str) -> Option<Arc<PtySession>> {
+    pub(crate) fn get(&self, tag: &str) -> Option<Arc<PtySession>> {
         self.lock().get(tag).cloned()
     }
 }
 
-fn start_session(state: &SharedState, start: PtyStart) -> Result<Arc<PtySession>, ApiError> {
+/// Starts a session of `start` and registers it in the PTY and process tables.
+pub(crate) fn start_session(
+    state: &SharedState,
+    start: PtyStart,
+) -> Result<Arc<PtySession>, ApiError> {
     let PtyStart {
         process: mut spec,
         cols,

@@ -2,11 +2,11 @@
 //! never import this one.
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 
 use crate::state::SharedState;
-use crate::{exec, files, health, pty, stream};
+use crate::{envd, exec, files, health, pty, stream};
 
 /// Builds the router.
 pub fn app(state: SharedState) -> Router {
@@ -27,5 +27,7 @@ pub fn app(state: SharedState) -> Router {
         .route("/files/mkdir", post(files::mkdir))
         .route("/files/remove", post(files::remove))
         .route("/files/stat", post(files::stat))
+        .route(envd::ENVD_CONFIG_PATH, put(envd::http::put_config))
+        .nest(envd::ENVD_PATH_PREFIX, envd::router())
         .with_state(state)
 }

@@ -99,6 +99,8 @@ impl SpawnError {
 pub enum ChildIo {
     /// stdin at EOF, stdout and stderr pipes.
     Pipes,
+    /// stdin, stdout and stderr pipes; the parent keeps stdin's write end ([`Spawned::child`]).
+    PipesWithStdin,
     /// All three on this PTY slave, which becomes the controlling terminal.
     Pty(std::os::fd::OwnedFd),
 }
@@ -158,8 +160,9 @@ pub fn spawn(reaper: &Reaper, spec: &ProcessSpec, io: ChildIo) -> Result<Spawned
         controlling_tty: matches!(io, ChildIo::Pty(_)),
         credentials,
     };
+    let keep_stdin = matches!(io, ChildIo::PipesWithStdin);
     match io {
-        ChildIo::Pipes => {
+        ChildIo::Pipes | ChildIo::PipesWithStdin => {
             // A pipe closed right after spawn rather than /dev/null, which a minimal root
             // filesystem may lack: reads see EOF either way.
             cmd.stdin(Stdio::piped())
@@ -207,7 +210,9 @@ pub fn spawn(reaper: &Reaper, spec: &ProcessSpec, io: ChildIo) -> Result<Spawned
             },
         })?;
     let mut child = child;
-    drop(child.stdin.take());
+    if !keep_stdin {
+        drop(child.stdin.take());
+    }
     Ok(Spawned {
         pid: child.id(),
         child,

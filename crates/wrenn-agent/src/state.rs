@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::envd::EnvdState;
 use crate::processes::ProcessTable;
 use crate::pty::PtyTable;
 use crate::reaper::Reaper;
@@ -15,6 +16,8 @@ pub struct AppState {
     pub procs: ProcessTable,
     /// Live PTY sessions.
     pub ptys: PtyTable,
+    /// E2B envd's defaults and its view of its processes.
+    pub envd: EnvdState,
 }
 
 /// Handle to [`AppState`].

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use wrenn_server::store::Store;
+use wrenn_server::store::{KeyFormat, Store};
 
 use crate::output::{self, Table};
 use crate::remote::Remote;
@@ -34,6 +34,9 @@ pub enum KeyCommand {
         /// A label for the key.
         #[arg(long, default_value = "cli")]
         name: String,
+        /// Mint it in E2B's format (`e2b_` + 40 hex) for E2B's SDKs; it works for both APIs.
+        #[arg(long)]
+        e2b: bool,
     },
     /// List API keys (never their secrets).
     #[command(visible_alias = "list")]
@@ -67,9 +70,14 @@ fn open_store(dir: &Path) -> anyhow::Result<Store> {
 async fn run_local(dir: &Path, cmd: KeyCommand) -> anyhow::Result<()> {
     let store = open_store(dir)?;
     match cmd {
-        KeyCommand::Create { team, name } => {
+        KeyCommand::Create { team, name, e2b } => {
             let team = team.unwrap_or_else(|| "default".into());
-            let key = store.create_key(&team, &name).await?;
+            let format = if e2b {
+                KeyFormat::E2b
+            } else {
+                KeyFormat::Wrenn
+            };
+            let key = store.create_key_as(&team, &name, format).await?;
             println!("{}", key.secret);
         }
         KeyCommand::Ls {
@@ -118,11 +126,16 @@ async fn run_local(dir: &Path, cmd: KeyCommand) -> anyhow::Result<()> {
 
 async fn run_remote(remote: &Remote, cmd: KeyCommand) -> anyhow::Result<()> {
     match cmd {
-        KeyCommand::Create { team, name } => {
+        KeyCommand::Create { team, name, e2b } => {
             if team.is_some() {
                 bail!("invalid_request: --team only applies to a local store (--dir); a key made through the server joins the calling key's team");
             }
-            let key = remote.client()?.create_key(Some(&name)).await?;
+            let client = remote.client()?;
+            let key = if e2b {
+                client.create_e2b_key(Some(&name)).await?
+            } else {
+                client.create_key(Some(&name)).await?
+            };
             println!("{}", key.key);
         }
         KeyCommand::Ls {

@@ -15,6 +15,17 @@ impl Client {
     pub async fn create_key(&self, name: Option<&str>) -> Result<CreatedApiKey, ClientError> {
         let body = CreateApiKeyRequest {
             name: name.map(str::to_owned),
+            e2b: false,
+        };
+        Self::json(self.request(Method::POST, "/api-keys").json(&body)).await
+    }
+
+    /// Creates a key for the calling key's team in E2B's format (`e2b_` + 40 hex), for E2B's
+    /// SDKs; it works for the Wrenn API too.
+    pub async fn create_e2b_key(&self, name: Option<&str>) -> Result<CreatedApiKey, ClientError> {
+        let body = CreateApiKeyRequest {
+            name: name.map(str::to_owned),
+            e2b: true,
         };
         Self::json(self.request(Method::POST, "/api-keys").json(&body)).await
     }

@@ -27,7 +27,7 @@ use wrenn_runtime::Runtime;
 use crate::auth::KeyResolver;
 use crate::events::EventBus;
 pub use crate::service::WarmTargets;
-use crate::service::{Capacity, Capsules};
+use crate::service::{Capacity, Capsules, E2bSandboxes};
 use crate::store::Store;
 
 /// How long shutdown waits for the warm-pool filler to finish the capsule it is making.
@@ -42,6 +42,8 @@ pub struct AppState {
     pub keys: KeyResolver,
     /// Lifecycle events.
     pub events: EventBus,
+    /// What the E2B front end knows about the sandboxes it created.
+    pub e2b: Arc<E2bSandboxes>,
 }
 
 /// How to run the server.
@@ -82,8 +84,9 @@ pub fn state_with_pools(
     let events = EventBus::new();
     AppState {
         capsules: Capsules::with_pools(store.clone(), runtime, events.clone(), capacity, warm),
-        keys: KeyResolver::new(store),
+        keys: KeyResolver::new(store.clone()),
         events,
+        e2b: E2bSandboxes::new(store),
     }
 }
 
@@ -114,6 +117,7 @@ pub async fn serve(config: ServerConfig, runtime: Arc<dyn Runtime>) -> anyhow::R
         .recover()
         .await
         .context("recovering capsules")?;
+    state.e2b.load().await.context("loading e2b sandboxes")?;
 
     for name in config.prebuild_templates {
         let rt = runtime.clone();
@@ -132,11 +136,13 @@ pub async fn serve(config: ServerConfig, runtime: Arc<dyn Runtime>) -> anyhow::R
     }
 
     let capsules = state.capsules.clone();
+    let e2b = state.e2b.clone();
     let housekeeping = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         loop {
             tick.tick().await;
             capsules.reap_idle().await;
+            e2b.reap(&capsules, chrono::Utc::now()).await;
             capsules.reap_dead().await;
             capsules.sample().await;
             capsules.flush_activity().await;

@@ -1,6 +1,10 @@
 //! Host-based port proxy (contract §11): `{port}-{capsule_id}.{domain}` on the API listener
-//! reaches `port` inside the capsule.
+//! reaches `port` inside the capsule. E2B's sandbox traffic is told apart first (E2B contract
+//! §1.6) and served by `api::e2b::traffic`; the routing order is:
 //!
+//! 0. `E2b-Sandbox-Id` and `E2b-Sandbox-Port` headers → E2B sandbox traffic (one without the
+//!    other → 400); else a host `^(\d+)-([0-9a-z]+)\.` (an E2B sandbox id has no `-`) → E2B
+//!    sandbox traffic; the rules below are the Wrenn API's.
 //! 1. The `Host` header (port stripped) is matched against `^(\d+)-(cl-[0-9a-z]+)\.`; anything
 //!    else goes to the API router.
 //! 2. Bad port or id → 400; unknown capsule → 404; starting or resuming → 503 (retry);
@@ -30,6 +34,7 @@ use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 use wrenn_types::api::CapsuleStatus;
 
+use crate::api::e2b;
 use crate::ids;
 use crate::AppState;
 
@@ -45,6 +50,8 @@ pub enum ProxyHost<'a> {
     Invalid(&'static str),
     /// Port and capsule id.
     Target(u16, &'a str),
+    /// Port and E2B sandbox id.
+    E2b(u16, &'a str),
 }
 
 /// Parses a `Host` header value (contract §11 step 1–2).
@@ -65,6 +72,16 @@ pub fn parse_host(host: &str) -> ProxyHost<'_> {
     let Some((port, id)) = label.split_once('-') else {
         return ProxyHost::Api;
     };
+    let e2b_id = !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase());
+    if e2b_id && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
+        return match port.parse::<u16>() {
+            Ok(p) if p > 0 => ProxyHost::E2b(p, id),
+            _ => ProxyHost::Invalid("invalid port"),
+        };
+    }
     let id_ok = id.len() > 3
         && id.starts_with("cl-")
         && id[3..]
@@ -92,8 +109,30 @@ fn text(status: StatusCode, msg: impl Into<String>) -> Response {
         .into_response()
 }
 
-/// Middleware in front of the API router: proxies proxy hosts, passes everything else on.
+/// The E2B routing headers of a request: `None` without them, `Some(Err)` when they are
+/// malformed or only one is there.
+fn e2b_headers(req: &Request) -> Option<Result<(u16, String), Response>> {
+    let h = req.headers();
+    let id = h.get("e2b-sandbox-id").map(|v| v.to_str().unwrap_or(""));
+    let port = h.get("e2b-sandbox-port").map(|v| v.to_str().unwrap_or(""));
+    match (id, port) {
+        (None, None) => None,
+        (Some(id), Some(port)) => Some(match port.trim().parse::<u16>() {
+            Ok(p) if p > 0 => Ok((p, id.trim().to_owned())),
+            _ => Err(e2b::traffic::bad_port()),
+        }),
+        _ => Some(Err(e2b::traffic::half_routed())),
+    }
+}
+
+/// Middleware in front of the API router: proxies sandbox traffic (E2B's headers, then proxy
+/// hosts), passes everything else on.
 pub async fn route_by_host(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    match e2b_headers(&req) {
+        Some(Ok((port, id))) => return e2b::traffic::serve(&state, port, &id, req).await,
+        Some(Err(resp)) => return resp,
+        None => {}
+    }
     let host = req
         .headers()
         .get(header::HOST)
@@ -105,6 +144,10 @@ pub async fn route_by_host(State(state): State<AppState>, req: Request, next: Ne
         ProxyHost::Api => next.run(req).await,
         ProxyHost::Invalid(why) => text(StatusCode::BAD_REQUEST, why),
         ProxyHost::Target(port, id) => proxy(&state, port, id, req).await,
+        ProxyHost::E2b(port, id) => {
+            let id = id.to_owned();
+            e2b::traffic::serve(&state, port, &id, req).await
+        }
     }
 }
 
@@ -180,7 +223,7 @@ async fn dial(addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that are not forwarded, except for upgrades.
-const HOP_BY_HOP: [&str; 7] = [
+pub(crate) const HOP_BY_HOP: [&str; 7] = [
     "keep-alive",
     "proxy-connection",
     "proxy-authenticate",
@@ -190,9 +233,33 @@ const HOP_BY_HOP: [&str; 7] = [
     "transfer-encoding",
 ];
 
-async fn forward(ip: Ipv4Addr, port: u16, mut req: Request) -> Result<Response, String> {
+/// Why forwarding failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ForwardError {
+    /// Nothing accepted the connection.
+    #[error("{0}")]
+    Dial(String),
+    /// The exchange failed after connecting.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<String> for ForwardError {
+    fn from(e: String) -> Self {
+        Self::Other(e)
+    }
+}
+
+/// Forwards `req` to `ip:port` (see the module's steps 4–6).
+pub(crate) async fn forward(
+    ip: Ipv4Addr,
+    port: u16,
+    mut req: Request,
+) -> Result<Response, ForwardError> {
     let addr = SocketAddr::from((ip, port));
-    let stream = dial(addr).await.map_err(|e| format!("dial {addr}: {e}"))?;
+    let stream = dial(addr)
+        .await
+        .map_err(|e| ForwardError::Dial(format!("dial {addr}: {e}")))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("handshake with {addr}: {e}"))?;
@@ -297,5 +364,16 @@ mod tests {
             parse_host("80-cl-abc.x"),
             ProxyHost::Invalid("invalid capsule id")
         );
+        let sbx = "0123456789abcdefghijklmno";
+        assert_eq!(
+            parse_host(&format!("49983-{sbx}.localhost:3000")),
+            ProxyHost::E2b(49983, sbx)
+        );
+        assert_eq!(
+            parse_host(&format!("0-{sbx}.x")),
+            ProxyHost::Invalid("invalid port")
+        );
+        assert_eq!(parse_host("80-Abc.x"), ProxyHost::Api);
+        assert_eq!(parse_host("app-1.example.com"), ProxyHost::Api);
     }
 }

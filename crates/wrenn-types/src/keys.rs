@@ -35,6 +35,9 @@ pub struct CreateApiKeyRequest {
     /// Label; default `api-key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Mint the key in E2B's format (`e2b_` + 40 hex) for E2B's SDKs; valid for both APIs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub e2b: bool,
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 mod cli;
 mod common;
+mod envd;
 mod exec;
 mod files;
 mod processes;

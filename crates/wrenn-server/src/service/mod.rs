@@ -14,12 +14,14 @@
 //! | `admission.rs` | [`Capacity`]: whether the host takes one more |
 //! | `create.rs`, `destroy.rs`, `freezer.rs` (pause, resume), `snapshot.rs` | one verb each |
 //! | `housekeeping.rs` | the inactivity reaper, dead capsules, sampling, activity |
+//! | `e2b.rs` | E2B sandboxes: access token, absolute deadline (`endAt`), environment |
 //! | `pool.rs` | warm pools: capsules made ahead of demand, handed out by create |
 //! | `recover.rs` | start-up reconciliation with the runtime |
 
 mod admission;
 mod create;
 mod destroy;
+mod e2b;
 pub mod error;
 mod freezer;
 mod housekeeping;
@@ -40,6 +42,7 @@ use wrenn_runtime::Runtime;
 use wrenn_types::api::{Capsule, CapsuleStatus, EventKind};
 
 pub use self::admission::{Capacity, TeamLimits};
+pub use self::e2b::E2bSandboxes;
 pub use self::error::{CapsuleError, CapsuleResult, Needed};
 pub use self::pool::{WarmTargets, DEFAULT_CODE_RUNNER_WARM};
 pub use self::registry::{LiveCapsule, Lookup, PUBLIC_TRAFFIC_KEY};

@@ -81,6 +81,19 @@ impl LiveCapsule {
         *self.status.borrow()
     }
 
+    /// Waits, at most `within`, until the capsule is no longer on its way between two states
+    /// (pending, starting, pausing, resuming, snapshotting); answers the status then.
+    pub async fn settled(&self, within: std::time::Duration) -> CapsuleStatus {
+        use CapsuleStatus::*;
+        let mut rx = self.status.subscribe();
+        let _ = tokio::time::timeout(
+            within,
+            rx.wait_for(|s| !matches!(s, Pending | Starting | Pausing | Resuming | Snapshotting)),
+        )
+        .await;
+        self.status()
+    }
+
     pub(super) fn id(&self) -> String {
         self.record
             .lock()

@@ -9,6 +9,25 @@ use wrenn_types::keys::{ApiKey, CreatedApiKey};
 use super::{Store, StoreError};
 use crate::ids::random_hex;
 
+/// Which format a new key is minted in; both work for both APIs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KeyFormat {
+    /// `wrn_` + 40 lowercase hex.
+    #[default]
+    Wrenn,
+    /// `e2b_` + 40 lowercase hex: what E2B's SDKs expect (some versions check the prefix).
+    E2b,
+}
+
+impl KeyFormat {
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::Wrenn => "wrn_",
+            Self::E2b => "e2b_",
+        }
+    }
+}
+
 /// A key as stored (never the key itself).
 #[derive(Debug, Clone)]
 pub struct ApiKeyRow {
@@ -25,7 +44,7 @@ pub struct ApiKeyRow {
 pub struct NewKey {
     /// Stored row.
     pub row: ApiKeyRow,
-    /// `wrn_` + 40 hex.
+    /// `wrn_` or `e2b_` + 40 hex.
     pub secret: String,
     /// Creation time.
     pub created_at: DateTime<Utc>,
@@ -64,7 +83,7 @@ pub fn hash_key(secret: &str) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The part of a key that is stored and shown: `wrn_` + 4 characters.
+/// The part of a key that is stored and shown: `wrn_`/`e2b_` + 4 characters.
 fn key_prefix(secret: &str) -> &str {
     secret.get(..8).unwrap_or(secret)
 }
@@ -86,9 +105,10 @@ fn insert_key(
     tx: &rusqlite::Transaction<'_>,
     team_id: String,
     key_name: String,
+    format: KeyFormat,
 ) -> Result<NewKey, StoreError> {
     let created_at = Utc::now();
-    let secret = random_hex("wrn_", 40);
+    let secret = random_hex(format.prefix(), 40);
     let id = random_hex("key-", 16);
     tx.execute(
         "INSERT INTO api_keys (id, team_id, name, key_hash, prefix, created_at)
@@ -116,6 +136,17 @@ fn insert_key(
 impl Store {
     /// Creates a key for team `team_name`, creating the team when missing.
     pub async fn create_key(&self, team_name: &str, key_name: &str) -> Result<NewKey, StoreError> {
+        self.create_key_as(team_name, key_name, KeyFormat::Wrenn)
+            .await
+    }
+
+    /// [`Store::create_key`] in `format`.
+    pub async fn create_key_as(
+        &self,
+        team_name: &str,
+        key_name: &str,
+        format: KeyFormat,
+    ) -> Result<NewKey, StoreError> {
         let team_name = team_name.to_owned();
         let key_name = key_name.to_owned();
         self.call(move |conn| {
@@ -138,7 +169,7 @@ impl Store {
                     id
                 }
             };
-            let key = insert_key(&tx, team_id, key_name)?;
+            let key = insert_key(&tx, team_id, key_name, format)?;
             tx.commit()?;
             Ok(key)
         })
@@ -151,11 +182,22 @@ impl Store {
         team_id: &str,
         key_name: &str,
     ) -> Result<NewKey, StoreError> {
+        self.create_team_key_as(team_id, key_name, KeyFormat::Wrenn)
+            .await
+    }
+
+    /// [`Store::create_team_key`] in `format`.
+    pub async fn create_team_key_as(
+        &self,
+        team_id: &str,
+        key_name: &str,
+        format: KeyFormat,
+    ) -> Result<NewKey, StoreError> {
         let team_id = team_id.to_owned();
         let key_name = key_name.to_owned();
         self.call(move |conn| {
             let tx = conn.transaction()?;
-            let key = insert_key(&tx, team_id, key_name)?;
+            let key = insert_key(&tx, team_id, key_name, format)?;
             tx.commit()?;
             Ok(key)
         })
@@ -277,6 +319,28 @@ mod tests {
             .await
             .unwrap();
         assert!(!stored.starts_with("wrn_"));
+    }
+
+    #[tokio::test]
+    async fn e2b_keys_are_e2b_hex_and_resolve_like_any_key() {
+        let store = Store::open_in_memory().unwrap();
+        let a = store
+            .create_key_as("alpha", "k1", KeyFormat::E2b)
+            .await
+            .unwrap();
+        let hex = a.secret.strip_prefix("e2b_").expect("e2b_ prefix");
+        assert_eq!(hex.len(), 40);
+        assert!(hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        let found = store.find_key(&a.secret).await.unwrap().unwrap();
+        assert_eq!(found.team_id, a.row.team_id);
+        let b = store
+            .create_team_key_as(&a.row.team_id, "k2", KeyFormat::E2b)
+            .await
+            .unwrap();
+        assert!(b.secret.starts_with("e2b_"));
+        assert_eq!(b.to_api().info.prefix, &b.secret[..8]);
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 //! pool; statements are short.
 
 mod capsules;
+mod e2b;
 mod keys;
 mod snapshots;
 mod usage;
@@ -14,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use rusqlite::Connection;
 
 pub use capsules::CapsuleRow;
-pub use keys::{ApiKeyRow, KeyListing, NewKey};
+pub use e2b::E2bRow;
+pub use keys::{ApiKeyRow, KeyFormat, KeyListing, NewKey};
 pub use snapshots::SnapshotRow;
 
 /// Why a store call failed.
@@ -94,6 +96,15 @@ CREATE TABLE snapshots (
     r#"
 ALTER TABLE api_keys ADD COLUMN last_used_at TEXT;
 CREATE INDEX api_keys_by_team ON api_keys(team_id, created_at);
+"#,
+    r#"
+CREATE TABLE e2b_sandboxes (
+    capsule_id TEXT PRIMARY KEY,
+    access_token TEXT NOT NULL,
+    end_at TEXT NOT NULL,
+    auto_pause INTEGER NOT NULL,
+    env_vars TEXT NOT NULL
+);
 "#,
 ];
 

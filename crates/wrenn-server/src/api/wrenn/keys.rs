@@ -12,6 +12,7 @@ use wrenn_types::keys::{ApiKey, CreateApiKeyRequest};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Body;
+use crate::store::KeyFormat;
 use crate::AppState;
 
 /// Default label of a key created without a name.
@@ -57,10 +58,15 @@ pub(super) async fn create(
     Body(req): Body<CreateApiKeyRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let name = validate_name(req.name)?;
+    let format = if req.e2b {
+        KeyFormat::E2b
+    } else {
+        KeyFormat::Wrenn
+    };
     let key = state
         .keys
         .store()
-        .create_team_key(&caller.team_id, &name)
+        .create_team_key_as(&caller.team_id, &name, format)
         .await
         .map_err(ApiError::internal)?;
     tracing::info!(key_id = %key.row.id, team_id = %caller.team_id, "api key created");
