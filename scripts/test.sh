@@ -21,10 +21,15 @@ cargo test --workspace -- --test-threads=2
 echo "==> the Rust client against a real server"
 cargo test -p wrenn-client --test live -- --ignored
 
-echo "==> template code-runner-beta (pip, ~2 min the first time; cached in \$WRENN_CACHE after)"
+# The slow trees are cached in $WRENN_CACHE: the first build takes minutes (pip: ~2 min for
+# code-runner-beta; apt: ~20 s for base, ~30 s more for code-interpreter-v1), a cache hit only
+# the copy of the trees.
+echo "==> templates code-runner-beta, base, code-interpreter-v1 (cached in \$WRENN_CACHE)"
 tpl_dir=$(mktemp -d /tmp/wrenn-template-build.XXXXXX)
-"$WRENN_BIN" template build code-runner-beta --dir "$tpl_dir" --cache-dir "$WRENN_CACHE" \
-  --agent "$WRENN_AGENT"
+for tpl in code-runner-beta base code-interpreter-v1; do
+  "$WRENN_BIN" template build "$tpl" --dir "$tpl_dir" --cache-dir "$WRENN_CACHE" \
+    --agent "$WRENN_AGENT"
+done
 rm -rf "$tpl_dir"
 
 echo "==> end-to-end tests with the official SDK"

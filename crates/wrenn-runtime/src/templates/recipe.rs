@@ -564,6 +564,23 @@ mod tests {
         ] {
             assert!(p.contains(&want), "{want}");
         }
+        // E2B's templates: calls default to `user` in /home/user; the code interpreter's
+        // services run as root and it is ready when its port-49999 service is.
+        for name in ["base", "code-interpreter-v1"] {
+            let run = r.get(name).expect(name).run_config();
+            assert_eq!(run.user.as_deref(), Some("user"), "{name}");
+            assert_eq!(run.workdir.as_deref(), Some("/home/user"), "{name}");
+        }
+        let ci = r.get("code-interpreter-v1").expect("ci").run_config();
+        assert!(ci
+            .services
+            .iter()
+            .all(|s| s.user.as_deref() == Some("root")));
+        let probe = ci.services.last().and_then(|s| s.probe.clone());
+        assert!(
+            matches!(&probe, Some(Probe::Command(c)) if c.iter().any(|a| a.contains(":49999/health"))),
+            "{probe:?}"
+        );
         let bb = r.get("busybox").expect("busybox");
         assert_eq!(bb.spec.base, Base::Busybox);
         let passwd = bb.file("files/etc/passwd").expect("passwd");

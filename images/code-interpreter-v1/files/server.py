@@ -1,0 +1,463 @@
+"""E2B's code-interpreter API on port 49999 (contract e2b-api.md §6), over Jupyter kernels.
+
+Kernels are started, restarted and deleted through Jupyter Server's REST API on 127.0.0.1:8888,
+so Jupyter Server and this service see the same kernels. Code runs over each kernel's ZMQ
+channels with jupyter_client directly: one hop less than Jupyter Server's kernel WebSocket, and
+no JSON re-encoding of every message in between.
+
+Routes: `POST /execute` (an NDJSON stream, one line per kernel message, flushed as produced),
+`GET|POST /contexts`, `DELETE /contexts/{id}`, `POST /contexts/{id}/restart`, `GET /health`
+(200 once the default python context runs code; the template's readiness probe).
+"""
+
+import asyncio
+import datetime
+import json
+import os
+import queue
+import time
+
+import tornado.httpclient
+import tornado.iostream
+import tornado.web
+from jupyter_client.asynchronous import AsyncKernelClient
+from jupyter_core.paths import jupyter_runtime_dir
+
+JUPYTER = os.environ.get("WRENN_JUPYTER_URL", "http://127.0.0.1:8888")
+PORT = int(os.environ.get("WRENN_CI_PORT", "49999"))
+# Written by start-jupyter.py once Jupyter Server and its pre-started kernel are ready.
+JUPYTER_READY = os.environ.get("WRENN_JUPYTER_READY", "/dev/shm/wrenn-jupyter-ready")
+KERNEL = "wrenn"
+DEFAULT_CWD = "/home/user"
+KEEPALIVE_SEC = 5.0
+# How often a waiting execution checks its client and its kernel's process.
+POLL_SEC = 0.5
+# After an interrupt (the client went away), how long the cell may take to stop.
+DRAIN_SEC = 10.0
+PYTHON_NAMES = (None, "", "python", "python3")
+
+# Jupyter MIME type -> key of a `result` line; anything else goes under `extra`.
+MIME_KEYS = {
+    "text/plain": "text",
+    "text/html": "html",
+    "text/markdown": "markdown",
+    "image/svg+xml": "svg",
+    "image/png": "png",
+    "image/jpeg": "jpeg",
+    "application/pdf": "pdf",
+    "text/latex": "latex",
+    "application/json": "json",
+    "application/javascript": "javascript",
+    "e2b/data": "data",
+    "e2b/chart": "chart",
+}
+
+# Silent cells (no history, no execution count, no outputs): they touch only the os module.
+INIT = "(lambda o, d: (o.makedirs(d, exist_ok=True), o.chdir(d)))(__import__('os'), {cwd})"
+SET_ENV = (
+    "(lambda o, e: (setattr(o, '_wrenn_saved_env', {{k: o.environ.get(k) for k in e}}),"
+    " o.environ.update(e)))(__import__('os'), {env})"
+)
+RESTORE_ENV = (
+    "(lambda o: [o.environ.pop(k, None) if v is None else o.environ.__setitem__(k, v)"
+    " for k, v in o.__dict__.pop('_wrenn_saved_env', {}).items()])(__import__('os'))"
+)
+
+
+class Gone(Exception):
+    """The kernel's process went away during a cell."""
+
+
+async def jupyter(method, path, body=None):
+    """Calls Jupyter Server's REST API; returns the decoded JSON body (or None)."""
+    req = tornado.httpclient.HTTPRequest(
+        JUPYTER + path,
+        method=method,
+        body=None if body is None and method != "POST" else json.dumps(body or {}),
+        headers={"Content-Type": "application/json"},
+        request_timeout=60,
+    )
+    resp = await tornado.httpclient.AsyncHTTPClient().fetch(req)
+    return json.loads(resp.body) if resp.body else None
+
+
+def line(obj):
+    return json.dumps(obj, separators=(",", ":"), default=str) + "\n"
+
+
+def timestamp(msg):
+    d = msg["header"].get("date")
+    if isinstance(d, datetime.datetime):
+        return d.isoformat()
+    return d or datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+
+def result_line(content, main):
+    """A `result` line from an execute_result / display_data message."""
+    out = {"type": "result", "is_main_result": main}
+    extra = {}
+    for mime, value in content.get("data", {}).items():
+        key = MIME_KEYS.get(mime)
+        if key is None:
+            extra[mime] = value
+            continue
+        if key == "text" and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif key in ("png", "jpeg") and isinstance(value, str):
+            value = value.replace("\n", "")
+        out[key] = value
+    if extra:
+        out["extra"] = extra
+    return out
+
+
+class Context:
+    """One kernel, its client, and the lock that runs its cells one at a time."""
+
+    def __init__(self, kernel_id, cwd):
+        self.id = kernel_id
+        self.language = "python"
+        self.cwd = cwd
+        self.client = None
+        self.pid = None
+        self.lock = asyncio.Lock()
+
+    def json(self):
+        return {"id": self.id, "language": self.language, "cwd": self.cwd}
+
+    async def ready(self):
+        """Connects (first use) and runs the init cell (first use, after a restart or a loss)."""
+        if self.client is None:
+            conn = os.path.join(jupyter_runtime_dir(), f"kernel-{self.id}.json")
+            deadline = time.monotonic() + 30
+            while not os.path.exists(conn):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no connection file for kernel {self.id}")
+                await asyncio.sleep(0.02)
+            client = AsyncKernelClient(connection_file=conn)
+            client.load_connection_file()
+            client.start_channels()
+            self.client = client
+        if self.pid is None:
+            await self.kernel_info()
+            reply = await self.silent(
+                INIT.format(cwd=json.dumps(self.cwd)), {"pid": "__import__('os').getpid()"}
+            )
+            if reply.get("status") != "ok":
+                raise RuntimeError(f"init cell failed: {reply.get('evalue', reply)}")
+            self.pid = int(reply["user_expressions"]["pid"]["data"]["text/plain"])
+
+    async def kernel_info(self):
+        """Waits until the kernel answers kernel_info (it has started and run its exec_lines).
+
+        (jupyter_client's wait_for_ready judges a fresh client's heartbeat too early.)"""
+        deadline = time.monotonic() + 60
+        while True:
+            msg_id = self.client.kernel_info()
+            try:
+                while True:
+                    msg = await self.client.get_shell_msg(timeout=1.0)
+                    if msg["parent_header"].get("msg_id") == msg_id:
+                        return
+            except queue.Empty:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"kernel {self.id} did not answer kernel_info") from None
+
+    async def silent(self, code, expressions=None):
+        """Runs a cell that leaves no trace in history or outputs; returns its reply content."""
+        msg_id = self.client.execute(
+            code, silent=True, store_history=False, user_expressions=expressions or {}
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError("the kernel did not answer a silent cell")
+            try:
+                msg = await self.client.get_shell_msg(timeout=left)
+            except queue.Empty:
+                continue
+            if msg["parent_header"].get("msg_id") == msg_id:
+                return msg["content"]
+
+    def alive(self):
+        """Whether the kernel's process still runs (a zombie does not)."""
+        if self.pid is None:
+            return False
+        try:
+            with open(f"/proc/{self.pid}/stat", "rb") as f:
+                return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+        except (OSError, IndexError):
+            return False
+
+    def lost(self):
+        """Forgets the kernel's process: the next cell waits for it and runs init again."""
+        self.pid = None
+
+    async def execute(self, code, env_vars, emit, gone):
+        """Runs `code`, calling `emit(line)` for each output; `gone()` says the caller left."""
+        await self.ready()
+        if env_vars:
+            await self.silent(SET_ENV.format(env=json.dumps(env_vars)))
+        try:
+            msg_id = self.client.execute(code, store_history=True, allow_stdin=False)
+            await self.stream(msg_id, emit, gone)
+        finally:
+            if env_vars and self.alive():
+                await self.silent(RESTORE_ENV)
+
+    async def stream(self, msg_id, emit, gone):
+        last = time.monotonic()
+        interrupted = None
+        while True:
+            try:
+                msg = await self.client.get_iopub_msg(timeout=POLL_SEC)
+            except queue.Empty:
+                msg = None
+            if not self.alive():
+                self.lost()
+                raise Gone()
+            if interrupted is None and gone():
+                interrupted = time.monotonic()
+                await jupyter("POST", f"/api/kernels/{self.id}/interrupt")
+            if interrupted is not None and time.monotonic() - interrupted > DRAIN_SEC:
+                return
+            if msg is None:
+                if interrupted is None and time.monotonic() - last >= KEEPALIVE_SEC:
+                    await emit({"type": "keepalive"})
+                    last = time.monotonic()
+                continue
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            out = None
+            if kind == "execute_input":
+                out = {"type": "number_of_executions", "execution_count": content["execution_count"]}
+            elif kind == "stream":
+                out = {"type": content["name"], "text": content["text"], "timestamp": timestamp(msg)}
+            elif kind in ("execute_result", "display_data"):
+                out = result_line(content, kind == "execute_result")
+            elif kind == "error":
+                out = {
+                    "type": "error",
+                    "name": content["ename"],
+                    "value": content["evalue"],
+                    "traceback": "\n".join(content["traceback"]),
+                }
+            elif kind == "status" and content["execution_state"] == "idle":
+                await emit({"type": "end_of_execution"})
+                return
+            if out is not None:
+                await emit(out)
+                last = time.monotonic()
+
+    async def close(self):
+        if self.client is not None:
+            self.client.stop_channels()
+            self.client = None
+
+
+class Contexts:
+    """Every context of this service; the default python one is the pre-started kernel."""
+
+    def __init__(self):
+        self.by_id = {}
+        self.default = None
+        self.ready = False
+
+    async def start(self):
+        """Adopts the kernel start-jupyter.py pre-started (warm imports), once it is ready."""
+        while not os.path.exists(JUPYTER_READY):
+            await asyncio.sleep(0.02)
+        kernels = await jupyter("GET", "/api/kernels")
+        kid = next((k["id"] for k in kernels if k.get("name") == KERNEL), None)
+        if kid is None:
+            kid = (await jupyter("POST", "/api/kernels", {"name": KERNEL}))["id"]
+        ctx = Context(kid, DEFAULT_CWD)
+        await ctx.ready()
+        self.by_id[kid] = ctx
+        self.default = ctx
+        self.ready = True
+        print(f"code-interpreter: ready, default context {kid}", flush=True)
+
+    async def create(self, cwd):
+        kernel = await jupyter("POST", "/api/kernels", {"name": KERNEL})
+        ctx = Context(kernel["id"], cwd or DEFAULT_CWD)
+        self.by_id[ctx.id] = ctx
+        await ctx.ready()
+        return ctx
+
+    async def python_default(self):
+        if self.default is None or self.default.id not in self.by_id:
+            self.default = await self.create(DEFAULT_CWD)
+        return self.default
+
+    async def remove(self, ctx):
+        self.by_id.pop(ctx.id, None)
+        await ctx.close()
+        await jupyter("DELETE", f"/api/kernels/{ctx.id}")
+
+    async def restart(self, ctx):
+        async with ctx.lock:
+            await jupyter("POST", f"/api/kernels/{ctx.id}/restart")
+            ctx.lost()
+            await ctx.ready()
+
+
+class Handler(tornado.web.RequestHandler):
+    def initialize(self, contexts):
+        self.contexts = contexts
+
+    def fail(self, status, message):
+        self.set_status(status)
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish(message)
+
+    def body(self):
+        try:
+            data = json.loads(self.request.body or b"{}")
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            self.fail(400, "the body must be a JSON object")
+            return None
+        return data
+
+    def unsupported(self, language):
+        self.fail(400, f"language {language!r} is not available in this sandbox (only python)")
+
+    def write_error(self, status_code, **kwargs):
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        exc = kwargs.get("exc_info", (None, None))[1]
+        self.finish(f"{self._reason}: {exc}" if exc else self._reason)
+
+
+class Health(Handler):
+    def get(self):
+        if self.contexts.ready:
+            self.finish("OK")
+        else:
+            self.fail(503, "starting")
+
+
+class Execute(Handler):
+    closed = False
+
+    def on_connection_close(self):
+        self.closed = True
+
+    async def post(self):
+        data = self.body()
+        if data is None:
+            return
+        code, context_id, language = data.get("code"), data.get("context_id"), data.get("language")
+        env_vars = data.get("env_vars") or {}
+        if not isinstance(code, str):
+            return self.fail(400, "`code` must be a string")
+        if context_id and language:
+            return self.fail(400, "`context_id` and `language` are mutually exclusive")
+        if not isinstance(env_vars, dict):
+            return self.fail(400, "`env_vars` must be an object")
+        env_vars = {str(k): str(v) for k, v in env_vars.items()}
+        if context_id:
+            ctx = self.contexts.by_id.get(context_id)
+            if ctx is None:
+                return self.fail(404, f"context {context_id} not found")
+        elif language in PYTHON_NAMES:
+            ctx = await self.contexts.python_default()
+        else:
+            return self.unsupported(language)
+        self.set_header("Content-Type", "application/x-ndjson")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Accel-Buffering", "no")
+
+        async def emit(obj):
+            if self.closed:
+                return
+            self.write(line(obj))
+            try:
+                await self.flush()
+            except tornado.iostream.StreamClosedError:
+                self.closed = True
+
+        async with ctx.lock:
+            try:
+                await ctx.execute(code, env_vars, emit, lambda: self.closed)
+            except Gone:
+                await emit(
+                    {
+                        "type": "error",
+                        "name": "UnexpectedEndOfExecution",
+                        "value": "the kernel died during the execution (out of memory?)",
+                        "traceback": "",
+                    }
+                )
+        if not self.closed:
+            self.finish()
+
+
+class ContextList(Handler):
+    def get(self):
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps([c.json() for c in self.contexts.by_id.values()]))
+
+    async def post(self):
+        data = self.body()
+        if data is None:
+            return
+        if data.get("language") not in PYTHON_NAMES:
+            return self.unsupported(data.get("language"))
+        cwd = data.get("cwd")
+        if cwd is not None and (not isinstance(cwd, str) or not cwd.startswith("/")):
+            return self.fail(400, "`cwd` must be an absolute path")
+        ctx = await self.contexts.create(cwd)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(ctx.json()))
+
+
+class ContextOne(Handler):
+    def find(self, context_id):
+        ctx = self.contexts.by_id.get(context_id)
+        if ctx is None:
+            self.fail(404, f"context {context_id} not found")
+        return ctx
+
+    async def delete(self, context_id):
+        ctx = self.find(context_id)
+        if ctx is not None:
+            await self.contexts.remove(ctx)
+            self.set_status(204)
+            self.finish()
+
+
+class ContextRestart(ContextOne):
+    async def post(self, context_id):
+        ctx = self.find(context_id)
+        if ctx is not None:
+            await self.contexts.restart(ctx)
+            self.set_status(204)
+            self.finish()
+
+
+def app(contexts):
+    args = {"contexts": contexts}
+    return tornado.web.Application(
+        [
+            (r"/health", Health, args),
+            (r"/execute", Execute, args),
+            (r"/contexts", ContextList, args),
+            (r"/contexts/([^/]+)", ContextOne, args),
+            (r"/contexts/([^/]+)/restart", ContextRestart, args),
+        ]
+    )
+
+
+async def main():
+    contexts = Contexts()
+    app(contexts).listen(PORT, address="0.0.0.0", xheaders=False)
+    await contexts.start()
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
