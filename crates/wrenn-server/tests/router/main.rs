@@ -9,6 +9,7 @@ mod lifecycle;
 mod pool;
 mod reaper;
 mod recovery;
+mod storm;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
