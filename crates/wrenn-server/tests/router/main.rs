@@ -5,6 +5,7 @@
 //!
 //! Run with `cargo test -p wrenn-server --test router`.
 
+mod input;
 mod lifecycle;
 mod pool;
 mod reaper;

@@ -7,6 +7,7 @@ mod events;
 mod exec;
 mod files;
 mod host_metrics;
+mod input;
 mod keys;
 mod openapi;
 mod snapshots;
