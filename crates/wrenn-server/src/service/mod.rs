@@ -167,6 +167,11 @@ impl Capsules {
         &self.metrics
     }
 
+    /// What this host may hand out.
+    pub fn capacity(&self) -> &Capacity {
+        &self.capacity
+    }
+
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store

@@ -7,6 +7,7 @@
 
 mod input;
 mod lifecycle;
+mod openapi;
 mod pool;
 mod reaper;
 mod recovery;

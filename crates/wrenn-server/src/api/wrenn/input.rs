@@ -13,6 +13,8 @@ pub const MAX_PATH: usize = 4096;
 /// Command, arguments and environment together at most (the kernel's `ARG_MAX` is 2 MiB,
 /// shared with the agent's own environment).
 pub const MAX_ARG_BYTES: usize = 1024 * 1024;
+/// The longest foreground exec timeout, s (a day).
+pub const MAX_EXEC_TIMEOUT_SEC: u64 = 86_400;
 /// The longest process selector (a pid or a tag).
 pub const MAX_SELECTOR: usize = 256;
 
@@ -84,6 +86,11 @@ pub fn process(p: &ProcessSpec, allow_empty_cmd: bool) -> ApiResult<()> {
 /// An exec request.
 pub fn exec(req: &ExecRequest) -> ApiResult<()> {
     process(&req.process, false)?;
+    if req.timeout_sec.is_some_and(|t| t > MAX_EXEC_TIMEOUT_SEC) {
+        return Err(invalid(format!(
+            "timeout_sec must be at most {MAX_EXEC_TIMEOUT_SEC}"
+        )));
+    }
     if let Some(tag) = &req.tag {
         no_nul("tag", tag)?;
     }
