@@ -231,6 +231,13 @@ def main():
             break
         time.sleep(2)
     out(bench="scale.leftovers", total=sum(left.values()), **left)
+    # The server's own counters: failed teardowns, retried, still pending.
+    m = {}
+    for line in c.get("/metrics").text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith("wrenn_teardown") and value:
+            m[name] = int(float(value))
+    out(bench="scale.metrics", **m)
 
 
 if __name__ == "__main__":
