@@ -16,10 +16,12 @@ dir=$(mktemp -d /tmp/wrenn-scale.XXXXXX)
 port=$((20000 + RANDOM % 20000))
 key=$(./target/release/wrenn key create --dir "$dir" --team scale)
 ./target/release/wrenn serve --listen 127.0.0.1:$port --dir "$dir" --cache-dir "$WRENN_CACHE" \
-  --agent "$agent" --no-prebuild --max-capsules "${MAX_CAPSULES:-5000}" 2>"$dir/../wrenn-scale-server.log" &
+  --agent "$agent" --no-prebuild --max-capsules "${MAX_CAPSULES:-5000}" --team-max-capsules 0 \
+  --team-max-memory-mb 0 --warm code-runner-beta=0 ${MAX_STARTING:+--max-starting "$MAX_STARTING"} 2>"$dir/../wrenn-scale-server.log" &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
-bash scripts/e2e-venv.sh .venv >&2
+venv="${VENV:-.venv}"
+bash scripts/e2e-venv.sh "$venv" >&2
 WRENN_BASE_URL="http://127.0.0.1:$port" WRENN_API_KEY="$key" WRENN_DATA_DIR="$dir" \
-  .venv/bin/python bench/scale.py --n "${N:-1000}" --soak "${SOAK:-0}"
+  "$venv/bin/python" bench/scale.py --n "${N:-1000}" --soak "${SOAK:-0}"

@@ -102,6 +102,10 @@ enum Command {
         /// once its template is built.
         #[arg(long, env = "WRENN_WARM", value_name = "TEMPLATE=COUNT")]
         warm: Vec<String>,
+        /// Capsule starts (and teardowns) run at once; more creates are accepted and stay
+        /// `starting` in arrival order. 0 = 3 per host core.
+        #[arg(long, env = "WRENN_MAX_STARTING", default_value_t = 0)]
+        max_starting: usize,
     },
     /// Manage API keys: on this host's data directory (`--dir`, or when no API key is set),
     /// else the calling key's team on the server.
@@ -287,6 +291,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             team_max_snapshots,
             team_max_snapshot_mb,
             warm,
+            max_starting,
         } => {
             let warm = wrenn_server::WarmTargets::parse(&warm).map_err(anyhow::Error::msg)?;
             let data_dir = runtime.dir.dir.clone();
@@ -311,6 +316,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     snapshot_mb: team_max_snapshot_mb,
                 },
                 warm,
+                max_starting,
             };
             wrenn_server::serve(config, rt).await.map(|()| 0)
         }

@@ -26,7 +26,15 @@ where
                 .map(Body)
                 .map_err(|e| ApiError::InvalidRequest(format!("request body is required: {e}")));
         }
-        serde_json::from_slice(&bytes)
+        // Every JSON body of the API is an object (serde would also take an array for a struct).
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))?;
+        if !value.is_object() {
+            return Err(ApiError::InvalidRequest(
+                "the request body must be a JSON object".into(),
+            ));
+        }
+        serde_json::from_value(value)
             .map(Body)
             .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
     }

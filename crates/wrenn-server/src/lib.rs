@@ -30,6 +30,8 @@ pub use crate::service::WarmTargets;
 use crate::service::{Capacity, Capsules, E2bSandboxes};
 use crate::store::Store;
 
+/// How often failed teardowns are looked at (each has its own backoff).
+const TEARDOWN_RETRY_TICK: Duration = Duration::from_secs(1);
 /// How long shutdown waits for the warm-pool filler to finish the capsule it is making.
 const POOL_STOP_WAIT: Duration = Duration::from_secs(100);
 
@@ -67,6 +69,9 @@ pub struct ServerConfig {
     pub team_limits: service::TeamLimits,
     /// Warm capsules to keep per template.
     pub warm: WarmTargets,
+    /// Capsule starts (and teardowns) at once; the rest queue in arrival order. 0: a few per
+    /// host core ([`service::lanes::default_width`]).
+    pub max_starting: usize,
 }
 
 /// Builds the state over an opened store and a runtime, without warm pools.
@@ -112,6 +117,9 @@ pub async fn serve(config: ServerConfig, runtime: Arc<dyn Runtime>) -> anyhow::R
         ..Capacity::of_host(config.memory_overcommit, config.max_capsules)
     };
     let state = state_with_pools(store, runtime.clone(), capacity, config.warm.clone());
+    if config.max_starting > 0 {
+        state.capsules.set_max_starting(config.max_starting);
+    }
     state
         .capsules
         .recover()
@@ -149,6 +157,16 @@ pub async fn serve(config: ServerConfig, runtime: Arc<dyn Runtime>) -> anyhow::R
         }
     });
 
+    // Failed teardowns are retried apart from the tick: one can take seconds.
+    let capsules = state.capsules.clone();
+    let teardowns = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TEARDOWN_RETRY_TICK);
+        loop {
+            tick.tick().await;
+            capsules.retry_teardowns().await;
+        }
+    });
+
     let pools = tokio::spawn(state.capsules.clone().fill_pools());
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -175,6 +193,7 @@ pub async fn serve(config: ServerConfig, runtime: Arc<dyn Runtime>) -> anyhow::R
         } => tracing::info!(drain_secs = DRAIN.as_secs(), "closing connections still open"),
     }
     housekeeping.abort();
+    teardowns.abort();
     state.capsules.stop_pools();
     if tokio::time::timeout(POOL_STOP_WAIT, pools).await.is_err() {
         // Still making one: what it leaves is removed by recovery at the next start.

@@ -30,8 +30,11 @@ use crate::sys;
 
 /// Formatted images kept ready in the pool.
 pub const POOL_SIZE: usize = 4;
-/// How long destroy waits for the kernel to free a capsule's loop device after the unmount.
-pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long destroy waits for the kernel to free a capsule's loop device after the unmount
+/// (the server retries a destroy that gave up: the wait is bounded, not the release).
+pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(20);
+/// The longest pause between two looks at the loop devices while waiting for their release.
+const RELEASE_POLL_MAX: Duration = Duration::from_millis(50);
 
 /// `mkfs.ext4` options: fast to make, small on the host (see the module docs).
 const MKFS_ARGS: &[&str] = &[
@@ -134,30 +137,36 @@ pub fn mount(image: &Path, target: &Path) -> Result<(), DiskError> {
 }
 
 /// Waits until no loop device is backed by a file at or below `prefix` (the kernel frees an
-/// autoclear device when its last mount goes). After a short grace period each remaining device
-/// is told to detach (`LOOP_CLR_FD`: at once when unused, when its last user goes otherwise).
-/// Fails after `timeout` with the devices still attached.
+/// autoclear device when its last mount goes, which under load can take seconds: a lazy
+/// unmount ends only when the filesystem's last user does). Polls with a growing pause (1 ms
+/// up to [`RELEASE_POLL_MAX`]); after a short grace period, and again every second, each
+/// remaining device is told to detach (`LOOP_CLR_FD`: at once when unused, when its last user
+/// goes otherwise). Fails after `timeout` with the devices still attached; destroying again
+/// later picks up where this left off.
 pub fn wait_released(prefix: &Path, timeout: Duration) -> io::Result<()> {
     let start = Instant::now();
-    let mut cleared = false;
+    let mut pause = Duration::from_millis(1);
+    let mut next_clear = Duration::from_millis(100);
     loop {
         let left = sys::loops_backed_by(prefix);
         if left.is_empty() {
             return Ok(());
         }
-        if !cleared && start.elapsed() > Duration::from_millis(100) {
+        if start.elapsed() >= next_clear {
             for (n, _) in &left {
                 sys::loop_detach(*n)?;
             }
-            cleared = true;
+            next_clear = start.elapsed() + Duration::from_secs(1);
         }
         if start.elapsed() > timeout {
             return Err(io::Error::other(format!(
-                "loop devices still attached: {:?}",
+                "loop devices still attached after {:?}: {:?}",
+                timeout,
                 left.iter().map(|(n, _)| *n).collect::<Vec<_>>()
             )));
         }
-        std::thread::sleep(Duration::from_millis(1));
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(RELEASE_POLL_MAX);
     }
 }
 

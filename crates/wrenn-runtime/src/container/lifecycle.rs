@@ -378,13 +378,17 @@ impl ContainerRuntime {
                 .map_err(|e| host_err("remove container state", id, e))?;
         }
         let dirs = self.dirs(id);
-        tokio::task::spawn_blocking(move || dirs.remove())
+        let removed = tokio::task::spawn_blocking(move || dirs.remove())
             .await
-            .map_err(|e| host_err("remove capsule dir", id, e))?
-            .map_err(|e| host_err("remove capsule dir", id, e))?;
-        net::destroy(&record.net)
+            .map_err(|e| host_err("remove capsule dir", id, e))
+            .and_then(|r| r.map_err(|e| host_err("remove capsule dir", id, e)));
+        // The network goes even when the dir could not (a loop device slow to free): a retry
+        // then has less to do. The slot and id range stay claimed until both are gone.
+        let net = net::destroy(&record.net)
             .await
-            .map_err(|e| host_err("remove network", id, e))?;
+            .map_err(|e| host_err("remove network", id, e));
+        removed?;
+        net?;
         if let Some(slot) = record.net.slot {
             net::release_slot(slot);
         }

@@ -1,5 +1,6 @@
 //! Create: validate → resolve the template → a warm capsule of the pool, or admit → record
-//! `starting` → answer; in a task, under the capsule's lock: the runtime creates it →
+//! `starting` → answer; in a task, after its turn in the start queue ([`super::lanes`]) and
+//! under the capsule's lock: the runtime creates it →
 //! `running` (or `error`, cleaned up). A warm capsule is recorded `starting` then `running`
 //! before the answer, with the same events.
 
@@ -13,6 +14,7 @@ use wrenn_types::api::{Actor, Capsule, CapsuleStatus, CreateCapsuleRequest, Even
 use wrenn_types::error::chain;
 
 use super::error::CapsuleResult;
+use super::lanes::Place;
 use super::{Capsules, LiveCapsule, ValidCreate, PIDS_LIMIT};
 use crate::events::{system_actor, Action};
 use crate::ids;
@@ -84,8 +86,10 @@ impl Capsules {
         };
         let this = self.clone();
         self.pool.cold_creates.fetch_add(1, Ordering::Relaxed);
+        // The place in the start queue is taken before answering: starts follow arrival order.
+        let place = self.starts.enter();
         tokio::spawn(async move {
-            this.run_create(live, spec).await;
+            this.run_create(live, spec, place).await;
             this.pool.cold_creates.fetch_sub(1, Ordering::Relaxed);
         });
         Ok(capsule)
@@ -131,8 +135,18 @@ impl Capsules {
         Some(rec)
     }
 
-    async fn run_create(self: &Arc<Self>, live: Arc<LiveCapsule>, spec: CapsuleSpec) {
+    async fn run_create(self: &Arc<Self>, live: Arc<LiveCapsule>, spec: CapsuleSpec, place: Place) {
+        // Wait for the turn, unless the capsule leaves `starting` (a destroy) meanwhile.
+        let mut status = live.status.subscribe();
+        let _turn = tokio::select! {
+            turn = place.ready(&self.starts) => turn,
+            _ = status.wait_for(|s| *s != CapsuleStatus::Starting) => return,
+        };
         let _op = live.op.lock().await;
+        if live.status() != CapsuleStatus::Starting {
+            // Destroyed between the turn and the lock: never start it.
+            return;
+        }
         let result = self.runtime.create(&spec).await;
         if live.status() != CapsuleStatus::Starting {
             // Destroyed meanwhile; the destroy task (waiting on the lock) cleans up.
@@ -148,6 +162,7 @@ impl Capsules {
                 tracing::error!(id = %spec.id, error = %reason, "capsule creation failed");
                 if let Err(e) = self.runtime.destroy(&spec.id).await {
                     tracing::warn!(id = %spec.id, error = %chain(&e), "cleanup after failed create");
+                    self.leftover(&live.team_id, &spec.id, &e);
                 }
                 self.fail(&live, Some(EventKind::CapsuleCreate), reason)
                     .await;

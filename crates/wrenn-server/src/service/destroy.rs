@@ -1,5 +1,7 @@
 //! Destroy: record `stopping` (overtaking whatever was under way) → answer; in a task, under the
-//! capsule's lock: the runtime tears it down, retried → `stopped` (or `error`).
+//! capsule's lock and after its turn in the teardown queue ([`super::lanes`]): the runtime
+//! tears it down, retried → `stopped` (or `error`, and housekeeping keeps retrying the
+//! teardown: [`super::leftovers`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,15 +10,13 @@ use wrenn_types::api::{Actor, CapsuleStatus, EventKind};
 use wrenn_types::error::chain;
 
 use super::error::{CapsuleError, CapsuleResult};
+use super::lanes::Place;
 use super::{Capsules, LiveCapsule, Lookup};
 use crate::events::{system_actor, Action};
 
-/// Waits between destroy attempts after a failed one.
-const DESTROY_RETRIES: [Duration; 3] = [
-    Duration::from_millis(500),
-    Duration::from_secs(2),
-    Duration::from_secs(5),
-];
+/// Waits between destroy attempts after a failed one; after the last, housekeeping retries
+/// ([`super::leftovers`]).
+const DESTROY_RETRIES: [Duration; 2] = [Duration::from_millis(200), Duration::from_secs(1)];
 
 impl Capsules {
     /// Starts destroying; a no-op for stopped or failed capsules.
@@ -51,11 +51,14 @@ impl Capsules {
     /// Runs the runtime half of a destroy (the capsule is `stopping`) in a task.
     pub(super) fn spawn_destroy(self: &Arc<Self>, live: Arc<LiveCapsule>) {
         let this = self.clone();
-        tokio::spawn(async move { this.run_destroy(live).await });
+        // The place in the teardown queue is taken now: teardowns follow arrival order.
+        let place = self.stops.enter();
+        tokio::spawn(async move { this.run_destroy(live, place).await });
     }
 
-    async fn run_destroy(self: Arc<Self>, live: Arc<LiveCapsule>) {
+    async fn run_destroy(self: Arc<Self>, live: Arc<LiveCapsule>, place: Place) {
         let _op = live.op.lock().await;
+        let _turn = place.ready(&self.stops).await;
         let id = live.id();
         // Teardown steps can fail transiently (a busy mount, a slow kill): retry before giving
         // up, so that a failure does not leave host resources behind unnoticed.
@@ -91,6 +94,7 @@ impl Capsules {
                 tracing::error!(id = %id, error = %reason, "destroy failed");
                 self.fail(&live, Some(EventKind::CapsuleDestroy), reason)
                     .await;
+                self.leftover(&live.team_id, &id, &e);
             }
         }
     }

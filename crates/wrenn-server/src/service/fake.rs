@@ -38,6 +38,8 @@ pub enum Op {
 struct Inner {
     delays: HashMap<Op, Duration>,
     failing: HashSet<Op>,
+    /// Failures still to come per operation ([`FakeRuntime::fail_times`]).
+    fail_next: HashMap<Op, u32>,
     calls: Vec<(Op, String)>,
     /// Capsule id → paused.
     capsules: HashMap<String, bool>,
@@ -94,6 +96,11 @@ impl FakeRuntime {
         }
     }
 
+    /// Makes the next `n` calls of `op` fail, then succeed again.
+    pub fn fail_times(&self, op: Op, n: u32) {
+        self.lock().fail_next.insert(op, n);
+    }
+
     /// Makes the init of capsule `id` exit with `code`, as an OOM kill or a crash would.
     pub fn exit(&self, id: &str, code: i32) {
         self.lock().exits.insert(id.to_owned(), code);
@@ -129,7 +136,12 @@ impl FakeRuntime {
         if let Some(d) = delay {
             tokio::time::sleep(d).await;
         }
-        self.lock().failing.contains(&op)
+        let mut inner = self.lock();
+        if let Some(n) = inner.fail_next.get_mut(&op).filter(|n| **n > 0) {
+            *n -= 1;
+            return true;
+        }
+        inner.failing.contains(&op)
     }
 
     fn host_error(id: &str, step: &'static str) -> RuntimeError {

@@ -163,6 +163,7 @@ impl Capsules {
             tracing::warn!(id = %id, exit_code = code, "capsule init exited on its own");
             if let Err(e) = self.runtime.destroy(&id).await {
                 tracing::warn!(id = %id, error = %chain(&e), "cleanup of a dead capsule");
+                self.leftover(&live.team_id, &id, &e);
             }
             let reason = format!("capsule init exited with status {code}");
             self.fail(&live, None, reason).await;

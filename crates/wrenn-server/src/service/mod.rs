@@ -12,6 +12,8 @@
 //! | `registry.rs` | live capsules, [`Lookup`], `get`, `list`, `running` |
 //! | `validate.rs` | a create request into a [`ValidCreate`] |
 //! | `admission.rs` | [`Capacity`]: whether the host takes one more |
+//! | `lanes.rs` | bounded starts and teardowns, in arrival order |
+//! | `leftovers.rs` | failed teardowns, retried by housekeeping until the host is clean |
 //! | `create.rs`, `destroy.rs`, `freezer.rs` (pause, resume), `snapshot.rs` | one verb each |
 //! | `housekeeping.rs` | the inactivity reaper, dead capsules, sampling, activity |
 //! | `e2b.rs` | E2B sandboxes: access token, absolute deadline (`endAt`), environment |
@@ -25,6 +27,8 @@ mod e2b;
 pub mod error;
 mod freezer;
 mod housekeeping;
+pub mod lanes;
+mod leftovers;
 mod pool;
 mod recover;
 mod registry;
@@ -44,6 +48,7 @@ use wrenn_types::api::{Capsule, CapsuleStatus, EventKind};
 pub use self::admission::{Capacity, TeamLimits};
 pub use self::e2b::E2bSandboxes;
 pub use self::error::{CapsuleError, CapsuleResult, Needed};
+pub use self::leftovers::TeardownStats;
 pub use self::pool::{WarmTargets, DEFAULT_CODE_RUNNER_WARM};
 pub use self::registry::{LiveCapsule, Lookup, PUBLIC_TRAFFIC_KEY};
 pub use self::snapshot::ResolvedTemplate;
@@ -89,6 +94,11 @@ pub struct Capsules {
     metrics: Metrics,
     capacity: Capacity,
     pool: pool::Pool,
+    /// Runtime creates, at most `--max-starting` at once.
+    starts: lanes::Lane,
+    /// Runtime teardowns, bounded the same way.
+    stops: lanes::Lane,
+    leftovers: leftovers::Leftovers,
 }
 
 impl std::fmt::Debug for Capsules {
@@ -127,7 +137,27 @@ impl Capsules {
             live: registry::Registry::default(),
             metrics: Metrics::default(),
             capacity,
+            starts: lanes::Lane::new(lanes::default_width()),
+            stops: lanes::Lane::new(lanes::default_width()),
+            leftovers: leftovers::Leftovers::default(),
         })
+    }
+
+    /// Runs at most `n` capsule starts, and `n` teardowns, at once (at least 1); the rest wait
+    /// in arrival order.
+    pub fn set_max_starting(&self, n: usize) {
+        self.starts.set_width(n);
+        self.stops.set_width(n);
+    }
+
+    /// The queue of runtime creates.
+    pub fn starts(&self) -> &lanes::Lane {
+        &self.starts
+    }
+
+    /// The queue of runtime teardowns.
+    pub fn stops(&self) -> &lanes::Lane {
+        &self.stops
     }
 
     /// The runtime.
@@ -138,6 +168,11 @@ impl Capsules {
     /// The metrics store.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// What this host may hand out.
+    pub fn capacity(&self) -> &Capacity {
+        &self.capacity
     }
 
     /// The store.

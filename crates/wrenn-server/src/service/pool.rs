@@ -176,6 +176,7 @@ impl Capsules {
                     tracing::warn!(id = %w.id, "a warm capsule died in the pool");
                     if let Err(e) = this.runtime.destroy(&w.id).await {
                         tracing::warn!(id = %w.id, error = %chain(&e), "destroying a dead warm capsule");
+                        this.leftover("", &w.id, &e);
                     }
                 }
             });
@@ -272,6 +273,7 @@ impl Capsules {
                 tracing::warn!(template, error = %chain(&e), "making a warm capsule failed");
                 if let Err(e) = self.runtime.destroy(&spec.id).await {
                     tracing::warn!(id = %spec.id, error = %chain(&e), "cleanup of a warm capsule");
+                    self.leftover("", &spec.id, &e);
                 }
                 false
             }

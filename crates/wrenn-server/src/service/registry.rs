@@ -243,6 +243,15 @@ impl Capsules {
         Ok(live)
     }
 
+    /// How many live capsules are in each status (for `/metrics`).
+    pub fn status_counts(&self) -> std::collections::BTreeMap<&'static str, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        for l in self.live.all() {
+            *out.entry(l.status().as_str()).or_insert(0) += 1;
+        }
+        out
+    }
+
     pub(super) fn register(&self, team_id: String, capsule: Capsule) -> Arc<LiveCapsule> {
         let live = Arc::new(LiveCapsule {
             team_id,

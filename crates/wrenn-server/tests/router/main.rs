@@ -6,10 +6,13 @@
 //! Run with `cargo test -p wrenn-server --test router`.
 
 mod e2b;
+mod input;
 mod lifecycle;
+mod openapi;
 mod pool;
 mod reaper;
 mod recovery;
+mod storm;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -143,6 +143,15 @@ pub(super) async fn stats(
     })))
 }
 
+/// `n` days before `day`, or the first day there is.
+fn days_before(day: NaiveDate, n: i64) -> NaiveDate {
+    day.checked_sub_signed(Duration::days(n))
+        .unwrap_or(NaiveDate::MIN)
+}
+
+/// The longest usage range, days (plus the last day).
+const USAGE_MAX_DAYS: i64 = 92;
+
 #[derive(Debug, Deserialize)]
 pub(super) struct UsageQuery {
     from: Option<String>,
@@ -166,16 +175,11 @@ pub(super) async fn usage(
     };
     let from = match q.from {
         Some(s) => parse(&s)?,
-        None => to - Duration::days(29),
+        None => days_before(to, 29),
     };
-    if from > to {
-        return Err(ApiError::InvalidRequest("from is after to".into()));
-    }
-    if (to - from).num_days() > 92 {
-        return Err(ApiError::InvalidRequest(
-            "range is longer than 92 days".into(),
-        ));
-    }
+    // A range longer than USAGE_MAX_DAYS keeps its last days (the answer's `from` says so);
+    // one that ends before it starts has no days.
+    let from = from.max(days_before(to, USAGE_MAX_DAYS));
     state.capsules.flush_activity().await;
     let recorded = state
         .capsules

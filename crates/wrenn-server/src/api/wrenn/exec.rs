@@ -9,6 +9,7 @@ use wrenn_agent_client::ExecOutcome;
 use wrenn_types::agent::{ExecRequest, KillSignal, ProcessList};
 use wrenn_types::api::{BackgroundExecResponse, ExecResponse};
 
+use super::input;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Body, Query};
@@ -20,9 +21,7 @@ pub(super) async fn exec(
     Path(id): Path<String>,
     Body(req): Body<ExecRequest>,
 ) -> ApiResult<Response> {
-    if req.process.cmd.is_empty() {
-        return Err(ApiError::InvalidRequest("cmd is required".into()));
-    }
+    input::exec(&req)?;
     if !req.background && req.tag.is_some() {
         // The SDK sends a tag for foreground runs too; it means nothing there.
     }
@@ -74,6 +73,7 @@ pub(super) async fn kill_process(
     Path((id, selector)): Path<(String, String)>,
     Query(q): Query<KillQuery>,
 ) -> ApiResult<StatusCode> {
+    input::selector(&selector)?;
     let signal = KillSignal::from_query(q.signal.as_deref())
         .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     let live = state.capsules.running(&caller.team_id, &id).await?;

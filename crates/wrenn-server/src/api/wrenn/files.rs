@@ -12,24 +12,12 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use wrenn_types::files::{EntryResponse, ListRequest, ListResponse, PathRequest};
 
-use super::UPLOAD_LIMIT;
+use super::{input, UPLOAD_LIMIT};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Body;
 use crate::service::LiveCapsule;
 use crate::AppState;
-
-fn require_path(path: &str) -> ApiResult<()> {
-    if path.is_empty() {
-        return Err(ApiError::InvalidRequest("path is required".into()));
-    }
-    if !path.starts_with('/') {
-        return Err(ApiError::InvalidRequest(format!(
-            "path {path:?} must be absolute"
-        )));
-    }
-    Ok(())
-}
 
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -120,7 +108,7 @@ async fn upload(
         match field.name() {
             Some("path") => {
                 let text = field.text().await.map_err(multipart_error)?;
-                require_path(&text)?;
+                input::path(&text)?;
                 if let Some(buffered) = early_file.take() {
                     pump_field(&live, &text, buffered, None, limit).await?;
                     state.capsules.touch(&live);
@@ -189,7 +177,7 @@ async fn download(
     req: PathRequest,
     with_length: bool,
 ) -> ApiResult<Response> {
-    require_path(&req.path)?;
+    input::path(&req.path)?;
     let live = state.capsules.running(&caller.team_id, &id).await?;
     let (len, stream) = live.agent().read(&req.path).await?;
     let body = HttpBody::from_stream(stream.map(|r| r.map_err(std::io::Error::other)));
@@ -226,7 +214,7 @@ pub(super) async fn list(
     Path(id): Path<String>,
     Body(req): Body<ListRequest>,
 ) -> ApiResult<Json<ListResponse>> {
-    require_path(&req.path)?;
+    input::path(&req.path)?;
     let live = state.capsules.running(&caller.team_id, &id).await?;
     Ok(Json(live.agent().list(&req.path, req.depth.max(1)).await?))
 }
@@ -237,7 +225,7 @@ pub(super) async fn mkdir(
     Path(id): Path<String>,
     Body(req): Body<PathRequest>,
 ) -> ApiResult<Json<EntryResponse>> {
-    require_path(&req.path)?;
+    input::path(&req.path)?;
     let live = state.capsules.running(&caller.team_id, &id).await?;
     let entry = live.agent().mkdir(&req.path).await?;
     Ok(Json(EntryResponse { entry }))
@@ -249,7 +237,7 @@ pub(super) async fn remove(
     Path(id): Path<String>,
     Body(req): Body<PathRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    require_path(&req.path)?;
+    input::path(&req.path)?;
     let live = state.capsules.running(&caller.team_id, &id).await?;
     live.agent().remove(&req.path).await?;
     Ok(StatusCode::NO_CONTENT)

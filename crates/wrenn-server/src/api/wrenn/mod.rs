@@ -6,6 +6,8 @@ mod error;
 mod events;
 mod exec;
 mod files;
+mod host_metrics;
+mod input;
 mod keys;
 mod openapi;
 mod snapshots;
@@ -68,11 +70,13 @@ fn v1() -> Router<AppState> {
         .route("/api-keys/{id}", delete(keys::revoke))
 }
 
-/// The Wrenn API: health, the OpenAPI document and every resource under `/v1` and `/api/v1`.
+/// The Wrenn API: health, host metrics, the OpenAPI document and every resource under `/v1` and
+/// `/api/v1`.
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/health", get(health))
         .route("/openapi.json", get(openapi::document))
+        .route("/metrics", get(host_metrics::metrics))
         .nest("/v1", v1())
         .nest("/api/v1", v1())
 }

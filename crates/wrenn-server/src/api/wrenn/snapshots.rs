@@ -25,7 +25,7 @@ pub(super) async fn list(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Vec<Template>>> {
     let want = match q.kind.as_deref() {
-        None | Some("") => None,
+        None => None,
         Some("base") => Some(TemplateType::Base),
         Some("snapshot") => Some(TemplateType::Snapshot),
         Some(other) => {

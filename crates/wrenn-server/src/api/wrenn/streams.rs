@@ -28,6 +28,7 @@ use wrenn_types::stream::{
     FIRST_MESSAGE_TIMEOUT_SEC, PTY_FIRST_MESSAGE_ERROR,
 };
 
+use super::input;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::service::check_id;
@@ -158,6 +159,7 @@ pub(super) async fn process_stream(
     Path((id, selector)): Path<(String, String)>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
+    input::selector(&selector)?;
     upgrade(state, caller, id, ws, Target::Attach(selector))
 }
 
@@ -205,6 +207,7 @@ async fn open_exec(
         Target::Attach(selector) => agent.attach(selector).await,
         _ => match first_message::<ExecStreamRequest>(socket).await {
             Some(ExecStreamRequest::Start(spec)) if !spec.cmd.is_empty() => {
+                input::process(&spec, false).map_err(|e| e.to_string())?;
                 agent.exec_stream(&spec).await
             }
             _ => return Err(EXEC_FIRST_MESSAGE_ERROR.to_string()),
@@ -219,8 +222,14 @@ async fn open_pty(
     socket: &mut WebSocket,
 ) -> Result<(Sender<PtyClientMessage>, Receiver<PtyEvent>), String> {
     let opened = match first_message::<PtyClientMessage>(socket).await {
-        Some(PtyClientMessage::Start(start)) => agent.pty_start(&start).await,
-        Some(PtyClientMessage::Connect { tag }) => agent.pty_connect(&tag).await,
+        Some(PtyClientMessage::Start(start)) => {
+            input::pty(&start).map_err(|e| e.to_string())?;
+            agent.pty_start(&start).await
+        }
+        Some(PtyClientMessage::Connect { tag }) => {
+            input::selector(&tag).map_err(|e| e.to_string())?;
+            agent.pty_connect(&tag).await
+        }
         _ => return Err(PTY_FIRST_MESSAGE_ERROR.to_string()),
     };
     opened.map_err(|e| ApiError::from(e).to_string())

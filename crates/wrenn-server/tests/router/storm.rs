@@ -1,0 +1,158 @@
+//! Storms: bounded starts in arrival order, a queued capsule destroyed before its turn, and
+//! teardowns that fail and are retried by housekeeping until they finish.
+
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use serde_json::json;
+use wrenn_server::service::fake::Op;
+use wrenn_types::api::{EventKind, Outcome};
+
+use super::{events_until, Harness, DEADLINE};
+
+#[tokio::test]
+async fn starts_run_within_the_bound_in_arrival_order() {
+    let h = Harness::new().await;
+    h.state.capsules.set_max_starting(2);
+    h.rt.delay(Op::Create, Duration::from_millis(60));
+    let started = Instant::now();
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        ids.push(h.create(json!({})).await);
+    }
+    let lane = h.state.capsules.starts();
+    let mut max_running = 0;
+    while ids
+        .iter()
+        .any(|id| h.state.capsules.live_get(id).map(|l| l.status().as_str()) != Some("running"))
+    {
+        max_running = max_running.max(lane.running());
+        assert!(started.elapsed() < DEADLINE, "the storm never finished");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(max_running <= 2, "{max_running} starts ran at once");
+    assert!(max_running >= 1);
+    assert_eq!(h.rt.calls(Op::Create), ids, "starts follow arrival order");
+    // 8 starts of 60 ms, two at a time: about four rounds, not one.
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert_eq!((lane.queued(), lane.running()), (0, 0));
+}
+
+#[tokio::test]
+async fn a_queued_capsule_destroyed_before_its_turn_never_starts() {
+    let h = Harness::new().await;
+    h.state.capsules.set_max_starting(1);
+    h.rt.delay(Op::Create, Duration::from_millis(300));
+    let first = h.create(json!({})).await;
+    let queued = h.create(json!({})).await;
+    assert_eq!(h.state.capsules.starts().queued(), 1);
+    // A queued capsule is `starting` like any other.
+    assert_eq!(h.get(&queued).await["status"], "starting");
+    assert_eq!(h.destroy(&queued).await, StatusCode::ACCEPTED);
+    h.wait_status(&queued, "stopped").await;
+    h.wait_status(&first, "running").await;
+    assert_eq!(h.rt.calls(Op::Create), vec![first.clone()]);
+    assert_eq!(h.state.capsules.starts().queued(), 0);
+    assert_eq!(h.rt.paused(&queued), None);
+}
+
+#[tokio::test]
+async fn teardowns_run_within_the_bound() {
+    let h = Harness::new().await;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(h.running().await);
+    }
+    h.state.capsules.set_max_starting(2);
+    h.rt.delay(Op::Destroy, Duration::from_millis(50));
+    for id in &ids {
+        assert_eq!(h.destroy(id).await, StatusCode::ACCEPTED);
+    }
+    let lane = h.state.capsules.stops();
+    let start = Instant::now();
+    let mut max_running = 0;
+    while h.rt.calls(Op::Destroy).len() < ids.len() || lane.running() > 0 {
+        max_running = max_running.max(lane.running());
+        assert!(start.elapsed() < DEADLINE);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        (1..=2).contains(&max_running),
+        "{max_running} teardowns ran at once"
+    );
+    assert_eq!(
+        h.rt.calls(Op::Destroy),
+        ids,
+        "teardowns follow arrival order"
+    );
+    for id in &ids {
+        h.wait_status(id, "stopped").await;
+    }
+}
+
+async fn metric(h: &Harness, name: &str) -> u64 {
+    let req = axum::http::Request::builder()
+        .uri("/metrics")
+        .body(axum::body::Body::empty())
+        .expect("request");
+    let resp = tower::ServiceExt::oneshot(h.app.clone(), req)
+        .await
+        .expect("infallible");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    let text = String::from_utf8(body.to_vec()).expect("utf-8");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+#[tokio::test]
+async fn a_failed_teardown_is_retried_until_it_finishes_and_reported_when_stuck() {
+    let h = Harness::new().await;
+    let mut rx = h.state.events.subscribe();
+    let id = h.running().await;
+    // Three in-line attempts fail, then four housekeeping retries: reported on the fifth
+    // failure; the retry after that finishes.
+    h.rt.fail_times(Op::Destroy, 3 + 4);
+    assert_eq!(h.destroy(&id).await, StatusCode::ACCEPTED);
+    let c = h.wait_status(&id, "error").await;
+    assert!(
+        c["error"].as_str().is_some_and(|e| e.contains("destroy")),
+        "{c}"
+    );
+    assert_eq!(h.rt.calls(Op::Destroy).len(), 3);
+    assert_eq!(metric(&h, "wrenn_teardowns_pending").await, 1);
+    assert_eq!(metric(&h, "wrenn_teardown_failures_total").await, 1);
+    // Not due yet: nothing is tried.
+    h.state.capsules.retry_teardowns().await;
+    assert_eq!(h.rt.calls(Op::Destroy).len(), 3);
+    let mut later = Instant::now();
+    for round in 1..=4 {
+        later += Duration::from_secs(3600);
+        assert_eq!(h.state.capsules.retry_teardowns_at(later).await, 1);
+        assert_eq!(h.rt.calls(Op::Destroy).len(), 3 + round);
+    }
+    assert_eq!(metric(&h, "wrenn_teardowns_stuck_total").await, 1);
+    let events = events_until(&mut rx, |e| {
+        e.iter().any(|e| {
+            e.event == EventKind::CapsuleDestroy
+                && e.outcome == Some(Outcome::Error)
+                && e.error
+                    .as_deref()
+                    .is_some_and(|m| m.contains("keeps failing"))
+        })
+    })
+    .await;
+    assert!(!events.is_empty());
+    later += Duration::from_secs(3600);
+    assert_eq!(h.state.capsules.retry_teardowns_at(later).await, 0);
+    assert_eq!(metric(&h, "wrenn_teardowns_pending").await, 0);
+    assert_eq!(metric(&h, "wrenn_teardowns_retried_total").await, 1);
+    assert_eq!(metric(&h, "wrenn_teardown_failures_total").await, 5);
+    // Nothing is left in the runtime, and the capsule stays failed.
+    assert_eq!(h.rt.paused(&id), None);
+    assert_eq!(h.get(&id).await["status"], "error");
+}

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Fuzzes the Wrenn API against its own OpenAPI document (`GET /openapi.json`) with schemathesis
+# (pinned, in its own venv under $WRENN_CACHE), on a real server started here on a throwaway
+# data directory; as root. Bounded: a few examples per operation, a time budget, the streaming
+# routes (WebSocket, SSE) excluded, and key revocation (the fuzzer would revoke its own key).
+# Every check must pass. At the end every capsule the run made
+# is destroyed and the server stopped.
+#
+# Run with: bash scripts/schemathesis.sh [ST OPTIONS]  (WRENN_BIN, WRENN_AGENT as for the e2e
+#           suite; ST_MAX_EXAMPLES=N, ST_MAX_TIME=SECONDS to change the bounds)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+version=4.32.5
+cache="${WRENN_CACHE:-/var/cache/wrenn}"
+venv="$cache/schemathesis/venv-$version"
+if ! "$venv/bin/st" --version 2>/dev/null | grep -q "$version"; then
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip --disable-pip-version-check --quiet install "schemathesis==$version"
+fi
+bin="${WRENN_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/debug/wrenn}"
+agent="${WRENN_AGENT:-${CARGO_TARGET_DIR:-$PWD/target}/x86_64-unknown-linux-gnu/release/wrenn-agent}"
+dir=$(mktemp -d /tmp/wrenn-schemathesis.XXXXXX)
+port=$((20000 + RANDOM % 20000))
+base="http://127.0.0.1:$port"
+key=$("$bin" key create --dir "$dir" --team fuzz)
+admin=$("$bin" key create --dir "$dir" --team fuzz --name cleanup)
+"$bin" serve --listen "127.0.0.1:$port" --dir "$dir" --cache-dir "$cache" --agent "$agent" \
+  --no-prebuild --warm code-runner-beta=0 2>"$dir.log" &
+server=$!
+cleanup() {
+  # Capsules outlive the server: destroy what the run made, then stop it.
+  for id in $(curl -sf -H "X-API-Key: $admin" "$base/v1/capsules" \
+      | python3 -c 'import json,sys; print(" ".join(c["id"] for c in json.load(sys.stdin)))'); do
+    curl -sf -X DELETE -H "X-API-Key: $admin" "$base/v1/capsules/$id" >/dev/null || true
+  done
+  for _ in $(seq 300); do
+    left=$(curl -sf -H "X-API-Key: $admin" "$base/v1/capsules" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))' || echo 0)
+    [ "$left" = 0 ] && break
+    sleep 0.2
+  done
+  kill "$server" 2>/dev/null || true
+  wait "$server" 2>/dev/null || true
+  if grep -q "$dir" /proc/mounts; then
+    echo "capsules of the run are still mounted under $dir; left in place" >&2
+  else
+    rm -rf "$dir"
+  fi
+}
+trap cleanup EXIT
+for _ in $(seq 100); do curl -sf "$base/health" >/dev/null && break; sleep 0.1; done
+# The template the document's examples name must exist before the run.
+curl -sf -X POST -H "X-API-Key: $key" -H 'content-type: application/json' -d '{}' \
+  "$base/v1/capsules" >/dev/null
+status=0
+timeout "$(( ${ST_MAX_TIME:-180} + 60 ))" "$venv/bin/st" run "$base/openapi.json" \
+  -H "X-API-Key: $key" \
+  --checks all \
+  --phases examples,coverage,fuzzing \
+  --max-examples "${ST_MAX_EXAMPLES:-15}" \
+  --max-time "${ST_MAX_TIME:-180}" \
+  --exclude-path-regex '/stream|/pty$|^/v1/api-keys/' \
+  --request-timeout 60 \
+  --workers 2 \
+  --no-color "$@" || status=$?
+if [ "$status" != 0 ]; then
+  echo "schemathesis failed (exit $status); server log: $dir.log" >&2
+fi
+[ "$status" = 0 ] && rm -f "$dir.log"
+exit "$status"
