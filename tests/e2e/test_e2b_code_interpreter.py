@@ -19,7 +19,7 @@ import time
 import httpx
 import pytest
 
-from conftest import wait_status
+from conftest import poll, wait_status
 
 CI = "code-interpreter-v1"
 BASE = "base"
@@ -389,6 +389,37 @@ def test_sdk_contexts(sbx):
     assert ex.error is not None and ex.error.name == "NameError"
     sbx.remove_code_context(ctx)
     assert ctx.id not in [c.id for c in sbx.list_code_contexts()]
+
+
+def test_sdk_create_from_the_warm_pool(server, e2b_env):
+    """The server pools one `code-interpreter-v1` capsule by default once the template is
+    built: create -> first result then skips Jupyter's and the kernel's start."""
+    from e2b_code_interpreter import Sandbox
+
+    def pooled() -> int:
+        log = server.log_path.read_text(errors="replace")
+        return sum(
+            1
+            for ln in log.splitlines()
+            if "warm capsule ready" in ln and CI in ln
+        )
+
+    def handed() -> int:
+        log = server.log_path.read_text(errors="replace")
+        return sum(1 for ln in log.splitlines() if "handed out from the warm pool" in ln and CI in ln)
+
+    poll(lambda: pooled() > handed(), timeout=180, interval=1, what="a warm code-interpreter-v1")
+    before = handed()
+    t0 = time.monotonic()
+    s = Sandbox.create()
+    try:
+        assert s.run_code("6 * 7").text == "42"
+        took = time.monotonic() - t0
+        assert handed() == before + 1
+        print(f"e2b (warm): Sandbox.create -> first run_code result in {took * 1000:.0f} ms")
+        assert took < 3.0, took
+    finally:
+        s.kill()
 
 
 def test_sdk_async(e2b_env):

@@ -98,8 +98,8 @@ enum Command {
         #[arg(long, env = "WRENN_TEAM_MAX_SNAPSHOT_MB", default_value_t = 102_400)]
         team_max_snapshot_mb: u64,
         /// Keep COUNT ready capsules of TEMPLATE (`TEMPLATE=COUNT`, repeatable or
-        /// comma-separated; 0 turns a pool off). Default `code-runner-beta=1`; a pool fills
-        /// once its template is built.
+        /// comma-separated; 0 turns a pool off). Default `code-runner-beta=1` and
+        /// `code-interpreter-v1=1`; a pool fills once its template is built.
         #[arg(long, env = "WRENN_WARM", value_name = "TEMPLATE=COUNT")]
         warm: Vec<String>,
         /// Capsule starts (and teardowns) run at once; more creates are accepted and stay

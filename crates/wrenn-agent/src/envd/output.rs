@@ -94,12 +94,33 @@ struct Client {
 }
 
 impl Client {
-    /// Sends `msg` unless the client has gone (then it only notes that).
-    async fn send(&mut self, msg: &Value) {
-        if !self.gone && !self.sender.send(msg).await {
-            self.gone = true;
+    /// Sends `msg` unless the client has gone (then it only notes that). False when `until`
+    /// passed before a slow client took the message.
+    async fn send(&mut self, msg: &Value, until: tokio::time::Instant) -> bool {
+        if self.gone {
+            return true;
+        }
+        match tokio::time::timeout_at(until, self.sender.send(msg)).await {
+            Ok(true) => true,
+            Ok(false) => {
+                self.gone = true;
+                true
+            }
+            Err(_) => false,
         }
     }
+}
+
+/// Kills `pid` because its deadline passed, and the error that ends its stream.
+fn expire(pid: u32, proc: Option<&EnvdProc>) -> RpcError {
+    if let Some(p) = proc {
+        p.mark_signal(libc::SIGKILL);
+    }
+    let _ = sys::kill_group(pid, libc::SIGKILL);
+    RpcError::new(
+        Code::DeadlineExceeded,
+        format!("process {pid} killed: the request deadline elapsed"),
+    )
 }
 
 /// Feeds `source` to the client until the process ends. A client that leaves does not stop the
@@ -116,47 +137,52 @@ pub(super) async fn run_stream(
         sender,
         gone: false,
     };
-    client
-        .send(&json!({"event": {"start": {"pid": pid}}}))
-        .await;
-    let mut ka = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
     let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
-    let error = loop {
-        if client.gone && deadline.is_none() {
-            return source.detach();
+    let until = deadline.unwrap_or(far);
+    let mut ka = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+    let error = 'stream: {
+        if !client
+            .send(&json!({"event": {"start": {"pid": pid}}}), until)
+            .await
+        {
+            break 'stream Some(expire(pid, proc.as_deref()));
         }
-        tokio::select! {
-            next = source.next() => match next {
-                Next::Data(field, b) => {
-                    if !client.gone {
-                        client.send(&json!({"event": {"data": {field: encode_bytes(&b)}}})).await;
-                        ka.reset();
+        loop {
+            if client.gone && deadline.is_none() {
+                return source.detach();
+            }
+            tokio::select! {
+                next = source.next() => match next {
+                    Next::Data(field, b) => {
+                        if !client.gone {
+                            let data = json!({"event": {"data": {field: encode_bytes(&b)}}});
+                            if !client.send(&data, until).await {
+                                break 'stream Some(expire(pid, proc.as_deref()));
+                            }
+                            ka.reset();
+                        }
+                    }
+                    Next::Exit(code) => {
+                        let end = json!({"event": {"end": end_event(code, proc.as_deref())}});
+                        // The process is gone: a missed deadline has nothing left to kill.
+                        let _ = client.send(&end, until).await;
+                        break 'stream None;
+                    }
+                    Next::Lost => break 'stream Some(RpcError::new(
+                        Code::Unavailable,
+                        format!("output of process {pid} is attached elsewhere"),
+                    )),
+                },
+                _ = ka.tick(), if !client.gone => {
+                    if !client.send(&json!({"event": {"keepalive": {}}}), until).await {
+                        break 'stream Some(expire(pid, proc.as_deref()));
                     }
                 }
-                Next::Exit(code) => {
-                    let end = json!({"event": {"end": end_event(code, proc.as_deref())}});
-                    client.send(&end).await;
-                    break None;
+                _ = tokio::time::sleep_until(until), if deadline.is_some() => {
+                    break 'stream Some(expire(pid, proc.as_deref()));
                 }
-                Next::Lost => break Some(RpcError::new(
-                    Code::Unavailable,
-                    format!("output of process {pid} is attached elsewhere"),
-                )),
-            },
-            _ = ka.tick(), if !client.gone => {
-                client.send(&json!({"event": {"keepalive": {}}})).await;
+                _ = client.sender.closed(), if !client.gone => client.gone = true,
             }
-            _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
-                if let Some(p) = &proc {
-                    p.mark_signal(libc::SIGKILL);
-                }
-                let _ = sys::kill_group(pid, libc::SIGKILL);
-                break Some(RpcError::new(
-                    Code::DeadlineExceeded,
-                    format!("process {pid} killed: the request deadline elapsed"),
-                ));
-            }
-            _ = client.sender.closed(), if !client.gone => client.gone = true,
         }
     };
     source.detach();

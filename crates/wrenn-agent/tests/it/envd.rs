@@ -428,6 +428,14 @@ async fn timeout_kills_the_process_and_ends_the_stream() {
         "process {pid} survived its deadline"
     );
 
+    // The deadline holds while a client does not read a flood of output.
+    let (pid, stalled) = start(&agent, bash("yes"), &[("connect-timeout-ms", "1000")]).await;
+    assert!(
+        wait_until(DEADLINE, || async { !alive(pid) }).await,
+        "process {pid} outlived its deadline behind an unread stream"
+    );
+    drop(stalled);
+
     // The deadline holds after the client has gone too.
     let (pid, s) = start(&agent, bash("sleep 30"), &[("connect-timeout-ms", "700")]).await;
     drop(s);

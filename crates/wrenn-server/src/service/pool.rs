@@ -34,8 +34,12 @@ use wrenn_types::error::chain;
 use super::{Capsules, DEFAULT_MEMORY_MB, DEFAULT_VCPUS, PIDS_LIMIT};
 use crate::ids;
 
-/// Pool size of `code-runner-beta` when `--warm` does not name it.
+/// Pool size of the code runners' templates ([`DEFAULT_WARM_TEMPLATES`]) when `--warm` does
+/// not name them.
 pub const DEFAULT_CODE_RUNNER_WARM: usize = 1;
+/// Templates pooled by default: the code runners, whose first cell would wait seconds for
+/// Jupyter. A pool costs nothing until its template is built (on first use).
+pub const DEFAULT_WARM_TEMPLATES: [&str; 2] = ["code-runner-beta", "code-interpreter-v1"];
 /// How often an idle filler looks again (a template not built yet, no room on the host).
 const RECHECK: Duration = Duration::from_secs(3);
 /// After a failed pooled create, wait this long before trying that template again.
@@ -47,9 +51,12 @@ pub struct WarmTargets(pub BTreeMap<String, usize>);
 
 impl WarmTargets {
     /// `--warm` values (`NAME=N`, repeated or comma-separated) over the defaults
-    /// (`code-runner-beta=1`); `N = 0` turns a pool off.
+    /// (`code-runner-beta=1,code-interpreter-v1=1`); `N = 0` turns a pool off.
     pub fn parse(specs: &[String]) -> Result<Self, String> {
-        let mut map = BTreeMap::from([("code-runner-beta".to_owned(), DEFAULT_CODE_RUNNER_WARM)]);
+        let mut map: BTreeMap<String, usize> = DEFAULT_WARM_TEMPLATES
+            .iter()
+            .map(|t| ((*t).to_owned(), DEFAULT_CODE_RUNNER_WARM))
+            .collect();
         for spec in specs.iter().flat_map(|s| s.split(',')) {
             let spec = spec.trim();
             if spec.is_empty() {
@@ -305,10 +312,12 @@ mod tests {
     fn warm_targets_default_and_override() {
         let d = WarmTargets::parse(&[]).expect("defaults");
         assert_eq!(d.0.get("code-runner-beta"), Some(&1));
+        assert_eq!(d.0.get("code-interpreter-v1"), Some(&1));
         let t = WarmTargets::parse(&["code-runner-beta=2,minimal=1".into()]).expect("parse");
         assert_eq!(t.0.get("code-runner-beta"), Some(&2));
         assert_eq!(t.0.get("minimal"), Some(&1));
-        let off = WarmTargets::parse(&["code-runner-beta=0".into()]).expect("off");
+        let off =
+            WarmTargets::parse(&["code-runner-beta=0,code-interpreter-v1=0".into()]).expect("off");
         assert!(off.0.is_empty());
         for bad in ["x", "a=b", "../x=1", "x=100"] {
             assert!(WarmTargets::parse(&[bad.into()]).is_err(), "{bad}");
