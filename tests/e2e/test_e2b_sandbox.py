@@ -204,8 +204,19 @@ def test_envd_token_is_checked_but_not_for_health(server, sbx):
         assert "processes" in r.json() or r.json() == {}
     # A signed download URL needs no token.
     url = sbx.download_url("/etc/hostname", use_signature_expiration=60)
-    r = httpx.get(url, headers={"E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": str(ENVD_PORT)})
+    routing = {"E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": str(ENVD_PORT)}
+    r = httpx.get(url, headers=routing)
     assert r.status_code == 200, r.text
+    assert r.text == sbx.files.read("/etc/hostname")
+    # A signed upload URL, and a signature that does not fit (a read one used to write).
+    up = sbx.upload_url("/home/user/up.txt", use_signature_expiration=60)
+    r = httpx.post(up, headers=routing, files={"file": ("up.txt", b"uploaded")})
+    assert r.status_code == 200, r.text
+    assert sbx.files.read("/home/user/up.txt") == "uploaded"
+    r = httpx.post(url, headers=routing, files={"file": ("x", b"x")})
+    assert r.status_code == 401
+    expired = sbx.download_url("/etc/hostname", use_signature_expiration=-10)
+    assert httpx.get(expired, headers=routing).status_code == 401
 
 
 def test_host_routing_reaches_envd(server, sbx):
