@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use wrenn_agent_client::AgentClient;
@@ -79,6 +80,23 @@ impl LiveCapsule {
     /// Current status.
     pub fn status(&self) -> CapsuleStatus {
         *self.status.borrow()
+    }
+
+    /// The status once the capsule is no longer pending, starting or resuming, waiting at most
+    /// `max` for that (then the status it still has).
+    pub async fn settled(&self, max: Duration) -> CapsuleStatus {
+        let mut rx = self.status.subscribe();
+        let busy = |s: &CapsuleStatus| {
+            matches!(
+                s,
+                CapsuleStatus::Pending | CapsuleStatus::Starting | CapsuleStatus::Resuming
+            )
+        };
+        let settled = match tokio::time::timeout(max, rx.wait_for(|s| !busy(s))).await {
+            Ok(Ok(s)) => *s,
+            _ => self.status(),
+        };
+        settled
     }
 
     pub(super) fn id(&self) -> String {
