@@ -26,28 +26,17 @@ const COLD_MEMORY_MB: i64 = 768;
 pub async fn run(c: &Client, n: usize, refill_wait: Duration) -> anyhow::Result<()> {
     // The first cold create may build the template into the data dir: not measured.
     first_cell(c, Some(COLD_MEMORY_MB)).await?;
-    let (mut warm, mut pooled) = (Vec::with_capacity(n), 0);
+    let mut warm = Vec::with_capacity(n);
     for _ in 0..n {
         tokio::time::sleep(refill_wait).await;
-        let (t, from_pool) = first_cell(c, None).await?;
-        warm.push(t);
-        pooled += usize::from(from_pool);
+        warm.push(first_cell(c, None).await?);
     }
-    Line {
-        mode: Some("warm"),
-        from_pool: Some(pooled),
-        ..Line::new("api.create_to_first_run_code", &warm)
-    }
-    .print()?;
+    print_first_cells("warm", &warm)?;
     let mut cold = Vec::new();
     for _ in 0..(n / 2).max(3) {
-        cold.push(first_cell(c, Some(COLD_MEMORY_MB)).await?.0);
+        cold.push(first_cell(c, Some(COLD_MEMORY_MB)).await?);
     }
-    Line {
-        mode: Some("cold"),
-        ..Line::new("api.create_to_first_run_code", &cold)
-    }
-    .print()?;
+    print_first_cells("cold", &cold)?;
 
     tokio::time::sleep(refill_wait).await;
     let cap = c.create_capsule(&request(None)).await?;
@@ -64,26 +53,74 @@ fn request(memory_mb: Option<i64>) -> CreateCapsuleRequest {
     }
 }
 
-/// Create → first cell answered (ms), and whether the capsule came from the pool.
-async fn first_cell(c: &Client, memory_mb: Option<i64>) -> anyhow::Result<(f64, bool)> {
+/// One create → first cell, in ms: the whole and its three steps.
+#[derive(Debug, Clone, Copy)]
+struct FirstCell {
+    total: f64,
+    /// `POST /v1/capsules` answered.
+    create: f64,
+    /// Kernel found (`GET /api/kernels`, retried while Jupyter is not up) and its WebSocket
+    /// open.
+    connect: f64,
+    /// `1 + 1` sent and its result back.
+    cell: f64,
+    pooled: bool,
+}
+
+/// Prints the `api.create_to_first_run_code` line of `mode` and one line per step.
+fn print_first_cells(mode: &'static str, v: &[FirstCell]) -> anyhow::Result<()> {
+    let col = |f: fn(&FirstCell) -> f64| v.iter().map(f).collect::<Vec<_>>();
+    Line {
+        mode: Some(mode),
+        from_pool: Some(v.iter().filter(|s| s.pooled).count()),
+        ..Line::new("api.create_to_first_run_code", &col(|s| s.total))
+    }
+    .print()?;
+    for (bench, samples) in [
+        ("api.create_to_first_run_code.create", col(|s| s.create)),
+        ("api.create_to_first_run_code.connect", col(|s| s.connect)),
+        ("api.create_to_first_run_code.cell", col(|s| s.cell)),
+    ] {
+        Line {
+            mode: Some(mode),
+            ..Line::new(bench, &samples)
+        }
+        .print()?;
+    }
+    Ok(())
+}
+
+/// Create → first cell answered, and whether the capsule came from the pool.
+async fn first_cell(c: &Client, memory_mb: Option<i64>) -> anyhow::Result<FirstCell> {
     let t0 = Instant::now();
     let cap = c.create_capsule(&request(memory_mb)).await?;
+    let create = ms(t0);
     let answered = async {
+        let t1 = Instant::now();
         let mut runner = c
             .code_runner(&cap.id, DEFAULT_KERNEL, JUPYTER_TIMEOUT)
             .await?;
-        check(&mut runner, "1 + 1", "2").await
+        let connect = ms(t1);
+        let t2 = Instant::now();
+        check(&mut runner, "1 + 1", "2").await?;
+        anyhow::Ok((connect, ms(t2)))
     }
     .await;
-    let t = ms(t0);
+    let total = ms(t0);
     let info = c.get_capsule(&cap.id).await;
     c.destroy_capsule(&cap.id).await?;
-    answered?;
+    let (connect, cell) = answered?;
     let pooled = info?
         .metadata
         .and_then(|m| m.get("warm_pool").cloned())
         .is_some_and(|v| v == "true");
-    Ok((t, pooled))
+    Ok(FirstCell {
+        total,
+        create,
+        connect,
+        cell,
+        pooled,
+    })
 }
 
 /// Runs `code` and checks that its value is `want`.
