@@ -24,7 +24,7 @@ def line(name, samples, **extra):
     s = sorted(samples)
     p = lambda q: s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
     out = {"bench": name, "n": len(s), "p50_ms": round(p(0.5), 3), "p99_ms": round(p(0.99), 3),
-           "mean_ms": round(statistics.fmean(s), 3)}
+           "mean_ms": round(statistics.fmean(s), 3), "client": "python"}
     out.update(extra)
     print(json.dumps(out), flush=True)
 

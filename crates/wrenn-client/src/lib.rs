@@ -1,5 +1,6 @@
 //! A typed async client of the Wrenn API (REST, WebSocket exec streams and PTYs, SSE events,
-//! streamed file transfer, snapshots, templates and API keys).
+//! streamed file transfer, snapshots, templates and API keys), and code cells in a capsule's
+//! Jupyter kernel through the port proxy ([`Client::code_runner`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), wrenn_client::ClientError> {
@@ -21,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 mod capsules;
+mod code_runner;
 mod error;
 mod events;
 mod exec;
@@ -34,12 +36,15 @@ use reqwest::{Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
 
 pub use crate::capsules::DEFAULT_WAIT;
+pub use crate::code_runner::{
+    CellError, CellResult, CodeRunner, Execution, DEFAULT_KERNEL, JUPYTER_PORT,
+};
 pub use crate::error::ClientError;
 pub use crate::events::EventStream;
 pub use crate::exec::{decode_output, shell, ExecStream};
 pub use crate::files::ByteStream;
 pub use crate::pty::{PtyEvent, PtyEvents, PtyInput, PtyOptions, PtySession};
-pub use wrenn_types::agent::{ExecRequest, KillSignal, ProcessInfo, ProcessList};
+pub use wrenn_types::agent::{ExecRequest, KillSignal, ProcessInfo, ProcessList, ProcessSpec};
 pub use wrenn_types::api::{
     BackgroundExecResponse, Capsule, CapsuleStatus, CreateCapsuleRequest, Event, EventKind,
     ExecResponse, Outcome, Template, TemplateType,

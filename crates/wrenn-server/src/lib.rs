@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use wrenn_runtime::Runtime;
 
 use crate::auth::KeyResolver;
@@ -171,7 +172,14 @@ pub async fn serve(config: ServerConfig, runtime: Arc<dyn Runtime>) -> anyhow::R
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("binding {}", config.listen))?;
+        .with_context(|| format!("binding {}", config.listen))?
+        // Small writes (WebSocket frames, SSE events, proxied replies) go out at once rather
+        // than wait for the peer's delayed ACK.
+        .tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY");
+            }
+        });
     tracing::info!(listen = %config.listen, runtime = runtime.kind(), "wrenn serving");
     let app = api::router(state.clone());
     // Open event streams (a dashboard, `events.stream()`) never end by themselves: after the

@@ -7,8 +7,8 @@
 //!    sandbox traffic; the rules below are the Wrenn API's.
 //! 1. The `Host` header (port stripped) is matched against `^(\d+)-(cl-[0-9a-z]+)\.`; anything
 //!    else goes to the API router.
-//! 2. Bad port or id → 400; unknown capsule → 404; starting or resuming → 503 (retry);
-//!    otherwise not running → 409; no address → 503 (plain
+//! 2. Bad port or id → 400; unknown capsule → 404; starting or resuming → held up to 4 s
+//!    until it runs, then 503 (retry); otherwise not running → 409; no address → 503 (plain
 //!    text, as upstream).
 //! 3. Access: the owning team's `X-API-Key` (the official SDK always sends it), or none when the
 //!    capsule was created with metadata `public_traffic: "true"`. No key → 401; a key of another
@@ -37,6 +37,10 @@ use wrenn_types::api::CapsuleStatus;
 use crate::api::e2b;
 use crate::ids;
 use crate::AppState;
+
+/// How long a request to a starting or resuming capsule is held before it is answered 503:
+/// below the 5 s read timeout of the official SDK's HTTP client.
+const STARTING_HOLD: Duration = Duration::from_secs(4);
 
 /// The header that carries an API key.
 const API_KEY_HEADER: &str = "x-api-key";
@@ -176,7 +180,9 @@ async fn proxy(state: &AppState, port: u16, id: &str, req: Request) -> Response 
             Err(_) => return text(StatusCode::SERVICE_UNAVAILABLE, "cannot check the API key"),
         }
     }
-    let status = live.status();
+    // A capsule that is about to run (a cold create's first request) is waited for rather
+    // than answered 503 at once, which the SDK would retry only 0.5 s later.
+    let status = live.settled(STARTING_HOLD).await;
     if matches!(
         status,
         CapsuleStatus::Pending | CapsuleStatus::Starting | CapsuleStatus::Resuming
@@ -211,7 +217,12 @@ async fn dial(addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
         match tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
             .await
         {
-            Ok(Ok(s)) => return Ok(s),
+            Ok(Ok(s)) => {
+                // Jupyter answers a cell with several small WebSocket frames: without this,
+                // Nagle holds each behind the previous one's (delayed) ACK.
+                s.set_nodelay(true)?;
+                return Ok(s);
+            }
             Ok(Err(e)) => last = Some(e),
             Err(_) => last = Some(std::io::Error::other("connect timed out")),
         }

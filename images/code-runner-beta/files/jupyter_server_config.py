@@ -12,6 +12,8 @@ c.ServerApp.password = ""
 c.ServerApp.disable_check_xsrf = True
 c.ServerApp.allow_origin = "*"
 c.ServerApp.allow_remote_access = True
-# Nothing but the server itself: no extension discovery at start-up.
-c.ServerApp.jpserver_extensions = {}
+# Nothing but the server itself: the terminals extension (enabled by its own file in
+# jupyter_server_config.d) is switched off, as are terminals.
+c.ServerApp.jpserver_extensions = {"jupyter_server_terminals": False}
+c.ServerApp.terminals_enabled = False
 c.MappingKernelManager.default_kernel_name = "wrenn"
