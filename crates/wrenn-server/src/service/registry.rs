@@ -84,7 +84,7 @@ impl LiveCapsule {
 
     /// Waits, at most `within`, until the capsule is no longer on its way between two states
     /// (pending, starting, pausing, resuming, snapshotting); answers the status then.
-    pub async fn settled(&self, within: std::time::Duration) -> CapsuleStatus {
+    pub async fn settled(&self, within: Duration) -> CapsuleStatus {
         use CapsuleStatus::*;
         let mut rx = self.status.subscribe();
         let _ = tokio::time::timeout(
