@@ -18,7 +18,7 @@ dir=$(mktemp -d /tmp/wrenn-scale.XXXXXX)
 port=$((20000 + RANDOM % 20000))
 key=$(./target/release/wrenn key create --dir "$dir" --team scale)
 ./target/release/wrenn serve --listen 127.0.0.1:$port --dir "$dir" --cache-dir "$WRENN_CACHE" \
-  --agent "$agent" --no-prebuild --max-capsules "${MAX_CAPSULES:-5000}" --team-max-capsules 0 \
+  --agent "$agent" --no-prebuild --max-capsules "${MAX_CAPSULES:-5000}" --team-max-capsules 0 --team-max-vcpus 0 \
   --team-max-memory-mb 0 --disk-overcommit "${DISK_OVERCOMMIT:-1000}" --warm code-runner-beta=0 ${MAX_STARTING:+--max-starting "$MAX_STARTING"} 2>"$dir/../wrenn-scale-server.log" &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$dir"' EXIT
