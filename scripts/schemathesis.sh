@@ -64,8 +64,9 @@ fuzz() {
 }
 # Everything but the file routes, with every check.
 fuzz --checks all --exclude-path-regex '/stream|/pty$|^/v1/api-keys/|/files/' "$@"
-# The file routes (and the create, for capsule ids to use): a path valid by the document may name a directory, which reading or writing
-# answers with 400 by contract (state, not shape), so "valid data is accepted" cannot hold there.
+# The file routes (and the create, for capsule ids to use): a path valid by the document may
+# name a directory, which reading or writing answers with 400 by contract (state, not shape), so
+# "valid data is accepted" cannot hold there.
 fuzz --checks all --exclude-checks positive_data_acceptance \
   --include-path-regex '/files/|^/v1/capsules$' --exclude-path-regex '/stream/' "$@"
 if [ "$status" != 0 ]; then
