@@ -120,7 +120,9 @@ def storm(c, a):
         retries = 0
         while True:
             r = c.post(f"/v1/capsules/{cid}/exec", json=exec_body)
-            if r.status_code == 409 and c.get(f"/v1/capsules/{cid}").json().get("status") == "starting":
+            # (`running` too: it may have started between the 409 and this look.)
+            if r.status_code == 409 and c.get(f"/v1/capsules/{cid}").json().get("status") in (
+                "starting", "running"):
                 retries += 1
                 continue
             break

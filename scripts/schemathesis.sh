@@ -52,16 +52,23 @@ for _ in $(seq 100); do curl -sf "$base/health" >/dev/null && break; sleep 0.1; 
 curl -sf -X POST -H "X-API-Key: $key" -H 'content-type: application/json' -d '{}' \
   "$base/v1/capsules" >/dev/null
 status=0
-timeout "$(( ${ST_MAX_TIME:-180} + 60 ))" "$venv/bin/st" run "$base/openapi.json" \
-  -H "X-API-Key: $key" \
-  --checks all \
-  --phases examples,coverage,fuzzing \
-  --max-examples "${ST_MAX_EXAMPLES:-15}" \
-  --max-time "${ST_MAX_TIME:-180}" \
-  --exclude-path-regex '/stream|/pty$|^/v1/api-keys/' \
-  --request-timeout 60 \
-  --workers 2 \
-  --no-color "$@" || status=$?
+fuzz() {
+  timeout "$(( ${ST_MAX_TIME:-180} / 2 + 60 ))" "$venv/bin/st" run "$base/openapi.json" \
+    -H "X-API-Key: $key" \
+    --phases examples,coverage,fuzzing \
+    --max-examples "${ST_MAX_EXAMPLES:-15}" \
+    --max-time "$(( ${ST_MAX_TIME:-180} / 2 ))" \
+    --request-timeout 60 \
+    --workers 2 \
+    --no-color "$@" || status=$?
+}
+# Everything but the file routes, with every check.
+fuzz --checks all --exclude-path-regex '/stream|/pty$|^/v1/api-keys/|/files/' "$@"
+# The file routes (and the create, for capsule ids to use): a path valid by the document may
+# name a directory, which reading or writing answers with 400 by contract (state, not shape), so
+# "valid data is accepted" cannot hold there.
+fuzz --checks all --exclude-checks positive_data_acceptance \
+  --include-path-regex '/files/|^/v1/capsules$' --exclude-path-regex '/stream/' "$@"
 if [ "$status" != 0 ]; then
   echo "schemathesis failed (exit $status); server log: $dir.log" >&2
 fi

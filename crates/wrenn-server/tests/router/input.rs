@@ -47,6 +47,7 @@ async fn file_paths_with_nul_or_relative_are_invalid() {
             "tmp/a",
             "",
             &format!("/{}", "a".repeat(5000)),
+            &format!("/tmp/{}", "0".repeat(256)),
         ] {
             assert_invalid(&h, Method::POST, &uri, Some(json!({ "path": path }))).await;
         }

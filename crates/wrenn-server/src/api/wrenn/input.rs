@@ -10,6 +10,8 @@ use crate::error::{ApiError, ApiResult};
 
 /// The longest path (`PATH_MAX`).
 pub const MAX_PATH: usize = 4096;
+/// The longest path component (`NAME_MAX`).
+pub const MAX_NAME: usize = 255;
 /// Command, arguments and environment together at most (the kernel's `ARG_MAX` is 2 MiB,
 /// shared with the agent's own environment).
 pub const MAX_ARG_BYTES: usize = 1024 * 1024;
@@ -29,7 +31,8 @@ fn no_nul(field: &str, value: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// A path in a capsule: present, absolute, no NUL, at most [`MAX_PATH`] bytes.
+/// A path in a capsule: present, absolute, no NUL, at most [`MAX_PATH`] bytes, no component
+/// longer than [`MAX_NAME`].
 pub fn path(path: &str) -> ApiResult<()> {
     if path.is_empty() {
         return Err(invalid("path is required".into()));
@@ -40,6 +43,11 @@ pub fn path(path: &str) -> ApiResult<()> {
     }
     if path.len() > MAX_PATH {
         return Err(invalid(format!("path is longer than {MAX_PATH} bytes")));
+    }
+    if path.split('/').any(|c| c.len() > MAX_NAME) {
+        return Err(invalid(format!(
+            "a path component is longer than {MAX_NAME} bytes"
+        )));
     }
     Ok(())
 }
@@ -148,6 +156,8 @@ mod tests {
             assert!(path(bad).is_err(), "{bad:?}");
         }
         assert!(path(&format!("/{}", "a".repeat(MAX_PATH))).is_err());
+        assert!(path(&format!("/{}", "a".repeat(MAX_NAME + 1))).is_err());
+        assert!(path(&format!("/{}/b", "a".repeat(MAX_NAME))).is_ok());
     }
 
     #[test]
