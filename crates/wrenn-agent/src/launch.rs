@@ -25,7 +25,7 @@ pub enum LaunchError {
     /// The pipes could not be registered with the runtime.
     #[error("cannot watch pipes")]
     WatchPipes(#[source] io::Error),
-    /// The process table refused the child (its tag is taken).
+    /// The process table refused the child (its tag is taken, or the table is full).
     #[error(transparent)]
     Track(#[from] ProcessError),
 }
@@ -40,6 +40,7 @@ pub fn launch(
     sink: Sink,
     chunk: usize,
 ) -> Result<u32, LaunchError> {
+    state.procs.check_room()?;
     let mut spawned = spawn::spawn(&state.reaper, spec, ChildIo::Pipes)?;
     let pid = spawned.pid;
     let pipes = spawned

@@ -17,5 +17,16 @@ pub struct AppState {
     pub ptys: PtyTable,
 }
 
+impl AppState {
+    /// Empty tables capped at `max_processes` tracked processes and `max_ptys` PTY sessions.
+    pub fn new(max_processes: usize, max_ptys: usize) -> Self {
+        Self {
+            reaper: Arc::default(),
+            procs: ProcessTable::with_max(max_processes),
+            ptys: PtyTable::with_max(max_ptys),
+        }
+    }
+}
+
 /// Handle to [`AppState`].
 pub type SharedState = Arc<AppState>;

@@ -113,7 +113,10 @@ impl From<AgentError> for ApiError {
         match e {
             AgentError::Api { code, message, .. } => match code {
                 AgentErrorCode::NotFound => Self::NotFound(message),
-                AgentErrorCode::AlreadyExists => Self::Conflict(message),
+                // The SDK knows no 429 code; `conflict` reaches it as WrennConflictError.
+                AgentErrorCode::AlreadyExists | AgentErrorCode::LimitReached => {
+                    Self::Conflict(message)
+                }
                 AgentErrorCode::InvalidRequest
                 | AgentErrorCode::NotADirectory
                 | AgentErrorCode::IsADirectory => Self::InvalidRequest(message),
