@@ -44,11 +44,14 @@ use crate::state::AppState;
 
 const USAGE: &str =
     "usage: wrenn-agent [--listen-fd N | --socket PATH] [--listen-vsock PORT] [--seccomp FILE]
+                   [--max-processes N] [--max-ptys N]
 
   --listen-fd N        serve on the already listening unix socket inherited as fd N
   --socket PATH        bind a unix socket at PATH (a stale file there is replaced)
   --listen-vsock PORT  also (or only) serve on this AF_VSOCK port, any local context id
   --seccomp FILE       install this classic BPF program (raw sock_filter array) before serving
+  --max-processes N    track at most N processes (default 512); more are refused
+  --max-ptys N         keep at most N live PTY sessions (default 64); more are refused
 
 At least one of --listen-fd, --socket and --listen-vsock is required.";
 
@@ -68,12 +71,18 @@ struct Args {
     /// The vsock port, if any.
     vsock: Option<u32>,
     seccomp: Option<PathBuf>,
+    /// Cap of the process table.
+    max_processes: usize,
+    /// Cap of the PTY table.
+    max_ptys: usize,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut listen = None;
     let mut vsock = None;
     let mut seccomp = None;
+    let mut max_processes = processes::DEFAULT_MAX_PROCESSES;
+    let mut max_ptys = pty::DEFAULT_MAX_SESSIONS;
     while let Some(arg) = args.next() {
         let (key, inline) = match arg.split_once('=') {
             Some((k, v)) => (k.to_string(), Some(v.to_string())),
@@ -109,6 +118,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                 vsock = Some(port);
             }
             "--seccomp" => seccomp = Some(PathBuf::from(value()?)),
+            "--max-processes" => max_processes = positive(&key, &value()?)?,
+            "--max-ptys" => max_ptys = positive(&key, &value()?)?,
             "-h" | "--help" => return Err(String::new()),
             "-V" | "--version" => return Err(format!("wrenn-agent {}", env!("CARGO_PKG_VERSION"))),
             other => return Err(format!("unknown argument: {other}")),
@@ -121,7 +132,16 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         listen,
         vsock,
         seccomp,
+        max_processes,
+        max_ptys,
     })
+}
+
+fn positive(key: &str, v: &str) -> Result<usize, String> {
+    v.parse::<usize>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{key} needs a positive number, got {v:?}"))
 }
 
 fn harden(args: &Args) -> Result<(), String> {
@@ -222,7 +242,7 @@ async fn serve(
     args: Args,
     inherited: Option<std::os::unix::net::UnixListener>,
 ) -> Result<(), String> {
-    let state = Arc::new(AppState::default());
+    let state = Arc::new(AppState::new(args.max_processes, args.max_ptys));
     state
         .reaper
         .start()
@@ -313,5 +333,14 @@ mod tests {
         assert!(parse(&["--listen-fd", "1"]).is_err());
         assert!(parse(&["--listen-fd", "x"]).is_err());
         assert!(parse(&["--listen-fd", "3", "--socket", "/s"]).is_err());
+        let a = parse(&["--socket", "/s", "--max-processes", "8", "--max-ptys=2"]).expect("caps");
+        assert_eq!((a.max_processes, a.max_ptys), (8, 2));
+        let a = parse(&["--socket", "/s"]).expect("default caps");
+        assert_eq!(
+            (a.max_processes, a.max_ptys),
+            (processes::DEFAULT_MAX_PROCESSES, pty::DEFAULT_MAX_SESSIONS)
+        );
+        assert!(parse(&["--socket", "/s", "--max-ptys", "0"]).is_err());
+        assert!(parse(&["--socket", "/s", "--max-processes", "x"]).is_err());
     }
 }
