@@ -3,7 +3,9 @@
 //! initramfs this runtime writes once at start: static busybox, the modules, [`INIT_SCRIPT`]
 //! and the `wrenn-agent` binary.
 //!
-//! The init script loads the modules (order matters: `virtio_ring` before `virtio`), mounts the
+//! With `wrenn.probe=1` on the command line the init script only says `wrenn-init: probe ok`
+//! and powers off (the accelerator probe, see `MicroVmRuntime::probe_boot`). Otherwise it
+//! loads the modules (order matters: `virtio_ring` before `virtio`), mounts the
 //! root disk `/dev/vda`, sets the hostname and network from the kernel command line
 //! (`wrenn.host=`, `wrenn.ip=`, `wrenn.gw=`), puts the agent on a read-only tmpfs at
 //! `/.wrenn`, moves `/dev`, `/proc`, `/sys` into the new root with `devpts` and `/dev/shm`, and
@@ -31,6 +33,9 @@ pub const MODULES: [&str; 11] = [
     "virtio_net",
 ];
 
+/// What the init script prints when booted as a probe.
+pub const PROBE_OK: &str = "wrenn-init: probe ok";
+
 /// The initramfs's `/init` (busybox sh). `@MODULES@` and `@PORT@` are filled in.
 const INIT_SCRIPT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -38,6 +43,7 @@ export PATH=/bin
 mount -t devtmpfs dev /dev
 mount -t proc proc /proc
 mount -t sysfs sys /sys
+if grep -q wrenn.probe=1 /proc/cmdline; then echo "wrenn-init: probe ok"; poweroff -f; fi
 for m in @MODULES@; do insmod /lib/modules/$m.ko || echo "wrenn-init: insmod $m failed"; done
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 1000 ]; do usleep 10000; i=$((i+1)); done

@@ -22,7 +22,7 @@
 //! starts QEMU with `-incoming` from that file.
 //!
 //! # Limitations
-//! One accelerator per runtime (KVM or TCG, see [`probe_kvm`]). Snapshots are not made yet
+//! One accelerator per runtime (KVM or TCG, see [`MicroVmRuntime::probe_boot`]). Snapshots are not made yet
 //! ([`Runtime::snapshot`] refuses). A capsule's free disk space is the template image's
 //! headroom (see `image`), not its disk limit.
 
@@ -169,56 +169,6 @@ pub(crate) fn host_err(step: &'static str, id: &str, e: impl Into<anyhow::Error>
     }
 }
 
-/// Whether KVM can boot a guest here: `/dev/kvm` opens and a tiny QEMU with `accel=kvm`
-/// (no kernel, `-S`, quit over `-monitor`) starts within `bound`. Says why not.
-pub async fn probe_kvm(bound: Duration) -> Result<(), String> {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        return Err(format!("/dev/kvm: {e}"));
-    }
-    let child = tokio::process::Command::new(qemu::QEMU)
-        .args([
-            "-M",
-            "microvm,accel=kvm",
-            "-m",
-            "64",
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-S",
-            "-monitor",
-            "stdio",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => return Err(format!("{}: {e}", qemu::QEMU)),
-    };
-    if let Some(mut stdin) = child.stdin.take() {
-        use tokio::io::AsyncWriteExt;
-        let _ = stdin.write_all(b"quit\n").await;
-    }
-    match tokio::time::timeout(bound, child.wait_with_output()).await {
-        Ok(Ok(out)) if out.status.success() => Ok(()),
-        Ok(Ok(out)) => Err(format!(
-            "qemu with accel=kvm failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!(
-            "qemu with accel=kvm did not start within {bound:?}"
-        )),
-    }
-}
-
 impl MicroVmRuntime {
     /// Checks the kernel is prepared, writes the initramfs (with the agent) and measures the
     /// TSC rate.
@@ -268,6 +218,67 @@ impl MicroVmRuntime {
                 cfg,
             }),
         })
+    }
+
+    /// Boots the guest kernel and initramfs with `accel` as a probe (`wrenn.probe=1`: the
+    /// init script reports and powers off); the time it took, or why it failed within `bound`.
+    /// Nested or partial KVM can open `/dev/kvm` and still hang every guest, so only a boot
+    /// says KVM works.
+    pub async fn probe_boot(&self, accel: Accel, bound: Duration) -> Result<Duration, String> {
+        use tokio::io::AsyncReadExt;
+        if accel == Accel::Kvm {
+            if let Err(e) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/kvm")
+            {
+                return Err(format!("/dev/kvm: {e}"));
+            }
+        }
+        let t0 = std::time::Instant::now();
+        let args = qemu::probe_args(
+            &self.inner.kernel.vmlinux,
+            &self.inner.initrd,
+            self.inner.tsc_khz,
+            accel,
+        );
+        let mut child = tokio::process::Command::new(qemu::QEMU)
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("{}: {e}", qemu::QEMU))?;
+        let mut out = child.stdout.take().ok_or("no stdout")?;
+        let read = async {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = out.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    return false;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                if String::from_utf8_lossy(&buf).contains(guest::PROBE_OK) {
+                    return true;
+                }
+            }
+        };
+        let ok = tokio::time::timeout(bound, read).await;
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        match ok {
+            Ok(true) => Ok(t0.elapsed()),
+            Ok(false) => Err(format!(
+                "the {} probe guest ended without booting",
+                accel.as_str()
+            )),
+            Err(_) => Err(format!(
+                "the {} probe guest did not boot within {bound:?}",
+                accel.as_str()
+            )),
+        }
     }
 
     /// The accelerator VMs run with.

@@ -172,6 +172,37 @@ impl VmArgs {
     }
 }
 
+/// Arguments of a probe boot: kernel and initramfs only, console on stdout, `wrenn.probe=1`.
+pub fn probe_args(kernel: &Path, initrd: &Path, tsc_khz: u64, accel: Accel) -> Vec<String> {
+    vec![
+        "-M".into(),
+        format!("microvm,accel={}", accel.as_str()),
+        "-cpu".into(),
+        match accel {
+            Accel::Kvm => "host".into(),
+            Accel::Tcg => "max".into(),
+        },
+        "-m".into(),
+        "128".into(),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-display".into(),
+        "none".into(),
+        "-no-reboot".into(),
+        "-serial".into(),
+        "stdio".into(),
+        "-kernel".into(),
+        kernel.display().to_string(),
+        "-initrd".into(),
+        initrd.display().to_string(),
+        "-append".into(),
+        format!(
+            "console=ttyS0 panic=-1 quiet tsc_early_khz={tsc_khz} tsc=reliable pci=off \
+             8250.nr_uarts=1 wrenn.probe=1"
+        ),
+    ]
+}
+
 /// Starts QEMU (inside the network namespace at `netns`, if given) and returns its pid once it
 /// has daemonized.
 pub async fn start(args: &VmArgs, netns: Option<&Path>) -> anyhow::Result<i32> {
