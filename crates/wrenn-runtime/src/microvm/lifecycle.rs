@@ -429,6 +429,13 @@ impl MicroVmRuntime {
                 continue;
             }
             if record.paused && dir.join(STATE).exists() {
+                // Kept as it was: only files, resumed on demand.
+                report.adopted.push(CapsuleHandle {
+                    id: id.clone(),
+                    agent: self.agent_endpoint_of(&id),
+                    ip: record.net.capsule_ip(),
+                    init_pid: 0,
+                });
                 self.lock().insert(id, Vm { record, live: None });
                 continue;
             }
