@@ -7,7 +7,7 @@
 //! and powers off (the accelerator probe, see `MicroVmRuntime::probe_boot`). Otherwise it
 //! loads the modules (order matters: `virtio_ring` before `virtio`), mounts the
 //! root disk `/dev/vda`, sets the hostname and network from the kernel command line
-//! (`wrenn.host=`, `wrenn.ip=`, `wrenn.gw=`), puts the agent on a read-only tmpfs at
+//! (`wrenn.host=`, `wrenn.ip=`, `wrenn.gw=`, `wrenn.dns=` for `/etc/resolv.conf`), puts the agent on a read-only tmpfs at
 //! `/.wrenn`, moves `/dev`, `/proc`, `/sys` into the new root with `devpts` and `/dev/shm`, and
 //! `switch_root`s to the agent as PID 1, serving on the virtio-serial port.
 
@@ -53,12 +53,17 @@ for p in $(cat /proc/cmdline); do
     wrenn.host=*) host="${p#wrenn.host=}" ;;
     wrenn.ip=*) addr="${p#wrenn.ip=}" ;;
     wrenn.gw=*) gw="${p#wrenn.gw=}" ;;
+    wrenn.dns=*) dns="${p#wrenn.dns=}" ;;
   esac
 done
 [ -n "$host" ] && hostname "$host"
 ip link set lo up
 if [ -n "$addr" ]; then
   ip addr add "$addr" dev eth0 && ip link set eth0 up && ip route add default via "$gw"
+fi
+if [ -n "$dns" ]; then
+  rm -f /newroot/etc/resolv.conf
+  for d in $(echo "$dns" | tr , ' '); do echo "nameserver $d"; done > /newroot/etc/resolv.conf
 fi
 mkdir -p /newroot/.wrenn /newroot/dev /newroot/proc /newroot/sys
 mount -t tmpfs -o mode=0755,size=64m wrenn /newroot/.wrenn

@@ -188,7 +188,7 @@ impl MicroVmRuntime {
                 record.net.capsule_ip(),
                 record.net.host_ip(),
             ) {
-                (Some(slot), Some(a), Some(g)) => Some(net::net_args(slot, a, g)),
+                (Some(slot), Some(a), Some(g)) => Some(net::net_args(slot, a, g, &host_net)),
                 _ => None,
             }
         } else {

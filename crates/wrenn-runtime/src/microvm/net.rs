@@ -34,7 +34,7 @@ pub async fn create(net: &CapsuleNet, host: &HostNet) -> anyhow::Result<Option<N
          link set {TAP} up\n"
     );
     cnet::run_stdin("ip", &["-n", &net.netns, "-b", "-"], &batch).await?;
-    Ok(Some(net_args(slot, addr, gw)))
+    Ok(Some(net_args(slot, addr, gw, host)))
 }
 
 /// Removes what [`create`] made (the tap and bridge go with the namespace).
@@ -42,8 +42,9 @@ pub async fn destroy(net: &CapsuleNet) -> anyhow::Result<()> {
     cnet::destroy(net).await
 }
 
-/// The guest's side: a MAC derived from the slot, the slot's capsule address.
-pub fn net_args(slot: u32, addr: Ipv4Addr, gateway: Ipv4Addr) -> NetArgs {
+/// The guest's side: a MAC derived from the slot, the slot's capsule address, the host's
+/// resolvers.
+pub fn net_args(slot: u32, addr: Ipv4Addr, gateway: Ipv4Addr, host: &HostNet) -> NetArgs {
     NetArgs {
         tap: TAP.into(),
         mac: format!(
@@ -54,6 +55,7 @@ pub fn net_args(slot: u32, addr: Ipv4Addr, gateway: Ipv4Addr) -> NetArgs {
         ),
         addr: format!("{addr}/30"),
         gateway: gateway.to_string(),
+        dns: host.dns.iter().map(Ipv4Addr::to_string).collect(),
     }
 }
 
@@ -67,7 +69,12 @@ mod tests {
             0x0102,
             Ipv4Addr::new(10, 213, 4, 10),
             Ipv4Addr::new(10, 213, 4, 9),
+            &HostNet {
+                dns: vec![Ipv4Addr::new(192, 0, 2, 53)],
+                addrs: vec![],
+            },
         );
+        assert_eq!(n.dns, ["192.0.2.53"]);
         assert_eq!(n.mac, "52:54:00:00:01:02");
         assert_eq!(n.addr, "10.213.4.10/30");
         assert_eq!(n.gateway, "10.213.4.9");

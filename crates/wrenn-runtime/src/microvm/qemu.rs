@@ -45,6 +45,9 @@ pub struct NetArgs {
     pub addr: String,
     /// Guest default gateway.
     pub gateway: String,
+    /// Resolvers the guest's `/etc/resolv.conf` names (the host's; the firewall lets port 53
+    /// to them through).
+    pub dns: Vec<String>,
 }
 
 /// Everything that varies between two VMs' command lines.
@@ -98,6 +101,9 @@ impl VmArgs {
         );
         if let Some(n) = &self.net {
             c.push_str(&format!(" wrenn.ip={} wrenn.gw={}", n.addr, n.gateway));
+            if !n.dns.is_empty() {
+                c.push_str(&format!(" wrenn.dns={}", n.dns.join(",")));
+            }
         }
         c
     }
@@ -307,6 +313,7 @@ mod tests {
             mac: "52:54:00:00:00:02".into(),
             addr: "10.213.0.2/30".into(),
             gateway: "10.213.0.1".into(),
+            dns: vec!["192.0.2.53".into()],
         });
         v.incoming = Some("exec:zstd -dc /s".into());
         let a = v.to_args();
@@ -318,7 +325,7 @@ mod tests {
         assert_eq!(value_of(&a, "-incoming"), ["exec:zstd -dc /s"]);
         assert!(v
             .cmdline()
-            .ends_with("wrenn.ip=10.213.0.2/30 wrenn.gw=10.213.0.1"));
+            .ends_with("wrenn.ip=10.213.0.2/30 wrenn.gw=10.213.0.1 wrenn.dns=192.0.2.53"));
     }
 
     #[test]
