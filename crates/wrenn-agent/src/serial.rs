@@ -7,6 +7,7 @@
 //! 1. open the port (`/dev/vportNpM`, found by its name under `/sys/class/virtio-ports`);
 //! 2. read until the host's hello line; reading EOF means no host is connected (the port
 //!    returns EOF at once then, so the agent waits [`RECONNECT_DELAY`] before opening again);
+//!    answer it with the ack line;
 //! 3. serve a yamux session in server mode, handing every inbound stream to axum;
 //! 4. on EOF or an error (the host went away: server restart, pause), drop the session and go
 //!    back to 1. Streams of the old session fail; agent state (processes, PTY sessions) stays.
@@ -22,10 +23,11 @@ use std::time::Duration;
 
 use futures::future::poll_fn;
 use tokio::io::unix::AsyncFd;
+use tokio::io::AsyncWriteExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
-use wrenn_types::agent::SERIAL_MUX_HELLO;
+use wrenn_types::agent::{SERIAL_MUX_ACK, SERIAL_MUX_HELLO};
 
 use crate::sys;
 
@@ -111,6 +113,7 @@ async fn session(path: &Path, tx: &mpsc::Sender<yamux::Stream>) -> io::Result<()
     if !read_hello(&mut port).await? {
         return Ok(());
     }
+    port.write_all(SERIAL_MUX_ACK.as_bytes()).await?;
     tracing::info!("serial host connected");
     let mut conn =
         yamux::Connection::new(port.compat(), yamux::Config::default(), yamux::Mode::Server);

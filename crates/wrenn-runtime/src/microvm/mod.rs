@@ -7,7 +7,7 @@
 //! (kernel, initramfs, TSC rate), `image` (template image, capsule overlay), `relay` (the host
 //! side of the agent channel: a unix socket per VM whose connections become yamux streams over
 //! the one serial connection), `net` (a tap bridged to the capsule's veth in its own network
-//! namespace) and `lifecycle` (create, pause, resume, destroy, recover).
+//! namespace), `lifecycle` (create, pause, resume, destroy, recover) and `snapshot`.
 //!
 //! ```text
 //! data_dir/microvm/boot/initrd.cpio          busybox, virtio modules, init script, agent
@@ -22,8 +22,8 @@
 //! starts QEMU with `-incoming` from that file.
 //!
 //! # Limitations
-//! One accelerator per runtime (KVM or TCG, see [`MicroVmRuntime::probe_boot`]). Snapshots are not made yet
-//! ([`Runtime::snapshot`] refuses). A capsule's free disk space is the template image's
+//! One accelerator per runtime (KVM or TCG, see [`MicroVmRuntime::probe_boot`]). Snapshots keep
+//! files only (`snapshot`), as the container backend's. A capsule's free disk space is the template image's
 //! headroom (see `image`), not its disk limit.
 
 pub mod guest;
@@ -33,6 +33,7 @@ mod net;
 pub mod qemu;
 pub mod qmp;
 pub mod relay;
+mod snapshot;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -408,13 +409,8 @@ impl Runtime for MicroVmRuntime {
         Ok(self.inner.templates.list())
     }
 
-    async fn snapshot(&self, id: &str, _name: &str) -> Result<SnapshotInfo, RuntimeError> {
-        self.get(id)?;
-        Err(host_err(
-            "snapshot",
-            id,
-            anyhow::anyhow!("the microvm runtime does not make snapshots yet"),
-        ))
+    async fn snapshot(&self, id: &str, name: &str) -> Result<SnapshotInfo, RuntimeError> {
+        self.snapshot_vm(id, name).await
     }
 
     async fn delete_template(&self, name: &str) -> Result<(), RuntimeError> {

@@ -13,17 +13,21 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::future::poll_fn;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
-use wrenn_types::agent::SERIAL_MUX_HELLO;
+use wrenn_types::agent::{SERIAL_MUX_ACK, SERIAL_MUX_HELLO};
 
 /// Pending stream opens per session.
 const OPEN_QUEUE: usize = 64;
 /// Longest pause between two connect attempts to the chardev socket.
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
+/// How long the guest may take to answer the hello before the relay reconnects.
+const ACK_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest junk read before the ack (what an old guest session still wrote).
+const MAX_PREAMBLE: usize = 1 << 20;
 
 type OpenReply = oneshot::Sender<std::io::Result<yamux::Stream>>;
 
@@ -107,10 +111,42 @@ async fn run(serial: PathBuf, listener: UnixListener) {
     }
 }
 
+/// Connects, says hello and waits for the guest's ack.
 async fn connect(serial: &Path) -> std::io::Result<UnixStream> {
     let mut s = UnixStream::connect(serial).await?;
     s.write_all(SERIAL_MUX_HELLO.as_bytes()).await?;
-    Ok(s)
+    match tokio::time::timeout(ACK_TIMEOUT, read_marker(&mut s, SERIAL_MUX_ACK.as_bytes())).await {
+        Ok(Ok(true)) => Ok(s),
+        Ok(Ok(false)) => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// Reads up to and including `marker`; `false` on EOF first.
+async fn read_marker<R: AsyncRead + Unpin>(r: &mut R, marker: &[u8]) -> std::io::Result<bool> {
+    let (mut matched, mut seen) = (0, 0);
+    let mut byte = [0u8; 1];
+    while matched < marker.len() {
+        if r.read(&mut byte).await? == 0 {
+            return Ok(false);
+        }
+        seen += 1;
+        if seen > MAX_PREAMBLE {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "no ack from the guest",
+            ));
+        }
+        matched = if byte[0] == marker[matched] {
+            matched + 1
+        } else if byte[0] == marker[0] {
+            1
+        } else {
+            0
+        };
+    }
+    Ok(true)
 }
 
 /// Copies both ways between a host client and its stream until both sides are done.
@@ -171,6 +207,8 @@ mod tests {
             let mut hello = vec![0u8; SERIAL_MUX_HELLO.len()];
             s.read_exact(&mut hello).await.expect("hello");
             assert_eq!(hello, SERIAL_MUX_HELLO.as_bytes());
+            s.write_all(b"stale frames").await.expect("junk");
+            s.write_all(SERIAL_MUX_ACK.as_bytes()).await.expect("ack");
             // One session at a time, owned by this task: aborting it ends the session.
             let mut conn =
                 yamux::Connection::new(s.compat(), yamux::Config::default(), yamux::Mode::Server);
@@ -192,6 +230,37 @@ mod tests {
                 });
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_guest_that_never_acks_is_reconnected() {
+        let dir = std::env::temp_dir().join(format!("wrenn-relay-ack-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let serial = dir.join("serial.sock");
+        let l = UnixListener::bind(&serial).expect("bind");
+        // The first connection gets no answer (a guest still in an old session)...
+        let silent = tokio::spawn(async move {
+            let (first, _) = l.accept().await.expect("accept");
+            let (second, _) = l.accept().await.expect("second accept");
+            (first, second)
+        });
+        let err = connect(&serial).await.expect_err("no ack");
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        // ... and a reconnect is a fresh connection.
+        let relay_side = tokio::spawn({
+            let serial = serial.clone();
+            async move { connect(&serial).await }
+        });
+        let (_first, mut second) = silent.await.expect("accepts");
+        let mut hello = vec![0u8; SERIAL_MUX_HELLO.len()];
+        second.read_exact(&mut hello).await.expect("hello");
+        second
+            .write_all(SERIAL_MUX_ACK.as_bytes())
+            .await
+            .expect("ack");
+        relay_side.await.expect("task").expect("acked");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

@@ -143,6 +143,25 @@ async fn microvm_boots_execs_pauses_to_disk_resumes_and_leaves_nothing() {
         resume.as_secs_f64() * 1e3
     );
 
+    // A files snapshot boots as a new VM with the files.
+    let snap = rt.snapshot(&id, "microvm-snap").await.expect("snapshot");
+    assert_eq!(snap.kind, wrenn_runtime::SnapshotKind::Files);
+    let mut s2 = common::spec("busybox", NetworkMode::Isolated, 256, 128, 0);
+    s2.source = wrenn_runtime::Source::Snapshot("microvm-snap".into());
+    let h2 = rt.create(&s2).await.expect("create from snapshot");
+    let r = sh(&AgentClient::new(h2.agent.clone()), "cat /root/f").await;
+    assert_eq!(r.stdout.trim(), "kept");
+    assert!(rt.delete_template("microvm-snap").await.is_err(), "in use");
+    rt.destroy(&s2.id).await.expect("destroy clone");
+    rt.delete_template("microvm-snap")
+        .await
+        .expect("delete snapshot");
+    assert_eq!(
+        sh(&agent, "cat /root/f").await.stdout.trim(),
+        "kept",
+        "runs on after snapshot"
+    );
+
     // Destroy: nothing left.
     let pid = rt.qemu_pid(&id).expect("qemu pid");
     rt.destroy(&id).await.expect("destroy");
