@@ -4,8 +4,9 @@
 //! Run with: `wrenn-agent --listen-fd 3 [--seccomp /.wrenn/seccomp.bpf]` (in a capsule: the
 //! runtime binds the socket on a host-only path and hands the listening socket over as fd 3),
 //! `wrenn-agent --socket PATH [--seccomp FILE]` (the agent binds `PATH` itself; host-run tests),
-//! or `wrenn-agent --listen-vsock PORT` (in a microVM; it may be given beside either of the
-//! others).
+//! `wrenn-agent --listen-vsock PORT` (in a microVM with vsock; it may be given beside either of
+//! the others) or `wrenn-agent --listen-serial NAME` (a microVM's init: it mounts what the
+//! guest needs, then serves over the virtio-serial port `NAME`, see `serial` and `guest`).
 //!
 //! Startup order matters: the process-wide `prctl`s and the seccomp filter are installed while
 //! the process still has a single thread, so every runtime thread and every child inherits them.
@@ -22,6 +23,7 @@ mod launch;
 mod processes;
 mod pty;
 mod reaper;
+mod serial;
 mod server;
 mod spawn;
 mod state;
@@ -43,17 +45,18 @@ use crate::error::error_chain;
 use crate::state::AppState;
 
 const USAGE: &str =
-    "usage: wrenn-agent [--listen-fd N | --socket PATH] [--listen-vsock PORT] [--seccomp FILE]
-                   [--max-processes N] [--max-ptys N]
+    "usage: wrenn-agent [--listen-fd N | --socket PATH] [--listen-vsock PORT] [--listen-serial NAME]
+                   [--seccomp FILE] [--max-processes N] [--max-ptys N]
 
   --listen-fd N        serve on the already listening unix socket inherited as fd N
   --socket PATH        bind a unix socket at PATH (a stale file there is replaced)
   --listen-vsock PORT  also (or only) serve on this AF_VSOCK port, any local context id
+  --listen-serial NAME also (or only) serve yamux streams over the virtio-serial port NAME
   --seccomp FILE       install this classic BPF program (raw sock_filter array) before serving
   --max-processes N    track at most N processes (default 512); more are refused
   --max-ptys N         keep at most N live PTY sessions (default 64); more are refused
 
-At least one of --listen-fd, --socket and --listen-vsock is required.";
+At least one of --listen-fd, --socket, --listen-vsock and --listen-serial is required.";
 
 /// Where the agent serves.
 #[derive(Debug, PartialEq, Eq)]
@@ -70,6 +73,8 @@ struct Args {
     listen: Option<Listen>,
     /// The vsock port, if any.
     vsock: Option<u32>,
+    /// The virtio-serial port name, if any.
+    serial: Option<String>,
     seccomp: Option<PathBuf>,
     /// Cap of the process table.
     max_processes: usize,
@@ -80,6 +85,7 @@ struct Args {
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut listen = None;
     let mut vsock = None;
+    let mut serial = None;
     let mut seccomp = None;
     let mut max_processes = processes::DEFAULT_MAX_PROCESSES;
     let mut max_ptys = pty::DEFAULT_MAX_SESSIONS;
@@ -117,6 +123,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                     .ok_or_else(|| format!("--listen-vsock needs a port number, got {v:?}"))?;
                 vsock = Some(port);
             }
+            "--listen-serial" => serial = Some(value()?).filter(|n| !n.is_empty()),
             "--seccomp" => seccomp = Some(PathBuf::from(value()?)),
             "--max-processes" => max_processes = positive(&key, &value()?)?,
             "--max-ptys" => max_ptys = positive(&key, &value()?)?,
@@ -125,12 +132,15 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             other => return Err(format!("unknown argument: {other}")),
         }
     }
-    if listen.is_none() && vsock.is_none() {
-        return Err("one of --listen-fd, --socket and --listen-vsock is required".into());
+    if listen.is_none() && vsock.is_none() && serial.is_none() {
+        return Err(
+            "one of --listen-fd, --socket, --listen-vsock and --listen-serial is required".into(),
+        );
     }
     Ok(Args {
         listen,
         vsock,
+        serial,
         seccomp,
         max_processes,
         max_ptys,
@@ -263,6 +273,13 @@ async fn serve(
         ),
         None => None,
     };
+    let serial = match &args.serial {
+        Some(name) => Some(
+            serial::SerialListener::bind(name)
+                .map_err(|e| format!("cannot serve on serial port {name}: {e}"))?,
+        ),
+        None => None,
+    };
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
     let mut sigint =
@@ -270,6 +287,7 @@ async fn serve(
     tracing::info!(
         listen = ?args.listen,
         vsock = ?args.vsock,
+        serial = ?args.serial,
         version = env!("CARGO_PKG_VERSION"),
         "agent serving"
     );
@@ -286,7 +304,14 @@ async fn serve(
             None => std::future::pending().await,
         }
     };
+    let serve_serial = async {
+        match serial {
+            Some(l) => axum::serve(l, app.clone()).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
+        r = serve_serial => r.map_err(|e| format!("serial server failed: {e}"))?,
         r = serve_unix => r.map_err(|e| format!("server failed: {e}"))?,
         r = serve_vsock => r.map_err(|e| format!("vsock server failed: {e}"))?,
         _ = sigterm.recv() => {}
@@ -327,6 +352,9 @@ mod tests {
         assert_eq!((a.listen, a.vsock), (Some(Listen::Fd(3)), Some(52)));
         assert!(parse(&["--listen-vsock", "x"]).is_err());
         assert!(parse(&["--listen-vsock", "4294967295"]).is_err());
+        let a = parse(&["--listen-serial", "agent"]).expect("valid");
+        assert_eq!(a.serial.as_deref(), Some("agent"));
+        assert!(parse(&["--listen-serial="]).is_err());
         assert!(parse(&[]).is_err());
         assert!(parse(&["--socket"]).is_err());
         assert!(parse(&["--socket", "/s", "--bogus"]).is_err());

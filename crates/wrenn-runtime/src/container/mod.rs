@@ -34,7 +34,7 @@ pub(crate) mod seccomp;
 pub(crate) mod spec;
 pub(crate) mod watch;
 
-mod health;
+pub(crate) mod health;
 mod lifecycle;
 
 use std::collections::HashMap;
