@@ -263,20 +263,29 @@ def test_base_has_user_with_home_and_sudo_rights(server):
             wait_status(api, cid, {"stopped"}, timeout=60)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="capsules run with no_new_privs and nosuid mounts: setuid sudo cannot raise a user",
-)
 def test_base_user_can_sudo(server):
     with server.client(server.key_alpha) as api:
         cid = _start(api, BASE)
         try:
             r = api.post(
                 f"/v1/capsules/{cid}/exec",
-                json={"cmd": "sudo", "args": ["-n", "id", "-u"], "user": "user"},
+                json={
+                    "cmd": "sudo",
+                    "args": [
+                        "-n", "sh", "-c",
+                        "id -u; grep Seccomp: /proc/self/status; cat /proc/self/uid_map",
+                    ],
+                    "user": "user",
+                },
             )
             assert r.status_code == 200, r.text
-            assert r.json()["exit_code"] == 0 and r.json()["stdout"].strip() == "0", r.json()
+            body = r.json()
+            assert body["exit_code"] == 0, body
+            lines = body["stdout"].splitlines()
+            # Capsule root, still under the seccomp filter, in the capsule's own id range.
+            assert lines[0] == "0", body
+            assert lines[1].split() == ["Seccomp:", "2"], body
+            assert lines[2].split()[:2] != ["0", "0"], body
         finally:
             api.delete(f"/v1/capsules/{cid}")
             wait_status(api, cid, {"stopped"}, timeout=60)
@@ -377,6 +386,31 @@ def test_sdk_error_timeout_envs(sbx):
     ex = sbx.run_code("import os; os.environ['ONE_RUN']", envs={"ONE_RUN": "yes"})
     assert ex.text == "yes", ex
     assert sbx.run_code("import os; os.environ.get('ONE_RUN', 'gone')").text == "gone"
+
+
+def test_sdk_create_time_envs_reach_the_kernels(e2b_env):
+    """`Sandbox.create(envs=...)` reaches every kernel (the default one, pre-started before the
+    sandbox existed when it came from the warm pool, and a new context), beside E2B's own
+    variables; a per-run `envs` still wins for its run only."""
+    from e2b_code_interpreter import Sandbox
+
+    s = Sandbox.create(timeout=300, envs={"FROM_CREATE": "yes", "SHARED": "sandbox"})
+    try:
+        read = "import os; '|'.join(os.environ.get(k, '-') for k in %r)"
+        keys = ("FROM_CREATE", "SHARED", "E2B_SANDBOX_ID", "E2B_TEMPLATE_ID", "E2B_SANDBOX")
+        want = f"yes|sandbox|{s.sandbox_id}|{CI}|true"
+        ex = s.run_code(read % (keys,))
+        assert ex.error is None and ex.text == want, ex
+        ex = s.run_code("import os; os.environ['SHARED']", envs={"SHARED": "run"})
+        assert ex.text == "run", ex
+        assert s.run_code("import os; os.environ['SHARED']").text == "sandbox"
+        ctx = s.create_code_context(cwd="/tmp")
+        ex = s.run_code(read % (keys,), context=ctx)
+        assert ex.error is None and ex.text == want, ex
+        r = s.commands.run("echo $E2B_SANDBOX_ID")
+        assert r.stdout == f"{s.sandbox_id}\n", r
+    finally:
+        s.kill()
 
 
 def test_sdk_contexts(sbx):

@@ -88,6 +88,20 @@ def test_commands_users_stdin_background_and_timeouts(sbx):
     )
 
 
+def test_sandbox_env_names_the_sandbox_and_sudo_works(sbx):
+    r = sbx.commands.run('echo "$E2B_SANDBOX_ID|$E2B_TEMPLATE_ID|$FROM_CREATE"')
+    assert r.stdout == f"{sbx.sandbox_id}|{TEMPLATE}|yes\n", r
+    assert sbx.get_info().sandbox_id == sbx.sandbox_id
+    # The same environment, for in-capsule services, in a file only capsule root reads.
+    r = sbx.commands.run("stat -c '%a %U' /run/wrenn-envd/env.json", user="root")
+    assert r.stdout == "600 root\n", r
+    with pytest.raises(CommandExitException):
+        sbx.commands.run("cat /run/wrenn-envd/env.json")
+    # Passwordless sudo for `user` (E2B users install packages with it): capsule root, filtered.
+    r = sbx.commands.run("sudo -n sh -c 'id -u; grep Seccomp: /proc/self/status'")
+    assert r.stdout.split() == ["0", "Seccomp:", "2"], r
+
+
 def test_pty_resize_and_exit(sbx):
     out = bytearray()
     p = sbx.pty.create(PtySize(rows=24, cols=80))

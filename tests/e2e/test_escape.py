@@ -257,3 +257,66 @@ def test_mountinfo_names_no_team_template_or_disk(make_capsule, wrenn_client, se
     finally:
         poll(lambda: src.get_info().status.value == "running", timeout=60, what="source running")
         wrenn_client.snapshots.delete(name)
+
+
+SETUID_PROBE = r'''
+import ctypes, errno, json, os
+libc = ctypes.CDLL(None, use_errno=True)
+out = {"ruid": os.getuid(), "euid": os.geteuid()}
+status = dict(l.split(":", 1) for l in open("/proc/self/status") if ":" in l)
+for k in ("Seccomp", "NoNewPrivs", "CapEff", "CapBnd"):
+    out[k] = status[k].strip()
+out["uid_map"] = open("/proc/self/uid_map").read().split()
+def sc(name, nr, *args):
+    r = libc.syscall(nr, *args)
+    out[name] = "ok" if r >= 0 else errno.errorcode.get(ctypes.get_errno(), str(ctypes.get_errno()))
+sc("mount", 165, b"none", b"/mnt", b"tmpfs", 0, None)
+sc("unshare_user", 272, 0x10000000)
+sc("ptrace_agent", 101, 16, 1, None, None)
+try:
+    open("/proc/1/mem", "rb").read(1)
+    out["agent_mem"] = "ok"
+except OSError as e:
+    out["agent_mem"] = errno.errorcode.get(e.errno, str(e.errno))
+agent = dict(l.split(":", 1) for l in open("/proc/1/status") if ":" in l)
+out["agent_CapBnd"] = agent["CapBnd"].strip()
+print(json.dumps(out))
+'''
+
+DROP_TO_NOBODY = r'''
+import os, sys
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
+os.execv(sys.argv[1], sys.argv[1:])
+'''
+
+
+def test_a_planted_setuid_root_binary_gives_capsule_root_only(make_capsule, host_unchanged):
+    """Capsules have no `no_new_privs` (so `sudo` works, as in Docker): a setuid-root binary
+    planted by capsule root raises `nobody` to capsule root, which is still the capsule's
+    unprivileged host uid range, under the same seccomp filter and bounding set."""
+    cap = make_capsule(MINIMAL, vcpus=1)
+    root_map = cap.commands.run("cat /proc/self/uid_map").stdout.split()
+    assert root_map != ["0", "0", "4294967295"], root_map
+    capsule_root_host_uid = int(root_map[1])
+    assert capsule_root_host_uid > 0, root_map
+    cap.files.write("/tmp/probe.py", SETUID_PROBE)
+    cap.files.write("/tmp/drop.py", DROP_TO_NOBODY)
+    r = cap.commands.run(
+        "cp \"$(readlink -f \"$(command -v python3)\")\" /usr/local/bin/suidpy && "
+        "chmod 4755 /usr/local/bin/suidpy && "
+        "python3 /tmp/drop.py /usr/local/bin/suidpy /tmp/probe.py"
+    )
+    assert r.exit_code == 0, r.stderr
+    got = json.loads(r.stdout)
+    # The bit is honoured inside: nobody became capsule root ...
+    assert got["ruid"] == 65534 and got["euid"] == 0, got
+    # ... of the same user namespace (no more host ids than before) ...
+    assert got["uid_map"] == root_map, got
+    # ... still filtered, with the capsule's bounding set (no CAP_SYS_ADMIN, bit 21) ...
+    assert got["Seccomp"] == "2", got
+    assert int(got["CapBnd"], 16) == int(got["CapEff"], 16) == 0xA00405FB, got
+    assert got["mount"] in ("EPERM", "EACCES") and got["unshare_user"] in ("EPERM", "EACCES"), got
+    # ... and unable to ptrace or read the agent (not dumpable; no CAP_SYS_PTRACE).
+    assert got["ptrace_agent"] in ("EPERM", "ESRCH"), got
+    assert got["agent_mem"] in ("EPERM", "EACCES"), got
+    assert int(got["agent_CapBnd"], 16) & (1 << 21) == 0, got

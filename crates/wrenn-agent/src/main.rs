@@ -154,12 +154,24 @@ fn positive(key: &str, v: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("{key} needs a positive number, got {v:?}"))
 }
 
+/// Process-wide hardening, while the process has a single thread (every later thread and child
+/// inherits it).
+///
+/// With CAP_SYS_ADMIN (the capsule's agent: over the capsule's user namespace only) the seccomp
+/// filter is loaded without `no_new_privs`, then CAP_SYS_ADMIN is dropped from every set, the
+/// bounding set included: children may gain privileges through setuid binaries (`sudo` as in
+/// Docker), but never beyond the capsule's bounding set and never outside the filter. Without
+/// it (an agent run by a host user) `no_new_privs` is set first, as the kernel requires.
+/// Last, the agent makes itself not dumpable: no process of the capsule, capsule root
+/// included (it lacks CAP_SYS_PTRACE), can ptrace it or read its memory.
 fn harden(args: &Args) -> Result<(), String> {
     if !sys::is_pid1() {
         sys::set_child_subreaper().map_err(|e| error_chain(&e))?;
     }
-    sys::set_no_new_privs().map_err(|e| error_chain(&e))?;
-    sys::set_not_dumpable().map_err(|e| error_chain(&e))?;
+    let privileged = sys::has_effective_cap(sys::CAP_SYS_ADMIN).map_err(|e| error_chain(&e))?;
+    if !privileged {
+        sys::set_no_new_privs().map_err(|e| error_chain(&e))?;
+    }
     if let Some(path) = &args.seccomp {
         let program = std::fs::read(path)
             .map_err(|e| format!("cannot read seccomp program {}: {e}", path.display()))?;
@@ -171,6 +183,10 @@ fn harden(args: &Args) -> Result<(), String> {
             )
         })?;
     }
+    if privileged {
+        sys::drop_cap(sys::CAP_SYS_ADMIN).map_err(|e| error_chain(&e))?;
+    }
+    sys::set_not_dumpable().map_err(|e| error_chain(&e))?;
     Ok(())
 }
 

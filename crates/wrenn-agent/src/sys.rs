@@ -57,7 +57,8 @@ fn prctl(option: libc::c_int, name: &'static str, arg: libc::c_ulong) -> Result<
     Ok(())
 }
 
-/// `PR_SET_NO_NEW_PRIVS`: no exec may gain privileges (needed for an unprivileged seccomp filter).
+/// `PR_SET_NO_NEW_PRIVS`: no exec may gain privileges (lets a process without CAP_SYS_ADMIN
+/// load a seccomp filter).
 pub fn set_no_new_privs() -> Result<(), HardenError> {
     prctl(libc::PR_SET_NO_NEW_PRIVS, "PR_SET_NO_NEW_PRIVS", 1)
 }
@@ -65,6 +66,102 @@ pub fn set_no_new_privs() -> Result<(), HardenError> {
 /// `PR_SET_DUMPABLE 0`: processes of the same uid cannot ptrace the agent or read its memory.
 pub fn set_not_dumpable() -> Result<(), HardenError> {
     prctl(libc::PR_SET_DUMPABLE, "PR_SET_DUMPABLE", 0)
+}
+
+/// `CAP_SYS_ADMIN` (linux/capability.h).
+pub const CAP_SYS_ADMIN: u32 = 21;
+
+/// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
+const CAP_V3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+fn capget() -> Result<[CapData; 2], HardenError> {
+    let mut hdr = CapHeader {
+        version: CAP_V3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: `hdr` and `data` are valid for writes for the call; version 3 makes the kernel
+    // write exactly two `CapData` entries.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()) };
+    if rc == -1 {
+        return Err(HardenError::Prctl {
+            option: "capget",
+            source: Errno::last(),
+        });
+    }
+    Ok(data)
+}
+
+/// Whether the calling thread has capability `cap` in its effective set.
+pub fn has_effective_cap(cap: u32) -> Result<bool, HardenError> {
+    let data = capget()?;
+    let (word, bit) = ((cap / 32) as usize, cap % 32);
+    Ok(data
+        .get(word)
+        .is_some_and(|d| d.effective & (1 << bit) != 0))
+}
+
+/// Drops capability `cap` for good: from the bounding set (`PR_CAPBSET_DROP`, so no later exec
+/// of a setuid or file-capability binary can grant it back), the ambient set, and the
+/// effective, permitted and inheritable sets of the calling thread. Call it while the process
+/// has a single thread.
+pub fn drop_cap(cap: u32) -> Result<(), HardenError> {
+    prctl(
+        libc::PR_CAPBSET_DROP,
+        "PR_CAPBSET_DROP",
+        libc::c_ulong::from(cap),
+    )?;
+    // SAFETY: PR_CAP_AMBIENT_CLEAR_ALL takes no pointer; unused arguments are zero.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if rc == -1 {
+        return Err(HardenError::Prctl {
+            option: "PR_CAP_AMBIENT_CLEAR_ALL",
+            source: Errno::last(),
+        });
+    }
+    let mut data = capget()?;
+    let (word, bit) = ((cap / 32) as usize, cap % 32);
+    if let Some(d) = data.get_mut(word) {
+        d.effective &= !(1 << bit);
+        d.permitted &= !(1 << bit);
+        d.inheritable &= !(1 << bit);
+    }
+    let hdr = CapHeader {
+        version: CAP_V3,
+        pid: 0,
+    };
+    // SAFETY: both pointers are valid for reads for the call; version 3 makes the kernel read
+    // exactly two `CapData` entries.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &hdr, data.as_ptr()) };
+    if rc == -1 {
+        return Err(HardenError::Prctl {
+            option: "capset",
+            source: Errno::last(),
+        });
+    }
+    Ok(())
 }
 
 /// `PR_SET_CHILD_SUBREAPER`: orphans below us are re-parented to us (prctl(2)), so we reap them

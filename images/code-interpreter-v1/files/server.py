@@ -8,6 +8,11 @@ no JSON re-encoding of every message in between.
 Routes: `POST /execute` (an NDJSON stream, one line per kernel message, flushed as produced),
 `GET|POST /contexts`, `DELETE /contexts/{id}`, `POST /contexts/{id}/restart`, `GET /health`
 (200 once the default python context runs code; the template's readiness probe).
+
+The sandbox's default environment (create's `envVars`, `E2B_SANDBOX_ID`, ...) reaches envd,
+which this service cannot call (no TCP listener in the capsule); the agent also writes it to
+SANDBOX_ENV (root only), and it is applied to a kernel before each execution whenever it
+changed since that kernel last had it.
 """
 
 import asyncio
@@ -27,6 +32,8 @@ JUPYTER = os.environ.get("WRENN_JUPYTER_URL", "http://127.0.0.1:8888")
 PORT = int(os.environ.get("WRENN_CI_PORT", "49999"))
 # Written by start-jupyter.py once Jupyter Server and its pre-started kernel are ready.
 JUPYTER_READY = os.environ.get("WRENN_JUPYTER_READY", "/dev/shm/wrenn-jupyter-ready")
+# The sandbox's default environment, written by the agent on each `PUT /envd-config`.
+SANDBOX_ENV = os.environ.get("WRENN_SANDBOX_ENV", "/run/wrenn-envd/env.json")
 KERNEL = "wrenn"
 DEFAULT_CWD = "/home/user"
 KEEPALIVE_SEC = 5.0
@@ -58,10 +65,36 @@ SET_ENV = (
     "(lambda o, e: (setattr(o, '_wrenn_saved_env', {{k: o.environ.get(k) for k in e}}),"
     " o.environ.update(e)))(__import__('os'), {env})"
 )
+APPLY_SANDBOX_ENV = (
+    "(lambda o, e, gone: ([o.environ.pop(k, None) for k in gone], o.environ.update(e)))"
+    "(__import__('os'), {env}, {gone})"
+)
 RESTORE_ENV = (
     "(lambda o: [o.environ.pop(k, None) if v is None else o.environ.__setitem__(k, v)"
     " for k, v in o.__dict__.pop('_wrenn_saved_env', {}).items()])(__import__('os'))"
 )
+
+
+_sandbox_env = {"key": None, "env": {}}
+
+
+def sandbox_env():
+    """The sandbox's default environment ({} before the agent wrote any); re-read on change."""
+    try:
+        st = os.stat(SANDBOX_ENV)
+    except OSError:
+        return {}
+    key = (st.st_mtime_ns, st.st_size, st.st_ino)
+    if key != _sandbox_env["key"]:
+        try:
+            with open(SANDBOX_ENV, encoding="utf-8") as f:
+                env = json.load(f)
+        except (OSError, ValueError):
+            return _sandbox_env["env"]
+        if isinstance(env, dict):
+            _sandbox_env["env"] = {str(k): str(v) for k, v in env.items()}
+        _sandbox_env["key"] = key
+    return _sandbox_env["env"]
 
 
 class Gone(Exception):
@@ -120,6 +153,8 @@ class Context:
         self.cwd = cwd
         self.client = None
         self.pid = None
+        # The sandbox environment this kernel has (None: not applied since it started).
+        self.sandbox_env = None
         self.lock = asyncio.Lock()
 
     def json(self):
@@ -193,10 +228,25 @@ class Context:
     def lost(self):
         """Forgets the kernel's process: the next cell waits for it and runs init again."""
         self.pid = None
+        self.sandbox_env = None
+
+    async def apply_sandbox_env(self):
+        """Brings the kernel's environment up to the sandbox's, if that changed."""
+        env = sandbox_env()
+        if env == self.sandbox_env or (not env and self.sandbox_env is None):
+            return
+        gone = sorted(set(self.sandbox_env or {}) - set(env))
+        code = APPLY_SANDBOX_ENV.format(env=json.dumps(env), gone=json.dumps(gone))
+        reply = await self.silent(code)
+        if reply.get("status") != "ok":
+            why = reply.get("evalue", reply)
+            raise RuntimeError(f"cannot set the sandbox environment: {why}")
+        self.sandbox_env = env
 
     async def execute(self, code, env_vars, emit, gone):
         """Runs `code`, calling `emit(line)` for each output; `gone()` says the caller left."""
         await self.ready()
+        await self.apply_sandbox_env()
         if env_vars:
             await self.silent(SET_ENV.format(env=json.dumps(env_vars)))
         try:

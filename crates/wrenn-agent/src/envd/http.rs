@@ -102,13 +102,18 @@ pub async fn envs(State(state): State<SharedState>) -> Json<BTreeMap<String, Str
     Json(default_envs(&state))
 }
 
-/// `PUT /envd-config` (server only).
+/// `PUT /envd-config` (server only); also publishes the environment to
+/// [`super::envfile::ENV_FILE`].
 pub async fn put_config(
     State(state): State<SharedState>,
     config: Result<Json<EnvdConfig>, JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
     let Json(config) = config.map_err(json_rejection)?;
     state.envd.set_config(config);
+    // Best effort: envd's own processes have the environment either way.
+    if let Err(e) = super::envfile::publish(&default_envs(&state)) {
+        tracing::warn!(error = %e, path = super::envfile::ENV_FILE, "cannot write the sandbox environment file");
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -3,11 +3,13 @@
 //!
 //! Modules: [`connect`] (framing, errors, JSON conventions), [`process`] (`process.Process`),
 //! [`filesystem`] (`filesystem.Filesystem`), [`http`] (`/health`, `/files`, `/envs` and
-//! `PUT /envd-config`). The server checks the access token before it forwards anything here;
-//! this module decides the user of each call (`Authorization: Basic`, else the sandbox's
-//! default user) and resolves `~` and relative paths against that user's home.
+//! `PUT /envd-config`), [`envfile`] (the default environment for in-capsule services). The
+//! server checks the access token before it forwards anything here; this module decides the
+//! user of each call (`Authorization: Basic`, else the sandbox's default user) and resolves
+//! `~` and relative paths against that user's home.
 
 pub mod connect;
+pub mod envfile;
 pub mod filesystem;
 pub mod http;
 mod output;

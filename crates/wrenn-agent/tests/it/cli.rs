@@ -48,10 +48,28 @@ async fn serves_under_a_seccomp_filter_inherited_by_children() {
     std::fs::write(&filter, &prog).expect("write");
     let agent = TestAgent::start_with(&["--seccomp", filter.to_str().expect("utf8")]).await;
     let r = agent
-        .run(sh("grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status"))
+        .run(sh(
+            "grep -E '^(Seccomp|NoNewPrivs|CapBnd|CapPrm):' /proc/self/status",
+        ))
         .await;
-    assert!(r.stdout.contains("NoNewPrivs:\t1"), "{r:?}");
     assert!(r.stdout.contains("Seccomp:\t2"), "{r:?}");
+    let caps = |name: &str| {
+        r.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .expect("cap line")
+    };
+    const SYS_ADMIN: u64 = 1 << 21;
+    if caps("CapBnd:") & SYS_ADMIN != 0 && caps("CapPrm:") == 0 {
+        // An unprivileged agent: the filter took no_new_privs.
+        assert!(r.stdout.contains("NoNewPrivs:\t1"), "{r:?}");
+    } else {
+        // A privileged agent loaded it with CAP_SYS_ADMIN and then dropped that for good.
+        assert!(r.stdout.contains("NoNewPrivs:\t0"), "{r:?}");
+        assert_eq!(caps("CapBnd:") & SYS_ADMIN, 0, "{r:?}");
+        assert_eq!(caps("CapPrm:") & SYS_ADMIN, 0, "{r:?}");
+    }
 }
 
 /// Makes `fd` the child's fd 3 (without close-on-exec), as the runtime's launcher does.

@@ -17,8 +17,9 @@
 //!    libcontainer would join it only after entering the capsule's user namespace, which has
 //!    no rights over a namespace the host owns) and allows unprivileged ICMP echo sockets in
 //!    it (`net.ipv4.ping_group_range`, as Docker: ping without CAP_NET_RAW).
-//!    Then it mounts a sysfs of that namespace read-only at the capsule's `/sys` in a mount
-//!    namespace of its own (see [`mount_sysfs`]).
+//!    Then, in a mount namespace of its own, it clears `nosuid` on the capsule's root path
+//!    (see [`allow_setuid_inside`]) and mounts a sysfs of that namespace read-only at the
+//!    capsule's `/sys` (see [`mount_sysfs`]).
 //! 5. The launcher builds and starts the container (detached; the container's own stdio is
 //!    /dev/null, never the reply pipe, so nothing keeps that pipe open after the launcher exits).
 //! 6. The launcher writes one JSON [`LaunchReply`] line to stdout and exits 0 (1 on error),
@@ -60,6 +61,9 @@ pub struct LaunchRequest {
     pub netns: PathBuf,
     /// Where the capsule's `/sys` is mounted (its root path's `sys`), see [`mount_sysfs`].
     pub sysfs: PathBuf,
+    /// The capsule's root path (the bind of its overlay that the spec names), honouring
+    /// setuid in the launcher's mount namespace only, see [`allow_setuid_inside`].
+    pub rootfs: PathBuf,
 }
 
 /// Result of one launch.
@@ -145,17 +149,9 @@ fn join_netns(path: &Path) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Mounts a sysfs, read-only, `nosuid,nodev,noexec`, at `target` (the capsule's `/sys`, in its
-/// root path), in a new mount namespace of this process that receives but never sends mount
-/// events.
-///
-/// Capsule root cannot mount a sysfs itself: that takes CAP_SYS_ADMIN over the user namespace
-/// owning the network namespace, which is the host's. A bind of the host's `/sys` (what runc
-/// does) would show the host's network interfaces. A sysfs shows the network namespace of
-/// whoever mounts it, so we mount it here, after joining the capsule's; libcontainer's mount
-/// namespace is a copy of this one, where the mount is locked (capsule root can neither
-/// unmount it nor make it writable).
-fn mount_sysfs(target: &Path) -> Result<(), BoxError> {
+/// Moves this (single-threaded) process into a new mount namespace that receives but never
+/// sends mount events.
+fn private_mount_namespace() -> Result<(), BoxError> {
     use nix::mount::{mount, MsFlags};
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
         .map_err(|e| format!("unshare mount namespace: {e}"))?;
@@ -167,6 +163,41 @@ fn mount_sysfs(target: &Path) -> Result<(), BoxError> {
         None::<&str>,
     )
     .map_err(|e| format!("make mounts slave: {e}"))?;
+    Ok(())
+}
+
+/// Remounts the capsule's root path (`rootfs`, a bind of its overlay) without `nosuid` (still
+/// `nodev`), in the launcher's own mount namespace only: the capsule's mount namespace is a
+/// copy of this one, so setuid binaries (`sudo`) work inside, while the host's mounts of the
+/// same overlay (`rootfs/` and the bind at `rootfs`) stay `nosuid` for every host user.
+///
+/// Setuid inside raises a capsule user to *capsule* root at most: an unprivileged host uid of
+/// the capsule's user namespace, with the capsule's capability bounding set and its seccomp
+/// filter (see `docs/architecture.md`, trust zones).
+fn allow_setuid_inside(rootfs: &Path) -> Result<(), BoxError> {
+    use nix::mount::{mount, MsFlags};
+    mount(
+        None::<&str>,
+        rootfs,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .map_err(|e| format!("remount capsule root without nosuid: {e}"))?;
+    Ok(())
+}
+
+/// Mounts a sysfs, read-only, `nosuid,nodev,noexec`, at `target` (the capsule's `/sys`, in its
+/// root path), in the launcher's own mount namespace (see [`private_mount_namespace`]).
+///
+/// Capsule root cannot mount a sysfs itself: that takes CAP_SYS_ADMIN over the user namespace
+/// owning the network namespace, which is the host's. A bind of the host's `/sys` (what runc
+/// does) would show the host's network interfaces. A sysfs shows the network namespace of
+/// whoever mounts it, so we mount it here, after joining the capsule's; libcontainer's mount
+/// namespace is a copy of this one, where the mount is locked (capsule root can neither
+/// unmount it nor make it writable).
+fn mount_sysfs(target: &Path) -> Result<(), BoxError> {
+    use nix::mount::{mount, MsFlags};
     std::fs::create_dir_all(target).map_err(|e| format!("create /sys: {e}"))?;
     mount(
         Some("sysfs"),
@@ -186,6 +217,8 @@ fn launch(req: &LaunchRequest) -> Result<i32, BoxError> {
     // First, before anything else takes fd 3. Kept open until the container init exists.
     let _listener = bind_agent_socket(&req.agent_socket)?;
     join_netns(&req.netns)?;
+    private_mount_namespace()?;
+    allow_setuid_inside(&req.rootfs)?;
     mount_sysfs(&req.sysfs)?;
     let null = || {
         std::fs::OpenOptions::new()

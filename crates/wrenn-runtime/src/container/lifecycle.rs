@@ -182,6 +182,7 @@ impl ContainerRuntime {
                 agent_socket: dirs.agent_socket(),
                 netns: record.net.netns_path(),
                 sysfs: dirs.run_root().join("sys"),
+                rootfs: dirs.run_root(),
             })
             .await
             .map_err(|source| RuntimeError::Launch {

@@ -8,11 +8,15 @@
 //! capsule id; the overlay root; /proc, /dev, /dev/pts, /dev/shm, /dev/mqueue (the read-only
 //! /sys is mounted by the launcher: capsule root has no CAP_SYS_ADMIN over the host-owned
 //! network namespace, so it cannot mount a sysfs); runc's masked and read-only paths; Docker's default
-//! capabilities minus CAP_NET_RAW and CAP_MKNOD; no_new_privs; NOFILE rlimit; a positive OOM
+//! capabilities minus CAP_NET_RAW and CAP_MKNOD, plus CAP_SYS_ADMIN (over the capsule's user
+//! namespace) for the agent's start only; no `no_new_privs` (as Docker: setuid `sudo` works
+//! inside); NOFILE rlimit; a positive OOM
 //! score; a devpts instance of at most [`PTY_MAX`] terminals; cpu (quota and cpuset), memory
 //! (+swap, same value, so no swap) and pids limits under `/wrenn/<id>`; the agent as PID 1
 //! with stdio on /dev/null. No seccomp section: the agent installs the precompiled filter
-//! itself (see [`super::seccomp`]).
+//! itself (see [`super::seccomp`]), with CAP_SYS_ADMIN instead of `no_new_privs`, then drops
+//! CAP_SYS_ADMIN from every set, the bounding set included, before it serves: no capsule
+//! process ever holds more than [`CAPABILITIES`].
 //!
 //! Not here: the network namespace, which the launcher joins before libcontainer runs
 //! (libcontainer would join it from inside the new user namespace, where setns(2) on a
@@ -47,6 +51,16 @@ pub const CAPABILITIES: &[&str] = &[
     "CAP_KILL",
     "CAP_AUDIT_WRITE",
 ];
+
+/// The agent's capabilities at exec: [`CAPABILITIES`] plus CAP_SYS_ADMIN, which loading a
+/// seccomp filter without `no_new_privs` takes and which the agent drops before serving.
+fn agent_start_capabilities() -> Vec<&'static str> {
+    CAPABILITIES
+        .iter()
+        .copied()
+        .chain(["CAP_SYS_ADMIN"])
+        .collect()
+}
 
 /// runc's default masked paths.
 const MASKED: &[&str] = &[
@@ -107,7 +121,7 @@ pub const CAPSULE_OOM_SCORE_ADJ: i32 = 500;
 pub fn build(i: &SpecInput<'_>) -> Value {
     let mem = u64::from(i.memory_mb) * 1024 * 1024;
     let quota = i64::from(i.vcpus.max(1)) * 100_000;
-    let caps = CAPABILITIES;
+    let caps = agent_start_capabilities();
     json!({
         "ociVersion": "1.0.2",
         "hostname": i.id,
@@ -130,7 +144,7 @@ pub fn build(i: &SpecInput<'_>) -> Value {
                 "bounding": caps, "effective": caps, "permitted": caps,
             },
             "rlimits": [ { "type": "RLIMIT_NOFILE", "hard": i.nofile, "soft": i.nofile } ],
-            "noNewPrivileges": true,
+            "noNewPrivileges": false,
             "oomScoreAdj": CAPSULE_OOM_SCORE_ADJ,
         },
         "mounts": [
@@ -197,6 +211,18 @@ mod tests {
             .expect("caps");
         assert!(!caps.contains(&oci_spec::runtime::Capability::NetRaw));
         assert!(!caps.contains(&oci_spec::runtime::Capability::Mknod));
+        // The agent starts with CAP_SYS_ADMIN (it drops it itself) and without no_new_privs.
+        assert!(caps.contains(&oci_spec::runtime::Capability::SysAdmin));
+        assert!(!CAPABILITIES.contains(&"CAP_SYS_ADMIN"));
+        assert_eq!(
+            caps.len(),
+            CAPABILITIES.len() + 1,
+            "CAPABILITIES + CAP_SYS_ADMIN"
+        );
+        assert_eq!(
+            spec.process().as_ref().and_then(|p| p.no_new_privileges()),
+            Some(false)
+        );
         assert_eq!(spec.hostname().as_deref(), Some("cl-test"));
         let args = spec.process().as_ref().and_then(|p| p.args().clone());
         assert_eq!(

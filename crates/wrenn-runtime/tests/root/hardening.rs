@@ -120,6 +120,15 @@ async fn setuid_files_of_capsule_root_are_private_and_nosuid_on_the_host() {
     assert!(opts.split(',').any(|o| o == "nodev"), "{opts}");
     let st = nix::sys::statvfs::statvfs(&merged).expect("statvfs");
     assert!(st.flags().contains(nix::sys::statvfs::FsFlags::ST_NOSUID));
+    // So is the bind the capsule's init starts from, on the host ...
+    let run_root = Path::new("/run/wrenn/root").join(c.id());
+    let opts = mount_options(&run_root).expect("capsule root bound");
+    assert!(opts.split(',').any(|o| o == "nosuid"), "{opts}");
+    // ... while the capsule's own mount of its root honours setuid (sudo works inside).
+    let r = sh(&c, "awk '$5 == \"/\" { print $6 }' /proc/self/mountinfo").await;
+    assert!(!r.stdout.trim().is_empty(), "{r:?}");
+    assert!(!r.stdout.contains("nosuid"), "{r:?}");
+    assert!(r.stdout.contains("nodev"), "{r:?}");
     // So is the capsule's disk, which holds the upper copy.
     if cdir.join("disk.img").exists() {
         let opts = mount_options(&cdir.join("disk")).expect("disk mounted");

@@ -142,16 +142,26 @@ async fn capsule_sees_only_its_own_processes() {
     );
     let r = sh(
         &c,
-        "grep -c . /proc/self/mountinfo; cat /proc/self/status | grep -E 'CapEff|NoNewPrivs|Seccomp:'",
+        "grep -c . /proc/self/mountinfo; cat /proc/self/status | grep -E 'CapEff|CapBnd|NoNewPrivs|Seccomp:'; \
+         grep -E 'NoNewPrivs|CapBnd|CapPrm' /proc/1/status",
     )
     .await;
-    assert!(r.stdout.contains("NoNewPrivs:\t1"), "{r:?}");
+    // No no_new_privs (setuid works inside, as in Docker), but the filter is there.
+    assert!(r.stdout.contains("NoNewPrivs:\t0"), "{r:?}");
     assert!(
         r.stdout.contains("Seccomp:\t2"),
         "seccomp filter not loaded: {r:?}"
     );
     // Docker's a80425fb minus CAP_NET_RAW (bit 13) and CAP_MKNOD (bit 27).
     assert!(r.stdout.contains("CapEff:\t00000000a00405fb"), "{r:?}");
+    // The bounding set is the same (no CAP_SYS_ADMIN, bit 21), for the agent (PID 1) too, which
+    // loaded the filter with it and dropped it before serving.
+    assert_eq!(
+        r.stdout.matches("CapBnd:\t00000000a00405fb").count(),
+        2,
+        "{r:?}"
+    );
+    assert!(r.stdout.contains("CapPrm:\t00000000a00405fb"), "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -180,10 +180,24 @@ async fn started(
     Ok(live)
 }
 
+/// Sends envd the sandbox's defaults: create's `envVars` plus, as upstream's envd has them,
+/// `E2B_SANDBOX_ID` and `E2B_TEMPLATE_ID` (these win over a create-time variable of the same
+/// name; `E2B_SANDBOX=true` is the agent's).
 async fn configure(live: &LiveCapsule, row: &E2bRow) -> Result<(), E2bError> {
-    envd::configure(live.agent(), &row.env_vars)
+    envd::configure(live.agent(), &sandbox_env(row, &live.snapshot().template))
         .await
         .map_err(|e| E2bError::internal("envd in the sandbox did not answer", e))
+}
+
+/// The default environment of the sandbox of `row`, made from `template`.
+fn sandbox_env(row: &E2bRow, template: &str) -> BTreeMap<String, String> {
+    let mut env = row.env_vars.clone();
+    env.insert(
+        "E2B_SANDBOX_ID".to_owned(),
+        ids::sandbox_id(&row.capsule_id).to_owned(),
+    );
+    env.insert("E2B_TEMPLATE_ID".to_owned(), template.to_owned());
+    env
 }
 
 /// `GET /sandboxes/{id}`.
@@ -379,6 +393,27 @@ mod tests {
                 StatusCode::BAD_REQUEST
             );
         }
+    }
+
+    #[test]
+    fn the_sandbox_env_names_the_sandbox_and_its_template() {
+        let row = E2bRow {
+            capsule_id: "cl-abc123".to_owned(),
+            access_token: String::new(),
+            end_at: Utc::now(),
+            auto_pause: false,
+            env_vars: BTreeMap::from([
+                ("MODE".to_owned(), "test".to_owned()),
+                ("E2B_SANDBOX_ID".to_owned(), "spoofed".to_owned()),
+            ]),
+        };
+        let env = sandbox_env(&row, "base");
+        assert_eq!(env.get("MODE").map(String::as_str), Some("test"));
+        assert_eq!(
+            env.get("E2B_SANDBOX_ID").map(String::as_str),
+            Some("abc123")
+        );
+        assert_eq!(env.get("E2B_TEMPLATE_ID").map(String::as_str), Some("base"));
     }
 
     #[test]
