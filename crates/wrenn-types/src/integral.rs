@@ -1,6 +1,7 @@
 //! Integer fields that also take a JSON number with an integral value (`145.0`): JSON Schema's
 //! `integer` is a value, not a spelling, so a document that says `integer` must accept both.
-//! A fraction, or a value out of the field's range, is still refused.
+//! A fraction, a value out of the field's range, or a float too large to be exact (beyond
+//! 2^53, where `-9223372036854775809` parses to the in-range `-2^63`) is still refused.
 //!
 //! Use with `#[serde(deserialize_with = "crate::integral::deserialize")]`, or
 //! `#[serde(default, deserialize_with = "crate::integral::option")]` on an `Option`.
@@ -40,8 +41,9 @@ where
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
-        // Every f64 in ±2^64 with no fraction is exactly an i128; larger ones fit no field.
-        if v.is_finite() && v.fract() == 0.0 && v.abs() < 18_446_744_073_709_551_616.0 {
+        // Only below 2^53 is a float's integer value exact: a larger one may be an integer
+        // literal out of the field's range that the parser rounded into it.
+        if v.is_finite() && v.fract() == 0.0 && v.abs() <= 9_007_199_254_740_992.0 {
             #[allow(clippy::cast_possible_truncation)]
             return Self::fit(v as i128);
         }
@@ -150,6 +152,8 @@ mod tests {
             r#"{"small": true}"#,
             r#"{"small": 1, "signed": 9223372036854775808}"#,
             r#"{"small": 1, "signed": 9.3e18}"#,
+            r#"{"small": 1, "signed": -9223372036854775809}"#,
+            r#"{"small": 1, "signed": -9.2e18}"#,
             r#"{"small": 1, "signed": 0.5}"#,
         ] {
             assert!(parse(bad).is_err(), "{bad}");
