@@ -6,7 +6,8 @@ set -euo pipefail
 
 need_apt=()
 for pkg in debootstrap busybox-static nftables iproute2 pkg-config gcc libc6-dev \
-           ca-certificates curl python3 python3-venv git file tmux chromium libnss-myhostname; do
+           ca-certificates curl python3 python3-venv git file tmux chromium libnss-myhostname \
+           qemu-system-x86 qemu-utils lz4; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -29,4 +30,6 @@ if ! command -v cargo >/dev/null 2>&1; then
   }
   export PATH="$HOME/.cargo/bin:$PATH"
 fi
+# The microVM runtime's guest kernel, prepared once into $WRENN_CACHE.
+echo "==> microVM guest kernel in $("$(dirname "$0")/microvm-kernel.sh")"
 echo "==> dependencies ready ($(cargo --version))"

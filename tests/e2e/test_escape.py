@@ -246,8 +246,12 @@ def test_mountinfo_names_no_team_template_or_disk(make_capsule, wrenn_client, se
         info = child.commands.run("cat /proc/self/mountinfo").stdout
         root = [line for line in info.splitlines() if line.split()[4] == "/"]
         assert root and "overlay" in root[0], info
-        for leak in ("team-", "/templates/", "/capsules/", "disk", str(server.data_dir) + "/t"):
+        for leak in ("team-", "/templates/", "/capsules/", "disk", str(server.data_dir),
+                     str(server.cache)):
             assert leak not in info, f"{leak!r} visible in the capsule's mountinfo:\n{info}"
+        # The agent's read-only dir is bound from a neutral host dir, not the data dir.
+        wrenn = [line for line in info.splitlines() if line.split()[4] == "/.wrenn"]
+        assert wrenn and "/wrenn/rt/" in wrenn[0].split()[3], info
         assert child.capsule_id in root[0]
         child.destroy(wait=True)
     finally:

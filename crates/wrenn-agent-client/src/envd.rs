@@ -14,7 +14,7 @@ impl AgentClient {
     /// `PUT /envd-config`: the sandbox's envd defaults (environment, user, working directory).
     pub async fn put_envd_config(&self, config: &EnvdConfig) -> Result<(), AgentError> {
         let resp = self
-            .send_json(Method::PUT, ENVD_CONFIG_PATH, config)
+            .send_json(Method::PUT, ENVD_CONFIG_PATH, config, self.wait())
             .await?;
         // Drain the (empty) answer so the connection closes cleanly.
         let _ = resp.into_body().collect().await;

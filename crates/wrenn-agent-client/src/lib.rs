@@ -2,7 +2,9 @@
 //! vsock behind a unix socket (see [`transport`]).
 //!
 //! One fresh HTTP/1.1 connection per request (the agent is local, connects are cheap), so the
-//! client holds no connection state and is trivially `Clone`. The WebSocket endpoints have typed
+//! client holds no connection state and is trivially `Clone`. Every call is bounded by the
+//! client's [`Deadlines`] (see [`deadline`]): a stopped or hung agent fails the call with
+//! [`AgentError::Timeout`], never hangs it. The WebSocket endpoints have typed
 //! helpers ([`AgentClient::exec_stream`], [`AgentClient::attach`], [`AgentClient::pty_start`],
 //! [`AgentClient::pty_connect`]) speaking the message types of [`wrenn_types::stream`];
 //! [`AgentClient::websocket`] opens any endpoint raw.
@@ -21,6 +23,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt, TryStreamExt};
@@ -34,14 +38,17 @@ use serde::Serialize;
 use tokio_tungstenite::WebSocketStream;
 use wrenn_types::agent::{
     AgentEndpoint, BackgroundStarted, ExecRequest, ExecResult, Health, KillSignal, ProcessList,
+    DEFAULT_EXEC_TIMEOUT_SEC,
 };
 use wrenn_types::error::{AgentErrorCode, ErrorBody};
 use wrenn_types::files::{EntryResponse, FileEntry, ListRequest, ListResponse, PathRequest};
 
+pub mod deadline;
 pub mod envd;
 pub mod stream;
 pub mod transport;
 
+pub use deadline::{Deadlines, Phase};
 pub use stream::{PtyEvent, PtyEvents, PtyInput, StreamCommands, StreamEvents};
 pub use tokio_tungstenite;
 pub use transport::AgentStream;
@@ -83,6 +90,14 @@ pub enum AgentError {
     /// The agent's answer was not the expected JSON.
     #[error("cannot decode agent response")]
     Decode(#[source] BoxError),
+    /// The agent did not get through a phase of the call within its deadline.
+    #[error("capsule agent did not {phase} within {}s", .after.as_secs_f32())]
+    Timeout {
+        /// What it did not do in time.
+        phase: Phase,
+        /// The deadline that ran out.
+        after: std::time::Duration,
+    },
     /// The agent's answer was larger than the client accepts.
     #[error("agent response exceeds {limit} bytes")]
     TooLarge {
@@ -129,6 +144,7 @@ pub struct GuestFacts {
 pub struct AgentClient {
     endpoint: AgentEndpoint,
     limits: Limits,
+    deadlines: Deadlines,
 }
 
 /// Body size limits (lowered in tests).
@@ -172,7 +188,14 @@ impl AgentClient {
         Self {
             endpoint: endpoint.into(),
             limits: Limits::default(),
+            deadlines: Deadlines::default(),
         }
+    }
+
+    /// The same client with other deadlines.
+    pub fn with_deadlines(mut self, deadlines: Deadlines) -> Self {
+        self.deadlines = deadlines;
+        self
     }
 
     /// Where this client connects.
@@ -180,45 +203,81 @@ impl AgentClient {
         &self.endpoint
     }
 
-    async fn connect(&self) -> Result<AgentStream, AgentError> {
-        transport::connect(&self.endpoint)
-            .await
-            .map_err(|source| AgentError::Connect {
-                endpoint: self.endpoint.clone(),
-                source,
-            })
+    /// The deadlines of this client's calls.
+    pub fn deadlines(&self) -> Deadlines {
+        self.deadlines
     }
 
-    /// Sends one request on a fresh connection; non-2xx answers become [`AgentError::Api`].
+    async fn connect(&self) -> Result<AgentStream, AgentError> {
+        let after = self.deadlines.connect;
+        match tokio::time::timeout(after, transport::connect(&self.endpoint)).await {
+            Ok(r) => r.map_err(|source| AgentError::Connect {
+                endpoint: self.endpoint.clone(),
+                source,
+            }),
+            Err(_) => Err(AgentError::Timeout {
+                phase: Phase::Connect,
+                after,
+            }),
+        }
+    }
+
+    /// Sends one request on a fresh connection and waits for its answer's head as `wait`
+    /// says; non-2xx answers become [`AgentError::Api`].
     async fn send(
         &self,
         method: Method,
         path_and_query: &str,
         content_type: Option<&str>,
         body: ReqBody,
+        wait: Wait,
     ) -> Result<Response<Incoming>, AgentError> {
         let stream = self.connect().await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(transport)?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path_and_query)
-            .header(header::HOST, "localhost");
-        if let Some(ct) = content_type {
-            req = req.header(header::CONTENT_TYPE, ct);
+        let exchange = async {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(transport)?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let mut req = Request::builder()
+                .method(method)
+                .uri(path_and_query)
+                .header(header::HOST, "localhost");
+            if let Some(ct) = content_type {
+                req = req.header(header::CONTENT_TYPE, ct);
+            }
+            let req = req.body(body).map_err(transport)?;
+            let resp = sender.send_request(req).await.map_err(transport)?;
+            if resp.status().is_success() {
+                return Ok(resp);
+            }
+            let status = resp.status();
+            let body = collect_truncated(resp.into_body(), self.limits.error).await?;
+            Err(api_error(status, &body))
+        };
+        match wait {
+            Wait::For(after) => {
+                tokio::time::timeout(after, exchange)
+                    .await
+                    .unwrap_or(Err(AgentError::Timeout {
+                        phase: Phase::Answer,
+                        after,
+                    }))
+            }
+            Wait::Upload(upload) => {
+                let after = self.deadlines.request;
+                tokio::select! {
+                    r = exchange => r,
+                    phase = upload.stalled(after) => Err(AgentError::Timeout { phase, after }),
+                }
+            }
         }
-        let req = req.body(body).map_err(transport)?;
-        let resp = sender.send_request(req).await.map_err(transport)?;
-        if resp.status().is_success() {
-            return Ok(resp);
-        }
-        let status = resp.status();
-        let body = collect_truncated(resp.into_body(), self.limits.error).await?;
-        Err(api_error(status, &body))
+    }
+
+    /// [`Wait::For`] the request deadline.
+    fn wait(&self) -> Wait {
+        Wait::For(self.deadlines.request)
     }
 
     async fn send_json<B: Serialize>(
@@ -226,19 +285,23 @@ impl AgentClient {
         method: Method,
         path: &str,
         body: &B,
+        wait: Wait,
     ) -> Result<Response<Incoming>, AgentError> {
         let json = serde_json::to_vec(body).map_err(|e| AgentError::Decode(e.into()))?;
         let body = Full::new(Bytes::from(json))
             .map_err(|never| match never {})
             .boxed_unsync();
-        self.send(method, path, Some("application/json"), body)
+        self.send(method, path, Some("application/json"), body, wait)
             .await
     }
 
     /// `GET /health`.
     pub async fn health(&self) -> Result<Health, AgentError> {
-        self.decode(self.send(Method::GET, "/health", None, empty()).await?)
-            .await
+        self.decode(
+            self.send(Method::GET, "/health", None, empty(), self.wait())
+                .await?,
+        )
+        .await
     }
 
     /// What the capsule says about itself (`GET /health`): the facts a server shows as capsule
@@ -253,7 +316,17 @@ impl AgentClient {
 
     /// `POST /exec`: a foreground run's result, or a started background process.
     pub async fn exec(&self, req: &ExecRequest) -> Result<ExecOutcome, AgentError> {
-        let resp = self.send_json(Method::POST, "/exec", req).await?;
+        // The agent answers a foreground run when its own timeout (30 s when none) runs out.
+        let wait = if req.background {
+            self.wait()
+        } else {
+            let secs = match req.timeout_sec {
+                None | Some(0) => DEFAULT_EXEC_TIMEOUT_SEC,
+                Some(t) => t,
+            };
+            Wait::For(Duration::from_secs(secs).saturating_add(self.deadlines.exec_grace))
+        };
+        let resp = self.send_json(Method::POST, "/exec", req, wait).await?;
         if resp.status() == StatusCode::ACCEPTED {
             Ok(ExecOutcome::Started(self.decode(resp).await?))
         } else {
@@ -263,8 +336,11 @@ impl AgentClient {
 
     /// `GET /processes`.
     pub async fn processes(&self) -> Result<ProcessList, AgentError> {
-        self.decode(self.send(Method::GET, "/processes", None, empty()).await?)
-            .await
+        self.decode(
+            self.send(Method::GET, "/processes", None, empty(), self.wait())
+                .await?,
+        )
+        .await
     }
 
     /// `DELETE /processes/{selector}?signal=`: `selector` is a decimal pid or a tag.
@@ -273,7 +349,8 @@ impl AgentClient {
             "/processes/{}?signal={signal}",
             percent_encode(selector, false)
         );
-        self.send(Method::DELETE, &path, None, empty()).await?;
+        self.send(Method::DELETE, &path, None, empty(), self.wait())
+            .await?;
         Ok(())
     }
 
@@ -283,21 +360,24 @@ impl AgentClient {
             path: path.to_string(),
             depth,
         };
-        self.decode(self.send_json(Method::POST, "/files/list", &req).await?)
-            .await
+        self.decode(
+            self.send_json(Method::POST, "/files/list", &req, self.wait())
+                .await?,
+        )
+        .await
     }
 
     /// `POST /files/mkdir` (`mkdir -p`; `already_exists` when it is a directory already).
     pub async fn mkdir(&self, path: &str) -> Result<FileEntry, AgentError> {
         let resp = self
-            .send_json(Method::POST, "/files/mkdir", &path_req(path))
+            .send_json(Method::POST, "/files/mkdir", &path_req(path), self.wait())
             .await?;
         Ok(self.decode::<EntryResponse>(resp).await?.entry)
     }
 
     /// `POST /files/remove` (recursive).
     pub async fn remove(&self, path: &str) -> Result<(), AgentError> {
-        self.send_json(Method::POST, "/files/remove", &path_req(path))
+        self.send_json(Method::POST, "/files/remove", &path_req(path), self.wait())
             .await?;
         Ok(())
     }
@@ -305,7 +385,7 @@ impl AgentClient {
     /// `POST /files/stat`.
     pub async fn stat(&self, path: &str) -> Result<FileEntry, AgentError> {
         self.decode(
-            self.send_json(Method::POST, "/files/stat", &path_req(path))
+            self.send_json(Method::POST, "/files/stat", &path_req(path), self.wait())
                 .await?,
         )
         .await
@@ -317,7 +397,7 @@ impl AgentClient {
         path: &str,
     ) -> Result<(Option<u64>, BoxStream<'static, Result<Bytes, AgentError>>), AgentError> {
         let resp = self
-            .send_json(Method::POST, "/files/read", &path_req(path))
+            .send_json(Method::POST, "/files/read", &path_req(path), self.wait())
             .await?;
         let len = resp
             .headers()
@@ -333,16 +413,28 @@ impl AgentClient {
     where
         S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     {
+        let upload = deadline::Upload::new();
+        let body = deadline::Watched {
+            inner: Box::pin(body),
+            upload: upload.clone(),
+        };
         let body = StreamBody::new(body.map_ok(Frame::data)).boxed_unsync();
         let uri = format!("/files/write?path={}", percent_encode(path, true));
-        self.send(Method::POST, &uri, Some("application/octet-stream"), body)
+        let ct = Some("application/octet-stream");
+        self.send(Method::POST, &uri, ct, body, Wait::Upload(upload))
             .await?;
         Ok(())
     }
 
     /// Decodes a JSON answer of at most `limits.json` bytes.
     async fn decode<T: DeserializeOwned>(&self, resp: Response<Incoming>) -> Result<T, AgentError> {
-        let body = collect_limited(resp.into_body(), self.limits.json).await?;
+        let after = self.deadlines.request;
+        let body = tokio::time::timeout(after, collect_limited(resp.into_body(), self.limits.json))
+            .await
+            .map_err(|_| AgentError::Timeout {
+                phase: Phase::Answer,
+                after,
+            })??;
         serde_json::from_slice(&body).map_err(|e| AgentError::Decode(e.into()))
     }
 
@@ -355,7 +447,14 @@ impl AgentClient {
     ) -> Result<WebSocketStream<AgentStream>, AgentError> {
         let stream = self.connect().await?;
         let url = format!("ws://localhost{path_and_query}");
-        match tokio_tungstenite::client_async(url, stream).await {
+        let after = self.deadlines.request;
+        let upgrade = tokio::time::timeout(after, tokio_tungstenite::client_async(url, stream))
+            .await
+            .map_err(|_| AgentError::Timeout {
+                phase: Phase::Answer,
+                after,
+            })?;
+        match upgrade {
             Ok((ws, _)) => Ok(ws),
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 let body = resp.body().clone().unwrap_or_default();
@@ -364,6 +463,14 @@ impl AgentClient {
             Err(e) => Err(transport(e)),
         }
     }
+}
+
+/// How [`AgentClient::send`] waits for the answer's head.
+enum Wait {
+    /// At most this long.
+    For(Duration),
+    /// While the upload makes progress, then [`Deadlines::request`] after its last byte.
+    Upload(std::sync::Arc<deadline::Upload>),
 }
 
 fn path_req(path: &str) -> PathRequest {
@@ -448,6 +555,9 @@ mod tests {
         Fixed(&'static str, Vec<u8>),
         /// "200 OK" and an endless chunked body.
         Endless,
+        /// Nothing: the connection stays open and unread after the request head, as with a
+        /// stopped agent.
+        Silent,
     }
 
     /// A fake agent on a fresh socket, answering every connection with `answer`.
@@ -477,6 +587,9 @@ mod tests {
                         }
                     }
                     match answer {
+                        Answer::Silent => {
+                            std::future::pending::<()>().await;
+                        }
                         Answer::Fixed(status, body) => {
                             let head = format!(
                                 "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
@@ -501,6 +614,119 @@ mod tests {
             }
         });
         (AgentClient::new(&socket), dir)
+    }
+
+    fn short() -> Deadlines {
+        Deadlines {
+            connect: Duration::from_millis(200),
+            request: Duration::from_millis(300),
+            exec_grace: Duration::from_millis(100),
+        }
+    }
+
+    /// Asserts `r` timed out in `phase` after `after`, and took about that long.
+    async fn times_out<T: std::fmt::Debug>(
+        call: impl std::future::Future<Output = Result<T, AgentError>>,
+        phase: Phase,
+        after: Duration,
+    ) {
+        let started = std::time::Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .expect("the call is bounded");
+        match r {
+            Err(AgentError::Timeout { phase: p, after: a }) => {
+                assert_eq!((p, a), (phase, after));
+            }
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        assert!(started.elapsed() >= after, "{:?}", started.elapsed());
+        assert!(started.elapsed() < after + Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn a_silent_agent_times_every_call_out() {
+        let (client, dir) = fake_agent(Answer::Silent).await;
+        let client = client.with_deadlines(short());
+        let request = short().request;
+        times_out(client.health(), Phase::Answer, request).await;
+        times_out(client.list("/", 1), Phase::Answer, request).await;
+        let read = async { client.read("/x").await.map(|(len, _)| len) };
+        times_out(read, Phase::Answer, request).await;
+        times_out(client.websocket("/pty"), Phase::Answer, request).await;
+        let mut bg = ExecRequest::from(wrenn_types::agent::ProcessSpec::new("true", [""; 0]));
+        bg.background = true;
+        times_out(client.exec(&bg), Phase::Answer, request).await;
+        // A foreground run waits its own timeout plus the grace.
+        let mut fg = bg.clone();
+        fg.background = false;
+        fg.timeout_sec = Some(1);
+        let fg_wait = Duration::from_secs(1) + short().exec_grace;
+        times_out(client.exec(&fg), Phase::Answer, fg_wait).await;
+        // A small upload goes out whole, then no answer comes.
+        let one = futures_util::stream::iter([Ok(Bytes::from_static(b"x"))]);
+        times_out(client.write("/x", one), Phase::Answer, request).await;
+        // A large one stops when the agent stops taking bytes.
+        let chunk = Bytes::from(vec![0u8; 1 << 16]);
+        let endless = futures_util::stream::repeat_with(move || Ok(chunk.clone()));
+        times_out(client.write("/x", endless), Phase::Upload, request).await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_silent_vsock_forwarder_times_the_connect_out() {
+        let dir =
+            std::env::temp_dir().join(format!("wrenn-agent-client-fwd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("vsock.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        let client = AgentClient::new(AgentEndpoint::HybridVsock { path, port: 1024 })
+            .with_deadlines(short());
+        times_out(client.health(), Phase::Connect, short().connect).await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_slow_upload_source_is_not_the_agents_fault() {
+        // An agent that reads everything and answers at the end.
+        let dir =
+            std::env::temp_dir().join(format!("wrenn-agent-client-slow-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let socket = dir.join("agent.sock");
+        let _ = std::fs::remove_file(&socket);
+        let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut conn, _) = listener.accept().await.expect("accept");
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            // The chunked body ends with "0\r\n\r\n".
+            while !seen.ends_with(b"0\r\n\r\n") {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = conn.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+        });
+        let client = AgentClient::new(&socket).with_deadlines(short());
+        // Slower than the request deadline in total, but the agent always keeps up.
+        let slow = futures_util::stream::iter(0..4).then(|_| async {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            Ok(Bytes::from_static(b"chunk"))
+        });
+        client
+            .write("/x", slow)
+            .await
+            .expect("a slow source is fine");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     fn processes_json(pad: usize) -> Vec<u8> {

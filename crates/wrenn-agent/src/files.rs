@@ -1,12 +1,17 @@
 //! File endpoints (contract §8): streamed read and atomic streamed write, list, mkdir, remove,
 //! stat. They run as the agent's user (root).
 //!
+//! Only regular files (and, where it makes sense, directories) are read or written: a FIFO, a
+//! socket or a device file is refused at once with `invalid_request`, before it is opened and
+//! again on the opened file (`O_NONBLOCK`, so even a FIFO swapped in between cannot block), so
+//! no request can hang an agent thread on a pipe nobody writes or stream `/dev/zero` forever.
+//!
 //! Errors keep the errno's meaning: ENOENT → `not_found`, ENOTDIR → `not_a_directory`, EISDIR →
 //! `is_a_directory`, EEXIST → `already_exists`, EACCES/EPERM/EROFS → `permission_denied`.
 
 use std::fs::{self, Metadata};
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use axum::body::Body;
@@ -78,6 +83,47 @@ pub(crate) fn io_error(op: &str, path: &str, e: &io::Error) -> ApiError {
     ApiError::new(code, format!("{op} {path}: {reason}"))
 }
 
+/// The kind of a file the files API refuses to open: FIFO, socket or device.
+fn special_kind(ft: fs::FileType) -> Option<&'static str> {
+    if ft.is_fifo() {
+        Some("fifo")
+    } else if ft.is_socket() {
+        Some("socket")
+    } else if ft.is_char_device() {
+        Some("character device")
+    } else if ft.is_block_device() {
+        Some("block device")
+    } else {
+        None
+    }
+}
+
+/// Refuses `meta` when it is a FIFO, socket or device file.
+fn refuse_special(op: &str, path: &str, meta: &Metadata) -> Result<(), ApiError> {
+    match special_kind(meta.file_type()) {
+        Some(kind) => Err(ApiError::invalid(format!(
+            "{op} {path}: not a regular file ({kind})"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Opens `path` for reading, refusing special files before and after the open; the open
+/// never blocks (`O_NONBLOCK`) and never takes a controlling terminal.
+fn open_regular(path: &str) -> Result<(fs::File, Metadata), ApiError> {
+    let before = fs::metadata(path).map_err(|e| io_error("read", path, &e))?;
+    refuse_special("read", path, &before)?;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| io_error("read", path, &e))?;
+    // What was opened, whatever the path names by now.
+    let meta = file.metadata().map_err(|e| io_error("read", path, &e))?;
+    refuse_special("read", path, &meta)?;
+    Ok((file, meta))
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -89,13 +135,11 @@ async fn blocking<T: Send + 'static>(
 /// `POST /files/read`: the file's bytes, streamed, with its length.
 pub async fn read(req: Result<Json<PathRequest>, JsonRejection>) -> Result<Response, ApiError> {
     let path = check_path(&req.map_err(json_rejection)?.0.path)?;
-    let file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| io_error("read", &path, &e))?;
-    let meta = file
-        .metadata()
-        .await
-        .map_err(|e| io_error("read", &path, &e))?;
+    let (file, meta) = {
+        let path = path.clone();
+        blocking(move || open_regular(&path)).await?
+    };
+    let file = tokio::fs::File::from_std(file);
     if meta.is_dir() {
         return Err(ApiError::new(
             AgentErrorCode::IsADirectory,
@@ -160,7 +204,8 @@ pub async fn write(
                     AgentErrorCode::IsADirectory,
                     format!("write {path}: is a directory"),
                 )),
-                Ok(m) => Ok(Some(m.permissions())),
+                // The rename would replace it; a pipe or a device is not a file to upload to.
+                Ok(m) => refuse_special("write", &path, &m).map(|()| Some(m.permissions())),
                 Err(_) => Ok(None),
             }
         })
@@ -323,7 +368,6 @@ pub(crate) fn entry_of(names: &Names, path: &str) -> io::Result<(FileEntry, Meta
 
 /// `ls -l` style mode string; `L` first for symlinks.
 fn permissions(meta: &Metadata) -> String {
-    use std::os::unix::fs::FileTypeExt;
     let ft = meta.file_type();
     let first = if ft.is_symlink() {
         'L'
@@ -475,6 +519,32 @@ mod tests {
             list_n(&wide.path().join("d0"), 1, 10),
             Err(ListError::TooMany { max: 10 })
         ));
+    }
+
+    #[test]
+    fn special_files_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("mkfifo");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&fifo, &link).expect("symlink");
+        let sock = dir.path().join("sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+        for (p, kind) in [
+            (fifo.as_path(), "fifo"),
+            (link.as_path(), "fifo"),
+            (sock.as_path(), "socket"),
+            (Path::new("/dev/zero"), "character device"),
+        ] {
+            let e = open_regular(&p.to_string_lossy()).expect_err("refused");
+            assert_eq!(e.code, AgentErrorCode::InvalidRequest, "{}", p.display());
+            assert!(e.message.ends_with(&format!("({kind})")), "{}", e.message);
+        }
+        let file = dir.path().join("file");
+        fs::write(&file, b"x").expect("file");
+        assert!(open_regular(&file.to_string_lossy()).is_ok());
+        assert!(open_regular(&dir.path().to_string_lossy()).is_ok());
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub enum LaunchError {
     /// The pipes could not be registered with the runtime.
     #[error("cannot watch pipes")]
     WatchPipes(#[source] io::Error),
-    /// The process table refused the child (its tag is taken).
+    /// The process table refused the child (its tag is taken, or the table is full).
     #[error(transparent)]
     Track(#[from] ProcessError),
 }
@@ -52,6 +52,7 @@ pub fn launch_io(
     chunk: usize,
     keep_stdin: bool,
 ) -> Result<(u32, Option<pipe::Sender>), LaunchError> {
+    state.procs.check_room()?;
     let io = if keep_stdin {
         ChildIo::PipesWithStdin
     } else {

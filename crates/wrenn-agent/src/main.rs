@@ -4,8 +4,9 @@
 //! Run with: `wrenn-agent --listen-fd 3 [--seccomp /.wrenn/seccomp.bpf]` (in a capsule: the
 //! runtime binds the socket on a host-only path and hands the listening socket over as fd 3),
 //! `wrenn-agent --socket PATH [--seccomp FILE]` (the agent binds `PATH` itself; host-run tests),
-//! or `wrenn-agent --listen-vsock PORT` (in a microVM; it may be given beside either of the
-//! others).
+//! `wrenn-agent --listen-vsock PORT` (in a microVM with vsock; it may be given beside either of
+//! the others) or `wrenn-agent --listen-serial NAME` (a microVM's init: it mounts what the
+//! guest needs, then serves over the virtio-serial port `NAME`, see `serial` and `guest`).
 //!
 //! Startup order matters: the process-wide `prctl`s and the seccomp filter are installed while
 //! the process still has a single thread, so every runtime thread and every child inherits them.
@@ -22,6 +23,7 @@ mod launch;
 mod processes;
 mod pty;
 mod reaper;
+mod serial;
 mod server;
 mod spawn;
 mod state;
@@ -43,14 +45,18 @@ use crate::error::error_chain;
 use crate::state::AppState;
 
 const USAGE: &str =
-    "usage: wrenn-agent [--listen-fd N | --socket PATH] [--listen-vsock PORT] [--seccomp FILE]
+    "usage: wrenn-agent [--listen-fd N | --socket PATH] [--listen-vsock PORT] [--listen-serial NAME]
+                   [--seccomp FILE] [--max-processes N] [--max-ptys N]
 
   --listen-fd N        serve on the already listening unix socket inherited as fd N
   --socket PATH        bind a unix socket at PATH (a stale file there is replaced)
   --listen-vsock PORT  also (or only) serve on this AF_VSOCK port, any local context id
+  --listen-serial NAME also (or only) serve yamux streams over the virtio-serial port NAME
   --seccomp FILE       install this classic BPF program (raw sock_filter array) before serving
+  --max-processes N    track at most N processes (default 512); more are refused
+  --max-ptys N         keep at most N live PTY sessions (default 64); more are refused
 
-At least one of --listen-fd, --socket and --listen-vsock is required.";
+At least one of --listen-fd, --socket, --listen-vsock and --listen-serial is required.";
 
 /// Where the agent serves.
 #[derive(Debug, PartialEq, Eq)]
@@ -67,13 +73,22 @@ struct Args {
     listen: Option<Listen>,
     /// The vsock port, if any.
     vsock: Option<u32>,
+    /// The virtio-serial port name, if any.
+    serial: Option<String>,
     seccomp: Option<PathBuf>,
+    /// Cap of the process table.
+    max_processes: usize,
+    /// Cap of the PTY table.
+    max_ptys: usize,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut listen = None;
     let mut vsock = None;
+    let mut serial = None;
     let mut seccomp = None;
+    let mut max_processes = processes::DEFAULT_MAX_PROCESSES;
+    let mut max_ptys = pty::DEFAULT_MAX_SESSIONS;
     while let Some(arg) = args.next() {
         let (key, inline) = match arg.split_once('=') {
             Some((k, v)) => (k.to_string(), Some(v.to_string())),
@@ -108,20 +123,35 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                     .ok_or_else(|| format!("--listen-vsock needs a port number, got {v:?}"))?;
                 vsock = Some(port);
             }
+            "--listen-serial" => serial = Some(value()?).filter(|n| !n.is_empty()),
             "--seccomp" => seccomp = Some(PathBuf::from(value()?)),
+            "--max-processes" => max_processes = positive(&key, &value()?)?,
+            "--max-ptys" => max_ptys = positive(&key, &value()?)?,
             "-h" | "--help" => return Err(String::new()),
             "-V" | "--version" => return Err(format!("wrenn-agent {}", env!("CARGO_PKG_VERSION"))),
             other => return Err(format!("unknown argument: {other}")),
         }
     }
-    if listen.is_none() && vsock.is_none() {
-        return Err("one of --listen-fd, --socket and --listen-vsock is required".into());
+    if listen.is_none() && vsock.is_none() && serial.is_none() {
+        return Err(
+            "one of --listen-fd, --socket, --listen-vsock and --listen-serial is required".into(),
+        );
     }
     Ok(Args {
         listen,
         vsock,
+        serial,
         seccomp,
+        max_processes,
+        max_ptys,
     })
+}
+
+fn positive(key: &str, v: &str) -> Result<usize, String> {
+    v.parse::<usize>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{key} needs a positive number, got {v:?}"))
 }
 
 fn harden(args: &Args) -> Result<(), String> {
@@ -222,7 +252,7 @@ async fn serve(
     args: Args,
     inherited: Option<std::os::unix::net::UnixListener>,
 ) -> Result<(), String> {
-    let state = Arc::new(AppState::default());
+    let state = Arc::new(AppState::new(args.max_processes, args.max_ptys));
     state
         .reaper
         .start()
@@ -243,6 +273,13 @@ async fn serve(
         ),
         None => None,
     };
+    let serial = match &args.serial {
+        Some(name) => Some(
+            serial::SerialListener::bind(name)
+                .map_err(|e| format!("cannot serve on serial port {name}: {e}"))?,
+        ),
+        None => None,
+    };
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
     let mut sigint =
@@ -250,6 +287,7 @@ async fn serve(
     tracing::info!(
         listen = ?args.listen,
         vsock = ?args.vsock,
+        serial = ?args.serial,
         version = env!("CARGO_PKG_VERSION"),
         "agent serving"
     );
@@ -266,7 +304,14 @@ async fn serve(
             None => std::future::pending().await,
         }
     };
+    let serve_serial = async {
+        match serial {
+            Some(l) => axum::serve(l, app.clone()).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
+        r = serve_serial => r.map_err(|e| format!("serial server failed: {e}"))?,
         r = serve_unix => r.map_err(|e| format!("server failed: {e}"))?,
         r = serve_vsock => r.map_err(|e| format!("vsock server failed: {e}"))?,
         _ = sigterm.recv() => {}
@@ -307,11 +352,23 @@ mod tests {
         assert_eq!((a.listen, a.vsock), (Some(Listen::Fd(3)), Some(52)));
         assert!(parse(&["--listen-vsock", "x"]).is_err());
         assert!(parse(&["--listen-vsock", "4294967295"]).is_err());
+        let a = parse(&["--listen-serial", "agent"]).expect("valid");
+        assert_eq!(a.serial.as_deref(), Some("agent"));
+        assert!(parse(&["--listen-serial="]).is_err());
         assert!(parse(&[]).is_err());
         assert!(parse(&["--socket"]).is_err());
         assert!(parse(&["--socket", "/s", "--bogus"]).is_err());
         assert!(parse(&["--listen-fd", "1"]).is_err());
         assert!(parse(&["--listen-fd", "x"]).is_err());
         assert!(parse(&["--listen-fd", "3", "--socket", "/s"]).is_err());
+        let a = parse(&["--socket", "/s", "--max-processes", "8", "--max-ptys=2"]).expect("caps");
+        assert_eq!((a.max_processes, a.max_ptys), (8, 2));
+        let a = parse(&["--socket", "/s"]).expect("default caps");
+        assert_eq!(
+            (a.max_processes, a.max_ptys),
+            (processes::DEFAULT_MAX_PROCESSES, pty::DEFAULT_MAX_SESSIONS)
+        );
+        assert!(parse(&["--socket", "/s", "--max-ptys", "0"]).is_err());
+        assert!(parse(&["--socket", "/s", "--max-processes", "x"]).is_err());
     }
 }

@@ -20,6 +20,10 @@ use wrenn_types::error::AgentErrorCode;
 use crate::reaper::ExitReceiver;
 use crate::sys;
 
+/// Processes the agent tracks at most by default (foreground, background and PTY ones): below
+/// the capsule's pids limit, so a full table answers a clear error before `fork` fails.
+pub const DEFAULT_MAX_PROCESSES: usize = 512;
+
 /// How long output is still collected after the process exited, for pipes that a detached
 /// grandchild keeps open.
 const DRAIN_GRACE: Duration = Duration::from_millis(300);
@@ -45,6 +49,12 @@ pub enum ProcessError {
         /// The decimal pid or tag asked for.
         selector: String,
     },
+    /// The table holds its cap of processes already.
+    #[error("too many processes: the capsule's agent tracks at most {max}")]
+    TooMany {
+        /// The cap.
+        max: usize,
+    },
     /// `kill(2)` failed for another reason than the group being gone.
     #[error("cannot signal process {pid}")]
     Signal {
@@ -63,6 +73,7 @@ impl ProcessError {
             Self::NotFound { .. } => AgentErrorCode::NotFound,
             Self::TagTaken { .. } => AgentErrorCode::AlreadyExists,
             Self::NoOutputStream { .. } => AgentErrorCode::InvalidRequest,
+            Self::TooMany { .. } => AgentErrorCode::LimitReached,
             Self::Signal { .. } => AgentErrorCode::Internal,
         }
     }
@@ -87,15 +98,40 @@ struct Tracked {
     events: Option<broadcast::Sender<ProcEvent>>,
 }
 
-/// Running processes by pid.
-#[derive(Debug, Default)]
+/// Running processes by pid, at most `max` of them. A record leaves the table when its process
+/// has exited and its output is drained, so finished processes hold nothing.
+#[derive(Debug)]
 pub struct ProcessTable {
     inner: Mutex<HashMap<u32, Tracked>>,
+    max: usize,
+}
+
+impl Default for ProcessTable {
+    fn default() -> Self {
+        Self::with_max(DEFAULT_MAX_PROCESSES)
+    }
 }
 
 impl ProcessTable {
+    /// An empty table tracking at most `max` processes.
+    pub fn with_max(max: usize) -> Self {
+        Self {
+            inner: Mutex::new(HashMap::new()),
+            max,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<u32, Tracked>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Fails with [`ProcessError::TooMany`] when the table is full: checked before a spawn so
+    /// a full table never forks (`insert` checks again).
+    pub fn check_room(&self) -> Result<(), ProcessError> {
+        if self.lock().len() >= self.max {
+            return Err(ProcessError::TooMany { max: self.max });
+        }
+        Ok(())
     }
 
     /// Whether a running process carries `tag`.
@@ -103,7 +139,8 @@ impl ProcessTable {
         self.lock().values().any(|t| t.tag.as_deref() == Some(tag))
     }
 
-    /// Tracks `pid`; fails with `already_exists` when `tag` is taken.
+    /// Tracks `pid`; fails with `already_exists` when `tag` is taken, `limit_reached` when the
+    /// table is full.
     pub fn insert(
         &self,
         pid: u32,
@@ -113,6 +150,9 @@ impl ProcessTable {
         events: Option<broadcast::Sender<ProcEvent>>,
     ) -> Result<(), ProcessError> {
         let mut inner = self.lock();
+        if inner.len() >= self.max {
+            return Err(ProcessError::TooMany { max: self.max });
+        }
         if let Some(tag) = &tag {
             if inner.values().any(|t| t.tag.as_ref() == Some(tag)) {
                 return Err(ProcessError::TagTaken { tag: tag.clone() });

@@ -37,6 +37,8 @@ use crate::state::SharedState;
 use crate::sys;
 use crate::ws::{close, first_text, send_json, PING_PERIOD};
 
+/// Live PTY sessions per capsule by default; another `start` is refused with `limit_reached`.
+pub const DEFAULT_MAX_SESSIONS: usize = 64;
 /// Output kept for replay on re-attach.
 pub const RING_BYTES: usize = 64 * 1024;
 /// Largest binary frame sent.
@@ -199,13 +201,39 @@ impl PtySession {
     }
 }
 
-/// Live sessions by tag.
-#[derive(Debug, Default)]
+/// Live sessions by tag, at most `max` of them.
+#[derive(Debug)]
 pub struct PtyTable {
     inner: Mutex<HashMap<String, Arc<PtySession>>>,
+    max: usize,
+}
+
+impl Default for PtyTable {
+    fn default() -> Self {
+        Self::with_max(DEFAULT_MAX_SESSIONS)
+    }
 }
 
 impl PtyTable {
+    /// An empty table holding at most `max` live sessions.
+    pub fn with_max(max: usize) -> Self {
+        Self {
+            inner: Mutex::new(HashMap::new()),
+            max,
+        }
+    }
+
+    /// The `limit_reached` error of a full table.
+    fn full(&self) -> ApiError {
+        ApiError::new(
+            AgentErrorCode::LimitReached,
+            format!(
+                "too many pty sessions: the capsule's agent keeps at most {}",
+                self.max
+            ),
+        )
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<PtySession>>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -239,6 +267,11 @@ pub(crate) fn start_session(
         if cols == 0 { 80 } else { cols },
         if rows == 0 { 24 } else { rows },
     );
+    // Checked before the fork so a full table costs nothing; checked again on insert.
+    if state.ptys.lock().len() >= state.ptys.max {
+        return Err(state.ptys.full());
+    }
+    state.procs.check_room()?;
     let internal = |what: &str, e: io::Error| {
         ApiError::new(AgentErrorCode::Internal, format!("cannot {what}: {e}"))
     };
@@ -260,6 +293,10 @@ pub(crate) fn start_session(
     };
     let session = {
         let mut ptys = state.ptys.lock();
+        if ptys.len() >= state.ptys.max {
+            let _ = sys::kill_group(pid, libc::SIGKILL);
+            return Err(state.ptys.full());
+        }
         let mut tag = spawn::new_tag("pty-");
         while ptys.contains_key(&tag) || state.procs.tag_in_use(&tag) {
             tag = spawn::new_tag("pty-");

@@ -20,5 +20,17 @@ pub struct AppState {
     pub envd: EnvdState,
 }
 
+impl AppState {
+    /// Empty tables capped at `max_processes` tracked processes and `max_ptys` PTY sessions.
+    pub fn new(max_processes: usize, max_ptys: usize) -> Self {
+        Self {
+            reaper: Arc::default(),
+            procs: ProcessTable::with_max(max_processes),
+            ptys: PtyTable::with_max(max_ptys),
+            envd: EnvdState::default(),
+        }
+    }
+}
+
 /// Handle to [`AppState`].
 pub type SharedState = Arc<AppState>;

@@ -67,6 +67,12 @@ enum Command {
         /// Do not build the `minimal` template in the background at start-up.
         #[arg(long)]
         no_prebuild: bool,
+        /// Capsule backend: `container` (namespaces), `microvm` (QEMU guests: KVM when a
+        /// probe guest boots with it, else software emulation, TCG) or `auto` (microvm when a
+        /// KVM probe guest boots within a few seconds, else container). The log says which
+        /// and why.
+        #[arg(long = "runtime", env = "WRENN_RUNTIME", value_enum, default_value_t = RuntimeChoice::Container)]
+        runtime_kind: RuntimeChoice,
         /// Memory limits of live capsules may add up to host memory × this; beyond, creates
         /// answer 503 `host_unavailable`.
         #[arg(long, env = "WRENN_MEMORY_OVERCOMMIT", default_value_t = 4.0)]
@@ -281,6 +287,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             listen,
             runtime,
             no_prebuild,
+            runtime_kind,
             memory_overcommit,
             max_capsules,
             disk_mb,
@@ -295,7 +302,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         } => {
             let warm = wrenn_server::WarmTargets::parse(&warm).map_err(anyhow::Error::msg)?;
             let data_dir = runtime.dir.dir.clone();
-            let rt = container_runtime(&runtime)?;
+            let rt = select_runtime(&runtime, runtime_kind).await?;
             let config = wrenn_server::ServerConfig {
                 listen,
                 data_dir,
@@ -359,6 +366,86 @@ fn container_runtime(args: &RuntimeArgs) -> anyhow::Result<Arc<ContainerRuntime>
         extra_recipes: None,
     };
     Ok(Arc::new(ContainerRuntime::new(config)?))
+}
+
+/// `wrenn serve --runtime`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RuntimeChoice {
+    /// Namespaces, cgroups, seccomp.
+    Container,
+    /// QEMU microVMs.
+    Microvm,
+    /// microvm with KVM when it boots a guest, else container.
+    Auto,
+}
+
+/// How long the KVM probe guest may take to boot.
+const KVM_PROBE_BOUND: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The backend `choice` names (see [`RuntimeChoice`]), logging which and why.
+async fn select_runtime(
+    args: &RuntimeArgs,
+    choice: RuntimeChoice,
+) -> anyhow::Result<Arc<dyn wrenn_runtime::Runtime>> {
+    use wrenn_runtime::microvm::Accel;
+    if choice == RuntimeChoice::Container {
+        tracing::info!(
+            runtime = "container",
+            "capsule runtime: container (--runtime container)"
+        );
+        return Ok(container_runtime(args)?);
+    }
+    let probe = microvm_runtime(args, Accel::Tcg);
+    let kvm = match &probe {
+        Ok(rt) => rt.probe_boot(Accel::Kvm, KVM_PROBE_BOUND).await,
+        Err(e) => Err(format!("{e:#}")),
+    };
+    match (choice, kvm) {
+        (_, Ok(took)) => {
+            tracing::info!(
+                runtime = "microvm",
+                accel = "kvm",
+                boot_ms = took.as_millis() as u64,
+                "capsule runtime: microvm, accel=kvm (a KVM probe guest booted)"
+            );
+            Ok(Arc::new(microvm_runtime(args, Accel::Kvm)?))
+        }
+        (RuntimeChoice::Auto, Err(why)) => {
+            tracing::info!(runtime = "container", reason = %why,
+                "capsule runtime: container (--runtime auto: KVM cannot boot a guest here)");
+            Ok(container_runtime(args)?)
+        }
+        (_, Err(why)) => {
+            tracing::warn!(runtime = "microvm", accel = "tcg", reason = %why,
+                "capsule runtime: microvm, accel=tcg (software emulation: guest CPU work is about 14x slower)");
+            Ok(Arc::new(probe?))
+        }
+    }
+}
+
+fn microvm_runtime(
+    args: &RuntimeArgs,
+    accel: wrenn_runtime::microvm::Accel,
+) -> anyhow::Result<wrenn_runtime::MicroVmRuntime> {
+    let data_dir = args.dir.dir.clone();
+    let cache_dir = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| data_dir.join("cache"));
+    let agent_binary = match &args.agent {
+        Some(p) => p.clone(),
+        None => find_agent()?,
+    };
+    Ok(wrenn_runtime::MicroVmRuntime::new(
+        wrenn_runtime::MicroVmConfig {
+            data_dir,
+            cache_dir,
+            agent_binary,
+            extra_recipes: None,
+            accel,
+            compress_state: true,
+        },
+    )?)
 }
 
 /// The agent next to this binary, or in the workspace's static build output.

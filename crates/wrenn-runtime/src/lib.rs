@@ -1,7 +1,7 @@
 //! Capsule runtimes: turn a template and limits into an isolated, running capsule with a
 //! `wrenn-agent` inside, and back (pause, resume, destroy).
 //!
-//! The server only sees the [`Runtime`] trait; backends (`container` now, `microvm` later) are
+//! The server only sees the [`Runtime`] trait; backends (`container`, `microvm`) are
 //! chosen at start-up. The server decides from a backend's [`Capabilities`], never from its
 //! name. Every backend hands out the [`AgentEndpoint`] the capsule's agent is reached through
 //! ([`CapsuleHandle::agent`], [`Runtime::agent_endpoint`]).
@@ -213,6 +213,7 @@ pub trait Runtime: Send + Sync + 'static {
 
 pub mod bench;
 pub mod container;
+pub mod microvm;
 pub(crate) mod services;
 pub(crate) mod sys;
 pub mod templates;
@@ -221,3 +222,4 @@ pub(crate) mod test_utils;
 pub(crate) mod tree;
 
 pub use container::{ContainerConfig, ContainerRuntime};
+pub use microvm::{MicroVmConfig, MicroVmRuntime};

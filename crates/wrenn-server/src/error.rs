@@ -113,16 +113,58 @@ impl From<AgentError> for ApiError {
         match e {
             AgentError::Api { code, message, .. } => match code {
                 AgentErrorCode::NotFound => Self::NotFound(message),
-                AgentErrorCode::AlreadyExists => Self::Conflict(message),
+                // The SDK knows no 429 code; `conflict` reaches it as WrennConflictError.
+                AgentErrorCode::AlreadyExists | AgentErrorCode::LimitReached => {
+                    Self::Conflict(message)
+                }
                 AgentErrorCode::InvalidRequest
                 | AgentErrorCode::NotADirectory
                 | AgentErrorCode::IsADirectory => Self::InvalidRequest(message),
                 AgentErrorCode::PermissionDenied => Self::Forbidden(message),
                 AgentErrorCode::Internal => Self::Agent(message),
             },
-            other => Self::Agent(format!("capsule agent unreachable: {other}")),
+            // Its own words carry no host path.
+            e @ (AgentError::Timeout { .. }
+            | AgentError::TooLarge { .. }
+            | AgentError::Decode(_)) => Self::Agent(e.to_string()),
+            // The endpoint is a host path: logged, never sent.
+            other => {
+                tracing::warn!(error = %chain(&other), "capsule agent unreachable");
+                Self::Agent("capsule agent unreachable".to_string())
+            }
         }
     }
+}
+
+/// What replaces a host path in a text a team can read.
+pub const HOST_PATH: &str = "<host path>";
+
+/// `text` (a host-side failure's error chain, shown to a team as a capsule's `error` or an
+/// event's reason) with every absolute path replaced by [`HOST_PATH`]: host failures name the
+/// data dir, the template cache, `/run/wrenn` and cgroup paths, none of which a team may see.
+/// A path starts with `/` at the start of the text or after a space, quote, `(` or `=`, and
+/// runs to the next space, quote, `:`, `,`, `;` or `)`.
+pub fn scrub_host_paths(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    let mut prev: Option<char> = None;
+    while let Some(c) = chars.next() {
+        let starts = c == '/'
+            && prev.is_none_or(|p| p.is_whitespace() || matches!(p, '"' | '\'' | '(' | '=' | '`'));
+        if !starts {
+            out.push(c);
+            prev = Some(c);
+            continue;
+        }
+        while chars.peek().is_some_and(|n| {
+            !n.is_whitespace() && !matches!(n, '"' | '\'' | ':' | ',' | ';' | ')' | '`')
+        }) {
+            chars.next();
+        }
+        out.push_str(HOST_PATH);
+        prev = Some('>');
+    }
+    out
 }
 
 /// Result of a handler.
@@ -146,5 +188,55 @@ mod tests {
 
         let missing = ApiError::NotFound("capsule x not found".into()).into_response();
         assert!(missing.extensions().get::<ServerError>().is_none());
+    }
+
+    #[test]
+    fn host_paths_are_scrubbed() {
+        assert_eq!(
+            scrub_host_paths(
+                "mount overlay /run/wrenn/ov/cl-1/l: open \"/var/lib/wrenn/capsules/cl-1/upper\" \
+                 failed (/srv/cache/templates/t-team-1/rootfs): No such file or directory"
+            ),
+            "mount overlay <host path>: open \"<host path>\" failed (<host path>): \
+             No such file or directory"
+        );
+        assert_eq!(scrub_host_paths("/data"), "<host path>");
+        assert_eq!(
+            scrub_host_paths("path=/x/y, 3/4 done"),
+            "path=<host path>, 3/4 done"
+        );
+        assert_eq!(
+            scrub_host_paths("init exited with 137"),
+            "init exited with 137"
+        );
+    }
+
+    #[test]
+    fn agent_failures_name_no_host_path() {
+        let connect = AgentError::Connect {
+            endpoint: std::path::PathBuf::from("/var/lib/wrenn/capsules/cl-x/agent.sock").into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        let timeout = AgentError::Timeout {
+            phase: wrenn_agent_client::Phase::Answer,
+            after: std::time::Duration::from_secs(20),
+        };
+        for (e, message) in [
+            (connect, "capsule agent unreachable"),
+            (timeout, "capsule agent did not answer within 20s"),
+        ] {
+            let api = ApiError::from(e);
+            assert_eq!(
+                api.status_and_code(),
+                (StatusCode::BAD_GATEWAY, "agent_error")
+            );
+            assert_eq!(api.body().error.message, message);
+        }
+        let full = ApiError::from(AgentError::Api {
+            status: 429,
+            code: AgentErrorCode::LimitReached,
+            message: "too many pty sessions".into(),
+        });
+        assert_eq!(full.status_and_code(), (StatusCode::CONFLICT, "conflict"));
     }
 }

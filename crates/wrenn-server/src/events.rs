@@ -116,14 +116,15 @@ impl Action {
         }
     }
 
-    /// `kind` failed with `error`; failures are the system's to report.
+    /// `kind` failed with `error` (its host paths scrubbed: the team reads it); failures are
+    /// the system's to report.
     pub fn failure(kind: EventKind, error: String) -> Self {
         Self {
             kind,
             outcome: Some(Outcome::Error),
             actor: system_actor(),
             metadata: None,
-            error: Some(error),
+            error: Some(crate::error::scrub_host_paths(&error)),
         }
     }
 

@@ -28,6 +28,19 @@ use serde::{Deserialize, Serialize};
 /// Socket file name inside the capsule's run directory.
 pub const AGENT_SOCKET_NAME: &str = "agent.sock";
 
+/// Name of the virtio-serial port a microVM's agent serves on.
+pub const SERIAL_PORT_NAME: &str = "agent";
+
+/// First line the host writes on a newly connected virtio-serial port; a yamux session (host
+/// = client) follows. The guest discards everything before it (the tail of an old session).
+pub const SERIAL_MUX_HELLO: &str = "WRENN-MUX/1\n";
+
+/// The guest's answer to [`SERIAL_MUX_HELLO`]; the host discards everything before it (what an
+/// old session of the guest still wrote). A host that gets no answer in time reconnects: the
+/// guest was still in an old session (it may miss the disconnect when it was saved and restored
+/// across it), and the reconnect ends that session.
+pub const SERIAL_MUX_ACK: &str = "WRENN-MUX/1 OK\n";
+
 /// Where the host reaches a capsule's agent. A runtime hands one out per capsule; the agent client
 /// connects through it. Every variant names a host-side endpoint the capsule cannot replace.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -46,6 +46,8 @@ pub enum AgentErrorCode {
     AlreadyExists,
     /// The operating system refused (403).
     PermissionDenied,
+    /// A per-capsule cap is reached: PTY sessions or tracked processes (429).
+    LimitReached,
     /// Anything else (500).
     Internal,
 }
@@ -60,6 +62,7 @@ impl AgentErrorCode {
             Self::IsADirectory => "is_a_directory",
             Self::AlreadyExists => "already_exists",
             Self::PermissionDenied => "permission_denied",
+            Self::LimitReached => "limit_reached",
             Self::Internal => "internal",
         }
     }
@@ -73,6 +76,7 @@ impl AgentErrorCode {
             "is_a_directory" => Self::IsADirectory,
             "already_exists" => Self::AlreadyExists,
             "permission_denied" => Self::PermissionDenied,
+            "limit_reached" => Self::LimitReached,
             _ => Self::Internal,
         }
     }
@@ -84,6 +88,7 @@ impl AgentErrorCode {
             Self::NotFound => 404,
             Self::AlreadyExists => 409,
             Self::PermissionDenied => 403,
+            Self::LimitReached => 429,
             Self::Internal => 500,
         }
     }

@@ -253,6 +253,7 @@ impl From<ApiError> for RpcError {
             A::NotFound => Code::NotFound,
             A::AlreadyExists => Code::AlreadyExists,
             A::PermissionDenied => Code::PermissionDenied,
+            A::LimitReached => Code::ResourceExhausted,
             A::Internal => Code::Internal,
         };
         RpcError::new(code, e.message)

@@ -178,7 +178,8 @@ async fn pty_fds_do_not_leak_into_concurrent_children() {
     use futures_util::future::join_all;
     use wrenn_agent_client::ExecOutcome;
 
-    let agent = TestAgent::start().await;
+    // 384 sessions and 384 processes: above the default caps.
+    let agent = TestAgent::start_with(&["--max-ptys", "512", "--max-processes", "1024"]).await;
     let mut sockets = Vec::new();
     let mut pids = Vec::new();
     for _ in 0..16 {

@@ -136,7 +136,7 @@ impl ContainerRuntime {
             self.inner.disk_pool.clone(),
             s.disk_mb,
         );
-        let runtime_dir = self.inner.cfg.data_dir.join("runtime");
+        let runtime_dir = self.inner.runtime_dir.clone();
         // Disk (when asked for), resolv.conf and overlay, in parallel with the network. The
         // task returns the failed step with its cause.
         let root = tokio::task::spawn_blocking(move || {

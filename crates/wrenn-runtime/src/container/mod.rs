@@ -34,11 +34,12 @@ pub(crate) mod seccomp;
 pub(crate) mod spec;
 pub(crate) mod watch;
 
-mod health;
+pub(crate) mod health;
 mod lifecycle;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -91,8 +92,53 @@ pub struct ContainerConfig {
     pub extra_recipes: Option<PathBuf>,
 }
 
-/// Mode of `data_dir/runtime` (see [`ContainerRuntime::new`]).
+/// Mode of a runtime dir (see [`runtime_dir_for`]).
 const RUNTIME_DIR_MODE: u32 = 0o755;
+/// Where runtime dirs live: outside the data dir, whose path a capsule must not learn.
+const RUNTIME_DIRS: &str = "/run/wrenn/rt";
+
+/// The dir bound read-only at every capsule's `/.wrenn` (the agent binary and the seccomp
+/// program), one per data dir: `/run/wrenn/rt/<16 hex digits of a hash of data_dir>`.
+///
+/// A bind mount shows its source's path in the capsule's `/proc/self/mountinfo`, so the source
+/// lives here rather than in the data dir: the capsule learns a hash, not where the host keeps
+/// its capsules, templates and disks.
+pub fn runtime_dir_for(data_dir: &Path) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    // FNV-1a: stable across builds, so a restarted server finds the same dir.
+    let hash = data_dir
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    Path::new(RUNTIME_DIRS).join(format!("{hash:016x}"))
+}
+
+/// Makes `dir` (a [`runtime_dir_for`] dir) and records its data dir beside it in
+/// `<dir>.owner` (outside the bound dir, so no capsule reads it). Runtime dirs whose data dir
+/// is gone (a removed test or e2e data dir) are removed on the way.
+fn make_runtime_dir(dir: &Path, data_dir: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let parent = Path::new(RUNTIME_DIRS);
+    private_dir(parent, PRIVATE_DIR_MODE)?;
+    for entry in std::fs::read_dir(parent)?.flatten() {
+        let owner_file = entry.path();
+        if owner_file.extension().is_none_or(|e| e != "owner") {
+            continue;
+        }
+        let Ok(owner) = std::fs::read(&owner_file) else {
+            continue;
+        };
+        if !Path::new(std::ffi::OsStr::from_bytes(&owner)).exists() {
+            let _ = std::fs::remove_dir_all(owner_file.with_extension(""));
+            let _ = std::fs::remove_file(&owner_file);
+        }
+    }
+    private_dir(dir, RUNTIME_DIR_MODE)?;
+    std::fs::write(dir.with_extension("owner"), data_dir.as_os_str().as_bytes())
+}
 
 /// OOM score adjustment of the process that runs the runtime (the server).
 pub const HOST_OOM_SCORE_ADJ: i32 = -1000;
@@ -144,6 +190,8 @@ struct Inner {
     /// Set up on the first egress capsule; its watchdog keeps the host table in place.
     host_net: tokio::sync::OnceCell<net::HostNet>,
     disk_pool: disk::DiskPool,
+    /// See [`runtime_dir_for`].
+    runtime_dir: PathBuf,
 }
 
 /// A live capsule this runtime manages.
@@ -194,15 +242,15 @@ impl ContainerRuntime {
             private_dir(&cfg.data_dir.join(d), PRIVATE_DIR_MODE)
                 .map_err(|e| err("create data dir", e.into()))?;
         }
-        // Bind-mounted read-only at /.wrenn: capsule root (an unprivileged host uid in its
-        // user namespace) must read and run what is in it. It holds only the agent binary and
-        // the seccomp program, and sits inside the 0700 data dir, so no other host user can
-        // reach it.
-        private_dir(&cfg.data_dir.join("runtime"), RUNTIME_DIR_MODE)
-            .map_err(|e| err("create data dir", e.into()))?;
         private_dir(&cfg.cache_dir.join("templates"), PRIVATE_DIR_MODE)
             .map_err(|e| err("create template cache dir", e.into()))?;
-        let runtime_dir = cfg.data_dir.join("runtime");
+        // Bind-mounted read-only at /.wrenn: capsule root (an unprivileged host uid in its
+        // user namespace) must read and run what is in it, through the mount. It holds only
+        // the agent binary and the seccomp program, and sits in a 0700 dir, so no other host
+        // user can reach it.
+        let runtime_dir = runtime_dir_for(&cfg.data_dir);
+        make_runtime_dir(&runtime_dir, &cfg.data_dir)
+            .map_err(|e| err("create runtime dir", e.into()))?;
         install_agent(&cfg.agent_binary, &runtime_dir.join("wrenn-agent"))
             .map_err(|e| err("install agent binary", e))?;
         seccomp::write_filter(&runtime_dir.join("seccomp.bpf"))
@@ -222,6 +270,7 @@ impl ContainerRuntime {
                 health_check: AtomicBool::new(true),
                 host_net: tokio::sync::OnceCell::new(),
                 disk_pool: disk::DiskPool::new(cfg.data_dir.join("pool")),
+                runtime_dir,
                 cfg,
             }),
         })

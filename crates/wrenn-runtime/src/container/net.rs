@@ -376,7 +376,7 @@ pub async fn destroy(net: &CapsuleNet) -> anyhow::Result<()> {
 }
 
 /// Runs `prog args` with `input` on stdin; fails with its stderr on a non-zero exit.
-async fn run_stdin(prog: &str, args: &[&str], input: &str) -> anyhow::Result<()> {
+pub(crate) async fn run_stdin(prog: &str, args: &[&str], input: &str) -> anyhow::Result<()> {
     let mut child = tokio::process::Command::new(prog)
         .args(args)
         .stdin(Stdio::piped())

@@ -46,13 +46,45 @@ async fn setuid_files_of_capsule_root_are_private_and_nosuid_on_the_host() {
     if !privileged("setuid_files_private_nosuid") {
         return;
     }
+    // A runtime dir whose data dir is gone is swept when a runtime starts.
+    let stale = Path::new("/run/wrenn/rt/0000000000000000");
+    std::fs::create_dir_all(stale).expect("stale runtime dir");
+    std::fs::write(stale.with_extension("owner"), "/nonexistent/wrenn-data").expect("owner");
     let t = TestRuntime::new();
+    assert!(!stale.exists() && !stale.with_extension("owner").exists());
     let c = t.capsule("busybox", NetworkMode::Isolated).await;
     for d in ["capsules", "templates", "state"] {
         assert_eq!(mode(&t.data_dir.join(d)), 0o700, "data_dir/{d}");
     }
-    // Capsule root (an unprivileged host uid) reads the agent and seccomp program in it.
-    assert_eq!(mode(&t.data_dir.join("runtime")), 0o755, "data_dir/runtime");
+    // Capsule root (an unprivileged host uid) reads the agent and seccomp program through
+    // the /.wrenn bind; the dir lives outside the data dir, in a dir only host root enters.
+    let rt = wrenn_runtime::container::runtime_dir_for(&t.data_dir);
+    assert_eq!(mode(&rt), 0o755, "runtime dir");
+    assert_eq!(mode(rt.parent().expect("parent")), 0o700, "runtime dirs");
+    assert!(!t.data_dir.join("runtime").exists(), "data_dir/runtime");
+    assert_eq!(
+        std::fs::read(rt.with_extension("owner")).expect("owner"),
+        t.data_dir.as_os_str().as_encoded_bytes()
+    );
+    // Neither it nor any other host path shows in the capsule's mountinfo.
+    let info = sh(&c, "cat /proc/self/mountinfo").await.stdout;
+    let data_dir = t.data_dir.to_string_lossy().into_owned();
+    for leak in [data_dir.as_str(), "/capsules/", "/templates/", "disk.img"] {
+        assert!(
+            !info.contains(leak),
+            "{leak:?} in the capsule's mountinfo:\n{info}"
+        );
+    }
+    let wrenn = info
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/.wrenn"))
+        .unwrap_or_else(|| panic!("no /.wrenn mount:\n{info}"));
+    // Its root is the runtime dir (relative to the filesystem /run is on).
+    let root = wrenn.split(' ').nth(3).unwrap_or("");
+    assert!(
+        root.starts_with('/') && rt.to_string_lossy().ends_with(root),
+        "{wrenn}"
+    );
     assert_eq!(
         mode(&cache_dir().join("templates")),
         0o700,

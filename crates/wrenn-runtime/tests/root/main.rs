@@ -17,6 +17,7 @@ mod hardening;
 mod isolation;
 mod lifecycle;
 mod limits;
+mod microvm;
 mod network;
 mod recover;
 mod services;

@@ -225,6 +225,8 @@ impl Capsules {
 
     /// Moves `live` to `error` with `reason`; publishes `kind` (an action event) as failed.
     async fn fail(&self, live: &LiveCapsule, kind: Option<EventKind>, reason: String) {
+        // The team reads the reason in the capsule's `error`: no host path in it.
+        let reason = crate::error::scrub_host_paths(&reason);
         let r = reason.clone();
         if let Ok(rec) = self
             .transition(live, &[], CapsuleStatus::Error, |c| c.error = Some(r))

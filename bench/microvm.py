@@ -1,0 +1,106 @@
+"""microVM benchmarks through the API (official SDK) against `wrenn serve --runtime microvm`.
+
+Prints one JSON object per line: name, n, p50/p90 ms (or a value), and the accelerator the
+server logged. Run by `bench/microvm.sh`, which starts the server; needs WRENN_BASE_URL,
+WRENN_API_KEY and WRENN_DIR (the server's data dir, to read saved state sizes).
+
+  microvm.create_to_first_exec   cold boot of a busybox capsule to its first `true` (no warm
+                                 CoW templates yet)
+  microvm.exec_true              one `true` round trip through the agent channel
+  microvm.pause / .resume        a 512 MiB capsule that touched 256 MiB of memory
+  microvm.pause_bytes            bytes written per pause (zstd -1)
+  microvm.rss_running_idle_mb    QEMU resident memory of an idle 512 MiB capsule
+  microvm.rss_paused_mb          host memory of a paused capsule (no QEMU runs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+from wrenn import Capsule
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def emit(name: str, xs: list[float] | None = None, value: float | None = None, **kw) -> None:
+    row: dict = {"name": name, "accel": os.environ.get("ACCEL", "tcg")}
+    if xs is not None:
+        row |= {"n": len(xs), "p50_ms": round(statistics.median(xs), 1), "p90_ms": round(pct(xs, 90), 1)}
+    if value is not None:
+        row["value"] = value
+    print(json.dumps(row | kw), flush=True)
+
+
+def qemu_rss_mb(cid: str) -> float:
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"qemu-system" in cmd and f"wrenn-{cid}".encode() in cmd:
+            for line in (p / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=5)
+    args = ap.parse_args()
+    data = Path(os.environ["WRENN_DIR"])
+
+    boots = []
+    for _ in range(args.n):
+        t = time.perf_counter()
+        cap = Capsule(template="busybox", wait=True)
+        r = cap.commands.run("true")
+        boots.append((time.perf_counter() - t) * 1e3)
+        assert r.exit_code == 0
+        cap.destroy(wait=True)
+    emit("microvm.create_to_first_exec", boots, cold_boot=True)
+
+    cap = Capsule(template="busybox", memory_mb=512, wait=True)
+    try:
+        execs = []
+        for _ in range(args.n * 4):
+            t = time.perf_counter()
+            cap.commands.run("true")
+            execs.append((time.perf_counter() - t) * 1e3)
+        emit("microvm.exec_true", execs)
+        time.sleep(2)
+        emit("microvm.rss_running_idle_mb", value=round(qemu_rss_mb(cap.capsule_id), 1), memory_mb=512)
+        # Touch 256 MiB so the saved state has something to carry.
+        cap.commands.run("sh -c 'mkdir -p /dev/shm/b && dd if=/dev/urandom of=/dev/shm/b/x bs=1M count=256 2>/dev/null'", timeout=300)
+        pauses, resumes, sizes = [], [], []
+        for _ in range(args.n):
+            t = time.perf_counter()
+            cap.pause(wait=True)
+            pauses.append((time.perf_counter() - t) * 1e3)
+            state = data / "microvm" / "capsules" / cap.capsule_id / "state"
+            sizes.append(state.stat().st_size)
+            rss_paused = qemu_rss_mb(cap.capsule_id)
+            t = time.perf_counter()
+            cap.resume(wait=True)
+            cap.commands.run("true")
+            resumes.append((time.perf_counter() - t) * 1e3)
+        emit("microvm.pause", pauses, memory_mb=512, touched_mb=256)
+        emit("microvm.resume", resumes, memory_mb=512, touched_mb=256, to_first_exec=True)
+        emit("microvm.pause_bytes", value=int(statistics.median(sizes)), compression="zstd -1")
+        emit("microvm.rss_paused_mb", value=rss_paused)
+    finally:
+        cap.destroy(wait=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+//! Deadlines of calls to the agent. The agent runs in a capsule, whose code may stop it
+//! (SIGSTOP), starve it or make it hang, so no call may wait on it without bound:
+//!
+//! - connecting (with a vsock handshake) has [`Deadlines::connect`];
+//! - a request has [`Deadlines::request`] from being sent to its answer's head (a refused
+//!   answer's error body included), and again to read a JSON answer's body; a WebSocket's
+//!   upgrade has it too;
+//! - a foreground exec waits its own timeout plus [`Deadlines::exec_grace`] (the agent kills
+//!   the process and answers when the timeout runs out);
+//! - an upload fails when the agent has not taken the next chunk for [`Deadlines::request`],
+//!   or has not answered that long after the last byte ([`Upload`]).
+//!
+//! Streams once set up (a download's bytes, WebSocket traffic) have no deadline: their reader
+//! decides how long to wait.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_util::Stream;
+
+/// How long each phase of a call to the agent may take (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// Connecting to the endpoint.
+    pub connect: Duration,
+    /// Waiting for an answer's head, reading a JSON body, an upload's progress.
+    pub request: Duration,
+    /// Added to a foreground exec's own timeout.
+    pub exec_grace: Duration,
+}
+
+impl Default for Deadlines {
+    /// 5 s to connect, 20 s per request, 5 s of exec grace: a stuck agent is reported well
+    /// before an SDK's 30 s read timeout (or its exec's `timeout + 10` s).
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            request: Duration::from_secs(20),
+            exec_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The phase of a call that ran out of time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Connecting.
+    Connect,
+    /// Waiting for the answer's head or body (or a WebSocket upgrade).
+    Answer,
+    /// The agent stopped taking an upload's bytes.
+    Upload,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Connect => "connect",
+            Self::Answer => "answer",
+            Self::Upload => "take the upload",
+        })
+    }
+}
+
+/// Where an upload is.
+const SOURCE: u8 = 0;
+const AGENT: u8 = 1;
+const DONE: u8 = 2;
+
+/// The progress of an upload body, shared between the body (which hyper polls as the agent
+/// takes bytes) and [`Upload::stalled`].
+#[derive(Debug)]
+pub(crate) struct Upload {
+    /// [`SOURCE`]: waiting for the caller's next chunk (not the agent's fault); [`AGENT`]: a
+    /// chunk was handed over and the agent has not taken it; [`DONE`]: the body ended.
+    state: AtomicU8,
+    since: Mutex<Instant>,
+}
+
+impl Upload {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            state: AtomicU8::new(SOURCE),
+            since: Mutex::new(Instant::now()),
+        })
+    }
+
+    fn set(&self, state: u8) {
+        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
+        *since = Instant::now();
+        self.state.store(state, Ordering::Release);
+    }
+
+    /// Resolves once the agent has waited on for `limit`: a chunk not taken, or no answer after
+    /// the last byte. Never resolves while the caller's own stream is slow.
+    pub(crate) async fn stalled(&self, limit: Duration) -> Phase {
+        let tick = (limit / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        loop {
+            tokio::time::sleep(tick).await;
+            let state = self.state.load(Ordering::Acquire);
+            let since = *self.since.lock().unwrap_or_else(|p| p.into_inner());
+            if state != SOURCE && since.elapsed() >= limit {
+                return if state == DONE {
+                    Phase::Answer
+                } else {
+                    Phase::Upload
+                };
+            }
+        }
+    }
+}
+
+/// A body stream that reports its progress to an [`Upload`].
+pub(crate) struct Watched<S> {
+    pub(crate) inner: S,
+    pub(crate) upload: Arc<Upload>,
+}
+
+impl<S, T, E> Stream for Watched<S>
+where
+    S: Stream<Item = Result<T, E>> + Unpin,
+{
+    type Item = Result<T, E>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        // Asked for more: the agent took everything so far.
+        self.upload.set(SOURCE);
+        let polled = Pin::new(&mut self.inner).poll_next(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(_))) => self.upload.set(AGENT),
+            Poll::Ready(_) => self.upload.set(DONE),
+            Poll::Pending => {}
+        }
+        polled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::{stream, StreamExt};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn an_untaken_chunk_stalls_but_a_slow_source_does_not() {
+        let upload = Upload::new();
+        let limit = Duration::from_millis(50);
+        // A source that never yields: the caller is slow, not the agent.
+        let mut pending = Watched {
+            inner: stream::pending::<Result<u8, ()>>(),
+            upload: Arc::clone(&upload),
+        };
+        assert!(futures_util::poll!(pending.next()).is_pending());
+        assert!(tokio::time::timeout(limit * 4, upload.stalled(limit))
+            .await
+            .is_err());
+        // A chunk handed over and never asked past.
+        let upload = Upload::new();
+        let mut one = Watched {
+            inner: stream::iter([Ok::<u8, ()>(1), Ok(2)]),
+            upload: Arc::clone(&upload),
+        };
+        assert_eq!(one.next().await, Some(Ok(1)));
+        assert_eq!(upload.stalled(limit).await, Phase::Upload);
+        // The whole body taken and no answer.
+        assert_eq!(one.next().await, Some(Ok(2)));
+        assert_eq!(one.next().await, None);
+        assert_eq!(upload.stalled(limit).await, Phase::Answer);
+    }
+}

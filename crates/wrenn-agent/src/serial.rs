@@ -1,0 +1,251 @@
+//! Serving over a virtio-serial port (`--listen-serial NAME`): the agent's transport in a
+//! microVM without vhost-vsock.
+//!
+//! The port is one byte stream to the host, so many agent connections are multiplexed over it
+//! with yamux (the host runs the client side, see `wrenn_types::agent::SERIAL_MUX_HELLO`):
+//!
+//! 1. open the port (`/dev/vportNpM`, found by its name under `/sys/class/virtio-ports`);
+//! 2. read until the host's hello line; reading EOF means no host is connected (the port
+//!    returns EOF at once then, so the agent waits [`RECONNECT_DELAY`] before opening again);
+//!    answer it with the ack line;
+//! 3. serve a yamux session in server mode, handing every inbound stream to axum;
+//! 4. on EOF or an error (the host went away: server restart, pause), drop the session and go
+//!    back to 1. Streams of the old session fail; agent state (processes, PTY sessions) stays.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use futures::future::poll_fn;
+use tokio::io::unix::AsyncFd;
+use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::sync::mpsc;
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+use wrenn_types::agent::{SERIAL_MUX_ACK, SERIAL_MUX_HELLO};
+
+use crate::sys;
+
+/// Wait before reopening the port while no host is connected.
+const RECONNECT_DELAY: Duration = Duration::from_millis(200);
+/// Longest junk read before the hello line (the tail of an old session) before giving up on it.
+const MAX_PREAMBLE: usize = 1 << 20;
+/// Accepted streams queued for axum.
+const ACCEPT_QUEUE: usize = 64;
+
+/// One multiplexed stream, as axum sees it.
+pub type SerialConn = Compat<yamux::Stream>;
+
+/// Streams of the current session, as a listener axum serves on.
+#[derive(Debug)]
+pub struct SerialListener {
+    name: String,
+    rx: mpsc::Receiver<yamux::Stream>,
+}
+
+impl SerialListener {
+    /// Finds port `name` and starts the session loop in the background.
+    pub fn bind(name: &str) -> io::Result<Self> {
+        let path = find_port(Path::new("/sys/class/virtio-ports"), name)?;
+        let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
+        tokio::spawn(session_loop(path, tx));
+        Ok(Self {
+            name: name.to_owned(),
+            rx,
+        })
+    }
+}
+
+impl axum::serve::Listener for SerialListener {
+    type Io = SerialConn;
+    /// The port name.
+    type Addr = String;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(stream) => (stream.compat(), self.name.clone()),
+            // The session loop never ends on its own.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.name.clone())
+    }
+}
+
+/// `/dev/<port>` of the virtio-serial port called `name`.
+fn find_port(class_dir: &Path, name: &str) -> io::Result<PathBuf> {
+    for entry in std::fs::read_dir(class_dir)? {
+        let entry = entry?;
+        let port_name = std::fs::read_to_string(entry.path().join("name")).unwrap_or_default();
+        if port_name.trim() == name {
+            return Ok(Path::new("/dev").join(entry.file_name()));
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("no virtio-serial port named {name:?}"),
+    ))
+}
+
+async fn session_loop(path: PathBuf, tx: mpsc::Sender<yamux::Stream>) {
+    loop {
+        match session(&path, &tx).await {
+            Ok(()) => tracing::debug!("serial host not connected"),
+            Err(error) => tracing::info!(%error, "serial session ended"),
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(RECONNECT_DELAY).await;
+    }
+}
+
+/// One host connection: hello, then yamux until EOF. `Ok` when no host was connected.
+async fn session(path: &Path, tx: &mpsc::Sender<yamux::Stream>) -> io::Result<()> {
+    let mut port = SerialPort::open(path)?;
+    if !read_hello(&mut port).await? {
+        return Ok(());
+    }
+    port.write_all(SERIAL_MUX_ACK.as_bytes()).await?;
+    tracing::info!("serial host connected");
+    let mut conn =
+        yamux::Connection::new(port.compat(), yamux::Config::default(), yamux::Mode::Server);
+    loop {
+        match poll_fn(|cx| conn.poll_next_inbound(cx)).await {
+            Some(Ok(stream)) => {
+                if tx.send(stream).await.is_err() {
+                    return Ok(());
+                }
+            }
+            Some(Err(e)) => return Err(io::Error::other(e)),
+            None => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+        }
+    }
+}
+
+/// Reads up to and including the hello line; `false` on EOF (no host connected).
+async fn read_hello<R: AsyncRead + Unpin>(port: &mut R) -> io::Result<bool> {
+    let hello = SERIAL_MUX_HELLO.as_bytes();
+    let mut matched = 0;
+    let mut seen = 0;
+    let mut byte = [0u8; 1];
+    while matched < hello.len() {
+        if port.read(&mut byte).await? == 0 {
+            return Ok(false);
+        }
+        seen += 1;
+        if seen > MAX_PREAMBLE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no hello from the host",
+            ));
+        }
+        matched = if byte[0] == hello[matched] {
+            matched + 1
+        } else if byte[0] == hello[0] {
+            1
+        } else {
+            0
+        };
+    }
+    Ok(true)
+}
+
+/// The port's character device, non-blocking under tokio.
+#[derive(Debug)]
+struct SerialPort {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl SerialPort {
+    fn open(path: &Path) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+            .open(path)?;
+        Ok(Self {
+            fd: sys::async_fd(OwnedFd::from(file))?,
+        })
+    }
+}
+
+impl AsyncRead for SerialPort {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match guard.try_io(|fd| sys::read_fd(fd.get_ref().as_fd(), unfilled)) {
+                Ok(Ok(n)) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SerialPort {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let mut guard = ready!(self.fd.poll_write_ready(cx))?;
+            match guard.try_io(|fd| sys::write_fd(fd.get_ref().as_fd(), buf)) {
+                Ok(r) => return Poll::Ready(r),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn hello_is_found_after_junk_and_eof_means_no_host() {
+        let mut input: &[u8] = b"old session tail WRENN\x00WRENN-MUX/1\nrest";
+        assert!(read_hello(&mut input).await.expect("read"));
+        assert_eq!(input, b"rest");
+        let mut empty: &[u8] = b"WRENN-MU";
+        assert!(!read_hello(&mut empty).await.expect("read"));
+    }
+
+    #[test]
+    fn finds_a_port_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (port, name) in [("vport0p0", "console"), ("vport0p1", "agent")] {
+            std::fs::create_dir(dir.path().join(port)).expect("mkdir");
+            std::fs::write(dir.path().join(port).join("name"), format!("{name}\n")).expect("w");
+        }
+        assert_eq!(
+            find_port(dir.path(), "agent").expect("found"),
+            Path::new("/dev/vport0p1")
+        );
+        assert!(find_port(dir.path(), "other").is_err());
+    }
+}

@@ -1,0 +1,612 @@
+//! Create, pause, resume, destroy and recover: the verbs that start or end QEMU processes.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::json;
+use wrenn_agent_client::AgentClient;
+use wrenn_types::agent::AGENT_SOCKET_NAME;
+
+use super::qemu::{files, VmArgs};
+use super::{
+    host_err, image, net, qemu, qmp, relay, Live, MicroVmRuntime, Vm, VmRecord, READY_TIMEOUT,
+};
+use crate::container::health;
+use crate::container::net::{self as cnet, CapsuleNet};
+use crate::container::watch::InitWatch;
+use crate::{
+    services, sys, AgentEndpoint, CapsuleHandle, CapsuleSpec, CapsuleState, NetworkMode,
+    RecoveryReport, ResourceKind, RuntimeError, Source,
+};
+
+/// How long QEMU may take to end after `quit` or SIGKILL.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long saving or loading a VM's state may take.
+const MIGRATE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Migration bandwidth cap while pausing (QEMU's default, 128 MiB/s, quadruples pause time).
+const MIGRATE_BANDWIDTH: u64 = 10 << 30;
+/// Deadline of one TCP connect of a service's port probe.
+const PORT_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// The capsule's disk in its run dir.
+const DISK: &str = "disk.qcow2";
+/// Saved state while paused.
+const STATE: &str = "state";
+/// The recovery record.
+const RECORD: &str = "vm.json";
+
+/// Capsule ids become paths, hostnames and netns names: keep them tame.
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl MicroVmRuntime {
+    /// Owner of this runtime's network slot claims (kept apart from the container runtime's).
+    fn owner(&self) -> std::path::PathBuf {
+        self.inner.cfg.data_dir.join("microvm")
+    }
+
+    pub(super) async fn create_vm(&self, s: &CapsuleSpec) -> Result<CapsuleHandle, RuntimeError> {
+        let id = s.id.as_str();
+        if !valid_id(id) {
+            return Err(host_err(
+                "validate id",
+                id,
+                anyhow::anyhow!("invalid capsule id"),
+            ));
+        }
+        let dir = self.capsule_dir(id);
+        if self.lock().contains_key(id) || dir.exists() {
+            return Err(RuntimeError::AlreadyExists {
+                kind: ResourceKind::Capsule,
+                name: id.to_owned(),
+            });
+        }
+        let template = s.source.name();
+        if matches!(s.source, Source::Snapshot(_)) && self.inner.templates.is_base(template) {
+            return Err(RuntimeError::TemplateNotFound(template.to_owned()));
+        }
+        self.inner.templates.ensure(template).await?;
+        let run = self.inner.templates.run_config(template)?;
+        let tdir = self.inner.templates.dir_of(template);
+        let base = {
+            let _g = self.inner.image_lock.lock().await;
+            tokio::task::spawn_blocking(move || image::ensure_image(&tdir))
+                .await
+                .map_err(|e| host_err("make template image", id, e))?
+                .map_err(|e| host_err("make template image", id, e))?
+        };
+        if s.network == NetworkMode::Egress {
+            self.inner
+                .host_net
+                .get_or_try_init(cnet::setup_host)
+                .await
+                .map_err(|e| host_err("set up host network", id, e))?;
+        }
+        private_dir(&dir).map_err(|e| host_err("create capsule dir", id, e))?;
+        let mut record = VmRecord {
+            id: id.to_owned(),
+            template: template.to_owned(),
+            vcpus: s.vcpus.max(1),
+            memory_mb: s.memory_mb.max(128),
+            net: CapsuleNet {
+                netns: id.to_owned(),
+                slot: None,
+            },
+            pid: None,
+            pid_start: None,
+            paused: false,
+            state_compressed: false,
+        };
+        let t0 = Instant::now();
+        let started = async {
+            if s.network == NetworkMode::Egress {
+                record.net.slot = Some(
+                    cnet::claim_slot(&self.owner(), id)
+                        .map_err(|e| host_err("allocate network slot", id, e))?,
+                );
+            }
+            record
+                .save(&dir.join(RECORD))
+                .map_err(|e| host_err("write vm.json", id, e))?;
+            image::create_overlay(&base, &dir.join(DISK))
+                .await
+                .map_err(|e| host_err("create disk overlay", id, e))?;
+            let live = self.boot(&mut record, None).await?;
+            if !run.services.is_empty() {
+                let agent = AgentClient::new(dir.join(AGENT_SOCKET_NAME));
+                let ip = record.net.capsule_ip();
+                services::start_all(id, &agent, &run, |port| async move {
+                    let Some(ip) = ip else { return false };
+                    matches!(
+                        tokio::time::timeout(
+                            PORT_PROBE_TIMEOUT,
+                            tokio::net::TcpStream::connect((ip, port))
+                        )
+                        .await,
+                        Ok(Ok(_))
+                    )
+                })
+                .await?;
+            }
+            Ok::<_, RuntimeError>(live)
+        }
+        .await;
+        let live = match started {
+            Ok(live) => live,
+            Err(e) => {
+                if let Err(ce) = self.teardown(&record).await {
+                    tracing::error!(capsule = id, error = %ce, "cleanup after failed create");
+                }
+                return Err(e);
+            }
+        };
+        tracing::debug!(
+            capsule = id,
+            ms = t0.elapsed().as_secs_f64() * 1e3,
+            "microvm created"
+        );
+        let pid = record.pid.unwrap_or(0);
+        let ip = record.net.capsule_ip();
+        self.lock().insert(
+            id.to_owned(),
+            Vm {
+                record,
+                live: Some(live),
+            },
+        );
+        Ok(CapsuleHandle {
+            id: id.to_owned(),
+            agent: AgentEndpoint::Unix {
+                path: dir.join(AGENT_SOCKET_NAME),
+            },
+            ip,
+            init_pid: pid,
+        })
+    }
+
+    /// Starts QEMU for `record` (fresh, or from the saved state `incoming`), the relay, and
+    /// waits for the agent. The network namespace is made when missing (first boot, or a
+    /// resume after a host reboot).
+    async fn boot(
+        &self,
+        record: &mut VmRecord,
+        incoming: Option<String>,
+    ) -> Result<Live, RuntimeError> {
+        let id = record.id.clone();
+        let id = id.as_str();
+        let dir = self.capsule_dir(id);
+        let host_net = self.inner.host_net.get().cloned().unwrap_or_default();
+        let net_args = if record.net.netns_path().exists() {
+            match (
+                record.net.slot,
+                record.net.capsule_ip(),
+                record.net.host_ip(),
+            ) {
+                (Some(slot), Some(a), Some(g)) => Some(net::net_args(slot, a, g, &host_net)),
+                _ => None,
+            }
+        } else {
+            net::create(&record.net, &host_net)
+                .await
+                .map_err(|e| host_err("create network", id, e))?
+        };
+        let restoring = incoming.is_some();
+        let args = VmArgs {
+            id: id.to_owned(),
+            dir: dir.clone(),
+            kernel: self.inner.kernel.vmlinux.clone(),
+            initrd: self.inner.initrd.clone(),
+            disk: dir.join(DISK),
+            vcpus: record.vcpus,
+            memory_mb: record.memory_mb,
+            tsc_khz: self.inner.tsc_khz,
+            accel: self.inner.cfg.accel,
+            net: net_args,
+            incoming,
+        };
+        let pid = qemu::start(&args, Some(&record.net.netns_path()))
+            .await
+            .map_err(|e| RuntimeError::Launch {
+                id: id.to_owned(),
+                source: e,
+            })?;
+        record.pid = Some(pid);
+        record.pid_start = sys::pid_start_time(pid);
+        record.paused = false;
+        record
+            .save(&dir.join(RECORD))
+            .map_err(|e| host_err("write vm.json", id, e))?;
+        let watch = InitWatch::start(id, pid).map_err(|e| host_err("watch qemu", id, e))?;
+        if restoring {
+            finish_incoming(&dir.join(files::QMP))
+                .await
+                .map_err(|e| RuntimeError::Launch {
+                    id: id.to_owned(),
+                    source: e,
+                })?;
+        }
+        let relay = relay::Relay::start(&dir.join(files::SERIAL), &dir.join(AGENT_SOCKET_NAME))
+            .map_err(|e| host_err("start agent relay", id, e))?;
+        let w = watch.clone();
+        health::wait_ready(&dir.join(AGENT_SOCKET_NAME), READY_TIMEOUT, move || {
+            w.alive()
+        })
+        .await
+        .map_err(|waited| RuntimeError::AgentNotReady {
+            id: id.to_owned(),
+            waited_ms: waited.as_millis() as u64,
+        })?;
+        Ok(Live {
+            watch,
+            relay: Arc::new(relay),
+        })
+    }
+
+    pub(super) async fn pause_vm(&self, id: &str) -> Result<(), RuntimeError> {
+        let busy = self.busy(id);
+        let _g = busy.lock().await;
+        let (mut record, live) = self.running(id)?;
+        let dir = self.capsule_dir(id);
+        let compress = self.inner.cfg.compress_state;
+        let state = dir.join(STATE);
+        // The guest sees the host leave and drops its session; the restored guest reconnects.
+        self.set_live(id, None);
+        drop(live.relay);
+        match save_state(&dir.join(files::QMP), &state, compress).await {
+            Ok(()) => {}
+            Err(e) => {
+                // Leave it running as it was.
+                let _ = resume_in_place(&dir.join(files::QMP)).await;
+                if let Ok(relay) =
+                    relay::Relay::start(&dir.join(files::SERIAL), &dir.join(AGENT_SOCKET_NAME))
+                {
+                    self.set_live(
+                        id,
+                        Some(Live {
+                            watch: live.watch,
+                            relay: Arc::new(relay),
+                        }),
+                    );
+                }
+                return Err(host_err("save vm state", id, e));
+            }
+        }
+        if tokio::time::timeout(EXIT_TIMEOUT, live.watch.exited())
+            .await
+            .is_err()
+        {
+            if let Some(pid) = record.pid {
+                let _ = sys::sigkill(pid);
+            }
+            let _ = tokio::time::timeout(EXIT_TIMEOUT, live.watch.exited()).await;
+        }
+        record.pid = None;
+        record.pid_start = None;
+        record.paused = true;
+        record.state_compressed = compress;
+        record
+            .save(&dir.join(RECORD))
+            .map_err(|e| host_err("write vm.json", id, e))?;
+        self.lock().insert(id.to_owned(), Vm { record, live: None });
+        Ok(())
+    }
+
+    pub(super) async fn resume_vm(&self, id: &str) -> Result<(), RuntimeError> {
+        let busy = self.busy(id);
+        let _g = busy.lock().await;
+        let vm = self.get(id)?;
+        if vm.live.is_some() {
+            // Resuming a running capsule is a no-op, as for containers.
+            return self.running(id).map(|_| ());
+        }
+        let mut record = vm.record;
+        let dir = self.capsule_dir(id);
+        let state = dir.join(STATE);
+        let uri = if record.state_compressed {
+            format!("exec:zstd -q -dc {}", state.display())
+        } else {
+            format!("exec:cat {}", state.display())
+        };
+        let live = match self.boot(&mut record, Some(uri)).await {
+            Ok(l) => l,
+            Err(e) => {
+                // Back to paused: the state file is still there.
+                if let Some(pid) = record.pid.take() {
+                    let _ = sys::sigkill(pid);
+                }
+                record.pid_start = None;
+                record.paused = true;
+                let _ = record.save(&dir.join(RECORD));
+                let _ = std::fs::remove_file(dir.join(AGENT_SOCKET_NAME));
+                return Err(e);
+            }
+        };
+        let _ = std::fs::remove_file(&state);
+        self.lock().insert(
+            id.to_owned(),
+            Vm {
+                record,
+                live: Some(live),
+            },
+        );
+        Ok(())
+    }
+
+    pub(super) async fn destroy_vm(&self, id: &str) -> Result<(), RuntimeError> {
+        let busy = self.busy(id);
+        let _g = busy.lock().await;
+        let vm = self.lock().remove(id);
+        let record = match vm {
+            Some(vm) => {
+                if let Some(live) = vm.live {
+                    drop(live.relay);
+                    if let Some(pid) = vm.record.pid.filter(|_| live.watch.alive()) {
+                        let _ = sys::sigkill(pid);
+                    }
+                    let _ = tokio::time::timeout(EXIT_TIMEOUT, live.watch.exited()).await;
+                }
+                vm.record
+            }
+            None => match VmRecord::load(&self.capsule_dir(id).join(RECORD)) {
+                Ok(r) => r,
+                Err(_) => {
+                    // Unknown: nothing of ours may be left but the directory.
+                    let dir = self.capsule_dir(id);
+                    if valid_id(id) && dir.exists() {
+                        std::fs::remove_dir_all(&dir)
+                            .map_err(|e| host_err("remove capsule dir", id, e))?;
+                    }
+                    return Ok(());
+                }
+            },
+        };
+        self.teardown(&record)
+            .await
+            .map_err(|e| host_err("destroy capsule", id, e))?;
+        self.inner
+            .busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        Ok(())
+    }
+
+    /// Kills QEMU if it still runs, removes the network, the slot claim and the run dir.
+    async fn teardown(&self, record: &VmRecord) -> anyhow::Result<()> {
+        if record.qemu_alive() {
+            if let Some(pid) = record.pid {
+                let _ = sys::sigkill(pid);
+                let t0 = Instant::now();
+                while sys::pid_exists(pid) && t0.elapsed() < EXIT_TIMEOUT {
+                    let _ = sys::reap_nohang(pid);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        net::destroy(&record.net).await.context("remove network")?;
+        if let Some(slot) = record.net.slot {
+            cnet::release_slot(slot);
+        }
+        let dir = self.capsule_dir(&record.id);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).context("remove capsule dir")?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn recover_vms(
+        &self,
+        known: &[String],
+    ) -> Result<RecoveryReport, RuntimeError> {
+        let mut report = RecoveryReport::default();
+        let root = self.inner.cfg.data_dir.join("microvm/capsules");
+        let entries: Vec<String> = std::fs::read_dir(&root)
+            .map_err(|e| host_err("list capsules", "-", e))?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        for id in entries {
+            let dir = root.join(&id);
+            let record = match VmRecord::load(&dir.join(RECORD)) {
+                Ok(r) if r.id == id => r,
+                _ => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    report.removed.push(id);
+                    continue;
+                }
+            };
+            if self.lock().contains_key(&id) {
+                continue;
+            }
+            if !known.contains(&id) {
+                let _ = self.teardown(&record).await;
+                report.removed.push(id);
+                continue;
+            }
+            if record.paused && dir.join(STATE).exists() {
+                // Kept as it was: only files, resumed on demand.
+                report.adopted.push(CapsuleHandle {
+                    id: id.clone(),
+                    agent: self.agent_endpoint_of(&id),
+                    ip: record.net.capsule_ip(),
+                    init_pid: 0,
+                });
+                self.lock().insert(id, Vm { record, live: None });
+                continue;
+            }
+            match self.adopt(&record) {
+                Ok(live) => {
+                    report.adopted.push(CapsuleHandle {
+                        id: id.clone(),
+                        agent: self.agent_endpoint_of(&id),
+                        ip: record.net.capsule_ip(),
+                        init_pid: record.pid.unwrap_or(0),
+                    });
+                    self.lock().insert(
+                        id,
+                        Vm {
+                            record,
+                            live: Some(live),
+                        },
+                    );
+                }
+                Err(_) => {
+                    let _ = self.teardown(&record).await;
+                    report.lost.push(id);
+                }
+            }
+        }
+        // Slots claimed by a crashed run of this runtime for capsules that are gone.
+        for (slot, id) in cnet::owned_slots(&self.owner()) {
+            if !self.lock().contains_key(&id) {
+                let _ = net::destroy(&CapsuleNet {
+                    netns: id,
+                    slot: Some(slot),
+                })
+                .await;
+                cnet::release_slot(slot);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Re-attaches to a VM whose QEMU still runs.
+    fn adopt(&self, record: &VmRecord) -> anyhow::Result<Live> {
+        if !record.qemu_alive() {
+            bail!("qemu is gone");
+        }
+        let pid = record.pid.context("no pid")?;
+        let dir = self.capsule_dir(&record.id);
+        let watch = InitWatch::start(&record.id, pid)?;
+        let relay = relay::Relay::start(&dir.join(files::SERIAL), &dir.join(AGENT_SOCKET_NAME))?;
+        Ok(Live {
+            watch,
+            relay: Arc::new(relay),
+        })
+    }
+
+    fn agent_endpoint_of(&self, id: &str) -> AgentEndpoint {
+        AgentEndpoint::Unix {
+            path: self.capsule_dir(id).join(AGENT_SOCKET_NAME),
+        }
+    }
+
+    fn set_live(&self, id: &str, live: Option<Live>) {
+        if let Some(vm) = self.lock().get_mut(id) {
+            vm.live = live;
+        }
+    }
+
+    /// The state of capsule `id` as the server should report it (for tests and logs).
+    pub fn state(&self, id: &str) -> Option<CapsuleState> {
+        let vm = self.lock().get(id).cloned()?;
+        Some(match vm.live {
+            None => CapsuleState::Paused,
+            Some(l) => match l.watch.exit_code() {
+                Some(code) => CapsuleState::Exited { code },
+                None => CapsuleState::Running,
+            },
+        })
+    }
+}
+
+/// `dir` for root only.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().mode(0o700).create(dir)
+}
+
+/// Stops the guest, writes its state to `state` and quits QEMU.
+async fn save_state(qmp_sock: &Path, state: &Path, compress: bool) -> anyhow::Result<()> {
+    let mut q = qmp::Qmp::connect(qmp_sock).await?;
+    q.execute(
+        "migrate-set-parameters",
+        Some(json!({ "max-bandwidth": MIGRATE_BANDWIDTH })),
+    )
+    .await?;
+    q.execute("stop", None).await?;
+    let tmp = state.with_extension("tmp");
+    let uri = if compress {
+        format!("exec:zstd -q -1 -T1 > {}", tmp.display())
+    } else {
+        format!("exec:cat > {}", tmp.display())
+    };
+    q.execute("migrate", Some(json!({ "uri": uri }))).await?;
+    let t0 = Instant::now();
+    loop {
+        let (status, error) = q.migrate_status().await?;
+        match status.as_str() {
+            "completed" => break,
+            "failed" | "cancelled" => {
+                let _ = std::fs::remove_file(&tmp);
+                bail!("migration {status}: {}", error.unwrap_or_default());
+            }
+            _ if t0.elapsed() > MIGRATE_TIMEOUT => {
+                let _ = q.execute("migrate_cancel", None).await;
+                let _ = std::fs::remove_file(&tmp);
+                bail!("migration did not complete in {MIGRATE_TIMEOUT:?}");
+            }
+            _ => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+    // The exec'd writer may still be flushing when QEMU reports completion.
+    tokio::fs::File::open(&tmp)
+        .await
+        .context("open saved state")?
+        .sync_all()
+        .await
+        .context("sync saved state")?;
+    std::fs::rename(&tmp, state).context("rename saved state")?;
+    // QEMU answers `quit` and then exits; the connection closing is expected.
+    let _ = q.execute("quit", None).await;
+    Ok(())
+}
+
+/// After a failed save: lets the guest run again.
+async fn resume_in_place(qmp_sock: &Path) -> anyhow::Result<()> {
+    let mut q = qmp::Qmp::connect(qmp_sock).await?;
+    q.execute("cont", None).await?;
+    Ok(())
+}
+
+/// Waits until an `-incoming` QEMU has loaded its state, then lets it run.
+async fn finish_incoming(qmp_sock: &Path) -> anyhow::Result<()> {
+    let mut q = qmp::Qmp::connect(qmp_sock).await?;
+    let t0 = Instant::now();
+    loop {
+        let status = q.status().await?;
+        match status.as_str() {
+            "inmigrate" if t0.elapsed() < MIGRATE_TIMEOUT => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            "inmigrate" => bail!("state not loaded in {MIGRATE_TIMEOUT:?}"),
+            "paused" | "postmigrate" | "prelaunch" => break,
+            "running" => return Ok(()),
+            other => bail!("unexpected vm status {other} while loading state"),
+        }
+    }
+    let (mstatus, error) = q.migrate_status().await?;
+    if mstatus == "failed" {
+        bail!("loading state failed: {}", error.unwrap_or_default());
+    }
+    q.execute("cont", None).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_tame() {
+        assert!(valid_id("cl-0123456789abcdefghijklmno"));
+        assert!(!valid_id("../x"));
+        assert!(!valid_id(""));
+        assert!(!valid_id("a b"));
+    }
+}

@@ -1,0 +1,340 @@
+//! The QEMU process of one VM: its command line (pure, see [`VmArgs::to_args`]) and starting it.
+//!
+//! The machine is `microvm` (no PCI, virtio-mmio devices, ACPI on: Debian's kernels cannot
+//! take virtio-mmio devices from the command line), booted PVH from the uncompressed kernel,
+//! with the kernel parameters measured on this host (see the research notes): the TSC rate,
+//! `tsc=reliable`, and the switches that skip probing hardware a microvm does not have.
+//! QEMU daemonizes once its sockets are listening and writes its pid file, so the runtime's
+//! process is not its parent beyond the fork and a server restart leaves it running.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::{bail, Context};
+
+/// Program run for every VM.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// How QEMU executes the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// Hardware virtualisation.
+    Kvm,
+    /// QEMU's software emulation (about 14x slower for guest CPU work).
+    Tcg,
+}
+
+impl Accel {
+    /// QEMU's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kvm => "kvm",
+            Self::Tcg => "tcg",
+        }
+    }
+}
+
+/// The guest's network, when it has one: a tap in the capsule's namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetArgs {
+    /// Tap device name (inside the namespace QEMU runs in).
+    pub tap: String,
+    /// Guest MAC address.
+    pub mac: String,
+    /// Guest address with prefix (`10.213.0.2/30`).
+    pub addr: String,
+    /// Guest default gateway.
+    pub gateway: String,
+    /// Resolvers the guest's `/etc/resolv.conf` names (the host's; the firewall lets port 53
+    /// to them through).
+    pub dns: Vec<String>,
+}
+
+/// Everything that varies between two VMs' command lines.
+#[derive(Debug, Clone)]
+pub struct VmArgs {
+    /// Capsule id; the guest's hostname.
+    pub id: String,
+    /// The capsule's run directory: sockets, pid file, console log.
+    pub dir: PathBuf,
+    /// Uncompressed kernel.
+    pub kernel: PathBuf,
+    /// Initramfs.
+    pub initrd: PathBuf,
+    /// Root disk (qcow2 overlay over the template image).
+    pub disk: PathBuf,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Guest RAM, MiB.
+    pub memory_mb: u32,
+    /// Host TSC rate for `tsc_early_khz=`.
+    pub tsc_khz: u64,
+    /// Accelerator.
+    pub accel: Accel,
+    /// Network, if any.
+    pub net: Option<NetArgs>,
+    /// `-incoming` URI when restoring a saved state.
+    pub incoming: Option<String>,
+}
+
+/// Names of the files in a VM's run directory.
+pub mod files {
+    /// QMP socket (QEMU listens).
+    pub const QMP: &str = "qmp.sock";
+    /// virtio-serial chardev socket (QEMU listens; the relay connects).
+    pub const SERIAL: &str = "serial.sock";
+    /// QEMU's pid file.
+    pub const PID: &str = "qemu.pid";
+    /// Guest console output.
+    pub const CONSOLE: &str = "console.log";
+}
+
+impl VmArgs {
+    /// The kernel command line.
+    pub fn cmdline(&self) -> String {
+        let mut c = format!(
+            "console=ttyS0 panic=-1 quiet loglevel=3 tsc_early_khz={} tsc=reliable \
+             mitigations=off nokaslr audit=0 random.trust_cpu=on i8042.noaux i8042.nomux \
+             i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1 cryptomgr.notests pci=off \
+             wrenn.host={}",
+            self.tsc_khz, self.id
+        );
+        if let Some(n) = &self.net {
+            c.push_str(&format!(" wrenn.ip={} wrenn.gw={}", n.addr, n.gateway));
+            if !n.dns.is_empty() {
+                c.push_str(&format!(" wrenn.dns={}", n.dns.join(",")));
+            }
+        }
+        c
+    }
+
+    /// QEMU's arguments (without the program).
+    pub fn to_args(&self) -> Vec<String> {
+        let p = |f: &str| self.dir.join(f).display().to_string();
+        let mut a: Vec<String> = vec![
+            "-name".into(),
+            format!("wrenn-{},process=wrenn-{}", self.id, self.id),
+            "-M".into(),
+            format!("microvm,accel={}", self.accel.as_str()),
+            "-cpu".into(),
+            match self.accel {
+                Accel::Kvm => "host".into(),
+                Accel::Tcg => "max".into(),
+            },
+            "-m".into(),
+            self.memory_mb.to_string(),
+            "-smp".into(),
+            self.vcpus.max(1).to_string(),
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-display".into(),
+            "none".into(),
+            "-no-reboot".into(),
+            "-serial".into(),
+            format!("file:{}", p(files::CONSOLE)),
+            "-kernel".into(),
+            self.kernel.display().to_string(),
+            "-initrd".into(),
+            self.initrd.display().to_string(),
+            "-append".into(),
+            self.cmdline(),
+            "-drive".into(),
+            format!(
+                "id=root,file={},format=qcow2,if=none,cache=unsafe,discard=unmap",
+                self.disk.display()
+            ),
+            "-device".into(),
+            "virtio-blk-device,drive=root".into(),
+            "-device".into(),
+            "virtio-serial-device".into(),
+            "-chardev".into(),
+            format!(
+                "socket,id=agent,path={},server=on,wait=off",
+                p(files::SERIAL)
+            ),
+            "-device".into(),
+            format!(
+                "virtserialport,chardev=agent,name={}",
+                wrenn_types::agent::SERIAL_PORT_NAME
+            ),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", p(files::QMP)),
+            "-pidfile".into(),
+            p(files::PID),
+            "-daemonize".into(),
+        ];
+        if let Some(n) = &self.net {
+            a.extend([
+                "-netdev".into(),
+                format!("tap,id=n0,ifname={},script=no,downscript=no", n.tap),
+                "-device".into(),
+                format!("virtio-net-device,netdev=n0,mac={}", n.mac),
+            ]);
+        }
+        if let Some(uri) = &self.incoming {
+            a.extend(["-incoming".into(), uri.clone()]);
+        }
+        a
+    }
+}
+
+/// Arguments of a probe boot: kernel and initramfs only, console on stdout, `wrenn.probe=1`.
+pub fn probe_args(kernel: &Path, initrd: &Path, tsc_khz: u64, accel: Accel) -> Vec<String> {
+    vec![
+        "-M".into(),
+        format!("microvm,accel={}", accel.as_str()),
+        "-cpu".into(),
+        match accel {
+            Accel::Kvm => "host".into(),
+            Accel::Tcg => "max".into(),
+        },
+        "-m".into(),
+        "128".into(),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-display".into(),
+        "none".into(),
+        "-no-reboot".into(),
+        "-serial".into(),
+        "stdio".into(),
+        "-kernel".into(),
+        kernel.display().to_string(),
+        "-initrd".into(),
+        initrd.display().to_string(),
+        "-append".into(),
+        format!(
+            "console=ttyS0 panic=-1 quiet tsc_early_khz={tsc_khz} tsc=reliable pci=off \
+             8250.nr_uarts=1 wrenn.probe=1"
+        ),
+    ]
+}
+
+/// Starts QEMU (inside the network namespace at `netns`, if given) and returns its pid once it
+/// has daemonized.
+pub async fn start(args: &VmArgs, netns: Option<&Path>) -> anyhow::Result<i32> {
+    let pidfile = args.dir.join(files::PID);
+    let _ = std::fs::remove_file(&pidfile);
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = tokio::process::Command::new("nsenter");
+            c.arg(format!("--net={}", ns.display())).arg(QEMU);
+            c
+        }
+        None => tokio::process::Command::new(QEMU),
+    };
+    cmd.args(args.to_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let out = cmd
+        .spawn()
+        .with_context(|| format!("spawn {QEMU}"))?
+        .wait_with_output()
+        .await
+        .with_context(|| format!("wait for {QEMU}"))?;
+    if !out.status.success() {
+        bail!(
+            "{QEMU} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    read_pid(&pidfile)
+}
+
+/// The pid in QEMU's pid file.
+pub fn read_pid(pidfile: &Path) -> anyhow::Result<i32> {
+    let s =
+        std::fs::read_to_string(pidfile).with_context(|| format!("read {}", pidfile.display()))?;
+    s.trim()
+        .parse::<i32>()
+        .ok()
+        .filter(|p| *p > 1)
+        .with_context(|| format!("bad pid file {}: {s:?}", pidfile.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> VmArgs {
+        VmArgs {
+            id: "cl-x".into(),
+            dir: "/r/cl-x".into(),
+            kernel: "/k/vmlinux".into(),
+            initrd: "/k/initrd".into(),
+            disk: "/r/cl-x/disk.qcow2".into(),
+            vcpus: 2,
+            memory_mb: 512,
+            tsc_khz: 2_596_140,
+            accel: Accel::Tcg,
+            net: None,
+            incoming: None,
+        }
+    }
+
+    fn value_of<'a>(a: &'a [String], flag: &str) -> Vec<&'a str> {
+        a.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn command_line_has_the_measured_boot_recipe() {
+        let a = args().to_args();
+        assert_eq!(value_of(&a, "-M"), ["microvm,accel=tcg"]);
+        assert_eq!(value_of(&a, "-cpu"), ["max"]);
+        assert_eq!(value_of(&a, "-m"), ["512"]);
+        assert_eq!(value_of(&a, "-smp"), ["2"]);
+        assert_eq!(
+            value_of(&a, "-qmp"),
+            ["unix:/r/cl-x/qmp.sock,server=on,wait=off"]
+        );
+        assert_eq!(
+            value_of(&a, "-chardev"),
+            ["socket,id=agent,path=/r/cl-x/serial.sock,server=on,wait=off"]
+        );
+        assert!(value_of(&a, "-device").contains(&"virtserialport,chardev=agent,name=agent"));
+        let cmdline = value_of(&a, "-append")[0];
+        assert!(cmdline.contains("tsc_early_khz=2596140 tsc=reliable"));
+        assert!(cmdline.ends_with("wrenn.host=cl-x"));
+        assert!(!a.iter().any(|s| s == "-netdev" || s == "-incoming"));
+        assert!(a.iter().any(|s| s == "-daemonize"));
+    }
+
+    #[test]
+    fn network_and_incoming_are_added() {
+        let mut v = args();
+        v.accel = Accel::Kvm;
+        v.net = Some(NetArgs {
+            tap: "tap0".into(),
+            mac: "52:54:00:00:00:02".into(),
+            addr: "10.213.0.2/30".into(),
+            gateway: "10.213.0.1".into(),
+            dns: vec!["192.0.2.53".into()],
+        });
+        v.incoming = Some("exec:zstd -dc /s".into());
+        let a = v.to_args();
+        assert_eq!(value_of(&a, "-cpu"), ["host"]);
+        assert_eq!(
+            value_of(&a, "-netdev"),
+            ["tap,id=n0,ifname=tap0,script=no,downscript=no"]
+        );
+        assert_eq!(value_of(&a, "-incoming"), ["exec:zstd -dc /s"]);
+        assert!(v
+            .cmdline()
+            .ends_with("wrenn.ip=10.213.0.2/30 wrenn.gw=10.213.0.1 wrenn.dns=192.0.2.53"));
+    }
+
+    #[test]
+    fn pid_file_must_hold_a_pid() {
+        let d = std::env::temp_dir().join(format!("wrenn-qemu-pid-{}", std::process::id()));
+        std::fs::write(&d, "1234\n").expect("write");
+        assert_eq!(read_pid(&d).expect("pid"), 1234);
+        std::fs::write(&d, "x").expect("write");
+        assert!(read_pid(&d).is_err());
+        let _ = std::fs::remove_file(&d);
+    }
+}

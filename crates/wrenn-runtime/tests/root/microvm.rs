@@ -1,0 +1,172 @@
+//! Real microVMs (QEMU, TCG here): boot the busybox template, run commands and move files
+//! through the agent over the virtio-serial channel, pause to disk and resume with a process
+//! still running, destroy with nothing left. Kept to a few boots (each ~2-3 s under TCG).
+//!
+//! Skipped (passing) when `qemu-system-x86_64` or the prepared guest kernel
+//! (`scripts/microvm-kernel.sh`) is missing.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use wrenn_agent_client::{AgentClient, ExecOutcome};
+use wrenn_runtime::microvm::{Accel, MicroVmConfig, MicroVmRuntime};
+use wrenn_runtime::{NetworkMode, Runtime};
+use wrenn_types::agent::{ExecRequest, ExecResult, ProcessSpec};
+
+use crate::common::{self, Scratch};
+
+fn usable(test: &str) -> bool {
+    if !common::privileged(test) {
+        return false;
+    }
+    if !common::cache_dir().join("microvm/kernel/vmlinux").exists()
+        || !Path::new("/usr/bin/qemu-system-x86_64").exists()
+    {
+        eprintln!("SKIP {test}: no qemu or guest kernel (scripts/deps.sh)");
+        return false;
+    }
+    true
+}
+
+fn runtime(data: &Path, compress: bool) -> MicroVmRuntime {
+    MicroVmRuntime::new(MicroVmConfig {
+        data_dir: data.to_owned(),
+        cache_dir: common::cache_dir(),
+        agent_binary: common::agent_binary(),
+        extra_recipes: None,
+        accel: Accel::Tcg,
+        compress_state: compress,
+    })
+    .expect("microvm runtime")
+}
+
+async fn sh(agent: &AgentClient, script: &str) -> ExecResult {
+    let req = ExecRequest {
+        process: ProcessSpec {
+            cmd: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            cwd: Some("/".into()),
+            ..Default::default()
+        },
+        timeout_sec: Some(60),
+        ..Default::default()
+    };
+    match agent.exec(&req).await.expect("exec") {
+        ExecOutcome::Finished(r) => r,
+        other => panic!("unexpected outcome {other:?}"),
+    }
+}
+
+fn qemu_running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.starts_with("wrenn-") || c.starts_with("qemu"))
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn microvm_boots_execs_pauses_to_disk_resumes_and_leaves_nothing() {
+    if !usable("microvm_lifecycle") {
+        return;
+    }
+    let scratch = Scratch::new("microvm");
+    let rt = runtime(&scratch.path().join("data"), true);
+    let spec = common::spec("busybox", NetworkMode::Isolated, 256, 128, 0);
+    let id = spec.id.clone();
+    let t0 = Instant::now();
+    let h = rt.create(&spec).await.expect("create");
+    let boot = t0.elapsed();
+    let agent = AgentClient::new(h.agent.clone());
+
+    // The guest is its own machine: its own kernel, hostname, PID 1.
+    let r = sh(&agent, "uname -r; hostname; cat /proc/1/comm; nproc").await;
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert!(lines[0].ends_with("-cloud-amd64"), "{lines:?}");
+    assert_eq!(lines[1], id);
+    assert_eq!(lines[2], "wrenn-agent");
+
+    // Files, a background process and many concurrent streams over the one channel.
+    let r = sh(&agent, "echo kept > /root/f; (i=0; while true; do i=$((i+1)); echo $i > /tmp/n; sleep 0.2; done) >/dev/null 2>&1 & echo $! > /tmp/pid").await;
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    let t_exec = Instant::now();
+    let rs = futures::future::join_all((0..8).map(|i| {
+        let agent = agent.clone();
+        async move { sh(&agent, &format!("echo {i}")).await }
+    }))
+    .await;
+    let exec8 = t_exec.elapsed();
+    for (i, r) in rs.iter().enumerate() {
+        assert_eq!(r.stdout.trim(), i.to_string());
+    }
+
+    let pid = rt.qemu_pid(&id).expect("qemu pid");
+    assert!(qemu_running(pid));
+    let usage = rt.usage(&id).await.expect("usage");
+    assert!(usage.memory_bytes > 0);
+
+    // Pause: QEMU ends, the state is on disk.
+    let t = Instant::now();
+    rt.pause(&id).await.expect("pause");
+    let pause = t.elapsed();
+    assert!(!qemu_running(pid), "qemu still runs after pause");
+    let state = rt.capsule_dir(&id).join("state");
+    let state_bytes = std::fs::metadata(&state).expect("state file").len();
+    assert!(rt.pause(&id).await.is_err(), "pausing a paused capsule");
+
+    // Resume: the same processes, counting on.
+    let t = Instant::now();
+    rt.resume(&id).await.expect("resume");
+    let resume = t.elapsed();
+    let r = sh(
+        &agent,
+        "cat /root/f; kill -0 $(cat /tmp/pid) && echo alive; cat /tmp/n",
+    )
+    .await;
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines[..2], ["kept", "alive"], "{r:?}");
+    let n1: u32 = lines[2].parse().expect("counter");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let r = sh(&agent, "cat /tmp/n").await;
+    let n2: u32 = r.stdout.trim().parse().expect("counter");
+    assert!(
+        n2 > n1,
+        "the background loop runs on after resume ({n1} -> {n2})"
+    );
+    assert!(!state.exists(), "state file removed after resume");
+    eprintln!(
+        "microvm: boot to agent {:.0} ms, 8 concurrent execs {:.0} ms, pause {:.0} ms ({} KiB zstd), resume to agent {:.0} ms",
+        boot.as_secs_f64() * 1e3,
+        exec8.as_secs_f64() * 1e3,
+        pause.as_secs_f64() * 1e3,
+        state_bytes / 1024,
+        resume.as_secs_f64() * 1e3
+    );
+
+    // A files snapshot boots as a new VM with the files.
+    let snap = rt.snapshot(&id, "microvm-snap").await.expect("snapshot");
+    assert_eq!(snap.kind, wrenn_runtime::SnapshotKind::Files);
+    let mut s2 = common::spec("busybox", NetworkMode::Isolated, 256, 128, 0);
+    s2.source = wrenn_runtime::Source::Snapshot("microvm-snap".into());
+    let h2 = rt.create(&s2).await.expect("create from snapshot");
+    let r = sh(&AgentClient::new(h2.agent.clone()), "cat /root/f").await;
+    assert_eq!(r.stdout.trim(), "kept");
+    assert!(rt.delete_template("microvm-snap").await.is_err(), "in use");
+    rt.destroy(&s2.id).await.expect("destroy clone");
+    rt.delete_template("microvm-snap")
+        .await
+        .expect("delete snapshot");
+    assert_eq!(
+        sh(&agent, "cat /root/f").await.stdout.trim(),
+        "kept",
+        "runs on after snapshot"
+    );
+
+    // Destroy: nothing left.
+    let pid = rt.qemu_pid(&id).expect("qemu pid");
+    rt.destroy(&id).await.expect("destroy");
+    assert!(!qemu_running(pid));
+    assert!(!rt.capsule_dir(&id).exists());
+    assert!(!Path::new("/run/netns").join(&id).exists());
+    rt.destroy(&id).await.expect("destroy is idempotent");
+}
