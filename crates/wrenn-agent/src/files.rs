@@ -75,6 +75,7 @@ pub(crate) fn io_error(op: &str, path: &str, e: &io::Error) -> ApiError {
             (AgentErrorCode::PermissionDenied, "permission denied")
         }
         Some(libc::EROFS) => (AgentErrorCode::PermissionDenied, "read-only file system"),
+        Some(libc::ENAMETOOLONG) => (AgentErrorCode::InvalidRequest, "file name too long"),
         _ => {
             return ApiError::new(AgentErrorCode::Internal, format!("{op} {path}: {e}"));
         }

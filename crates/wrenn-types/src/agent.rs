@@ -173,7 +173,11 @@ pub struct ExecRequest {
     #[serde(default)]
     pub background: bool,
     /// Foreground deadline in seconds; absent or 0 → [`DEFAULT_EXEC_TIMEOUT_SEC`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::integral::option"
+    )]
     pub timeout_sec: Option<u64>,
     /// Background tag; default `proc-` + 8 hex. Ignored for foreground.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -146,13 +146,13 @@ pub struct CreateCapsuleRequest {
     #[serde(default)]
     pub template: Option<String>,
     /// CPUs; ≤ 0 → default.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::integral::option")]
     pub vcpus: Option<i64>,
     /// Memory; ≤ 0 → default.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::integral::option")]
     pub memory_mb: Option<i64>,
     /// Inactivity timeout; negative → 0, 1..59 → 60.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::integral::option")]
     pub timeout_sec: Option<i64>,
     /// Labels.
     #[serde(default)]

@@ -56,7 +56,7 @@ pub struct ListRequest {
     #[serde(default)]
     pub path: String,
     /// Levels to recurse; 0 and 1 both mean the directory's own entries.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::integral::deserialize")]
     pub depth: u32,
 }
 

@@ -11,5 +11,6 @@ pub mod api;
 pub mod envd;
 pub mod error;
 pub mod files;
+pub mod integral;
 pub mod keys;
 pub mod stream;

@@ -27,6 +27,7 @@ async fn exec_with_nul_bytes_or_bad_env_is_invalid() {
         json!({"cmd": "env", "envs": {"A": "x\u{0}"}}),
         json!({"cmd": "env", "envs": {"": "x"}}),
         json!({"cmd": "pwd", "cwd": "/tmp\u{0}"}),
+        json!({"cmd": "pwd", "cwd": "tmp"}),
         json!({"cmd": "id", "user": "ro\u{0}ot"}),
         json!({"cmd": "sleep", "args": ["1"], "background": true, "tag": "t\u{0}"}),
         json!({"cmd": ""}),
@@ -100,4 +101,24 @@ async fn a_process_selector_with_control_characters_is_invalid() {
         None,
     )
     .await;
+}
+
+#[tokio::test]
+async fn integral_floats_are_integers_and_huge_ones_are_refused() {
+    let h = Harness::new().await;
+    let (status, c) = h
+        .call(
+            Method::POST,
+            "/v1/capsules",
+            Some(json!({"vcpus": 1.0, "memory_mb": 145.0, "timeout_sec": 120.0})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{c}");
+    assert_eq!(c["memory_mb"], 145, "{c}");
+    assert_eq!(c["timeout_sec"], 120, "{c}");
+    // Parsed as a float, this rounds to i64::MIN: it must not pass as one.
+    let huge: Value = serde_json::from_str(r#"{"vcpus": -9223372036854775809}"#).expect("JSON");
+    for body in [huge, json!({"vcpus": 1.5}), json!({"memory_mb": "64"})] {
+        assert_invalid(&h, Method::POST, "/v1/capsules", Some(body)).await;
+    }
 }

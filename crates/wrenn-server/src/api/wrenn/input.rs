@@ -8,8 +8,8 @@ use wrenn_types::stream::PtyStart;
 
 use crate::error::{ApiError, ApiResult};
 
-/// The longest path (`PATH_MAX`).
-pub const MAX_PATH: usize = 4096;
+/// The longest path, bytes (`PATH_MAX` counts the terminating NUL).
+pub const MAX_PATH: usize = 4095;
 /// The longest path component (`NAME_MAX`).
 pub const MAX_NAME: usize = 255;
 /// Command, arguments and environment together at most (the kernel's `ARG_MAX` is 2 MiB,
@@ -81,6 +81,9 @@ pub fn process(p: &ProcessSpec, allow_empty_cmd: bool) -> ApiResult<()> {
     }
     if let Some(cwd) = &p.cwd {
         no_nul("cwd", cwd)?;
+        if !cwd.is_empty() && !cwd.starts_with('/') {
+            return Err(invalid(format!("cwd {cwd:?} must be absolute")));
+        }
         if cwd.len() > MAX_PATH {
             return Err(invalid(format!("cwd is longer than {MAX_PATH} bytes")));
         }
@@ -142,6 +145,10 @@ mod tests {
         p.envs.clear();
         p.cwd = Some("/tmp\0".into());
         assert!(process(&p, false).is_err());
+        p.cwd = Some("tmp".into());
+        assert!(process(&p, false).is_err());
+        p.cwd = Some(String::new());
+        assert!(process(&p, false).is_ok());
         let empty = ProcessSpec::new("", Vec::<String>::new());
         assert!(process(&empty, false).is_err());
         assert!(process(&empty, true).is_ok());
@@ -156,6 +163,11 @@ mod tests {
             assert!(path(bad).is_err(), "{bad:?}");
         }
         assert!(path(&format!("/{}", "a".repeat(MAX_PATH))).is_err());
+        let mut longest = format!("/{}", vec!["a".repeat(MAX_NAME); 16].join("/"));
+        longest.pop();
+        assert_eq!(longest.len(), MAX_PATH);
+        assert!(path(&longest).is_ok());
+        assert!(path(&format!("{longest}a")).is_err());
         assert!(path(&format!("/{}", "a".repeat(MAX_NAME + 1))).is_err());
         assert!(path(&format!("/{}/b", "a".repeat(MAX_NAME))).is_ok());
     }
