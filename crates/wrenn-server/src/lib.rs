@@ -33,8 +33,9 @@ use crate::store::Store;
 
 /// How often failed teardowns are looked at (each has its own backoff).
 const TEARDOWN_RETRY_TICK: Duration = Duration::from_secs(1);
-/// How long shutdown waits for the warm-pool filler to finish the capsule it is making.
-const POOL_STOP_WAIT: Duration = Duration::from_secs(100);
+/// How long shutdown waits for the warm-pool filler to finish the capsule it is making; a start
+/// cut short is removed by recovery at the next start, so a slow template never holds a stop.
+const POOL_STOP_WAIT: Duration = Duration::from_secs(10);
 
 /// Shared state of every request handler.
 #[derive(Clone, Debug)]
