@@ -76,6 +76,8 @@ pub(crate) fn io_error(op: &str, path: &str, e: &io::Error) -> ApiError {
         }
         Some(libc::EROFS) => (AgentErrorCode::PermissionDenied, "read-only file system"),
         Some(libc::ENAMETOOLONG) => (AgentErrorCode::InvalidRequest, "file name too long"),
+        // A mount point of the capsule (`/dev/shm`, `/proc`): not the caller's to remove.
+        Some(libc::EBUSY) => (AgentErrorCode::PermissionDenied, "busy (a mount point)"),
         _ => {
             return ApiError::new(AgentErrorCode::Internal, format!("{op} {path}: {e}"));
         }
