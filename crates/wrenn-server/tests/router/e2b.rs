@@ -131,7 +131,11 @@ async fn create_maps_ids_sends_envd_its_defaults_and_answers_the_sandbox() {
     let sent = configs.lock().unwrap().clone();
     assert_eq!(
         sent,
-        [json!({"envVars": {"A": "1"}, "defaultUser": "user", "defaultWorkdir": "/home/user"})]
+        [json!({
+            "envVars": {"A": "1", "E2B_SANDBOX_ID": sid, "E2B_TEMPLATE_ID": "minimal"},
+            "defaultUser": "user",
+            "defaultWorkdir": "/home/user"
+        })]
     );
     let (s, _, detail) = e2b(&h, Method::GET, &format!("/sandboxes/{sid}"), None).await;
     assert_eq!(s, StatusCode::OK);
