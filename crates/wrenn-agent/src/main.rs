@@ -17,6 +17,7 @@
 mod envd;
 mod error;
 mod exec;
+mod fdstream;
 mod files;
 mod health;
 mod launch;

@@ -14,22 +14,19 @@
 
 use std::fs::OpenOptions;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use futures::future::poll_fn;
-use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncWriteExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 use wrenn_types::agent::{SERIAL_MUX_ACK, SERIAL_MUX_HELLO};
 
-use crate::sys;
+use crate::fdstream::FdStream;
 
 /// Wait before reopening the port while no host is connected.
 const RECONNECT_DELAY: Duration = Duration::from_millis(200);
@@ -159,66 +156,16 @@ async fn read_hello<R: AsyncRead + Unpin>(port: &mut R) -> io::Result<bool> {
 }
 
 /// The port's character device, non-blocking under tokio.
-#[derive(Debug)]
-struct SerialPort {
-    fd: AsyncFd<OwnedFd>,
-}
+struct SerialPort;
 
 impl SerialPort {
-    fn open(path: &Path) -> io::Result<Self> {
+    fn open(path: &Path) -> io::Result<FdStream> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
             .open(path)?;
-        Ok(Self {
-            fd: sys::async_fd(OwnedFd::from(file))?,
-        })
-    }
-}
-
-impl AsyncRead for SerialPort {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            match guard.try_io(|fd| sys::read_fd(fd.get_ref().as_fd(), unfilled)) {
-                Ok(Ok(n)) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Ok(Err(e)) => return Poll::Ready(Err(e)),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-}
-
-impl AsyncWrite for SerialPort {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            let mut guard = ready!(self.fd.poll_write_ready(cx))?;
-            match guard.try_io(|fd| sys::write_fd(fd.get_ref().as_fd(), buf)) {
-                Ok(r) => return Poll::Ready(r),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+        FdStream::device(OwnedFd::from(file))
     }
 }
 

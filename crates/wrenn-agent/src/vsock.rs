@@ -2,13 +2,11 @@
 //! the host reaches it through vhost-vsock or a hypervisor's vsock-over-UDS forwarder.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::os::fd::{AsFd, OwnedFd};
 
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::fdstream::FdStream;
 use crate::sys;
 
 /// A listening vsock socket; axum serves on it like on a unix listener.
@@ -31,11 +29,7 @@ impl VsockListener {
         loop {
             let mut guard = self.fd.readable().await?;
             match guard.try_io(|fd| sys::accept_nonblocking(fd.get_ref().as_fd())) {
-                Ok(conn) => {
-                    return Ok(VsockConn {
-                        fd: sys::async_fd(conn?)?,
-                    })
-                }
+                Ok(conn) => return FdStream::socket(conn?),
                 Err(_would_block) => continue,
             }
         }
@@ -66,56 +60,4 @@ impl axum::serve::Listener for VsockListener {
 }
 
 /// One accepted vsock connection.
-#[derive(Debug)]
-pub struct VsockConn {
-    fd: AsyncFd<OwnedFd>,
-}
-
-impl AsyncRead for VsockConn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            match guard.try_io(|fd| sys::read_fd(fd.get_ref().as_fd(), unfilled)) {
-                Ok(Ok(n)) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Ok(Err(e)) => return Poll::Ready(Err(e)),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-}
-
-impl AsyncWrite for VsockConn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            let mut guard = ready!(self.fd.poll_write_ready(cx))?;
-            match guard.try_io(|fd| sys::write_fd(fd.get_ref().as_fd(), buf)) {
-                Ok(r) => return Poll::Ready(r),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let fd = self.fd.get_ref().as_raw_fd();
-        Poll::Ready(
-            nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Write)
-                .map_err(io::Error::from),
-        )
-    }
-}
+pub type VsockConn = FdStream;
