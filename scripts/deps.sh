@@ -31,5 +31,6 @@ if ! command -v cargo >/dev/null 2>&1; then
   export PATH="$HOME/.cargo/bin:$PATH"
 fi
 # The microVM runtime's guest kernel, prepared once into $WRENN_CACHE.
-echo "==> microVM guest kernel in $("$(dirname "$0")/microvm-kernel.sh")"
+kernel_dir=$("$(dirname "$0")/microvm-kernel.sh")
+echo "==> microVM guest kernel in $kernel_dir"
 echo "==> dependencies ready ($(cargo --version))"

@@ -23,6 +23,7 @@ pkg=$(apt-cache depends linux-image-cloud-amd64 | sed -n 's/^ *Depends: \(linux-
 [ -n "$pkg" ] || { echo "microvm-kernel: no linux-image-cloud-amd64 in the apt sources" >&2; exit 1; }
 release=${pkg#linux-image-}
 
+mkdir -p "$cache"
 work=$(mktemp -d "$cache/.kernel.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 (cd "$work" && apt-get download "$pkg" >/dev/null 2>&1) || { echo "microvm-kernel: cannot download $pkg" >&2; exit 1; }

@@ -16,7 +16,7 @@
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use futures_util::Stream;
@@ -94,6 +94,19 @@ impl Upload {
         self.state.store(state, Ordering::Release);
     }
 
+    /// The caller's next chunk arrived while nobody was asking: from now on the wait is the
+    /// agent's (hyper asks for more only when the agent has taken what it holds).
+    fn source_ready(&self) {
+        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
+        if self
+            .state
+            .compare_exchange(SOURCE, AGENT, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            *since = Instant::now();
+        }
+    }
+
     /// Resolves once the agent has waited on for `limit`: a chunk not taken, or no answer after
     /// the last byte. Never resolves while the caller's own stream is slow.
     pub(crate) async fn stalled(&self, limit: Duration) -> Phase {
@@ -119,6 +132,25 @@ pub(crate) struct Watched<S> {
     pub(crate) upload: Arc<Upload>,
 }
 
+/// Wakes the body's poller when the caller's next chunk arrives, and marks that from then on
+/// the upload waits on the agent: a poller stuck writing to a stopped agent never asks again,
+/// so without this a chunk that arrived after a `Pending` would never count as stalled.
+struct SourceWaker {
+    upload: Arc<Upload>,
+    poller: Waker,
+}
+
+impl Wake for SourceWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.upload.source_ready();
+        self.poller.wake_by_ref();
+    }
+}
+
 impl<S, T, E> Stream for Watched<S>
 where
     S: Stream<Item = Result<T, E>> + Unpin,
@@ -128,7 +160,11 @@ where
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         // Asked for more: the agent took everything so far.
         self.upload.set(SOURCE);
-        let polled = Pin::new(&mut self.inner).poll_next(cx);
+        let waker = Waker::from(Arc::new(SourceWaker {
+            upload: Arc::clone(&self.upload),
+            poller: cx.waker().clone(),
+        }));
+        let polled = Pin::new(&mut self.inner).poll_next(&mut Context::from_waker(&waker));
         match &polled {
             Poll::Ready(Some(Ok(_))) => self.upload.set(AGENT),
             Poll::Ready(_) => self.upload.set(DONE),
@@ -169,5 +205,43 @@ mod tests {
         assert_eq!(one.next().await, Some(Ok(2)));
         assert_eq!(one.next().await, None);
         assert_eq!(upload.stalled(limit).await, Phase::Answer);
+    }
+
+    #[tokio::test]
+    async fn a_chunk_that_arrives_while_nobody_asks_stalls() {
+        let upload = Upload::new();
+        let limit = Duration::from_millis(50);
+        // A one-slot source: a chunk, and the waker of whoever asked while it was empty.
+        let slot: Arc<Mutex<(Option<u8>, Option<Waker>)>> = Arc::default();
+        let source = {
+            let slot = Arc::clone(&slot);
+            stream::poll_fn(move |cx| {
+                let mut slot = slot.lock().unwrap();
+                match slot.0.take() {
+                    Some(b) => Poll::Ready(Some(Ok::<u8, ()>(b))),
+                    None => {
+                        slot.1 = Some(cx.waker().clone());
+                        Poll::Pending
+                    }
+                }
+            })
+        };
+        let mut body = Watched {
+            inner: source,
+            upload: Arc::clone(&upload),
+        };
+        // Asked while the caller had nothing: not stalled...
+        assert!(futures_util::poll!(body.next()).is_pending());
+        assert!(tokio::time::timeout(limit * 4, upload.stalled(limit))
+            .await
+            .is_err());
+        // ...until the caller's chunk arrives and the poller (stuck on the agent) never asks.
+        let waker = {
+            let mut slot = slot.lock().unwrap();
+            slot.0 = Some(1);
+            slot.1.take().expect("the poller's waker")
+        };
+        waker.wake();
+        assert_eq!(upload.stalled(limit).await, Phase::Upload);
     }
 }

@@ -270,6 +270,7 @@ pub async fn read_single_envelope<T: DeserializeOwned>(body: Body) -> Result<T, 
             if flags & END_STREAM != 0 {
                 return Err(RpcError::invalid("request stream carries no message"));
             }
+            tokio::spawn(drain(stream));
             return parse_message(&payload);
         }
         match stream.next().await {
@@ -278,6 +279,23 @@ pub async fn read_single_envelope<T: DeserializeOwned>(body: Body) -> Result<T, 
             None => return Err(RpcError::invalid("request ended before a whole message")),
         }
     }
+}
+
+/// Reads what follows the one message (the request's end) while the answer streams: hyper
+/// keeps a connection for the next request only when the request was read to its end, and a
+/// client that already reused it would see it reset.
+async fn drain(mut stream: axum::body::BodyDataStream) {
+    const LIMIT: usize = 64 << 10;
+    let mut extra = 0;
+    let read = async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            extra += chunk.len();
+            if extra > LIMIT {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(60), read).await;
 }
 
 /// The keepalive period a streaming client asked for (`Keepalive-Ping-Interval`, seconds).

@@ -1077,3 +1077,57 @@ async fn filesystem_calls_and_watchers() {
     .await;
     assert_eq!(missing.end().await["error"]["code"], "not_found");
 }
+
+/// A streamed call whose request ends only after its answer did (chunked, the last chunk late)
+/// leaves the connection usable: the next request on it is answered, not reset.
+#[tokio::test]
+async fn a_late_request_end_keeps_the_connection_for_the_next_call() {
+    let agent = TestAgent::start().await;
+    let stream = tokio::net::UnixStream::connect(agent.path("agent.sock"))
+        .await
+        .expect("connect");
+    let (mut conn_tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let call = |body: ReqBody| {
+        Request::builder()
+            .method("POST")
+            .uri("/envd/process.Process/Start")
+            .header("host", "envd")
+            .header("content-type", STREAM_CT)
+            .header("connect-protocol-version", "1")
+            .body(body)
+            .expect("request")
+    };
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(1);
+    let body = StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(Bytes::from(b))), rx))
+    }));
+    tx.send(envelope(0, &bash("echo one"))).await.expect("feed");
+    let resp = conn_tx
+        .send_request(call(body.boxed()))
+        .await
+        .expect("answer");
+    let mut s = Envelopes::new(resp);
+    assert!(s.event().await["start"]["pid"].is_u64());
+    let (out, _, _, _) = s.until_end().await;
+    assert_eq!(out, "one\n");
+    s.end().await;
+    // The answer is complete; the request's last chunk comes now.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(tx);
+    conn_tx
+        .ready()
+        .await
+        .expect("connection kept for the next request");
+    let resp = conn_tx
+        .send_request(call(full(envelope(0, &bash("echo two")))))
+        .await
+        .expect("second answer on the same connection");
+    let mut s = Envelopes::new(resp);
+    s.event().await;
+    assert_eq!(s.until_end().await.0, "two\n");
+}
