@@ -162,6 +162,21 @@ def skip_if_ws_unimplemented(exc: BaseException, what: str) -> None:
             pytest.skip(f"{what} not implemented by the server: 404 {body}")
 
 
+def agent_pid(capsule_id: str) -> int:
+    """The host pid of the capsule's agent (its init), found by its cgroup."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv0 = (entry / "cmdline").read_bytes().split(b"\0")[0]
+            cgroups = (entry / "cgroup").read_text()
+        except OSError:
+            continue
+        if argv0.endswith(b"wrenn-agent") and f"/{capsule_id}" in cgroups:
+            return int(entry.name)
+    raise AssertionError(f"no agent process for {capsule_id}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import threading
 import subprocess
 import time
 
 import pytest
 
-from conftest import poll
+from conftest import agent_pid, poll
 
 e2b = pytest.importorskip("e2b")
 from e2b import Sandbox  # noqa: E402
@@ -151,3 +153,54 @@ def test_files_ownership_round_trip_and_watch(sbx):
 
     poll(seen, timeout=10, interval=0.2, what="watch event")
     w.stop()
+
+
+# The agent client's deadline for an answer (crates/wrenn-agent-client: Deadlines::request).
+REQUEST_DEADLINE = 20
+
+
+def test_a_stopped_agent_cannot_hang_envd_calls(sbx):
+    """envd calls to a sandbox whose agent is stopped (SIGSTOP from inside is the same) fail
+    with the server's 502 after its deadline, well before the SDK's own 60 s, and the sandbox
+    answers again once the agent continues."""
+    stuck = Sandbox.create(template=TEMPLATE, timeout=120)
+    try:
+        pid = agent_pid("cl-" + stuck.sandbox_id)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            results: dict[str, object] = {}
+
+            def call(name, fn):
+                t0 = time.monotonic()
+                try:
+                    fn()
+                    results[name] = ("answered", time.monotonic() - t0)
+                except Exception as exc:  # noqa: BLE001
+                    results[name] = (exc, time.monotonic() - t0)
+
+            calls = {
+                "run": lambda: stuck.commands.run("true"),
+                "read": lambda: stuck.files.read("/etc/hostname"),
+                "write": lambda: stuck.files.write("/tmp/x", "x" * (4 << 20)),
+                "list": lambda: stuck.files.list("/"),
+            }
+            threads = [threading.Thread(target=call, args=kv) for kv in calls.items()]
+            for t in threads:
+                t.start()
+            # Meanwhile the other sandbox is served.
+            time.sleep(1)
+            assert sbx.commands.run("echo alive").stdout == "alive\n"
+            for t in threads:
+                t.join(timeout=90)
+            assert not any(t.is_alive() for t in threads), results
+            for name, (outcome, took) in results.items():
+                # The server's answer, not the SDK giving up (after a failed call the SDK
+                # also probes /health, which meets the same deadline).
+                assert isinstance(outcome, Exception), (name, outcome)
+                assert "did not" in str(outcome), (name, outcome)
+                assert took < 2 * REQUEST_DEADLINE + 8, (name, outcome, took)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert stuck.commands.run("echo back").stdout == "back\n"
+    finally:
+        stuck.kill()

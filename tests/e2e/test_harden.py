@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import PtyReader, assert_error, poll
+from conftest import PtyReader, agent_pid, assert_error, poll
 
 # The agent's default caps (crates/wrenn-agent: processes::DEFAULT_MAX_PROCESSES,
 # pty::DEFAULT_MAX_SESSIONS).
@@ -22,21 +22,6 @@ MAX_PROCESSES = 512
 MAX_PTYS = 64
 # The agent client's default deadlines: 5 s connect, 20 s per request.
 REQUEST_DEADLINE = 20
-
-
-def agent_pid(capsule_id: str) -> int:
-    """The host pid of the capsule's agent (its init), found by its cgroup."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv0 = (entry / "cmdline").read_bytes().split(b"\0")[0]
-            cgroups = (entry / "cgroup").read_text()
-        except OSError:
-            continue
-        if argv0.endswith(b"wrenn-agent") and f"/{capsule_id}" in cgroups:
-            return int(entry.name)
-    raise AssertionError(f"no agent process for {capsule_id}")
 
 
 def no_host_path(server, text: str) -> None:

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use futures_util::Stream;
+use hyper::body::{Body, Frame, SizeHint};
 
 /// How long each phase of a call to the agent may take (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,10 +126,20 @@ impl Upload {
     }
 }
 
-/// A body stream that reports its progress to an [`Upload`].
-pub(crate) struct Watched<S> {
-    pub(crate) inner: S,
-    pub(crate) upload: Arc<Upload>,
+/// A request body that reports its progress to an [`Upload`]; its size and end pass through.
+pub(crate) struct Watched<B> {
+    inner: B,
+    upload: Arc<Upload>,
+}
+
+impl<B: Body> Watched<B> {
+    pub(crate) fn new(inner: B, upload: Arc<Upload>) -> Self {
+        // A body over before it starts (a GET's) is never asked for: the wait is the answer's.
+        if inner.is_end_stream() {
+            upload.set(DONE);
+        }
+        Self { inner, upload }
+    }
 }
 
 /// Wakes the body's poller when the caller's next chunk arrives, and marks that from then on
@@ -151,59 +161,96 @@ impl Wake for SourceWaker {
     }
 }
 
-impl<S, T, E> Stream for Watched<S>
-where
-    S: Stream<Item = Result<T, E>> + Unpin,
-{
-    type Item = Result<T, E>;
+impl<B: Body + Unpin> Body for Watched<B> {
+    type Data = B::Data;
+    type Error = B::Error;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         // Asked for more: the agent took everything so far.
         self.upload.set(SOURCE);
         let waker = Waker::from(Arc::new(SourceWaker {
             upload: Arc::clone(&self.upload),
             poller: cx.waker().clone(),
         }));
-        let polled = Pin::new(&mut self.inner).poll_next(&mut Context::from_waker(&waker));
+        let polled = Pin::new(&mut self.inner).poll_frame(&mut Context::from_waker(&waker));
         match &polled {
+            // hyper does not ask past a declared length, so the last chunk ends the upload.
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.upload.set(DONE),
             Poll::Ready(Some(Ok(_))) => self.upload.set(AGENT),
             Poll::Ready(_) => self.upload.set(DONE),
             Poll::Pending => {}
         }
         polled
     }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use futures_util::{stream, StreamExt};
+    use bytes::Bytes;
+    use futures_util::stream;
+    use http_body_util::{BodyExt, Empty, Full, StreamBody};
 
     use super::*;
+
+    fn chunks<S>(s: S) -> StreamBody<S> {
+        StreamBody::new(s)
+    }
+
+    fn data(b: &'static [u8]) -> Result<Frame<Bytes>, ()> {
+        Ok(Frame::data(Bytes::from_static(b)))
+    }
 
     #[tokio::test]
     async fn an_untaken_chunk_stalls_but_a_slow_source_does_not() {
         let upload = Upload::new();
         let limit = Duration::from_millis(50);
         // A source that never yields: the caller is slow, not the agent.
-        let mut pending = Watched {
-            inner: stream::pending::<Result<u8, ()>>(),
-            upload: Arc::clone(&upload),
-        };
-        assert!(futures_util::poll!(pending.next()).is_pending());
+        let mut pending = Watched::new(
+            chunks(stream::pending::<Result<Frame<Bytes>, ()>>()),
+            Arc::clone(&upload),
+        );
+        assert!(futures_util::poll!(pending.frame()).is_pending());
         assert!(tokio::time::timeout(limit * 4, upload.stalled(limit))
             .await
             .is_err());
         // A chunk handed over and never asked past.
         let upload = Upload::new();
-        let mut one = Watched {
-            inner: stream::iter([Ok::<u8, ()>(1), Ok(2)]),
-            upload: Arc::clone(&upload),
-        };
-        assert_eq!(one.next().await, Some(Ok(1)));
+        let mut two = Watched::new(
+            chunks(stream::iter([data(b"1"), data(b"2")])),
+            Arc::clone(&upload),
+        );
+        assert!(two.frame().await.is_some());
         assert_eq!(upload.stalled(limit).await, Phase::Upload);
         // The whole body taken and no answer.
-        assert_eq!(one.next().await, Some(Ok(2)));
-        assert_eq!(one.next().await, None);
+        assert!(two.frame().await.is_some());
+        assert!(two.frame().await.is_none());
+        assert_eq!(upload.stalled(limit).await, Phase::Answer);
+    }
+
+    #[tokio::test]
+    async fn a_body_of_known_length_ends_with_its_last_chunk_and_an_empty_one_at_once() {
+        let limit = Duration::from_millis(50);
+        // hyper never asks past a declared length: the last chunk is the end.
+        let upload = Upload::new();
+        let mut full = Watched::new(Full::new(Bytes::from_static(b"x")), Arc::clone(&upload));
+        assert_eq!(full.size_hint().exact(), Some(1));
+        assert!(full.frame().await.is_some());
+        assert_eq!(upload.stalled(limit).await, Phase::Answer);
+        // A body empty from the start is never asked for.
+        let upload = Upload::new();
+        let empty = Watched::new(Empty::<Bytes>::new(), Arc::clone(&upload));
+        assert!(empty.is_end_stream());
         assert_eq!(upload.stalled(limit).await, Phase::Answer);
     }
 
@@ -212,13 +259,13 @@ mod tests {
         let upload = Upload::new();
         let limit = Duration::from_millis(50);
         // A one-slot source: a chunk, and the waker of whoever asked while it was empty.
-        let slot: Arc<Mutex<(Option<u8>, Option<Waker>)>> = Arc::default();
+        let slot: Arc<Mutex<(Option<&'static [u8]>, Option<Waker>)>> = Arc::default();
         let source = {
             let slot = Arc::clone(&slot);
             stream::poll_fn(move |cx| {
                 let mut slot = slot.lock().unwrap();
                 match slot.0.take() {
-                    Some(b) => Poll::Ready(Some(Ok::<u8, ()>(b))),
+                    Some(b) => Poll::Ready(Some(data(b))),
                     None => {
                         slot.1 = Some(cx.waker().clone());
                         Poll::Pending
@@ -226,19 +273,16 @@ mod tests {
                 }
             })
         };
-        let mut body = Watched {
-            inner: source,
-            upload: Arc::clone(&upload),
-        };
+        let mut body = Watched::new(chunks(source), Arc::clone(&upload));
         // Asked while the caller had nothing: not stalled...
-        assert!(futures_util::poll!(body.next()).is_pending());
+        assert!(futures_util::poll!(body.frame()).is_pending());
         assert!(tokio::time::timeout(limit * 4, upload.stalled(limit))
             .await
             .is_err());
         // ...until the caller's chunk arrives and the poller (stuck on the agent) never asks.
         let waker = {
             let mut slot = slot.lock().unwrap();
-            slot.0 = Some(1);
+            slot.0 = Some(b"1");
             slot.1.take().expect("the poller's waker")
         };
         waker.wake();

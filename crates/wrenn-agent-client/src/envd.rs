@@ -1,6 +1,8 @@
 //! E2B's envd through the agent (`wrenn_types::envd`): the sandbox defaults, and raw
 //! forwarding of envd traffic under [`ENVD_PATH_PREFIX`].
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::{header, Method, Request, Response, Uri};
 use http_body_util::BodyExt;
@@ -8,6 +10,7 @@ use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
 use wrenn_types::envd::{EnvdConfig, ENVD_CONFIG_PATH, ENVD_PATH_PREFIX};
 
+use crate::deadline::{Upload, Watched};
 use crate::{transport, AgentClient, AgentError, BoxError};
 
 impl AgentClient {
@@ -25,9 +28,13 @@ impl AgentClient {
     /// `/envd/files?path=a` on a fresh connection and answers whatever the agent answers,
     /// any status, with its body streamed as it arrives: nothing is buffered either way.
     /// `Host` is set to the agent's; the other headers go unchanged.
+    ///
+    /// The agent must take the request body as the caller sends it and answer the head within
+    /// [`Deadlines::request`](crate::Deadlines) of its last byte (a client-streaming call
+    /// stays open as long as its caller keeps it open); the answer's body has no deadline.
     pub async fn forward_envd<B>(&self, req: Request<B>) -> Result<Response<Incoming>, AgentError>
     where
-        B: Body<Data = Bytes> + Send + 'static,
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
         let (mut parts, body) = req.into_parts();
@@ -43,10 +50,13 @@ impl AgentClient {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        sender
-            .send_request(Request::from_parts(parts, body))
-            .await
-            .map_err(transport)
+        let upload = Upload::new();
+        let body = Watched::new(body, Arc::clone(&upload));
+        let after = self.deadlines().request;
+        tokio::select! {
+            r = sender.send_request(Request::from_parts(parts, body)) => r.map_err(transport),
+            phase = upload.stalled(after) => Err(AgentError::Timeout { phase, after }),
+        }
     }
 }
 

@@ -414,11 +414,8 @@ impl AgentClient {
         S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     {
         let upload = deadline::Upload::new();
-        let body = deadline::Watched {
-            inner: Box::pin(body),
-            upload: upload.clone(),
-        };
-        let body = StreamBody::new(body.map_ok(Frame::data)).boxed_unsync();
+        let body = StreamBody::new(Box::pin(body).map_ok(Frame::data));
+        let body = deadline::Watched::new(body, upload.clone()).boxed_unsync();
         let uri = format!("/files/write?path={}", percent_encode(path, true));
         let ct = Some("application/octet-stream");
         self.send(Method::POST, &uri, ct, body, Wait::Upload(upload))

@@ -4,6 +4,7 @@
 //! that logs server errors once.
 
 pub mod e2b;
+mod early_answer;
 pub mod wrenn;
 
 use axum::extract::Request;
@@ -32,6 +33,9 @@ pub fn router(state: AppState) -> Router {
             crate::proxy::route_by_host,
         ))
         .layer(axum::middleware::from_fn(log_server_errors))
+        .layer(axum::middleware::from_fn(
+            early_answer::close_if_body_unread,
+        ))
 }
 
 /// Unknown routes, in the error shape of the API the path belongs to.

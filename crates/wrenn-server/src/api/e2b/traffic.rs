@@ -125,6 +125,10 @@ pub async fn serve(state: &AppState, port: u16, sid: &str, req: Request) -> Resp
             }
             Response::from_parts(parts, Body::new(body))
         }
+        Err(e @ wrenn_agent_client::AgentError::Timeout { .. }) => {
+            tracing::warn!(sandbox = %sid, error = %e, "envd request ran out of time");
+            error(StatusCode::BAD_GATEWAY, &format!("the sandbox's {e}"))
+        }
         Err(e) => port_closed(sid, port, &e.to_string()),
     }
 }
