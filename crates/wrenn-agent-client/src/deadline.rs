@@ -259,7 +259,8 @@ mod tests {
         let upload = Upload::new();
         let limit = Duration::from_millis(50);
         // A one-slot source: a chunk, and the waker of whoever asked while it was empty.
-        let slot: Arc<Mutex<(Option<&'static [u8]>, Option<Waker>)>> = Arc::default();
+        type Slot = (Option<&'static [u8]>, Option<Waker>);
+        let slot: Arc<Mutex<Slot>> = Arc::default();
         let source = {
             let slot = Arc::clone(&slot);
             stream::poll_fn(move |cx| {
