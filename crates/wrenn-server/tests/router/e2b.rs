@@ -462,6 +462,41 @@ async fn pause_connect_kill_and_the_deadline() {
 }
 
 #[tokio::test]
+async fn an_auto_paused_sandbox_resumed_elsewhere_gets_a_fresh_deadline() {
+    let h = Harness::new().await;
+    let _configs = fake_agent(&h).await;
+    let v = create(
+        &h,
+        json!({"templateID": "minimal", "timeout": 5, "autoPause": true}),
+    )
+    .await;
+    let sid = v["sandboxID"].as_str().unwrap().to_owned();
+    let id = format!("cl-{sid}");
+    h.wait_status(&id, "running").await;
+    let later = chrono::Utc::now() + chrono::Duration::seconds(6);
+    h.state.e2b.reap(&h.state.capsules, later).await;
+    h.wait_status(&id, "paused").await;
+    // Resumed through the Wrenn API (the dashboard's button), its deadline long past.
+    assert!(h.verb(&id, "resume").await.0.is_success());
+    h.wait_status(&id, "running").await;
+    h.state.e2b.reap(&h.state.capsules, later).await;
+    assert_eq!(h.get(&id).await["status"], "running", "not paused again");
+    let (_, _, d) = e2b(&h, Method::GET, &format!("/sandboxes/{sid}"), None).await;
+    let end = chrono::DateTime::parse_from_rfc3339(d["endAt"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (end.timestamp() - later.timestamp()) / 10,
+        30,
+        "E2B's default 300 s from then: {d}"
+    );
+    // The fresh deadline holds like any other.
+    h.state
+        .e2b
+        .reap(&h.state.capsules, later + chrono::Duration::seconds(301))
+        .await;
+    h.wait_status(&id, "paused").await;
+}
+
+#[tokio::test]
 async fn traffic_is_held_while_the_sandbox_is_on_its_way() {
     use wrenn_server::service::fake::Op;
     let h = Harness::new().await;
