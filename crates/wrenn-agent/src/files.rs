@@ -210,9 +210,9 @@ fn read_pseudo(path: &str, mut file: fs::File, max: usize) -> Result<Vec<u8>, Ap
             }
             Err(e) => {
                 return Err(match io_error("read", path, &e) {
-                    err if err.code == AgentErrorCode::Internal => ApiError::invalid(format!(
-                        "read {path}: cannot be read as a file ({e})"
-                    )),
+                    err if err.code == AgentErrorCode::Internal => {
+                        ApiError::invalid(format!("read {path}: cannot be read as a file ({e})"))
+                    }
                     err => err,
                 })
             }
@@ -615,7 +615,11 @@ mod tests {
         assert!(is_pseudo(&file, &meta));
         let e = read_pseudo("/proc/self/pagemap", file, 1 << 20).expect_err("refused");
         assert_eq!(e.code, AgentErrorCode::InvalidRequest);
-        assert!(e.message.contains("longer than 1048576 bytes"), "{}", e.message);
+        assert!(
+            e.message.contains("longer than 1048576 bytes"),
+            "{}",
+            e.message
+        );
         // Our own memory at offset 0 is not mapped: EIO, which is the request's fault.
         let (file, _) = open_regular("/proc/self/mem").expect("open");
         let e = read_pseudo("/proc/self/mem", file, 1 << 20).expect_err("refused");
