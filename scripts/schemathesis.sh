@@ -34,7 +34,7 @@ admin=$("$bin" key create --dir "$dir" --team fuzz --name cleanup)
 # limits; every route and check stays in.
 "$bin" serve --listen "127.0.0.1:$port" --dir "$dir" --cache-dir "$cache" --agent "$agent" \
   --no-prebuild --warm code-runner-beta=0 --warm code-interpreter-v1=0 \
-  --memory-overcommit 1000 --team-max-capsules 2000 --team-max-vcpus 0 \
+  --memory-overcommit 1000 --team-max-capsules 0 --team-max-vcpus 0 \
   --team-max-memory-mb 0 2>"$dir.log" &
 server=$!
 cleanup() {
