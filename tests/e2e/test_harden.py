@@ -102,6 +102,31 @@ def test_fifos_and_devices_are_refused_at_once(api, capsule, server):
     assert capsule.files.read("/tmp/plain") == "fine"
 
 
+def test_files_without_a_size_are_read_whole_or_refused(api, capsule):
+    """Issue 14: procfs and sysfs files are read whole before the answer: a short one comes
+    with its length, one that never ends (`pagemap` spans the address space) or cannot be read
+    (`/proc/self/mem` at offset 0) is 400 `invalid_request` in both read routes, not a stream
+    cut off by a deadline."""
+    from wrenn.exceptions import WrennValidationError
+
+    cid = capsule.capsule_id
+    status = capsule.files.read("/proc/self/status")
+    assert "Pid:" in status, status
+    r = api.post(f"/v1/capsules/{cid}/files/read", json={"path": "/proc/self/status"})
+    assert r.status_code == 200 and int(r.headers["content-length"]) == len(r.content) > 0
+    for path, words in (
+        ("/proc/self/pagemap", "longer than"),
+        ("/proc/1/pagemap", "longer than"),
+        ("/proc/self/mem", "cannot be read"),
+    ):
+        with pytest.raises(WrennValidationError) as exc:
+            capsule.files.read_bytes(path)
+        assert words in exc.value.message, exc.value.message
+        r = api.post(f"/v1/capsules/{cid}/files/stream/read", json={"path": path})
+        assert_error(r, 400, "invalid_request")
+    assert capsule.files.read("/proc/sys/kernel/ostype") == "Linux\n"
+
+
 def test_a_stopped_agent_cannot_hang_the_api(api, make_capsule, server):
     from wrenn.exceptions import WrennAgentError
 

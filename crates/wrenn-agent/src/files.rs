@@ -5,6 +5,10 @@
 //! socket or a device file is refused at once with `invalid_request`, before it is opened and
 //! again on the opened file (`O_NONBLOCK`, so even a FIFO swapped in between cannot block), so
 //! no request can hang an agent thread on a pipe nobody writes or stream `/dev/zero` forever.
+//! A file with no size of its own (procfs, sysfs, or any file whose size reads 0) is read whole,
+//! at most [`MAX_PSEUDO_READ`] bytes, before answering: some never end
+//! (`/proc/self/pagemap` spans the address space), some cannot be read at all
+//! (`/proc/self/mem` at offset 0); both are `invalid_request`, not a stream cut off later.
 //!
 //! Errors keep the errno's meaning: ENOENT → `not_found`, ENOTDIR → `not_a_directory`, EISDIR →
 //! `is_a_directory`, EEXIST → `already_exists`, EACCES/EPERM/EROFS → `permission_denied`.
@@ -34,6 +38,8 @@ use crate::users::Names;
 
 /// Read chunk size of streamed downloads.
 const READ_CHUNK: usize = 64 * 1024;
+/// Most bytes read from a file with no size of its own; a longer one is refused.
+pub const MAX_PSEUDO_READ: usize = 8 * 1024 * 1024;
 /// Most entries one `files/list` answers; a bigger listing is refused, not truncated.
 pub const MAX_LIST_ENTRIES: usize = 100_000;
 /// Deepest `files/list` recursion; larger depths are clamped to it.
@@ -141,28 +147,77 @@ pub async fn read(req: Result<Json<PathRequest>, JsonRejection>) -> Result<Respo
         let path = path.clone();
         blocking(move || open_regular(&path)).await?
     };
-    let file = tokio::fs::File::from_std(file);
     if meta.is_dir() {
         return Err(ApiError::new(
             AgentErrorCode::IsADirectory,
             format!("read {path}: is a directory"),
         ));
     }
-    let mut builder =
+    let builder =
         axum::http::Response::builder().header(header::CONTENT_TYPE, "application/octet-stream");
-    // Pseudo files (procfs) report size 0 but have content: stream those without a length.
-    let body = if meta.is_file() && meta.len() > 0 {
-        builder = builder.header(header::CONTENT_LENGTH, meta.len());
-        Body::from_stream(ReaderStream::with_capacity(
-            file.take(meta.len()),
-            READ_CHUNK,
-        ))
+    let body = if is_pseudo(&file, &meta) {
+        let path = path.clone();
+        let bytes = blocking(move || read_pseudo(&path, file, MAX_PSEUDO_READ)).await?;
+        builder
+            .header(header::CONTENT_LENGTH, bytes.len())
+            .body(Body::from(bytes))
     } else {
-        Body::from_stream(ReaderStream::with_capacity(file, READ_CHUNK))
+        let file = tokio::fs::File::from_std(file);
+        builder
+            .header(header::CONTENT_LENGTH, meta.len())
+            .body(Body::from_stream(ReaderStream::with_capacity(
+                file.take(meta.len()),
+                READ_CHUNK,
+            )))
     };
-    builder
-        .body(body)
-        .map_err(|e| ApiError::new(AgentErrorCode::Internal, format!("read {path}: {e}")))
+    body.map_err(|e| ApiError::new(AgentErrorCode::Internal, format!("read {path}: {e}")))
+}
+
+/// Whether `file` has no size of its own: it lives on procfs or sysfs (whose sizes are 0 or a
+/// page, whatever the content), or its size reads 0 (other pseudo filesystems; a really empty
+/// file reads the same either way).
+fn is_pseudo(file: &fs::File, meta: &Metadata) -> bool {
+    use nix::sys::statfs::{fstatfs, PROC_SUPER_MAGIC, SYSFS_MAGIC};
+    meta.len() == 0
+        || fstatfs(file).is_ok_and(|st| {
+            st.filesystem_type() == PROC_SUPER_MAGIC || st.filesystem_type() == SYSFS_MAGIC
+        })
+}
+
+/// Reads all of the pseudo file `file` (at `path`), refusing it when it holds more than `max`
+/// bytes, waits for data (it was opened `O_NONBLOCK`) or cannot be read.
+fn read_pseudo(path: &str, mut file: fs::File, max: usize) -> Result<Vec<u8>, ApiError> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    // Whole chunks: some pseudo files take reads of a multiple of their record only
+    // (`pagemap`: 8 bytes).
+    let mut chunk = vec![0u8; READ_CHUNK];
+    loop {
+        match file.read(&mut chunk) {
+            Ok(0) => return Ok(bytes),
+            Ok(n) if bytes.len() + n > max => {
+                return Err(ApiError::invalid(format!(
+                    "read {path}: a file without a size (procfs, sysfs) longer than {max} bytes \
+                     is not read"
+                )))
+            }
+            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(ApiError::invalid(format!(
+                    "read {path}: a file that waits for data is not read"
+                )))
+            }
+            Err(e) => {
+                return Err(match io_error("read", path, &e) {
+                    err if err.code == AgentErrorCode::Internal => {
+                        ApiError::invalid(format!("read {path}: cannot be read as a file ({e})"))
+                    }
+                    err => err,
+                })
+            }
+        }
+    }
 }
 
 /// Query of `POST /files/write`.
@@ -547,6 +602,33 @@ mod tests {
         fs::write(&file, b"x").expect("file");
         assert!(open_regular(&file.to_string_lossy()).is_ok());
         assert!(open_regular(&dir.path().to_string_lossy()).is_ok());
+    }
+
+    #[test]
+    fn files_without_a_size_are_read_whole_within_a_bound() {
+        let (file, meta) = open_regular("/proc/self/status").expect("open");
+        assert!(is_pseudo(&file, &meta));
+        let status = read_pseudo("/proc/self/status", file, MAX_PSEUDO_READ).expect("read");
+        assert!(String::from_utf8_lossy(&status).contains("Pid:"));
+        // `pagemap` spans the address space: never read to its end.
+        let (file, meta) = open_regular("/proc/self/pagemap").expect("open");
+        assert!(is_pseudo(&file, &meta));
+        let e = read_pseudo("/proc/self/pagemap", file, 1 << 20).expect_err("refused");
+        assert_eq!(e.code, AgentErrorCode::InvalidRequest);
+        assert!(
+            e.message.contains("longer than 1048576 bytes"),
+            "{}",
+            e.message
+        );
+        // Our own memory at offset 0 is not mapped: EIO, which is the request's fault.
+        let (file, _) = open_regular("/proc/self/mem").expect("open");
+        let e = read_pseudo("/proc/self/mem", file, 1 << 20).expect_err("refused");
+        assert_eq!(e.code, AgentErrorCode::InvalidRequest, "{}", e.message);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let real = dir.path().join("real");
+        fs::write(&real, b"bytes").expect("file");
+        let (file, meta) = open_regular(&real.to_string_lossy()).expect("open");
+        assert!(!is_pseudo(&file, &meta));
     }
 
     #[test]

@@ -8,9 +8,15 @@
 //!    use × the disk overcommit, and the capsule count (503 `host_unavailable`).
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use wrenn_types::api::Capsule;
 
 use super::error::{CapsuleError, CapsuleResult};
-use super::Capsules;
+use super::pool::Warm;
+use super::{Capsules, LiveCapsule};
+use crate::ids;
 
 /// Per-team limits; 0 means no limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,10 +267,44 @@ fn free_mb(dir: &std::path::Path) -> Option<u64> {
     Some(st.blocks_available() as u64 * st.fragment_size() as u64 / (1024 * 1024))
 }
 
+/// Capsules admitted and not yet in the registry (their record is being written): admission
+/// counts them, so that concurrent creates cannot all pass the same check.
+#[derive(Debug, Default)]
+pub(super) struct Pending(Mutex<Vec<Admitted>>);
+
+#[derive(Debug)]
+struct Admitted {
+    id: String,
+    team_id: String,
+    vcpus: u32,
+    memory_mb: u32,
+}
+
+impl Pending {
+    fn lock(&self) -> MutexGuard<'_, Vec<Admitted>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A capsule's place, held from its admission until it is registered (or the create is
+/// given up: dropping the place frees it).
+#[must_use]
+pub(super) struct Reservation<'a> {
+    pending: &'a Pending,
+    /// The capsule's id.
+    pub(super) id: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.pending.lock().retain(|a| a.id != self.id);
+    }
+}
+
 impl Capsules {
-    /// What the live capsules hold, on the whole host (with the warm pools) and for `team_id`;
-    /// and the MiB their disks use.
-    fn usage(&self, team_id: Option<&str>) -> (Usage, Usage, u64) {
+    /// What the live capsules (and those admitted but not yet registered) hold, on the whole
+    /// host (with the warm pools) and for `team_id`; and the MiB their disks use.
+    fn usage(&self, pending: &[Admitted], team_id: Option<&str>) -> (Usage, Usage, u64) {
         let (mut host, mut team, mut disk_used_mb) = (Usage::default(), Usage::default(), 0u64);
         for live in self.live.all() {
             let c = live.snapshot();
@@ -277,41 +317,96 @@ impl Capsules {
                 team.add(c.vcpus, c.memory_mb);
             }
         }
+        for a in pending {
+            host.add(a.vcpus, a.memory_mb);
+            if Some(a.team_id.as_str()) == team_id {
+                team.add(a.vcpus, a.memory_mb);
+            }
+        }
         let (pooled, pooled_mb) = self.pool.reserved();
         host.capsules += pooled as u32;
         host.memory_mb += pooled_mb;
         (host, team, disk_used_mb)
     }
 
-    /// Whether `team_id` may have one more capsule of `vcpus` and `memory_mb` (it must fit the
-    /// host and the team's limits), whether it comes from a warm pool or not.
-    pub(super) fn admit_team(
-        &self,
-        team_id: &str,
-        vcpus: u32,
-        memory_mb: u32,
-    ) -> CapsuleResult<()> {
-        let (_, team, _) = self.usage(Some(team_id));
-        match self.capacity.refuse_team(team, vcpus, memory_mb) {
-            Some(r) => Err(r.into()),
-            None => Ok(()),
-        }
-    }
-
-    /// Whether the host has room now for one more capsule of `memory_mb`, next to the live and
-    /// the pooled ones.
-    pub(super) fn admit(&self, memory_mb: u32) -> CapsuleResult<()> {
-        let (host, _, disk_used_mb) = self.usage(None);
+    /// Why the host has no room now for one more capsule of `memory_mb`, next to the live,
+    /// the pending and the pooled ones, if it has none.
+    fn refuse_host(&self, pending: &[Admitted], memory_mb: u32) -> Option<Refusal> {
+        let (host, _, disk_used_mb) = self.usage(pending, None);
         let disk = self
             .capacity
             .disk_dir
             .as_deref()
             .and_then(free_mb)
             .map(|free| (free, disk_used_mb));
-        match self.capacity.refuse_host(host, memory_mb, disk) {
-            Some(r) => Err(r.into()),
-            None => Ok(()),
+        self.capacity.refuse_host(host, memory_mb, disk)
+    }
+
+    /// Admits one more capsule of `vcpus` and `memory_mb` for `team_id`: it must fit the host
+    /// and the team's limits and, unless a warm capsule of `warm_template` is taken for it,
+    /// the host's room now. The check and the reservation are one step, so concurrent creates
+    /// never exceed a limit together. Answers the reservation (its id is the warm capsule's,
+    /// when one was taken) and the warm capsule.
+    pub(super) fn reserve(
+        self: &Arc<Self>,
+        team_id: &str,
+        vcpus: u32,
+        memory_mb: u32,
+        warm_template: Option<&str>,
+    ) -> CapsuleResult<(Reservation<'_>, Option<Warm>)> {
+        let mut pending = self.admitted.lock();
+        let (_, team, _) = self.usage(&pending, Some(team_id));
+        if let Some(r) = self.capacity.refuse_team(team, vcpus, memory_mb) {
+            return Err(r.into());
         }
+        let warm = warm_template.and_then(|t| self.take_warm(t, vcpus, memory_mb));
+        if warm.is_none() {
+            if let Some(r) = self.refuse_host(&pending, memory_mb) {
+                return Err(r.into());
+            }
+        }
+        let id = warm
+            .as_ref()
+            .map_or_else(ids::new_capsule_id, |w| w.id.clone());
+        pending.push(Admitted {
+            id: id.clone(),
+            team_id: team_id.to_owned(),
+            vcpus,
+            memory_mb,
+        });
+        let reservation = Reservation {
+            pending: &self.admitted,
+            id,
+        };
+        Ok((reservation, warm))
+    }
+
+    /// Registers the admitted `capsule` of `team_id`, in the same step that ends its
+    /// reservation (so that it is counted once, never zero times or twice).
+    pub(super) fn register_admitted(
+        &self,
+        reservation: Reservation<'_>,
+        team_id: String,
+        capsule: Capsule,
+    ) -> Arc<LiveCapsule> {
+        let mut pending = self.admitted.lock();
+        let live = self.register(team_id, capsule);
+        pending.retain(|a| a.id != reservation.id);
+        drop(pending);
+        live
+    }
+
+    /// Whether the pool filler may make one more capsule of `memory_mb`; when it may, the
+    /// room is held for it (as the pool's filling capsule) in the same step.
+    pub(super) fn reserve_fill(&self, memory_mb: u32) -> bool {
+        let pending = self.admitted.lock();
+        if self.refuse_host(&pending, memory_mb).is_some() {
+            return false;
+        }
+        self.pool
+            .filling_mb
+            .store(memory_mb as usize, Ordering::Relaxed);
+        true
     }
 
     /// Admits one more snapshot for `team_id`, or says why not.

@@ -1,6 +1,6 @@
-//! Create: validate → resolve the template → a warm capsule of the pool, or admit → record
-//! `starting` → answer; in a task, after its turn in the start queue ([`super::lanes`]) and
-//! under the capsule's lock: the runtime creates it →
+//! Create: validate → resolve the template → admit and reserve in one step (a warm capsule of
+//! the pool, or room on the host) → record `starting` → answer; in a task, after its turn in
+//! the start queue ([`super::lanes`]) and under the capsule's lock: the runtime creates it →
 //! `running` (or `error`, cleaned up). A warm capsule is recorded `starting` then `running`
 //! before the answer, with the same events.
 
@@ -17,7 +17,6 @@ use super::error::CapsuleResult;
 use super::lanes::Place;
 use super::{Capsules, LiveCapsule, ValidCreate, PIDS_LIMIT};
 use crate::events::{system_actor, Action};
-use crate::ids;
 
 impl Capsules {
     /// Validates `req` and starts creating a capsule; answers with it in `starting`.
@@ -30,20 +29,14 @@ impl Capsules {
         let req = ValidCreate::try_from(req)?;
         let resolved = self.resolve_template(team_id, &req.template).await?;
         let (vcpus, memory_mb) = resolved.sizes.unwrap_or((req.vcpus, req.memory_mb));
-        self.admit_team(team_id, vcpus, memory_mb)?;
-        let warm = match resolved.sizes {
-            None => self.take_warm(&resolved.runtime_name, vcpus, memory_mb),
+        let warm_template = match resolved.sizes {
+            None => Some(resolved.runtime_name.as_str()),
             Some(_) => None,
         };
-        if warm.is_none() {
-            self.admit(memory_mb)?;
-        }
-
+        let (reservation, warm) = self.reserve(team_id, vcpus, memory_mb, warm_template)?;
         let now = Utc::now();
         let capsule = Capsule {
-            id: warm
-                .as_ref()
-                .map_or_else(ids::new_capsule_id, |w| w.id.clone()),
+            id: reservation.id.clone(),
             status: CapsuleStatus::Starting,
             template: req.template,
             vcpus,
@@ -59,7 +52,7 @@ impl Capsules {
             error: None,
         };
         self.persist(team_id, &capsule).await;
-        let live = self.register(team_id.to_owned(), capsule.clone());
+        let live = self.register_admitted(reservation, team_id.to_owned(), capsule.clone());
         self.events.capsule(
             team_id,
             &capsule,

@@ -92,9 +92,10 @@ impl Capsules {
             Err(e) => {
                 let reason = chain(&e);
                 tracing::error!(id = %id, error = %reason, "destroy failed");
+                // Known as a leftover before anyone can see the capsule in `error`.
+                self.leftover(&live.team_id, &id, &e);
                 self.fail(&live, Some(EventKind::CapsuleDestroy), reason)
                     .await;
-                self.leftover(&live.team_id, &id, &e);
             }
         }
     }

@@ -99,6 +99,8 @@ pub struct Capsules {
     /// Runtime teardowns, bounded the same way.
     stops: lanes::Lane,
     leftovers: leftovers::Leftovers,
+    /// Capsules admitted and not yet registered.
+    admitted: admission::Pending,
 }
 
 impl std::fmt::Debug for Capsules {
@@ -140,6 +142,7 @@ impl Capsules {
             starts: lanes::Lane::new(lanes::default_width()),
             stops: lanes::Lane::new(lanes::default_width()),
             leftovers: leftovers::Leftovers::default(),
+            admitted: admission::Pending::default(),
         })
     }
 

@@ -4,7 +4,7 @@
 //! # Design
 //! - A pooled capsule is an ordinary runtime capsule made with a fresh id and the default
 //!   sizes. It is in no team's registry (no list, get, proxy or event sees it) and is not
-//!   stored, but admission counts its memory and count ([`Capsules::admit`]).
+//!   stored, but admission counts its memory and count ([`Capsules::reserve`]).
 //! - Hand-out ([`Capsules::take_warm`]) removes it from the pool and the create verb then
 //!   registers it under the caller's team with the caller's timeout and metadata, recording
 //!   `starting` then `running` and publishing the usual events. Its id (and so its hostname)
@@ -96,7 +96,7 @@ pub(super) struct Pool {
     targets: BTreeMap<String, usize>,
     ready: Mutex<HashMap<String, VecDeque<Warm>>>,
     /// Memory of capsules being made for a pool (admission counts them too).
-    filling_mb: AtomicUsize,
+    pub(super) filling_mb: AtomicUsize,
     /// Cold creates in flight: the filler waits while there are any.
     pub(super) cold_creates: AtomicUsize,
     wake: tokio::sync::Notify,
@@ -217,7 +217,7 @@ impl Capsules {
             }
             let ready = next.filter(|_| {
                 self.pool.cold_creates.load(Ordering::Relaxed) == 0
-                    && self.admit(DEFAULT_MEMORY_MB).is_ok()
+                    && self.reserve_fill(DEFAULT_MEMORY_MB)
             });
             let Some(template) = ready else {
                 // Full, unbuilt, backing off, busy or no room: look again after a hand-out
@@ -239,7 +239,8 @@ impl Capsules {
         })
     }
 
-    /// Creates one capsule for the pool of `template`; false when that failed.
+    /// Creates one capsule for the pool of `template`, in the room [`Capsules::reserve_fill`]
+    /// held; false when that failed.
     async fn make_warm(&self, template: &str) -> bool {
         let (vcpus, memory_mb) = (DEFAULT_VCPUS, DEFAULT_MEMORY_MB);
         let spec = CapsuleSpec {
@@ -251,9 +252,7 @@ impl Capsules {
             network: NetworkMode::Egress,
             disk_mb: self.capacity.disk_mb,
         };
-        self.pool
-            .filling_mb
-            .store(memory_mb as usize, Ordering::Relaxed);
+        // The room was held by `reserve_fill`; it passes to the pooled capsule, or is freed.
         let started = std::time::Instant::now();
         let made = self.runtime.create(&spec).await;
         self.pool.filling_mb.store(0, Ordering::Relaxed);

@@ -1,14 +1,16 @@
 //! Storms: bounded starts in arrival order, a queued capsule destroyed before its turn, and
 //! teardowns that fail and are retried by housekeeping until they finish.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use serde_json::json;
 use wrenn_server::service::fake::Op;
+use wrenn_server::service::{Capacity, TeamLimits};
 use wrenn_types::api::{EventKind, Outcome};
 
-use super::{events_until, Harness, DEADLINE};
+use super::{events_until, Harness, DEADLINE, ROOMY};
 
 #[tokio::test]
 async fn starts_run_within_the_bound_in_arrival_order() {
@@ -159,4 +161,37 @@ async fn a_failed_teardown_is_retried_until_it_finishes_and_reported_when_stuck(
     // Nothing is left in the runtime, and the capsule stays failed.
     assert_eq!(h.rt.paused(&id), None);
     assert_eq!(h.get(&id).await["status"], "error");
+}
+
+/// Issue 14: admission and reservation are one step, so 32 creates at once against a team
+/// limit of 4 vCPUs admit exactly 4 (before, 23 to 31 got through).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creates_never_exceed_a_team_limit() {
+    let capacity = Capacity {
+        team: TeamLimits {
+            vcpus: 4,
+            ..TeamLimits::NONE
+        },
+        ..ROOMY
+    };
+    let h = Arc::new(Harness::with_capacity(capacity).await);
+    let calls: Vec<_> = (0..32)
+        .map(|_| {
+            let h = h.clone();
+            tokio::spawn(async move {
+                h.call(Method::POST, "/v1/capsules", Some(json!({"vcpus": 1})))
+                    .await
+            })
+        })
+        .collect();
+    let mut accepted = 0;
+    for call in calls {
+        let (status, body) = call.await.expect("task");
+        match status {
+            StatusCode::ACCEPTED => accepted += 1,
+            StatusCode::PAYMENT_REQUIRED => assert_eq!(body["error"]["code"], "vcpu_limit"),
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert_eq!(accepted, 4);
 }
