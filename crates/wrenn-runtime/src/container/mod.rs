@@ -32,6 +32,7 @@ pub(crate) mod overlay;
 pub(crate) mod record;
 pub(crate) mod seccomp;
 pub(crate) mod spec;
+pub(crate) mod steps;
 pub(crate) mod watch;
 
 pub(crate) mod health;

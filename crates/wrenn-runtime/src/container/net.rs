@@ -318,10 +318,21 @@ pub fn owned_slots(owner: &Path) -> Vec<(u32, String)> {
 /// Creates the namespace (and, with a slot, the veth pair, addresses and the capsule's own
 /// firewall).
 pub async fn create(net: &CapsuleNet, host_net: &HostNet) -> anyhow::Result<()> {
+    create_timed(net, host_net, &mut super::steps::Steps::start()).await
+}
+
+/// [`create`], marking each step in `steps`.
+pub async fn create_timed(
+    net: &CapsuleNet,
+    host_net: &HostNet,
+    steps: &mut super::steps::Steps,
+) -> anyhow::Result<()> {
     let ns = &net.netns;
     let Some(slot) = net.slot else {
         run_stdin("ip", &["-b", "-"], &format!("netns add {ns}\n")).await?;
+        steps.mark("netns");
         run_stdin("ip", &["-n", ns, "-b", "-"], "link set lo up\n").await?;
+        steps.mark("lo");
         return Ok(());
     };
     let veth = veth_name(slot);
@@ -333,6 +344,7 @@ pub async fn create(net: &CapsuleNet, host_net: &HostNet) -> anyhow::Result<()> 
          link set {veth} up\n"
     );
     run_stdin("ip", &["-b", "-"], &host_batch).await?;
+    steps.mark("veth");
     let ns_batch = format!(
         "link set lo up\n\
          addr add {cap}/30 dev eth0\n\
@@ -340,6 +352,7 @@ pub async fn create(net: &CapsuleNet, host_net: &HostNet) -> anyhow::Result<()> 
          route add default via {host}\n"
     );
     run_stdin("ip", &["-n", ns, "-b", "-"], &ns_batch).await?;
+    steps.mark("addr");
     let netns = format!("--net={}", net.netns_path().display());
     run_stdin(
         "nsenter",
@@ -348,6 +361,7 @@ pub async fn create(net: &CapsuleNet, host_net: &HostNet) -> anyhow::Result<()> 
     )
     .await
     .context("capsule firewall")?;
+    steps.mark("nft");
     Ok(())
 }
 
