@@ -30,6 +30,7 @@ pub mod launcher;
 pub(crate) mod net;
 pub(crate) mod overlay;
 pub(crate) mod record;
+mod rtnl;
 pub(crate) mod seccomp;
 pub(crate) mod spec;
 pub(crate) mod steps;
@@ -230,6 +231,16 @@ impl ContainerRuntime {
         }
         let cgroup_version =
             CgroupVersion::detect().map_err(|e| err("detect cgroup version", e.into()))?;
+        match cgroups::favor_dynmods() {
+            Ok(true) => tracing::info!(
+                "turned on favordynmods on the host's cgroup2 mount: moving a capsule into its \
+                 cgroups no longer waits for an RCU grace period"
+            ),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot turn on cgroup2 favordynmods; creates are slower")
+            }
+        }
         let mut recipes =
             Recipes::embedded().map_err(|e| err("load template recipes", e.into()))?;
         if let Some(dir) = &cfg.extra_recipes {
