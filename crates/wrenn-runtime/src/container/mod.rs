@@ -16,7 +16,8 @@
 //!
 //! # Limitations
 //! Pause is a cgroup freeze: memory stays resident and nothing survives a host reboot.
-//! Snapshots are files only. Networking shells out to `ip`/`nft` (see `net`).
+//! Snapshots are files only. Network setup is rtnetlink plus one `nft` run per capsule;
+//! teardown still shells out to `ip` (see `net`).
 //!
 //! Everything but [`ContainerRuntime`], [`ContainerConfig`], [`launcher::launcher_main`] and
 //! [`DISK_POOL_SIZE`] is internal to the crate.
