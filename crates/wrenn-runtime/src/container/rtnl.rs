@@ -10,6 +10,7 @@
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use netlink_packet_core::{
@@ -164,10 +165,12 @@ pub fn create_netns(
 ) -> anyhow::Result<()> {
     share_netns_dir()?;
     let path = Path::new(NETNS_DIR).join(name);
+    // Mode 0, as `ip netns add`: nobody opens the file before the namespace is bound on it.
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
+        .mode(0o000)
         .open(&path)
         .map_err(|e| anyhow::anyhow!("create {}: {e}", path.display()))?;
     let made = std::thread::scope(|s| {
