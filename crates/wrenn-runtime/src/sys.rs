@@ -528,32 +528,52 @@ pub(crate) fn lower_thread_priority() {
 /// `base..base+size` (uid and gid), and bind-mounts it at `target` (an existing empty file)
 /// so it lives without a process; unmounting `target` lets it go.
 ///
-/// A helper child (`sleep`, run as uid/gid `base` with no supplementary groups) unshares
-/// `CLONE_NEWUSER` before it execs (user_namespaces(7)): the namespace's owner is then `base`,
-/// so per-user kernel counters of everything in it (inotify instances and watches, ...) are
-/// charged to `base` in the host namespace, never to host root. We write its `uid_map` and
-/// `gid_map` (privileged writer: no `setgroups` deny needed), bind its `ns/user`, then kill
-/// and reap it.
+/// A forked child (no exec: cheaper than starting a helper binary) drops to uid/gid `base`
+/// with no supplementary groups and unshares `CLONE_NEWUSER` (user_namespaces(7)): the
+/// namespace's owner is then `base`, so per-user kernel counters of everything in it
+/// (inotify instances and watches, ...) are charged to `base` in the host namespace, never to
+/// host root. We write its `uid_map` and `gid_map` (privileged writer: no `setgroups` deny
+/// needed), bind its `ns/user`, then kill and reap it.
 pub(crate) fn make_userns(base: u32, size: u32, target: &Path) -> io::Result<()> {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = std::process::Command::new("sleep");
-    cmd.arg("60")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .uid(base)
-        .gid(base);
-    // SAFETY: the closure runs in the forked child before exec and only makes the unshare(2)
-    // system call, which is async-signal-safe; it touches no memory shared with the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).map_err(io::Error::from)
-        });
+    use nix::fcntl::OFlag;
+    let (ready_r, ready_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    let ready_w_raw = libc::c_long::from(ready_w.as_raw_fd());
+    // SAFETY: after fork(2) in a multi-threaded process the child may only call
+    // async-signal-safe functions: it makes raw system calls (setgroups, setresgid, setresuid,
+    // unshare, write, pause) until it is killed, allocates nothing and touches no lock or
+    // memory shared with the parent.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
     }
-    // spawn() returns once the child has exec'd, so the unshare has happened.
-    let mut child = cmd.spawn()?;
-    let pid = child.id();
+    if pid == 0 {
+        // SAFETY: see above; raw system calls on ids and an fd this child owns.
+        unsafe {
+            let b = libc::c_long::from(base);
+            let ok = libc::syscall(libc::SYS_setgroups, 0 as libc::c_long, 0 as libc::c_long) == 0
+                && libc::syscall(libc::SYS_setresgid, b, b, b) == 0
+                && libc::syscall(libc::SYS_setresuid, b, b, b) == 0
+                && libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUSER as libc::c_long) == 0;
+            let byte = [u8::from(ok)];
+            libc::syscall(
+                libc::SYS_write,
+                ready_w_raw,
+                byte.as_ptr(),
+                1 as libc::c_long,
+            );
+            loop {
+                libc::syscall(libc::SYS_pause);
+            }
+        }
+    }
+    drop(ready_w);
+    let child = nix::unistd::Pid::from_raw(pid);
     let made = (|| {
+        let mut byte = [0u8; 1];
+        let n = nix::unistd::read(ready_r.as_raw_fd(), &mut byte)?;
+        if n != 1 || byte[0] != 1 {
+            return Err(io::Error::other("user namespace helper could not unshare"));
+        }
         let map = format!("0 {base} {size}\n");
         std::fs::write(format!("/proc/{pid}/uid_map"), &map)?;
         std::fs::write(format!("/proc/{pid}/gid_map"), &map)?;
@@ -566,8 +586,8 @@ pub(crate) fn make_userns(base: u32, size: u32, target: &Path) -> io::Result<()>
         )
         .map_err(io::Error::from)
     })();
-    let _ = child.kill();
-    let _ = child.wait();
+    let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::wait::waitpid(child, None);
     made
 }
 
@@ -696,6 +716,67 @@ pub(crate) fn remove_file_caps(path: &Path) -> io::Result<()> {
         if e.raw_os_error() != Some(libc::ENODATA) {
             return Err(e);
         }
+    }
+    Ok(())
+}
+
+/// Reconfigures the superblock mounted at `path` with exactly the flag parameters `flags`
+/// (fspick(2), fsconfig(2) `FSCONFIG_SET_FLAG` each, then `FSCONFIG_CMD_RECONFIGURE`). Only
+/// the superblock changes, never the mount's own flags (`nosuid`, ...). A filesystem may reset
+/// every flag not given, so pass all that should stay set.
+pub(crate) fn reconfigure_flags(path: &Path, flags: &[&str]) -> io::Result<()> {
+    const FSPICK_CLOEXEC: libc::c_long = 1;
+    const FSCONFIG_SET_FLAG: libc::c_long = 0;
+    const FSCONFIG_CMD_RECONFIGURE: libc::c_long = 7;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: `p` is a NUL-terminated path that outlives the call; fspick returns a new fd or
+    // -1 and keeps no pointer.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_fspick,
+            libc::c_long::from(libc::AT_FDCWD),
+            p.as_ptr(),
+            FSPICK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other("fd out of range"))?;
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    let ctx = unsafe { OwnedFd::from_raw_fd(fd) };
+    let raw = libc::c_long::from(ctx.as_raw_fd());
+    for flag in flags {
+        let key = std::ffi::CString::new(*flag)?;
+        // SAFETY: `key` is NUL-terminated and outlives the call; a flag takes no value.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                raw,
+                FSCONFIG_SET_FLAG,
+                key.as_ptr(),
+                std::ptr::null::<libc::c_char>(),
+                0 as libc::c_long,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("set {flag}: {e}")));
+        }
+    }
+    // SAFETY: no pointers; the context fd is ours.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            raw,
+            FSCONFIG_CMD_RECONFIGURE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_char>(),
+            0 as libc::c_long,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }

@@ -44,6 +44,56 @@ impl CgroupVersion {
     }
 }
 
+/// The `cgroup2` superblock option that keeps task migration off the RCU slow path.
+const FAVOR_DYNMODS: &str = "favordynmods";
+
+/// Turns on `favordynmods` on the host's `cgroup2` mount (`/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` on a hybrid host) unless it is on; returns whether it changed it.
+///
+/// Moving a process into a cgroup (libcontainer writes each capsule's init to `cgroup.procs`)
+/// takes the kernel's global threadgroup lock for writing, which without this option first
+/// waits for an RCU grace period: about 10 ms of every create on the development host, 0.25 ms
+/// with it. The price, per the kernel's cgroup-v2 documentation, is slightly dearer forks and
+/// exits host-wide. The option is global (one lock for every hierarchy, so it helps cgroup v1
+/// too) and stays on after the runtime exits; nothing about isolation changes. Every other
+/// superblock option of the mount (`nsdelegate`, ...) is passed again, so none is lost.
+pub(crate) fn favor_dynmods() -> io::Result<bool> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let Some((mount_point, opts)) = info.lines().find_map(cgroup2_mount) else {
+        return Ok(false);
+    };
+    if opts.iter().any(|o| o == FAVOR_DYNMODS) {
+        return Ok(false);
+    }
+    let mut flags: Vec<&str> = opts
+        .iter()
+        .map(String::as_str)
+        .filter(|o| *o != "rw" && *o != "ro")
+        .collect();
+    flags.push(FAVOR_DYNMODS);
+    sys::reconfigure_flags(Path::new(&mount_point), &flags)?;
+    Ok(true)
+}
+
+/// The mount point and superblock options of a `/proc/self/mountinfo` line of a `cgroup2`
+/// mount under [`CGROUP_ROOT`].
+fn cgroup2_mount(line: &str) -> Option<(String, Vec<String>)> {
+    let (left, right) = line.split_once(" - ")?;
+    let mount_point = left.split(' ').nth(4)?;
+    let mut r = right.split(' ');
+    if r.next()? != "cgroup2" {
+        return None;
+    }
+    let super_opts = r.nth(1)?;
+    if !(mount_point == CGROUP_ROOT || mount_point.starts_with("/sys/fs/cgroup/")) {
+        return None;
+    }
+    Some((
+        mount_point.to_owned(),
+        super_opts.split(',').map(str::to_owned).collect(),
+    ))
+}
+
 /// The cgroups of one capsule.
 #[derive(Debug, Clone)]
 pub(crate) struct CapsuleCgroup {
@@ -280,6 +330,23 @@ fn read_u64(p: &Path) -> io::Result<u64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cgroup2_mount_is_found_with_its_superblock_options() {
+        let hybrid = "35 25 0:30 / /sys/fs/cgroup/unified rw,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate";
+        let (mp, opts) = super::cgroup2_mount(hybrid).expect("cgroup2 line");
+        assert_eq!(mp, "/sys/fs/cgroup/unified");
+        assert_eq!(opts, ["rw", "nsdelegate"]);
+        let v2 = "30 23 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw,favordynmods";
+        assert_eq!(
+            super::cgroup2_mount(v2).map(|(m, _)| m).as_deref(),
+            Some("/sys/fs/cgroup")
+        );
+        let v1 = "36 25 0:31 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids";
+        assert!(super::cgroup2_mount(v1).is_none());
+        let elsewhere = "40 25 0:30 / /run/x rw - cgroup2 cgroup2 rw";
+        assert!(super::cgroup2_mount(elsewhere).is_none());
+    }
+
     use super::*;
 
     #[test]

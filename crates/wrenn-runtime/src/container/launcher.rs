@@ -40,6 +40,7 @@ use std::process::ExitCode;
 
 use serde::{Deserialize, Serialize};
 
+use super::steps::Steps;
 use crate::sys;
 
 /// The fd number at which the capsule's init (the agent) inherits its listening socket.
@@ -74,6 +75,9 @@ pub enum LaunchReply {
     Started {
         /// Host pid.
         pid: i32,
+        /// How long each of the launcher's steps took.
+        #[serde(default)]
+        steps: Steps,
     },
     /// Failed; the error chain, outermost first.
     Failed {
@@ -85,8 +89,9 @@ pub enum LaunchReply {
 /// Entry point of the launcher process. `args` are ignored for now (the request comes on
 /// stdin); they are taken so a CLI can forward its argv unchanged.
 pub fn launcher_main(_args: Vec<OsString>) -> ExitCode {
-    let reply = match read_request().and_then(|req| launch(&req)) {
-        Ok(pid) => LaunchReply::Started { pid },
+    let mut steps = Steps::start();
+    let reply = match read_request().and_then(|req| launch(&req, &mut steps)) {
+        Ok(pid) => LaunchReply::Started { pid, steps },
         Err(e) => LaunchReply::Failed {
             error: chain(e.as_ref()),
         },
@@ -210,16 +215,21 @@ fn mount_sysfs(target: &Path) -> Result<(), BoxError> {
     Ok(())
 }
 
-fn launch(req: &LaunchRequest) -> Result<i32, BoxError> {
+/// Each step is marked in `steps`.
+fn launch(req: &LaunchRequest, steps: &mut Steps) -> Result<i32, BoxError> {
     use libcontainer::container::builder::ContainerBuilder;
     use libcontainer::syscall::syscall::SyscallType;
 
+    steps.mark("request");
     // First, before anything else takes fd 3. Kept open until the container init exists.
     let _listener = bind_agent_socket(&req.agent_socket)?;
+    steps.mark("socket");
     join_netns(&req.netns)?;
+    steps.mark("netns");
     private_mount_namespace()?;
     allow_setuid_inside(&req.rootfs)?;
     mount_sysfs(&req.sysfs)?;
+    steps.mark("mounts");
     let null = || {
         std::fs::OpenOptions::new()
             .read(true)
@@ -238,7 +248,9 @@ fn launch(req: &LaunchRequest) -> Result<i32, BoxError> {
         .with_systemd(false)
         .with_detach(true)
         .build()?;
+    steps.mark("build");
     container.start()?;
+    steps.mark("start");
     let pid = container
         .pid()
         .ok_or_else(|| BoxError::from("container started without a pid"))?;

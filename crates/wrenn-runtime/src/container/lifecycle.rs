@@ -12,6 +12,7 @@ use super::launcher::{LaunchReply, LaunchRequest};
 use super::net::{self, CapsuleNet};
 use super::overlay::CapsuleDirs;
 use super::record::CapsuleRecord;
+use super::steps::Steps;
 use super::watch::InitWatch;
 use super::{health, host_err, spec, Capsule, ContainerRuntime, READY_TIMEOUT};
 use crate::templates::RunConfig;
@@ -140,21 +141,30 @@ impl ContainerRuntime {
         // Disk (when asked for), resolv.conf and overlay, in parallel with the network. The
         // task returns the failed step with its cause.
         let root = tokio::task::spawn_blocking(move || {
+            let mut steps = Steps::start();
             if disk_mb > 0 {
                 d2.mount_disk(&pool, disk_mb)
                     .map_err(|e| ("set up disk", anyhow::Error::from(e)))?;
+                steps.mark("disk");
             }
             d2.make_userns(base)
                 .map_err(|e| ("make user namespace", e.into()))?;
+            steps.mark("userns");
             d2.seed_etc(&cid, host_conf.as_deref(), base)
                 .map_err(|e| ("write /etc files", e.into()))?;
-            d2.mount(&lower, &runtime_dir)
-                .map_err(|e| ("mount overlay", e.into()))
+            steps.mark("etc");
+            d2.mount(&lower, &runtime_dir, &mut steps)
+                .map_err(|e| ("mount overlay", e.into()))?;
+            Ok(steps)
         });
         let host_net = self.inner.host_net.get().cloned().unwrap_or_default();
-        let (net_res, root_res) = tokio::join!(net::create(&record.net, &host_net), root);
+        let mut net_steps = Steps::start();
+        let (net_res, root_res) = tokio::join!(
+            net::create_timed(&record.net, &host_net, &mut net_steps),
+            root
+        );
         net_res.map_err(|e| host_err("create network", id, e))?;
-        root_res
+        let root_steps = root_res
             .map_err(|e| host_err("prepare capsule root", id, e))?
             .map_err(|(step, e)| host_err(step, id, e))?;
         let t_prep = t0.elapsed();
@@ -174,7 +184,8 @@ impl ContainerRuntime {
         std::fs::write(dirs.bundle().join("config.json"), bytes)
             .map_err(|e| host_err("write bundle", id, e))?;
 
-        let pid = self
+        let t_bundle = t0.elapsed();
+        let (pid, launch_steps) = self
             .launch(&LaunchRequest {
                 id: id.to_owned(),
                 bundle: dirs.bundle(),
@@ -215,12 +226,18 @@ impl ContainerRuntime {
             })
             .await?;
         }
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
         tracing::debug!(
             capsule = id,
-            prep_ms = t_prep.as_secs_f64() * 1e3,
-            launch_ms = (t_launch - t_prep).as_secs_f64() * 1e3,
-            ready_ms = (t_ready - t_launch).as_secs_f64() * 1e3,
-            services_ms = (t0.elapsed() - t_ready).as_secs_f64() * 1e3,
+            total_ms = ms(t0.elapsed()),
+            prep_ms = ms(t_prep),
+            net = %net_steps,
+            root = %root_steps,
+            bundle_ms = ms(t_bundle - t_prep),
+            launch_ms = ms(t_launch - t_bundle),
+            launcher = %launch_steps,
+            ready_ms = ms(t_ready - t_launch),
+            services_ms = ms(t0.elapsed() - t_ready),
             "capsule created"
         );
         self.lock().insert(
@@ -240,7 +257,6 @@ impl ContainerRuntime {
         })
     }
 
-    /// Runs the launcher once; returns the init pid.
     /// Re-checks the host firewall table every [`FIREWALL_CHECK`] while this runtime lives, and
     /// restores it after a firewall reload removed or changed it.
     fn spawn_firewall_watchdog(&self) {
@@ -264,7 +280,8 @@ impl ContainerRuntime {
         });
     }
 
-    async fn launch(&self, req: &LaunchRequest) -> anyhow::Result<i32> {
+    /// Runs the launcher once; returns the init pid and the launcher's own step timings.
+    async fn launch(&self, req: &LaunchRequest) -> anyhow::Result<(i32, Steps)> {
         let argv = &self.inner.cfg.launcher;
         let mut child = tokio::process::Command::new(&argv[0])
             .args(&argv[1..])
@@ -300,7 +317,7 @@ impl ContainerRuntime {
             )
         })?;
         match reply {
-            LaunchReply::Started { pid } => Ok(pid),
+            LaunchReply::Started { pid, steps } => Ok((pid, steps)),
             LaunchReply::Failed { error } => Err(anyhow::anyhow!("{}", error.join(": "))),
         }
     }

@@ -16,7 +16,8 @@
 //!
 //! # Limitations
 //! Pause is a cgroup freeze: memory stays resident and nothing survives a host reboot.
-//! Snapshots are files only. Networking shells out to `ip`/`nft` (see `net`).
+//! Snapshots are files only. Network setup is rtnetlink plus one `nft` run per capsule;
+//! teardown still shells out to `ip` (see `net`).
 //!
 //! Everything but [`ContainerRuntime`], [`ContainerConfig`], [`launcher::launcher_main`] and
 //! [`DISK_POOL_SIZE`] is internal to the crate.
@@ -30,8 +31,10 @@ pub mod launcher;
 pub(crate) mod net;
 pub(crate) mod overlay;
 pub(crate) mod record;
+mod rtnl;
 pub(crate) mod seccomp;
 pub(crate) mod spec;
+pub(crate) mod steps;
 pub(crate) mod watch;
 
 pub(crate) mod health;
@@ -229,6 +232,16 @@ impl ContainerRuntime {
         }
         let cgroup_version =
             CgroupVersion::detect().map_err(|e| err("detect cgroup version", e.into()))?;
+        match cgroups::favor_dynmods() {
+            Ok(true) => tracing::info!(
+                "turned on favordynmods on the host's cgroup2 mount: moving a capsule into its \
+                 cgroups no longer waits for an RCU grace period"
+            ),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot turn on cgroup2 favordynmods; creates are slower")
+            }
+        }
         let mut recipes =
             Recipes::embedded().map_err(|e| err("load template recipes", e.into()))?;
         if let Some(dir) = &cfg.extra_recipes {

@@ -185,7 +185,13 @@ impl CapsuleDirs {
     /// named through short-lived links `/run/wrenn/ov/<id>/{l,u,w}` (the kernel resolves them at
     /// mount time and shows the names given): the capsule sees its own id, never the data dir,
     /// a template's team or the disk.
-    pub fn mount(&self, lower: &Path, runtime_dir: &Path) -> io::Result<()> {
+    /// Each step is marked in `steps`.
+    pub fn mount(
+        &self,
+        lower: &Path,
+        runtime_dir: &Path,
+        steps: &mut super::steps::Steps,
+    ) -> io::Result<()> {
         let id = self
             .root
             .file_name()
@@ -195,6 +201,7 @@ impl CapsuleDirs {
         std::fs::create_dir_all(&links)?;
         let userns = std::fs::File::open(self.userns())?;
         sys::mount_idmapped(lower, &userns, &self.lower())?;
+        steps.mark("idmap");
         let made = (|| {
             let (l, u, w) = (links.join("l"), links.join("u"), links.join("w"));
             std::os::unix::fs::symlink(self.lower(), &l)?;
@@ -204,6 +211,7 @@ impl CapsuleDirs {
         })();
         let _ = std::fs::remove_dir_all(&links);
         made?;
+        steps.mark("overlay");
         sys::bind_mount(
             runtime_dir,
             &self.rootfs().join(RUNTIME_MOUNT_DIR),
@@ -213,7 +221,10 @@ impl CapsuleDirs {
         private_dir(Path::new(RUN_ROOTS), RUN_ROOTS_MODE)?;
         let run_root = self.run_root();
         std::fs::create_dir(&run_root)?;
-        sys::bind_mount(&self.rootfs(), &run_root, false, true)
+        steps.mark("rtbind");
+        sys::bind_mount(&self.rootfs(), &run_root, false, true)?;
+        steps.mark("runroot");
+        Ok(())
     }
 
     /// Seeds the capsule's own `/etc/hostname` and `/etc/hosts` (its id, never the host's
