@@ -17,3 +17,6 @@ c.ServerApp.allow_remote_access = True
 c.ServerApp.jpserver_extensions = {"jupyter_server_terminals": False}
 c.ServerApp.terminals_enabled = False
 c.MappingKernelManager.default_kernel_name = "wrenn"
+# The kernel WebSocket sends each frame at once (files/wrenn_jupyter.py): without it Nagle's
+# algorithm holds every frame of a cell's answer after the first for the client's delayed ACK.
+c.ServerApp.kernel_websocket_connection_class = "wrenn_jupyter.NoDelayChannelsConnection"
