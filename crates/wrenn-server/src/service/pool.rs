@@ -250,6 +250,7 @@ impl Capsules {
             pids_limit: PIDS_LIMIT,
             network: NetworkMode::Egress,
             disk_mb: self.capacity.disk_mb,
+            backend: None,
         };
         self.pool
             .filling_mb
