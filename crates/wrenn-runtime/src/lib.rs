@@ -205,6 +205,11 @@ pub trait Runtime: Send + Sync + 'static {
         Backend::parse(self.kind()).into_iter().collect()
     }
 
+    /// Says which backend capsule `id` will be created on (`None`: the default), before
+    /// anything asks for its [`Runtime::agent_endpoint`]; only a runtime serving several
+    /// backends needs it.
+    fn assign_backend(&self, _id: &str, _backend: Option<Backend>) {}
+
     /// The backend name of capsule `id` (differs from [`Runtime::kind`] only for a runtime
     /// serving several backends).
     fn kind_of(&self, _id: &str) -> &'static str {

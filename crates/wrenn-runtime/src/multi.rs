@@ -72,6 +72,14 @@ impl Runtimes {
         &self.backends[0].1
     }
 
+    /// Index of `backend` (`None`: the default one), if served.
+    fn index(&self, backend: Option<Backend>) -> Option<usize> {
+        match backend {
+            None => Some(0),
+            Some(b) => self.backends.iter().position(|(have, _)| *have == b),
+        }
+    }
+
     /// The backend that made capsule `id`; the default one for unknown ids (which answers
     /// them as its own unknown capsules).
     fn of(&self, id: &str) -> &Arc<dyn Runtime> {
@@ -94,6 +102,12 @@ impl Runtime for Runtimes {
         self.backends.iter().map(|(b, _)| *b).collect()
     }
 
+    fn assign_backend(&self, id: &str, backend: Option<Backend>) {
+        if let Some(i) = self.index(backend) {
+            self.owners().insert(id.to_owned(), i);
+        }
+    }
+
     fn kind_of(&self, id: &str) -> &'static str {
         self.of(id).kind()
     }
@@ -109,20 +123,13 @@ impl Runtime for Runtimes {
     }
 
     async fn create(&self, spec: &CapsuleSpec) -> Result<CapsuleHandle, RuntimeError> {
-        let i = match spec.backend {
-            None => 0,
-            Some(b) => self
-                .backends
-                .iter()
-                .position(|(have, _)| *have == b)
-                .ok_or_else(|| {
-                    host_err(
-                        "pick backend",
-                        &spec.id,
-                        anyhow::anyhow!("backend {b} is not served here"),
-                    )
-                })?,
-        };
+        let i = self.index(spec.backend).ok_or_else(|| {
+            host_err(
+                "pick backend",
+                &spec.id,
+                anyhow::anyhow!("backend {:?} is not served here", spec.backend),
+            )
+        })?;
         if i != 0 {
             // Each backend has its own template store over the same directory: building
             // through the default one only keeps two builds of one template from racing.

@@ -61,6 +61,10 @@ impl Capsules {
             error: None,
         };
         self.persist(team_id, &capsule).await;
+        if warm.is_none() {
+            // Before the registry asks for its agent endpoint.
+            self.runtime.assign_backend(&capsule.id, backend);
+        }
         let live = self.register(team_id.to_owned(), capsule.clone());
         self.events.capsule(
             team_id,

@@ -12,10 +12,29 @@ use wrenn_server::store::Store;
 
 use super::{Harness, ROOMY};
 
-/// A server with a fake container backend (the default) and a fake microvm backend.
+/// A fake agent answering `/health` with `kernel`, on a fresh unix socket.
+fn agent_saying(kernel: &'static str) -> std::path::PathBuf {
+    let app = axum::Router::new().route(
+        "/health",
+        axum::routing::get(move || async move {
+            axum::Json(json!({"status": "ok", "version": "fake", "kernel_version": kernel}))
+        }),
+    );
+    let dir = std::env::temp_dir().join(format!("wrenn-backends-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("agent dir");
+    let sock = dir.join("agent.sock");
+    let listener = tokio::net::UnixListener::bind(&sock).expect("bind agent");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    sock
+}
+
+/// A server with a fake container backend (the default) and a fake microvm backend, each with
+/// its own agent (whose `/health` names the backend as the kernel).
 async fn both() -> (Harness, Arc<FakeRuntime>, Arc<FakeRuntime>) {
     let container = FakeRuntime::named("container");
     let microvm = FakeRuntime::named("microvm");
+    container.agent_at(agent_saying("container-kernel"));
+    microvm.agent_at(agent_saying("microvm-kernel"));
     let rt = Runtimes::new(container.clone(), vec![microvm.clone()]).expect("two backends");
     let store = Store::open_in_memory().expect("in-memory store");
     let h = Harness::serving(store, ROOMY, Arc::new(rt), container.clone()).await;
@@ -31,6 +50,9 @@ async fn a_create_runs_on_the_backend_it_names_and_every_verb_follows() {
     let plain_rec = h.wait_status(&plain, "running").await;
     assert_eq!(vm_rec["metadata"]["vmm_version"], "microvm");
     assert_eq!(plain_rec["metadata"]["vmm_version"], "container");
+    // The server reached each capsule's agent through its own backend's endpoint.
+    assert_eq!(vm_rec["metadata"]["kernel_version"], "microvm-kernel");
+    assert_eq!(plain_rec["metadata"]["kernel_version"], "container-kernel");
     assert_eq!(microvm.calls(Op::Create), vec![vm.clone()]);
     assert_eq!(container.calls(Op::Create), vec![plain.clone()]);
 
@@ -60,6 +82,7 @@ async fn a_template_that_requires_a_backend_gets_it() {
     let id = h.create(json!({"template": "minimal"})).await;
     let rec = h.wait_status(&id, "running").await;
     assert_eq!(rec["metadata"]["vmm_version"], "microvm");
+    assert_eq!(rec["metadata"]["kernel_version"], "microvm-kernel");
     assert_eq!(microvm.calls(Op::Create), vec![id]);
 
     let (status, body) = h
