@@ -170,12 +170,21 @@ async fn microvm_boots_execs_pauses_to_disk_resumes_and_leaves_nothing() {
     let agent = AgentClient::new(h.agent.clone());
 
     // The guest is its own machine: its own kernel, hostname, PID 1.
-    let r = sh(&agent, "uname -r; hostname; cat /proc/1/comm; nproc").await;
+    let r = sh(
+        &agent,
+        "uname -r; hostname; cat /proc/1/comm; cat /etc/machine-id",
+    )
+    .await;
     assert_eq!(r.exit_code, 0, "{r:?}");
     let lines: Vec<&str> = r.stdout.lines().collect();
     assert!(lines[0].ends_with("-cloud-amd64"), "{lines:?}");
     assert_eq!(lines[1], id);
     assert_eq!(lines[2], "wrenn-agent");
+    let machine_id = lines[3].to_owned();
+    assert!(
+        machine_id.len() == 32 && machine_id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{lines:?}"
+    );
 
     // Files, a background process and many concurrent streams over the one channel.
     let r = sh(&agent, "echo kept > /root/f; (i=0; while true; do i=$((i+1)); echo $i > /tmp/n; sleep 0.2; done) >/dev/null 2>&1 & echo $! > /tmp/pid").await;
@@ -205,10 +214,25 @@ async fn microvm_boots_execs_pauses_to_disk_resumes_and_leaves_nothing() {
     let state_bytes = std::fs::metadata(&state).expect("state file").len();
     assert!(rt.pause(&id).await.is_err(), "pausing a paused capsule");
 
-    // Resume: the same processes, counting on.
+    // Long enough paused that a guest clock left as it was saved would be far behind.
+    const PAUSED: Duration = Duration::from_secs(5);
+    tokio::time::sleep(PAUSED).await;
+
+    // Resume: the same processes, counting on; the clock is the host's again.
     let t = Instant::now();
     rt.resume(&id).await.expect("resume");
     let resume = t.elapsed();
+    let guest_now: i64 = sh(&agent, "date +%s")
+        .await
+        .stdout
+        .trim()
+        .parse()
+        .expect("guest date");
+    let host_now = chrono::Utc::now().timestamp();
+    assert!(
+        (host_now - guest_now).abs() < 3,
+        "guest clock {guest_now} vs host {host_now} after {PAUSED:?} paused"
+    );
     let r = sh(
         &agent,
         "cat /root/f; kill -0 $(cat /tmp/pid) && echo alive; cat /tmp/n",
@@ -242,8 +266,18 @@ async fn microvm_boots_execs_pauses_to_disk_resumes_and_leaves_nothing() {
     s2.source = wrenn_runtime::Source::Snapshot("microvm-snap".into());
     guard.track(&s2.id);
     let h2 = rt.create(&s2).await.expect("create from snapshot");
-    let r = sh(&AgentClient::new(h2.agent.clone()), "cat /root/f").await;
-    assert_eq!(r.stdout.trim(), "kept");
+    let r = sh(
+        &AgentClient::new(h2.agent.clone()),
+        "cat /root/f; hostname; cat /etc/machine-id",
+    )
+    .await;
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines[0], "kept", "{r:?}");
+    assert_eq!(lines[1], s2.id, "the copy has its own hostname");
+    assert!(
+        lines[2].len() == 32 && lines[2] != machine_id,
+        "the copy has its own machine id: {lines:?}"
+    );
     assert!(rt.delete_template("microvm-snap").await.is_err(), "in use");
     rt.destroy(&s2.id).await.expect("destroy clone");
     assert_eq!(vm_leftovers(&data, &s2.id), Vec::<String>::new());
