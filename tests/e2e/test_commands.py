@@ -199,10 +199,14 @@ def test_parallel_foreground_execs_are_concurrent(capsule):
 def test_kill_by_tag_with_sigterm(capsule, api):
     """§6.3: the selector may be a tag; ?signal=SIGTERM delivers SIGTERM (trap runs)."""
     capsule.commands.run(
-        "trap 'echo got-term > /tmp/term.txt; exit 0' TERM; while true; do sleep 0.1; done",
+        "trap 'echo got-term > /tmp/term.txt; exit 0' TERM; touch /tmp/trap-set;"
+        " while true; do sleep 0.1; done",
         background=True,
         tag="trapper",
     )
+    # A SIGTERM before the shell reached `trap` kills it outright (under TCG a shell takes
+    # tens of ms to start): signal only once the trap is set.
+    poll(lambda: capsule.files.exists("/tmp/trap-set"), timeout=10, what="trap set")
     r = api.delete(f"/v1/capsules/{capsule.capsule_id}/processes/trapper", params={"signal": "SIGTERM"})
     assert r.status_code == 204, r.text
     poll(lambda: capsule.files.exists("/tmp/term.txt"), timeout=10, what="TERM trap ran")

@@ -24,7 +24,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
-use wrenn_types::agent::{SERIAL_MUX_ACK, SERIAL_MUX_HELLO};
+use wrenn_types::agent::{SerialSync, SERIAL_MUX_ACK, SERIAL_MUX_HELLO};
 
 use crate::fdstream::FdStream;
 
@@ -107,8 +107,13 @@ async fn session_loop(path: PathBuf, tx: mpsc::Sender<yamux::Stream>) {
 /// One host connection: hello, then yamux until EOF. `Ok` when no host was connected.
 async fn session(path: &Path, tx: &mpsc::Sender<yamux::Stream>) -> io::Result<()> {
     let mut port = SerialPort::open(path)?;
-    if !read_hello(&mut port).await? {
-        return Ok(());
+    let sync = match read_hello(&mut port).await? {
+        Hello::NoHost => return Ok(()),
+        Hello::Found(sync) => sync,
+    };
+    // Before the ack: once the host hears it, it sends requests that may read the clock.
+    if let Some(sync) = sync {
+        apply_sync(&sync);
     }
     port.write_all(SERIAL_MUX_ACK.as_bytes()).await?;
     tracing::info!("serial host connected");
@@ -127,15 +132,29 @@ async fn session(path: &Path, tx: &mpsc::Sender<yamux::Stream>) -> io::Result<()
     }
 }
 
-/// Reads up to and including the hello line; `false` on EOF (no host connected).
-async fn read_hello<R: AsyncRead + Unpin>(port: &mut R) -> io::Result<bool> {
+/// What came before the first yamux byte.
+#[derive(Debug, PartialEq, Eq)]
+enum Hello {
+    /// EOF before a hello: no host connected.
+    NoHost,
+    /// The hello, with the sync line that came right before it, if any.
+    Found(Option<SerialSync>),
+}
+
+/// Longest line kept while looking for the sync line.
+const MAX_LINE: usize = 256;
+
+/// Reads up to and including the hello line, keeping the [`SerialSync`] line before it.
+async fn read_hello<R: AsyncRead + Unpin>(port: &mut R) -> io::Result<Hello> {
     let hello = SERIAL_MUX_HELLO.as_bytes();
     let mut matched = 0;
     let mut seen = 0;
+    let mut line: Vec<u8> = Vec::new();
+    let mut sync = None;
     let mut byte = [0u8; 1];
     while matched < hello.len() {
         if port.read(&mut byte).await? == 0 {
-            return Ok(false);
+            return Ok(Hello::NoHost);
         }
         seen += 1;
         if seen > MAX_PREAMBLE {
@@ -143,6 +162,14 @@ async fn read_hello<R: AsyncRead + Unpin>(port: &mut R) -> io::Result<bool> {
                 io::ErrorKind::InvalidData,
                 "no hello from the host",
             ));
+        }
+        if byte[0] == b'\n' {
+            if let Some(s) = SerialSync::parse(&line) {
+                sync = Some(s);
+            }
+            line.clear();
+        } else if line.len() < MAX_LINE {
+            line.push(byte[0]);
         }
         matched = if byte[0] == hello[matched] {
             matched + 1
@@ -152,7 +179,19 @@ async fn read_hello<R: AsyncRead + Unpin>(port: &mut R) -> io::Result<bool> {
             0
         };
     }
-    Ok(true)
+    Ok(Hello::Found(sync))
+}
+
+/// Sets the guest's clock from the host's and reseeds its RNG: a guest restored from saved
+/// state would otherwise run behind by the time it spent saved, and clones of one state would
+/// draw the same random numbers. Failures are logged: serving matters more.
+fn apply_sync(sync: &SerialSync) {
+    if let Err(e) = crate::sys::set_realtime_clock(sync.unix_ns) {
+        tracing::warn!(error = %e, "cannot set the clock from the host");
+    }
+    if let Err(e) = crate::sys::reseed_rng(&sync.seed) {
+        tracing::warn!(error = %e, "cannot reseed the RNG");
+    }
 }
 
 /// The port's character device, non-blocking under tokio.
@@ -176,10 +215,28 @@ mod tests {
     #[tokio::test]
     async fn hello_is_found_after_junk_and_eof_means_no_host() {
         let mut input: &[u8] = b"old session tail WRENN\x00WRENN-MUX/1\nrest";
-        assert!(read_hello(&mut input).await.expect("read"));
+        assert_eq!(
+            read_hello(&mut input).await.expect("read"),
+            Hello::Found(None)
+        );
         assert_eq!(input, b"rest");
         let mut empty: &[u8] = b"WRENN-MU";
-        assert!(!read_hello(&mut empty).await.expect("read"));
+        assert_eq!(read_hello(&mut empty).await.expect("read"), Hello::NoHost);
+    }
+
+    #[tokio::test]
+    async fn the_sync_line_before_the_hello_is_kept() {
+        let sync = SerialSync {
+            unix_ns: 42_000_000_001,
+            seed: [7; 32],
+        };
+        let bytes = format!("tail\n{}{SERIAL_MUX_HELLO}rest", sync.line());
+        let mut input = bytes.as_bytes();
+        assert_eq!(
+            read_hello(&mut input).await.expect("read"),
+            Hello::Found(Some(sync))
+        );
+        assert_eq!(input, b"rest");
     }
 
     #[test]

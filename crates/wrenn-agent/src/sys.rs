@@ -491,6 +491,53 @@ pub fn set_child_setup(cmd: &mut std::process::Command, setup: ChildSetup) {
     }
 }
 
+/// Sets `CLOCK_REALTIME` to `unix_ns` nanoseconds since the epoch (needs `CAP_SYS_TIME`: only
+/// in a microVM, where the agent is the guest's root).
+pub fn set_realtime_clock(unix_ns: u64) -> io::Result<()> {
+    let ts = libc::timespec {
+        tv_sec: (unix_ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (unix_ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: a valid timespec for the duration of the call.
+    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Credits `seed` (256 bits) to the kernel's entropy pool and makes its CRNG reseed now, so
+/// two guests restored from one saved state stop drawing the same numbers (needs
+/// `CAP_SYS_ADMIN`).
+pub fn reseed_rng(seed: &[u8; 32]) -> io::Result<()> {
+    /// `struct rand_pool_info` with room for the seed.
+    #[repr(C)]
+    struct PoolInfo {
+        entropy_count: libc::c_int,
+        buf_size: libc::c_int,
+        buf: [u8; 32],
+    }
+    // linux/random.h: _IOW('R', 0x03, int[2]) and _IO('R', 0x07).
+    const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+    const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")?;
+    let info = PoolInfo {
+        entropy_count: 256,
+        buf_size: 32,
+        buf: *seed,
+    };
+    // SAFETY: the fd is open; `info` is a rand_pool_info whose buffer holds buf_size bytes.
+    if unsafe { libc::ioctl(f.as_raw_fd(), RNDADDENTROPY as _, &info) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the fd is open; the request takes no argument.
+    if unsafe { libc::ioctl(f.as_raw_fd(), RNDRESEEDCRNG as _) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

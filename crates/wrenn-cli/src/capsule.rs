@@ -30,6 +30,9 @@ pub enum CapsuleCommand {
         /// A label, `KEY=VALUE` (repeatable).
         #[arg(long = "label", value_name = "KEY=VALUE")]
         labels: Vec<String>,
+        /// Backend, `container` or `microvm` (default: the server's).
+        #[arg(long)]
+        runtime: Option<String>,
         /// Open a shell in it once it runs; exits with the shell's status.
         #[arg(long)]
         shell: bool,
@@ -134,6 +137,7 @@ pub async fn run(remote: &Remote, cmd: CapsuleCommand) -> anyhow::Result<i32> {
             memory_mb,
             timeout_sec,
             labels,
+            runtime,
             shell,
             json,
         } => {
@@ -144,6 +148,7 @@ pub async fn run(remote: &Remote, cmd: CapsuleCommand) -> anyhow::Result<i32> {
                 memory_mb: memory_mb.map(i64::from),
                 timeout_sec: timeout_sec.map(i64::from),
                 metadata: (!labels.is_empty()).then_some(labels),
+                runtime,
             };
             let made = client.create_capsule(&req).await?;
             let capsule = client.wait_running(&made.id).await?;

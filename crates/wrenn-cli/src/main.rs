@@ -68,9 +68,11 @@ enum Command {
         #[arg(long)]
         no_prebuild: bool,
         /// Capsule backend: `container` (namespaces), `microvm` (QEMU guests: KVM when a
-        /// probe guest boots with it, else software emulation, TCG) or `auto` (microvm when a
-        /// KVM probe guest boots within a few seconds, else container). The log says which
-        /// and why.
+        /// probe guest boots with it, else software emulation, TCG), `both` (container by
+        /// default, microvm for creates that ask for it with `"runtime": "microvm"`) or `auto`
+        /// (microvm by default when a KVM probe guest boots within a few seconds, else
+        /// container; the other one serves creates that ask for it when it can start). The log
+        /// says which and why.
         #[arg(long = "runtime", env = "WRENN_RUNTIME", value_enum, default_value_t = RuntimeChoice::Container)]
         runtime_kind: RuntimeChoice,
         /// Memory limits of live capsules may add up to host memory × this; beyond, creates
@@ -375,19 +377,23 @@ enum RuntimeChoice {
     Container,
     /// QEMU microVMs.
     Microvm,
-    /// microvm with KVM when it boots a guest, else container.
+    /// Both: container by default, microvm when a create asks for it.
+    Both,
+    /// microvm with KVM when it boots a guest, else container; the other one serves creates
+    /// that ask for it when it can start here.
     Auto,
 }
 
 /// How long the KVM probe guest may take to boot.
 const KVM_PROBE_BOUND: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The backend `choice` names (see [`RuntimeChoice`]), logging which and why.
+/// The backend(s) `choice` names (see [`RuntimeChoice`]), logging which and why.
 async fn select_runtime(
     args: &RuntimeArgs,
     choice: RuntimeChoice,
 ) -> anyhow::Result<Arc<dyn wrenn_runtime::Runtime>> {
     use wrenn_runtime::microvm::Accel;
+    use wrenn_runtime::{Runtime, Runtimes};
     if choice == RuntimeChoice::Container {
         tracing::info!(
             runtime = "container",
@@ -400,27 +406,54 @@ async fn select_runtime(
         Ok(rt) => rt.probe_boot(Accel::Kvm, KVM_PROBE_BOUND).await,
         Err(e) => Err(format!("{e:#}")),
     };
-    match (choice, kvm) {
-        (_, Ok(took)) => {
+    let kvm_boots = kvm.is_ok();
+    let microvm: anyhow::Result<Arc<dyn Runtime>> = match (kvm, probe) {
+        (Ok(took), _) => {
             tracing::info!(
-                runtime = "microvm",
                 accel = "kvm",
                 boot_ms = took.as_millis() as u64,
-                "capsule runtime: microvm, accel=kvm (a KVM probe guest booted)"
+                "microvm: accel=kvm (a KVM probe guest booted)"
             );
             Ok(Arc::new(microvm_runtime(args, Accel::Kvm)?))
         }
-        (RuntimeChoice::Auto, Err(why)) => {
-            tracing::info!(runtime = "container", reason = %why,
-                "capsule runtime: container (--runtime auto: KVM cannot boot a guest here)");
-            Ok(container_runtime(args)?)
+        (Err(why), Ok(rt)) => {
+            tracing::warn!(accel = "tcg", reason = %why,
+                "microvm: accel=tcg (software emulation: guest CPU work is about 14x slower)");
+            Ok(Arc::new(rt))
         }
-        (_, Err(why)) => {
-            tracing::warn!(runtime = "microvm", accel = "tcg", reason = %why,
-                "capsule runtime: microvm, accel=tcg (software emulation: guest CPU work is about 14x slower)");
-            Ok(Arc::new(probe?))
-        }
-    }
+        (Err(_), Err(e)) => Err(e),
+    };
+    let container = || -> anyhow::Result<Arc<dyn Runtime>> { Ok(container_runtime(args)?) };
+    let (default, other): (Arc<dyn Runtime>, Option<Arc<dyn Runtime>>) = match choice {
+        RuntimeChoice::Microvm => (microvm?, None),
+        RuntimeChoice::Both => (container()?, Some(microvm?)),
+        RuntimeChoice::Auto if kvm_boots => (microvm?, container().ok()),
+        _ => match microvm {
+            Ok(vm) => (container()?, Some(vm)),
+            Err(e) => {
+                tracing::info!(reason = %format!("{e:#}"), "--runtime auto: no microvm backend");
+                (container()?, None)
+            }
+        },
+    };
+    let Some(other) = other else {
+        tracing::info!(
+            runtime = default.kind(),
+            "capsule runtime: {} (--runtime {})",
+            default.kind(),
+            format!("{choice:?}").to_lowercase()
+        );
+        return Ok(default);
+    };
+    tracing::info!(
+        runtime = default.kind(),
+        on_request = other.kind(),
+        "capsule runtimes: {} by default, {} when a create asks for it (--runtime {})",
+        default.kind(),
+        other.kind(),
+        format!("{choice:?}").to_lowercase()
+    );
+    Ok(Arc::new(Runtimes::new(default, vec![other])?))
 }
 
 fn microvm_runtime(

@@ -102,6 +102,7 @@ pub async fn bench_runtime_with_disk(
             pids_limit: 256,
             network: NetworkMode::Egress,
             disk_mb,
+            backend: None,
         };
         let t = Instant::now();
         let h = rt.create(&spec).await?;

@@ -48,6 +48,44 @@ pub struct CapsuleSpec {
     /// Size of the capsule's own filesystem for what it writes, MiB: writes past it fail with
     /// `ENOSPC` inside the capsule only. 0 = no limit (writes land on the host filesystem).
     pub disk_mb: u32,
+    /// The backend asked for; `None` = the runtime's default. Only a [`Runtimes`] serving
+    /// several backends honours it; a single backend ignores it (callers check
+    /// [`Runtime::backends`] first).
+    pub backend: Option<Backend>,
+}
+
+/// A capsule backend, as a create request may name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Namespaces, cgroups and seccomp ([`ContainerRuntime`]).
+    Container,
+    /// QEMU guests ([`MicroVmRuntime`]).
+    MicroVm,
+}
+
+impl Backend {
+    /// Every backend.
+    pub const ALL: [Backend; 2] = [Backend::Container, Backend::MicroVm];
+
+    /// The name used in the API and in [`Runtime::kind`].
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Container => "container",
+            Self::MicroVm => "microvm",
+        }
+    }
+
+    /// The backend called `name`, if any.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|b| b.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What a capsule is made from.
@@ -162,6 +200,31 @@ pub trait Runtime: Send + Sync + 'static {
     /// What this backend can do.
     fn capabilities(&self) -> Capabilities;
 
+    /// The backends a create may ask for ([`CapsuleSpec::backend`]); the first is the default.
+    fn backends(&self) -> Vec<Backend> {
+        Backend::parse(self.kind()).into_iter().collect()
+    }
+
+    /// Says which backend capsule `id` will be created on (`None`: the default), before
+    /// anything asks for its [`Runtime::agent_endpoint`]; only a runtime serving several
+    /// backends needs it.
+    fn assign_backend(&self, _id: &str, _backend: Option<Backend>) {}
+
+    /// The backend name of capsule `id` (differs from [`Runtime::kind`] only for a runtime
+    /// serving several backends).
+    fn kind_of(&self, _id: &str) -> &'static str {
+        self.kind()
+    }
+
+    /// A capsule of this runtime that runs on template `name`, if any (such a template must
+    /// not be deleted).
+    fn template_user(&self, name: &str) -> Option<String>;
+
+    /// The backend template `name` requires (its recipe's `runtime`), if any.
+    fn template_backend(&self, _name: &str) -> Option<Backend> {
+        None
+    }
+
     /// Creates and starts a capsule from `spec.source`; returns once its agent answers
     /// `/health` and every service of its template passed its readiness probe. On failure,
     /// everything made so far is removed.
@@ -214,6 +277,7 @@ pub trait Runtime: Send + Sync + 'static {
 pub mod bench;
 pub mod container;
 pub mod microvm;
+mod multi;
 pub(crate) mod services;
 pub(crate) mod sys;
 pub mod templates;
@@ -223,3 +287,4 @@ pub(crate) mod tree;
 
 pub use container::{ContainerConfig, ContainerRuntime};
 pub use microvm::{MicroVmConfig, MicroVmRuntime};
+pub use multi::Runtimes;

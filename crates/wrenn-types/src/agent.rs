@@ -35,6 +35,45 @@ pub const SERIAL_PORT_NAME: &str = "agent";
 /// = client) follows. The guest discards everything before it (the tail of an old session).
 pub const SERIAL_MUX_HELLO: &str = "WRENN-MUX/1\n";
 
+/// What the host tells the guest on every connect, as a line right before
+/// [`SERIAL_MUX_HELLO`] (guests that do not know it discard it with the rest of the preamble):
+/// the host's wall clock and fresh randomness. A connect follows every boot and resume, so a
+/// guest restored from saved state gets the right time and a reseeded RNG before it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SerialSync {
+    /// The host's `CLOCK_REALTIME`, nanoseconds since the Unix epoch.
+    pub unix_ns: u64,
+    /// Bytes for the guest's RNG.
+    pub seed: [u8; 32],
+}
+
+impl SerialSync {
+    const PREFIX: &'static str = "WRENN-SYNC ";
+
+    /// The line the host writes (with its newline).
+    pub fn line(&self) -> String {
+        let hex: String = self.seed.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}{} {hex}\n", Self::PREFIX, self.unix_ns)
+    }
+
+    /// Parses one line (without its newline); `None` when it is not a sync line.
+    pub fn parse(line: &[u8]) -> Option<Self> {
+        let rest = std::str::from_utf8(line).ok()?.strip_prefix(Self::PREFIX)?;
+        let (ns, hex) = rest.split_once(' ')?;
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut seed = [0u8; 32];
+        for (i, b) in seed.iter_mut().enumerate() {
+            *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Self {
+            unix_ns: ns.parse().ok()?,
+            seed,
+        })
+    }
+}
+
 /// The guest's answer to [`SERIAL_MUX_HELLO`]; the host discards everything before it (what an
 /// old session of the guest still wrote). A host that gets no answer in time reconnects: the
 /// guest was still in an old session (it may miss the disconnect when it was saved and restored
@@ -326,6 +365,25 @@ mod tests {
     //! Pins the exact JSON of the agent's request and answer bodies.
 
     use super::*;
+
+    #[test]
+    fn serial_sync_line_round_trips_and_refuses_other_lines() {
+        let mut seed = [0u8; 32];
+        seed[0] = 0xab;
+        seed[31] = 0x01;
+        let sync = SerialSync {
+            unix_ns: 1_764_000_000_123_456_789,
+            seed,
+        };
+        let line = sync.line();
+        assert!(line.starts_with("WRENN-SYNC 1764000000123456789 ab00"));
+        assert!(line.ends_with("01\n"));
+        let body = line.trim_end().as_bytes();
+        assert_eq!(SerialSync::parse(body), Some(sync));
+        assert_eq!(SerialSync::parse(b"WRENN-MUX/1"), None);
+        assert_eq!(SerialSync::parse(&body[..body.len() - 2]), None);
+        assert_eq!(SerialSync::parse(b"WRENN-SYNC x 00"), None);
+    }
 
     #[test]
     fn exec_request_json() {

@@ -157,6 +157,10 @@ pub struct CreateCapsuleRequest {
     /// Labels.
     #[serde(default)]
     pub metadata: Option<BTreeMap<String, String>>,
+    /// Capsule backend (`container` or `microvm`); none = the server's default. A wrenn
+    /// extension to the contract.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
 }
 
 /// Foreground exec answer (contract §6.1).

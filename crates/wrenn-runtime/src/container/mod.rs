@@ -171,6 +171,7 @@ pub const CAPSULE_NOFILE: u64 = 65_536;
 ///         pids_limit: 256,
 ///         network: NetworkMode::Egress,
 ///         disk_mb: 10240,
+///         backend: None,
 ///     })
 ///     .await?;
 /// rt.destroy(&h.id).await?;
@@ -468,19 +469,22 @@ impl Runtime for ContainerRuntime {
         })
     }
 
-    async fn delete_template(&self, name: &str) -> Result<(), RuntimeError> {
-        let users: Vec<String> = self
-            .lock()
+    fn template_backend(&self, name: &str) -> Option<crate::Backend> {
+        self.inner.templates.required_backend(name)
+    }
+
+    fn template_user(&self, name: &str) -> Option<String> {
+        self.lock()
             .values()
-            .filter(|c| c.record.template == name)
+            .find(|c| c.record.template == name)
             .map(|c| c.record.id.clone())
-            .collect();
-        if let Some(user) = users.first() {
+    }
+
+    async fn delete_template(&self, name: &str) -> Result<(), RuntimeError> {
+        if let Some(capsule) = self.template_user(name) {
             return Err(RuntimeError::Protected {
                 name: name.to_owned(),
-                reason: Protection::InUse {
-                    capsule: user.clone(),
-                },
+                reason: Protection::InUse { capsule },
             });
         }
         self.inner.templates.delete_snapshot(name).await

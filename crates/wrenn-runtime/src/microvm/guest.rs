@@ -56,7 +56,11 @@ for p in $(cat /proc/cmdline); do
     wrenn.dns=*) dns="${p#wrenn.dns=}" ;;
   esac
 done
-[ -n "$host" ] && hostname "$host"
+if [ -n "$host" ]; then
+  hostname "$host"
+  # The capsule's own machine id (the template image's is every capsule's otherwise).
+  [ -d /newroot/etc ] && echo -n "$host" | md5sum | cut -c1-32 > /newroot/etc/machine-id
+fi
 ip link set lo up
 if [ -n "$addr" ]; then
   ip addr add "$addr" dev eth0 && ip link set eth0 up && ip route add default via "$gw"

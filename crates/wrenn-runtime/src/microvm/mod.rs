@@ -22,7 +22,8 @@
 //! starts QEMU with `-incoming` from that file.
 //!
 //! # Limitations
-//! One accelerator per runtime (KVM or TCG, see [`MicroVmRuntime::probe_boot`]). Snapshots keep
+//! One accelerator per runtime (KVM or TCG, see [`MicroVmRuntime::probe_boot`]); a server
+//! serving containers too puts both behind [`crate::Runtimes`]. Snapshots keep
 //! files only (`snapshot`), as the container backend's. A capsule's free disk space is the template image's
 //! headroom (see `image`), not its disk limit.
 
@@ -413,13 +414,19 @@ impl Runtime for MicroVmRuntime {
         self.snapshot_vm(id, name).await
     }
 
-    async fn delete_template(&self, name: &str) -> Result<(), RuntimeError> {
-        let user = self
-            .lock()
+    fn template_backend(&self, name: &str) -> Option<crate::Backend> {
+        self.inner.templates.required_backend(name)
+    }
+
+    fn template_user(&self, name: &str) -> Option<String> {
+        self.lock()
             .values()
             .find(|v| v.record.template == name)
-            .map(|v| v.record.id.clone());
-        if let Some(capsule) = user {
+            .map(|v| v.record.id.clone())
+    }
+
+    async fn delete_template(&self, name: &str) -> Result<(), RuntimeError> {
+        if let Some(capsule) = self.template_user(name) {
             return Err(RuntimeError::Protected {
                 name: name.to_owned(),
                 reason: Protection::InUse { capsule },

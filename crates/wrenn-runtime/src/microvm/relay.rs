@@ -18,7 +18,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
-use wrenn_types::agent::{SERIAL_MUX_ACK, SERIAL_MUX_HELLO};
+use wrenn_types::agent::{SerialSync, SERIAL_MUX_ACK, SERIAL_MUX_HELLO};
 
 /// Pending stream opens per session.
 const OPEN_QUEUE: usize = 64;
@@ -111,10 +111,20 @@ async fn run(serial: PathBuf, listener: UnixListener) {
     }
 }
 
-/// Connects, says hello and waits for the guest's ack.
+/// Connects, sends the host's time and randomness ([`SerialSync`]) and the hello, and waits for
+/// the guest's ack.
 async fn connect(serial: &Path) -> std::io::Result<UnixStream> {
     let mut s = UnixStream::connect(serial).await?;
-    s.write_all(SERIAL_MUX_HELLO.as_bytes()).await?;
+    let unix_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let sync = SerialSync {
+        unix_ns,
+        seed: rand::random(),
+    };
+    let mut hello = sync.line();
+    hello.push_str(SERIAL_MUX_HELLO);
+    s.write_all(hello.as_bytes()).await?;
     match tokio::time::timeout(ACK_TIMEOUT, read_marker(&mut s, SERIAL_MUX_ACK.as_bytes())).await {
         Ok(Ok(true)) => Ok(s),
         Ok(Ok(false)) => Err(std::io::ErrorKind::UnexpectedEof.into()),

@@ -102,6 +102,10 @@ pub struct RecipeSpec {
     /// Long-running processes started in every capsule of the template.
     #[serde(default)]
     pub services: Vec<Service>,
+    /// The backend every capsule of the template must run on (`container` or `microvm`);
+    /// none = any.
+    #[serde(default)]
+    pub runtime: Option<crate::Backend>,
 }
 
 /// What a tree starts from.
@@ -533,6 +537,17 @@ mod tests {
         files.insert("recipe.toml".to_owned(), toml.as_bytes().to_vec());
         files.insert("motd".to_owned(), b"hi".to_vec());
         Recipe::parse("t", files)
+    }
+
+    #[test]
+    fn a_recipe_may_require_a_backend() {
+        let r = parse("base = \"busybox\"\nruntime = \"microvm\"\n").expect("parse");
+        assert_eq!(r.spec.runtime, Some(crate::Backend::MicroVm));
+        assert_eq!(
+            parse("base = \"busybox\"\n").expect("parse").spec.runtime,
+            None
+        );
+        assert!(parse("base = \"busybox\"\nruntime = \"qemu\"\n").is_err());
     }
 
     #[test]

@@ -74,6 +74,11 @@ impl Templates {
         }
     }
 
+    /// The backend recipe `name` requires, if any.
+    pub fn required_backend(&self, name: &str) -> Option<crate::Backend> {
+        self.recipes.get(name)?.spec.runtime
+    }
+
     /// Directory of template `name` (its tree is `rootfs/` in it).
     pub fn dir_of(&self, name: &str) -> PathBuf {
         self.dir.join(name)

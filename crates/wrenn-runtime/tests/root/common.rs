@@ -187,6 +187,7 @@ pub fn spec(
         pids_limit,
         network,
         disk_mb,
+        backend: None,
     }
 }
 

@@ -5,7 +5,8 @@
 //! Skipped (passing) when `qemu-system-x86_64` or the prepared guest kernel
 //! (`scripts/microvm-kernel.sh`) is missing.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use wrenn_agent_client::{AgentClient, ExecOutcome};
@@ -57,6 +58,94 @@ async fn sh(agent: &AgentClient, script: &str) -> ExecResult {
     }
 }
 
+/// Destroys every VM it was told about when dropped, so a failing assertion leaves no QEMU,
+/// tap, image or socket behind.
+struct Guard {
+    rt: MicroVmRuntime,
+    ids: Mutex<Vec<String>>,
+}
+
+impl Guard {
+    fn new(rt: &MicroVmRuntime) -> Self {
+        Self {
+            rt: rt.clone(),
+            ids: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn track(&self, id: &str) {
+        self.ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(id.to_owned());
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let ids = std::mem::take(&mut *self.ids.lock().unwrap_or_else(|p| p.into_inner()));
+        let rt = self.rt.clone();
+        common::block_on_side(async move {
+            for id in ids {
+                if let Err(e) = rt.destroy(&id).await {
+                    eprintln!("guard: destroy {id}: {e:#}");
+                }
+            }
+        });
+    }
+}
+
+/// Processes whose command line names VM `id` (QEMU runs as `wrenn-<id>`).
+fn processes_of(id: &str) -> Vec<i32> {
+    let needle = format!("wrenn-{id}");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Files and directories under `dir` whose name contains `id`.
+fn paths_naming(dir: &Path, id: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+        {
+            let p = e.path();
+            if e.file_name().to_string_lossy().contains(id) {
+                out.push(p.clone());
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// What VM `id` left on the host: QEMU processes, its network namespace (where its tap
+/// lives), its run directory (sockets, disk, saved state) or any file naming it.
+fn vm_leftovers(data: &Path, id: &str) -> Vec<String> {
+    let mut out = common::leftovers(data, id);
+    out.extend(processes_of(id).iter().map(|p| format!("process {p}")));
+    out.extend(
+        paths_naming(data, id)
+            .iter()
+            .map(|p| format!("path {}", p.display())),
+    );
+    out
+}
+
 fn qemu_running(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|c| c.starts_with("wrenn-") || c.starts_with("qemu"))
@@ -69,21 +158,33 @@ async fn microvm_boots_execs_pauses_to_disk_resumes_and_leaves_nothing() {
         return;
     }
     let scratch = Scratch::new("microvm");
-    let rt = runtime(&scratch.path().join("data"), true);
+    let data = scratch.path().join("data");
+    let rt = runtime(&data, true);
+    let guard = Guard::new(&rt);
     let spec = common::spec("busybox", NetworkMode::Isolated, 256, 128, 0);
     let id = spec.id.clone();
+    guard.track(&id);
     let t0 = Instant::now();
     let h = rt.create(&spec).await.expect("create");
     let boot = t0.elapsed();
     let agent = AgentClient::new(h.agent.clone());
 
     // The guest is its own machine: its own kernel, hostname, PID 1.
-    let r = sh(&agent, "uname -r; hostname; cat /proc/1/comm; nproc").await;
+    let r = sh(
+        &agent,
+        "uname -r; hostname; cat /proc/1/comm; cat /etc/machine-id",
+    )
+    .await;
     assert_eq!(r.exit_code, 0, "{r:?}");
     let lines: Vec<&str> = r.stdout.lines().collect();
     assert!(lines[0].ends_with("-cloud-amd64"), "{lines:?}");
     assert_eq!(lines[1], id);
     assert_eq!(lines[2], "wrenn-agent");
+    let machine_id = lines[3].to_owned();
+    assert!(
+        machine_id.len() == 32 && machine_id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{lines:?}"
+    );
 
     // Files, a background process and many concurrent streams over the one channel.
     let r = sh(&agent, "echo kept > /root/f; (i=0; while true; do i=$((i+1)); echo $i > /tmp/n; sleep 0.2; done) >/dev/null 2>&1 & echo $! > /tmp/pid").await;
@@ -113,10 +214,25 @@ async fn microvm_boots_execs_pauses_to_disk_resumes_and_leaves_nothing() {
     let state_bytes = std::fs::metadata(&state).expect("state file").len();
     assert!(rt.pause(&id).await.is_err(), "pausing a paused capsule");
 
-    // Resume: the same processes, counting on.
+    // Long enough paused that a guest clock left as it was saved would be far behind.
+    const PAUSED: Duration = Duration::from_secs(5);
+    tokio::time::sleep(PAUSED).await;
+
+    // Resume: the same processes, counting on; the clock is the host's again.
     let t = Instant::now();
     rt.resume(&id).await.expect("resume");
     let resume = t.elapsed();
+    let guest_now: i64 = sh(&agent, "date +%s")
+        .await
+        .stdout
+        .trim()
+        .parse()
+        .expect("guest date");
+    let host_now = chrono::Utc::now().timestamp();
+    assert!(
+        (host_now - guest_now).abs() < 3,
+        "guest clock {guest_now} vs host {host_now} after {PAUSED:?} paused"
+    );
     let r = sh(
         &agent,
         "cat /root/f; kill -0 $(cat /tmp/pid) && echo alive; cat /tmp/n",
@@ -148,11 +264,23 @@ async fn microvm_boots_execs_pauses_to_disk_resumes_and_leaves_nothing() {
     assert_eq!(snap.kind, wrenn_runtime::SnapshotKind::Files);
     let mut s2 = common::spec("busybox", NetworkMode::Isolated, 256, 128, 0);
     s2.source = wrenn_runtime::Source::Snapshot("microvm-snap".into());
+    guard.track(&s2.id);
     let h2 = rt.create(&s2).await.expect("create from snapshot");
-    let r = sh(&AgentClient::new(h2.agent.clone()), "cat /root/f").await;
-    assert_eq!(r.stdout.trim(), "kept");
+    let r = sh(
+        &AgentClient::new(h2.agent.clone()),
+        "cat /root/f; hostname; cat /etc/machine-id",
+    )
+    .await;
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines[0], "kept", "{r:?}");
+    assert_eq!(lines[1], s2.id, "the copy has its own hostname");
+    assert!(
+        lines[2].len() == 32 && lines[2] != machine_id,
+        "the copy has its own machine id: {lines:?}"
+    );
     assert!(rt.delete_template("microvm-snap").await.is_err(), "in use");
     rt.destroy(&s2.id).await.expect("destroy clone");
+    assert_eq!(vm_leftovers(&data, &s2.id), Vec::<String>::new());
     rt.delete_template("microvm-snap")
         .await
         .expect("delete snapshot");
@@ -167,6 +295,6 @@ async fn microvm_boots_execs_pauses_to_disk_resumes_and_leaves_nothing() {
     rt.destroy(&id).await.expect("destroy");
     assert!(!qemu_running(pid));
     assert!(!rt.capsule_dir(&id).exists());
-    assert!(!Path::new("/run/netns").join(&id).exists());
+    assert_eq!(vm_leftovers(&data, &id), Vec::<String>::new());
     rt.destroy(&id).await.expect("destroy is idempotent");
 }

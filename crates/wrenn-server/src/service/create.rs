@@ -9,11 +9,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use chrono::Utc;
-use wrenn_runtime::{CapsuleSpec, NetworkMode, Source};
+use wrenn_runtime::{Backend, CapsuleSpec, NetworkMode, Source};
 use wrenn_types::api::{Actor, Capsule, CapsuleStatus, CreateCapsuleRequest, EventKind};
 use wrenn_types::error::chain;
 
-use super::error::CapsuleResult;
+use super::error::{CapsuleError, CapsuleResult};
 use super::lanes::Place;
 use super::{Capsules, LiveCapsule, ValidCreate, PIDS_LIMIT};
 use crate::events::{system_actor, Action};
@@ -28,10 +28,12 @@ impl Capsules {
     ) -> CapsuleResult<Capsule> {
         let req = ValidCreate::try_from(req)?;
         let resolved = self.resolve_template(team_id, &req.template).await?;
+        let backend = self.pick_backend(&req, &resolved.runtime_name)?;
         let (vcpus, memory_mb) = resolved.sizes.unwrap_or((req.vcpus, req.memory_mb));
-        let warm_template = match resolved.sizes {
-            None => Some(resolved.runtime_name.as_str()),
-            Some(_) => None,
+        // Warm capsules run on the default backend.
+        let warm_template = match (resolved.sizes, backend) {
+            (None, None) => Some(resolved.runtime_name.as_str()),
+            _ => None,
         };
         let (reservation, warm) = self.reserve(team_id, vcpus, memory_mb, warm_template)?;
         let now = Utc::now();
@@ -52,6 +54,10 @@ impl Capsules {
             error: None,
         };
         self.persist(team_id, &capsule).await;
+        if warm.is_none() {
+            // Before the registry asks for its agent endpoint.
+            self.runtime.assign_backend(&capsule.id, backend);
+        }
         let live = self.register_admitted(reservation, team_id.to_owned(), capsule.clone());
         self.events.capsule(
             team_id,
@@ -76,6 +82,7 @@ impl Capsules {
             pids_limit: PIDS_LIMIT,
             network: NetworkMode::Egress,
             disk_mb: self.capacity.disk_mb,
+            backend,
         };
         let this = self.clone();
         self.pool.cold_creates.fetch_add(1, Ordering::Relaxed);
@@ -88,6 +95,33 @@ impl Capsules {
         Ok(capsule)
     }
 
+    /// The backend a create runs on: the one it asks for or its template requires (`None`:
+    /// the default one). Asking for a backend this server does not serve, or for another one
+    /// than the template requires, is a 400.
+    fn pick_backend(&self, req: &ValidCreate, template: &str) -> CapsuleResult<Option<Backend>> {
+        let required = self.runtime.template_backend(template);
+        let wanted = match (req.backend, required) {
+            (Some(asked), Some(needed)) if asked != needed => {
+                return Err(CapsuleError::Invalid(format!(
+                    "template {} requires runtime {needed}, not {asked}",
+                    req.template
+                )))
+            }
+            (asked, needed) => asked.or(needed),
+        };
+        let Some(b) = wanted else { return Ok(None) };
+        let served = self.runtime.backends();
+        if !served.contains(&b) {
+            let names: Vec<_> = served.iter().map(|s| s.as_str()).collect();
+            return Err(CapsuleError::Invalid(format!(
+                "runtime {b} is not available on this server (it serves: {})",
+                names.join(", ")
+            )));
+        }
+        // The default backend is asked for by naming none: warm capsules stay usable.
+        Ok((served.first() != Some(&b)).then_some(b))
+    }
+
     /// Records a started capsule `running` (with its runtime's versions in its metadata, and
     /// `warm_pool` when it came from one) and publishes the create's success.
     async fn created(&self, live: &LiveCapsule, warm: bool) -> Option<Capsule> {
@@ -95,7 +129,7 @@ impl Capsules {
         let health = live.agent().health().await.ok();
         let kernel = health.as_ref().and_then(|h| h.kernel_version.clone());
         let agent_version = health.map(|h| h.version);
-        let kind = self.runtime.kind();
+        let kind = self.runtime.kind_of(&live.id());
         let rec = self
             .transition(
                 live,

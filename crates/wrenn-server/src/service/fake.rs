@@ -12,8 +12,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::Utc;
 use wrenn_runtime::{
-    Capabilities, CapsuleHandle, CapsuleSpec, Protection, RecoveryReport, ResourceUsage, Runtime,
-    RuntimeError, SnapshotInfo, SnapshotKind, TemplateInfo,
+    Backend, Capabilities, CapsuleHandle, CapsuleSpec, Protection, RecoveryReport, ResourceUsage,
+    Runtime, RuntimeError, SnapshotInfo, SnapshotKind, TemplateInfo,
 };
 use wrenn_types::agent::AgentEndpoint;
 
@@ -47,6 +47,10 @@ struct Inner {
     recovery: RecoveryReport,
     templates: Vec<TemplateInfo>,
     agent: Option<std::path::PathBuf>,
+    /// What [`Runtime::kind`] answers.
+    kind: &'static str,
+    /// Template name → the backend it requires.
+    required: HashMap<String, Backend>,
 }
 
 /// A controllable in-memory [`Runtime`].
@@ -58,6 +62,12 @@ pub struct FakeRuntime {
 impl FakeRuntime {
     /// A runtime with the base template `minimal` and nothing running.
     pub fn new() -> Arc<Self> {
+        Self::named("fake")
+    }
+
+    /// [`FakeRuntime::new`] whose [`Runtime::kind`] is `kind` (a [`Backend`] name lets it
+    /// stand for that backend in [`wrenn_runtime::Runtimes`]).
+    pub fn named(kind: &'static str) -> Arc<Self> {
         let minimal = TemplateInfo {
             name: "minimal".into(),
             base: true,
@@ -67,6 +77,7 @@ impl FakeRuntime {
         Arc::new(Self {
             inner: Mutex::new(Inner {
                 templates: vec![minimal],
+                kind,
                 ..Inner::default()
             }),
         })
@@ -74,6 +85,11 @@ impl FakeRuntime {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes template `name` require backend `b` ([`Runtime::template_backend`]).
+    pub fn require(&self, name: &str, b: Backend) {
+        self.lock().required.insert(name.to_owned(), b);
     }
 
     /// Points every capsule's agent endpoint at the unix socket `path` (a test's fake agent).
@@ -166,7 +182,11 @@ impl FakeRuntime {
 #[async_trait]
 impl Runtime for FakeRuntime {
     fn kind(&self) -> &'static str {
-        "fake"
+        self.lock().kind
+    }
+
+    fn template_backend(&self, name: &str) -> Option<Backend> {
+        self.lock().required.get(name).copied()
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -270,6 +290,10 @@ impl Runtime for FakeRuntime {
             template: info,
             kind: SnapshotKind::Files,
         })
+    }
+
+    fn template_user(&self, _name: &str) -> Option<String> {
+        None
     }
 
     async fn delete_template(&self, name: &str) -> Result<(), RuntimeError> {

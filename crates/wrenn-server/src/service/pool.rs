@@ -251,6 +251,7 @@ impl Capsules {
             pids_limit: PIDS_LIMIT,
             network: NetworkMode::Egress,
             disk_mb: self.capacity.disk_mb,
+            backend: None,
         };
         // The room was held by `reserve_fill`; it passes to the pooled capsule, or is freed.
         let started = std::time::Instant::now();

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use wrenn_runtime::Backend;
 use wrenn_types::api::CreateCapsuleRequest;
 
 use super::error::{CapsuleError, CapsuleResult};
@@ -40,6 +41,8 @@ pub struct ValidCreate {
     pub timeout_sec: u32,
     /// The caller's metadata, `None` when empty.
     pub metadata: Option<BTreeMap<String, String>>,
+    /// The backend asked for; `None` = the server's default.
+    pub backend: Option<Backend>,
 }
 
 impl TryFrom<CreateCapsuleRequest> for ValidCreate {
@@ -82,12 +85,22 @@ impl TryFrom<CreateCapsuleRequest> for ValidCreate {
             t if t < 60 => 60,
             t => u32::try_from(t).unwrap_or(u32::MAX),
         };
+        let backend = match req.runtime.as_deref() {
+            None => None,
+            Some(name) => Some(Backend::parse(name).ok_or_else(|| {
+                CapsuleError::Invalid(format!(
+                    "runtime must be one of: {}",
+                    Backend::ALL.map(Backend::as_str).join(", ")
+                ))
+            })?),
+        };
         Ok(Self {
             template,
             vcpus,
             memory_mb,
             timeout_sec,
             metadata: validate_metadata(req.metadata)?,
+            backend,
         })
     }
 }

@@ -5,6 +5,7 @@
 //!
 //! Run with `cargo test -p wrenn-server --test router`.
 
+mod backends;
 mod e2b;
 mod input;
 mod lifecycle;
@@ -66,9 +67,20 @@ impl Harness {
 
     /// A server over `store` (which may hold capsules from a "previous run").
     async fn over(store: Store, capacity: Capacity) -> Self {
-        let key = store.create_key("team", "test").await.expect("key");
         let rt = FakeRuntime::new();
-        let state = wrenn_server::state(store, rt.clone(), capacity);
+        Self::serving(store, capacity, rt.clone(), rt).await
+    }
+
+    /// A server over `runtime`; `rt` is the fake the harness's helpers look at (the runtime
+    /// itself or one of the backends behind it).
+    async fn serving(
+        store: Store,
+        capacity: Capacity,
+        runtime: Arc<dyn wrenn_runtime::Runtime>,
+        rt: Arc<FakeRuntime>,
+    ) -> Self {
+        let key = store.create_key("team", "test").await.expect("key");
+        let state = wrenn_server::state(store, runtime, capacity);
         Self {
             app: wrenn_server::api::router(state.clone()),
             state,

@@ -117,3 +117,24 @@ async fn an_empty_snapshot_type_is_invalid() {
     let (status, _) = h.call(Method::GET, "/v1/snapshots?type=base", None).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn the_create_documents_every_backend_it_can_be_asked_for() {
+    let h = Harness::new().await;
+    let doc = document(&h).await;
+    let runtime = &doc["components"]["schemas"]["CreateCapsule"]["properties"]["runtime"];
+    let names: Vec<&str> = runtime["enum"]
+        .as_array()
+        .expect("runtime enum")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let backends: Vec<&str> = wrenn_runtime::Backend::ALL
+        .iter()
+        .map(|b| b.as_str())
+        .collect();
+    assert_eq!(names, backends);
+    assert!(runtime["description"]
+        .as_str()
+        .is_some_and(|d| d.contains("400")));
+}
