@@ -95,6 +95,9 @@ pub struct ContainerConfig {
     pub extra_recipes: Option<PathBuf>,
 }
 
+/// Set to `0`, the runtime leaves the host's cgroup2 mount options alone (no `favordynmods`).
+pub const FAVOR_DYNMODS_ENV: &str = "WRENN_CGROUP_FAVORDYNMODS";
+
 /// Mode of a runtime dir (see [`runtime_dir_for`]).
 const RUNTIME_DIR_MODE: u32 = 0o755;
 /// Where runtime dirs live: outside the data dir, whose path a capsule must not learn.
@@ -233,13 +236,16 @@ impl ContainerRuntime {
         }
         let cgroup_version =
             CgroupVersion::detect().map_err(|e| err("detect cgroup version", e.into()))?;
-        match cgroups::favor_dynmods() {
-            Ok(true) => tracing::info!(
+        // A host-wide mount option: an operator may keep the host's mount as it is.
+        let favor = std::env::var_os(FAVOR_DYNMODS_ENV).is_none_or(|v| v != "0");
+        match favor.then(cgroups::favor_dynmods) {
+            Some(Ok(true)) => tracing::info!(
                 "turned on favordynmods on the host's cgroup2 mount: moving a capsule into its \
-                 cgroups no longer waits for an RCU grace period"
+                 cgroups no longer waits for an RCU grace period ({FAVOR_DYNMODS_ENV}=0 leaves \
+                 the mount alone)"
             ),
-            Ok(false) => {}
-            Err(e) => {
+            Some(Ok(false)) | None => {}
+            Some(Err(e)) => {
                 tracing::warn!(error = %e, "cannot turn on cgroup2 favordynmods; creates are slower")
             }
         }
