@@ -24,17 +24,20 @@ port=$((20000 + RANDOM % 20000))
 base="http://127.0.0.1:$port"
 key=$("$bin" key create --dir "$dir" --team fuzz)
 admin=$("$bin" key create --dir "$dir" --team fuzz --name cleanup)
-# The fuzzer leaves a few hundred capsules running (about 350), of up to the document's
+# The fuzzer leaves a few hundred capsules running (350-400), of up to the document's
 # maxima (the host's cores and RAM). Memory limits are cgroup ceilings and an idle capsule
 # uses about 2 MiB, but with the default overcommit (4) a few RAM-sized ceilings fill the
 # host's memory reservation, and 350 capsules of 1-2 vCPUs pass the team's default 256 vCPUs:
 # later creates then answer the documented 503 `host_unavailable` or 402 `vcpu_limit`, which
 # `not_a_server_error` and `positive_data_acceptance` count as failures although the server
-# tells the truth. So this server reserves memory ceilings 1000 times over and sets no team
-# limits; every route and check stays in.
+# tells the truth. Each capsule's sparse disk (10 GiB by default) is promised too: about 300
+# of them fill (free space × 100) on a host with 30 GB free. So this server reserves memory
+# ceilings 1000 times over, gives each capsule a 1 GiB disk promised up to 1000 times the free
+# space, and sets no team limits; every route and check stays in.
 "$bin" serve --listen "127.0.0.1:$port" --dir "$dir" --cache-dir "$cache" --agent "$agent" \
   --no-prebuild --warm code-runner-beta=0 --warm code-interpreter-v1=0 \
-  --memory-overcommit 1000 --team-max-capsules 0 --team-max-vcpus 0 \
+  --memory-overcommit 1000 --disk-mb 1024 --disk-overcommit 1000 \
+  --team-max-capsules 0 --team-max-vcpus 0 \
   --team-max-memory-mb 0 2>"$dir.log" &
 server=$!
 cleanup() {
