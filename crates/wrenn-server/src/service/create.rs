@@ -20,7 +20,26 @@ use crate::events::{system_actor, Action};
 
 impl Capsules {
     /// Validates `req` and starts creating a capsule; answers with it in `starting`.
+    ///
+    /// Runs to its end in a task of its own even when the caller goes away (a client that
+    /// disconnects mid-create drops the handler): an admission or a warm capsule taken half-way
+    /// is never stranded.
     pub async fn create(
+        self: &Arc<Self>,
+        team_id: &str,
+        actor: &Actor,
+        req: CreateCapsuleRequest,
+    ) -> CapsuleResult<Capsule> {
+        let this = Arc::clone(self);
+        let (team_id, actor) = (team_id.to_owned(), actor.clone());
+        match tokio::spawn(async move { this.create_now(&team_id, &actor, req).await }).await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(CapsuleError::NoCapacity("the server is stopping".into())),
+        }
+    }
+
+    async fn create_now(
         self: &Arc<Self>,
         team_id: &str,
         actor: &Actor,
