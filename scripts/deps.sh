@@ -8,8 +8,19 @@ need_apt=()
 for pkg in debootstrap busybox-static nftables iproute2 pkg-config gcc libc6-dev \
            ca-certificates curl python3 python3-venv git file tmux chromium libnss-myhostname \
            qemu-system-x86 qemu-utils lz4; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
+  [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" = "install ok installed" ] || need_apt+=("$pkg")
 done
+# A package dpkg calls installed whose program is gone (a trimmed image) is installed again.
+reinstall=()
+for pair in qemu-img:qemu-utils qemu-system-x86_64:qemu-system-x86 lz4:lz4 nft:nftables \
+            debootstrap:debootstrap tmux:tmux; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || reinstall+=("${pair##*:}")
+done
+if [ ${#reinstall[@]} -gt 0 ]; then
+  echo "==> apt-get install --reinstall ${reinstall[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --reinstall "${reinstall[@]}" >/dev/null
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> apt-get install ${need_apt[*]}"
   apt-get update -qq
