@@ -23,6 +23,7 @@ import queue
 import time
 
 import tornado.httpclient
+import tornado.httpserver
 import tornado.iostream
 import tornado.web
 from jupyter_client.asynchronous import AsyncKernelClient
@@ -502,9 +503,19 @@ def app(contexts):
     )
 
 
+class NoDelayServer(tornado.httpserver.HTTPServer):
+    """Sends each write at once: `/execute` streams one small NDJSON line per kernel message, and
+    with Nagle's algorithm on, every line after the first waited for the client's delayed ACK
+    (40 ms)."""
+
+    def handle_stream(self, stream, address):
+        stream.set_nodelay(True)
+        super().handle_stream(stream, address)
+
+
 async def main():
     contexts = Contexts()
-    app(contexts).listen(PORT, address="0.0.0.0", xheaders=False)
+    NoDelayServer(app(contexts), xheaders=False).listen(PORT, address="0.0.0.0")
     await contexts.start()
     await asyncio.Event().wait()
 
