@@ -216,7 +216,8 @@ impl Client {
             "x-api-key",
             HeaderValue::from_str(&self.api_key).map_err(bad)?,
         );
-        let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+        // Small frames (a keystroke, a cell) go out at once rather than behind Nagle.
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(req, None, true).await?;
         Ok(CodeRunner {
             ws,
             kernel_id,

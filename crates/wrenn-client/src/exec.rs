@@ -148,7 +148,8 @@ impl Client {
         let key = HeaderValue::from_str(&self.api_key)
             .map_err(|_| ClientError::Protocol("the API key is not a valid header".into()))?;
         req.headers_mut().insert("x-api-key", key);
-        let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+        // Small frames (a keystroke, a cell) go out at once rather than behind Nagle.
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(req, None, true).await?;
         Ok(ws)
     }
 }
