@@ -265,7 +265,14 @@ async fn microvm_boots_execs_pauses_to_disk_resumes_and_leaves_nothing() {
     let mut s2 = common::spec("busybox", NetworkMode::Isolated, 256, 128, 0);
     s2.source = wrenn_runtime::Source::Snapshot("microvm-snap".into());
     guard.track(&s2.id);
-    let h2 = rt.create(&s2).await.expect("create from snapshot");
+    let h2 = match rt.create(&s2).await {
+        Ok(h) => h,
+        Err(e) => {
+            let c = std::fs::read_to_string(rt.capsule_dir(&s2.id).join("console.log"))
+                .unwrap_or_default();
+            panic!("create from snapshot: {e:?}\nCONSOLE:\n{c}");
+        }
+    };
     let r = sh(
         &AgentClient::new(h2.agent.clone()),
         "cat /root/f; hostname; cat /etc/machine-id",
