@@ -209,11 +209,18 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// A guest stand-in: accepts on the chardev socket, checks the hello, and echoes every
-    /// stream upper-cased.
+    /// A guest stand-in: accepts on the chardev socket, checks that the sync line comes before
+    /// the hello, and echoes every stream upper-cased.
     async fn fake_guest(l: UnixListener) {
         loop {
             let (mut s, _) = l.accept().await.expect("accept");
+            let mut line = Vec::new();
+            let mut byte = [0u8; 1];
+            while byte[0] != b'\n' {
+                s.read_exact(&mut byte).await.expect("sync line");
+                line.push(byte[0]);
+            }
+            assert!(SerialSync::parse(&line[..line.len() - 1]).is_some(), "{line:?}");
             let mut hello = vec![0u8; SERIAL_MUX_HELLO.len()];
             s.read_exact(&mut hello).await.expect("hello");
             assert_eq!(hello, SERIAL_MUX_HELLO.as_bytes());
