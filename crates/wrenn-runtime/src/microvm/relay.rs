@@ -220,7 +220,10 @@ mod tests {
                 s.read_exact(&mut byte).await.expect("sync line");
                 line.push(byte[0]);
             }
-            assert!(SerialSync::parse(&line[..line.len() - 1]).is_some(), "{line:?}");
+            assert!(
+                SerialSync::parse(&line[..line.len() - 1]).is_some(),
+                "{line:?}"
+            );
             let mut hello = vec![0u8; SERIAL_MUX_HELLO.len()];
             s.read_exact(&mut hello).await.expect("hello");
             assert_eq!(hello, SERIAL_MUX_HELLO.as_bytes());
