@@ -177,6 +177,33 @@ def agent_pid(capsule_id: str) -> int:
     raise AssertionError(f"no agent process for {capsule_id}")
 
 
+class ConcurrentCalls:
+    """Runs named calls at once, each in its own thread; `wait` answers, per name, what it
+    returned or raised and how long it took."""
+
+    def __init__(self, calls: dict[str, Callable[[], Any]]) -> None:
+        self.results: dict[str, tuple[Any, float]] = {}
+        self.threads = [
+            threading.Thread(target=self._call, args=kv, daemon=True) for kv in calls.items()
+        ]
+        for t in self.threads:
+            t.start()
+
+    def _call(self, name: str, fn: Callable[[], Any]) -> None:
+        t0 = time.monotonic()
+        try:
+            outcome: Any = fn()
+        except Exception as exc:  # noqa: BLE001
+            outcome = exc
+        self.results[name] = (outcome, time.monotonic() - t0)
+
+    def wait(self, timeout: float) -> dict[str, tuple[Any, float]]:
+        for t in self.threads:
+            t.join(timeout=timeout)
+        assert not any(t.is_alive() for t in self.threads), self.results
+        return self.results
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

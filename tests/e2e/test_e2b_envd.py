@@ -8,13 +8,12 @@ from __future__ import annotations
 import os
 import re
 import signal
-import threading
 import subprocess
 import time
 
 import pytest
 
-from conftest import agent_pid, poll
+from conftest import ConcurrentCalls, agent_pid, poll
 
 e2b = pytest.importorskip("e2b")
 from e2b import Sandbox  # noqa: E402
@@ -168,31 +167,16 @@ def test_a_stopped_agent_cannot_hang_envd_calls(sbx):
         pid = agent_pid("cl-" + stuck.sandbox_id)
         os.kill(pid, signal.SIGSTOP)
         try:
-            results: dict[str, object] = {}
-
-            def call(name, fn):
-                t0 = time.monotonic()
-                try:
-                    fn()
-                    results[name] = ("answered", time.monotonic() - t0)
-                except Exception as exc:  # noqa: BLE001
-                    results[name] = (exc, time.monotonic() - t0)
-
-            calls = {
+            calls = ConcurrentCalls({
                 "run": lambda: stuck.commands.run("true"),
                 "read": lambda: stuck.files.read("/etc/hostname"),
                 "write": lambda: stuck.files.write("/tmp/x", "x" * (4 << 20)),
                 "list": lambda: stuck.files.list("/"),
-            }
-            threads = [threading.Thread(target=call, args=kv) for kv in calls.items()]
-            for t in threads:
-                t.start()
+            })
             # Meanwhile the other sandbox is served.
             time.sleep(1)
             assert sbx.commands.run("echo alive").stdout == "alive\n"
-            for t in threads:
-                t.join(timeout=90)
-            assert not any(t.is_alive() for t in threads), results
+            results = calls.wait(timeout=90)
             for name, (outcome, took) in results.items():
                 # The server's answer, not the SDK giving up (after a failed call the SDK
                 # also probes /health, which meets the same deadline).

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import PtyReader, agent_pid, assert_error, poll
+from conftest import ConcurrentCalls, PtyReader, agent_pid, assert_error, poll
 
 # The agent's default caps (crates/wrenn-agent: processes::DEFAULT_MAX_PROCESSES,
 # pty::DEFAULT_MAX_SESSIONS).
@@ -134,33 +133,18 @@ def test_a_stopped_agent_cannot_hang_the_api(api, make_capsule, server):
     pid = agent_pid(stuck.capsule_id)
     os.kill(pid, signal.SIGSTOP)
     try:
-        results: dict[str, object] = {}
-
-        def call(name, fn):
-            t0 = time.monotonic()
-            try:
-                fn()
-                results[name] = ("answered", time.monotonic() - t0)
-            except Exception as exc:  # noqa: BLE001
-                results[name] = (exc, time.monotonic() - t0)
-
-        calls = {
+        calls = ConcurrentCalls({
             "exec": lambda: stuck.commands.run("true", timeout=5),
             "list": lambda: stuck.files.list("/"),
             "read": lambda: stuck.files.read("/etc/hostname"),
             "write": lambda: stuck.files.write("/tmp/x", "x" * (4 << 20)),
             "processes": lambda: stuck.commands.list(),
-        }
-        threads = [threading.Thread(target=call, args=(n, f)) for n, f in calls.items()]
-        for t in threads:
-            t.start()
+        })
         # Meanwhile the server serves everyone else.
         time.sleep(1)
         assert api.get("/v1/capsules").status_code == 200
         assert other.commands.run("echo alive").stdout == "alive\n"
-        for t in threads:
-            t.join(timeout=60)
-        assert not any(t.is_alive() for t in threads), results
+        results = calls.wait(timeout=60)
         for name, (outcome, took) in results.items():
             assert isinstance(outcome, WrennAgentError), (name, outcome)
             assert outcome.status_code == 502, (name, outcome)
