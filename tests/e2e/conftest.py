@@ -241,8 +241,12 @@ def _path_from_env(var: str, default: str) -> Path:
 
 
 class WrennServer:
-    def __init__(self, extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self, extra_args: list[str] | None = None, inherit_fds: tuple[int, ...] = ()
+    ) -> None:
         self.extra_args = list(extra_args or [])
+        # Fds the server inherits from its parent, as a supervisor's lock or socket would be.
+        self.inherit_fds = inherit_fds
         self.bin = _path_from_env("WRENN_BIN", "target/debug/wrenn")
         self.agent = _path_from_env(
             "WRENN_AGENT", "target/x86_64-unknown-linux-gnu/release/wrenn-agent"
@@ -306,6 +310,7 @@ class WrennServer:
             stdout=self._log,
             stderr=self._log,
             stdin=subprocess.DEVNULL,
+            pass_fds=self.inherit_fds,
         )
         deadline = time.monotonic() + timeout
         while True:

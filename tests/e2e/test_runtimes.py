@@ -41,19 +41,46 @@ def _run(client, cid: str, script: str) -> str:
 
 
 @pytest.fixture
-def both_server():
+def both_server(tmp_path):
+    # The server inherits an open fd on a host file, as from a supervisor; no program it starts
+    # (QEMU, a capsule's launcher) may hold it.
+    secret = tmp_path / "inherited-secret"
+    secret.write_text("host only\n")
+    fd = os.open(secret, os.O_RDONLY)
     srv = WrennServer(
-        ["--runtime", "both", "--no-prebuild", "--warm", "code-runner-beta=0,code-interpreter-v1=0"]
+        ["--runtime", "both", "--no-prebuild", "--warm", "code-runner-beta=0,code-interpreter-v1=0"],
+        inherit_fds=(fd,),
     )
+    srv.inherited = secret
     try:
         srv.start(timeout=90)
         yield srv
     finally:
+        os.close(fd)
         try:
             srv.destroy_all()
         finally:
             srv.stop()
             shutil.rmtree(srv.data_dir, ignore_errors=True)
+
+
+def _holders(path: Path) -> set[int]:
+    """Pids of processes with an open fd on `path`."""
+    out = set()
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            fds = list((p / "fd").iterdir())
+        except OSError:
+            continue
+        for f in fds:
+            try:
+                if os.readlink(f) == str(path):
+                    out.add(int(p.name))
+            except OSError:
+                pass
+    return out
 
 
 def test_each_capsule_runs_on_the_backend_it_named(both_server):
@@ -70,6 +97,8 @@ def test_each_capsule_runs_on_the_backend_it_named(both_server):
         assert vm_rec["metadata"]["vmm_version"] == "microvm"
         assert ct_rec["metadata"]["vmm_version"] == "container"
         assert len(_qemu_pids(vm)) == 1 and not _qemu_pids(ct)
+        # Only the server holds what it inherited: not QEMU, not a capsule's processes.
+        assert _holders(srv.inherited) == {srv.pid}
         # The guest has its own kernel; the container shares the host's.
         assert _run(c, vm, "uname -r").endswith("-cloud-amd64")
         assert _run(c, ct, "uname -r") == os.uname().release

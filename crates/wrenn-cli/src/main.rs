@@ -201,6 +201,7 @@ fn main() -> ExitCode {
     if args.get(1).is_some_and(|a| a == "__launch") {
         return wrenn_runtime::container::launcher::launcher_main(args[2..].to_vec());
     }
+    wrenn_runtime::seal_inherited_fds();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -288,3 +288,4 @@ pub(crate) mod tree;
 pub use container::{ContainerConfig, ContainerRuntime};
 pub use microvm::{MicroVmConfig, MicroVmRuntime};
 pub use multi::Runtimes;
+pub use sys::seal_inherited_fds;
