@@ -1,6 +1,5 @@
 //! Create, destroy and recover: the verbs that make or remove host resources.
 
-use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -218,6 +217,9 @@ impl ContainerRuntime {
                 })?;
         }
         let t_ready = t0.elapsed();
+        // Once the agent answers, not during the launch or the agent's start: the next
+        // spare's exec would compete with them for the CPU.
+        self.inner.launchers.refill();
         if !run.services.is_empty() {
             let agent = AgentClient::new(dirs.agent_socket());
             let netns = record.net.netns_path();
@@ -280,21 +282,10 @@ impl ContainerRuntime {
         });
     }
 
-    /// Runs the launcher once; returns the init pid and the launcher's own step timings.
+    /// Runs the launcher once (the spare one started ahead when there is one, see
+    /// [`super::spare`]); returns the init pid and the launcher's own step timings.
     async fn launch(&self, req: &LaunchRequest) -> anyhow::Result<(i32, Steps)> {
-        let argv = &self.inner.cfg.launcher;
-        let mut child = tokio::process::Command::new(&argv[0])
-            .args(&argv[1..])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            // libcontainer would preserve LISTEN_FDS more fds into the capsule.
-            .env_remove("LISTEN_FDS")
-            .env_remove("LISTEN_PID")
-            .env_remove("LISTEN_FDNAMES")
-            .kill_on_drop(true)
-            .spawn()
-            .context("spawn launcher")?;
+        let mut child = self.inner.launchers.take().context("spawn launcher")?;
         let mut stdin = child.stdin.take().context("launcher stdin")?;
         stdin
             .write_all(&serde_json::to_vec(req)?)
