@@ -63,7 +63,7 @@ use overlay::CapsuleDirs;
 use record::CapsuleRecord;
 use watch::InitWatch;
 
-/// Formatted disk images the runtime keeps ready (see `disk::DiskPool`).
+/// Disk images the runtime keeps formatted, attached and mounted ahead (see `disk::DiskPool`).
 pub const DISK_POOL_SIZE: usize = disk::POOL_SIZE;
 
 /// What the container backend can do.
