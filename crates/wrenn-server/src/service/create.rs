@@ -32,8 +32,15 @@ impl Capsules {
     ) -> CapsuleResult<Capsule> {
         let this = Arc::clone(self);
         let (team_id, actor) = (team_id.to_owned(), actor.clone());
+        let t0 = std::time::Instant::now();
         match tokio::spawn(async move { this.create_now(&team_id, &actor, req).await }).await {
-            Ok(r) => r,
+            Ok(r) => {
+                tracing::debug!(
+                    accept_ms = t0.elapsed().as_secs_f64() * 1e3,
+                    "capsule create answered"
+                );
+                r
+            }
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => Err(CapsuleError::NoCapacity("the server is stopping".into())),
         }
@@ -182,6 +189,7 @@ impl Capsules {
     }
 
     async fn run_create(self: &Arc<Self>, live: Arc<LiveCapsule>, spec: CapsuleSpec, place: Place) {
+        let t0 = std::time::Instant::now();
         // Wait for the turn, unless the capsule leaves `starting` (a destroy) meanwhile.
         let mut status = live.status.subscribe();
         let _turn = tokio::select! {
@@ -193,6 +201,7 @@ impl Capsules {
             // Destroyed between the turn and the lock: never start it.
             return;
         }
+        let t_turn = t0.elapsed();
         let result = self.runtime.create(&spec).await;
         if live.status() != CapsuleStatus::Starting {
             // Destroyed meanwhile; the destroy task (waiting on the lock) cleans up.
@@ -200,8 +209,17 @@ impl Capsules {
         }
         match result {
             Ok(handle) => {
+                let t_runtime = t0.elapsed();
                 live.set_ip(handle.ip);
                 self.created(&live, false).await;
+                let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+                tracing::debug!(
+                    id = %spec.id,
+                    turn_ms = ms(t_turn),
+                    runtime_ms = ms(t_runtime - t_turn),
+                    running_ms = ms(t0.elapsed() - t_runtime),
+                    "capsule started"
+                );
             }
             Err(e) => {
                 let reason = chain(&e);
