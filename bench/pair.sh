@@ -5,8 +5,9 @@
 # `capsule created` debug lines). Each of A and B is a directory holding release `wrenn` and
 # `wrenn-bench` binaries, e.g. a copy of main's target/release and this tree's:
 #   A=/tmp/before B=target/release N=30 bench/pair.sh
-# ROUNDS=2 runs A B A B. Takes the host's benchmark lock when flock and /tmp/wrenn-heavy.lock
-# are there (run it as `flock /tmp/wrenn-heavy.lock bench/pair.sh` otherwise).
+# KEEP=1 keeps the logs and JSON lines; ROUNDS=2 runs A B A B; PYTHON is the Python with httpx
+# and the SDK (default .venv, made by scripts/e2e-venv.sh); AGENT the static agent (default: built
+# by scripts/build-agent.sh). Takes the host's benchmark lock /tmp/wrenn-heavy.lock when it exists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${A:?A=<dir with the before wrenn and wrenn-bench>}" "${B:?B=<dir with the after ones>}"
@@ -15,8 +16,9 @@ rounds="${ROUNDS:-1}"
 agent="${AGENT:-$(bash scripts/build-agent.sh | tail -n 1)}"
 export WRENN_CACHE="${WRENN_CACHE:-/var/cache/wrenn}"
 out=$(mktemp -d /tmp/wrenn-pair.XXXXXX)
-trap 'rm -rf "$out"' EXIT
-[ -x .venv/bin/python ] || bash scripts/e2e-venv.sh .venv >&2
+[ -n "${KEEP:-}" ] && echo "keeping $out" >&2 || trap 'rm -rf "$out"' EXIT
+py="${PYTHON:-.venv/bin/python}"
+[ -n "${PYTHON:-}" ] || [ -x .venv/bin/python ] || bash scripts/e2e-venv.sh .venv >&2
 
 one() { # label bindir round
   local label=$1 bin=$2 r=$3 dir port key server
@@ -34,7 +36,7 @@ one() { # label bindir round
   WRENN_BASE_URL="http://127.0.0.1:$port" WRENN_API_KEY="$key" \
     "$bin/wrenn-bench" --n "$n" >"$out/$label.$r.rust.jsonl"
   WRENN_BASE_URL="http://127.0.0.1:$port" WRENN_API_KEY="$key" \
-    .venv/bin/python bench/api_bench.py --n "$n" >"$out/$label.$r.py.jsonl"
+    "$py" bench/api_bench.py --n "$n" >"$out/$label.$r.py.jsonl"
   kill "$server"; wait "$server" 2>/dev/null || true
   rm -rf "$dir"
 }

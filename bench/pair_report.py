@@ -2,10 +2,10 @@
 
 Prints, per round, every benchmark's p50 and p99 of build A and build B side by side with
 B/A, then the p50 of each create step of both builds, read from the runtime's `capsule created`
-debug lines, and the server's (`server.*`: its answer to the create, the wait for a start turn,
-the runtime's create and the move to `running`, from `capsule started` and `capsule create
-answered`, logged by builds that have them; `launcher rest` is the launch less the launcher's own steps: the launcher's exec,
-its start-up and the exchange with it)."""
+debug lines and the server's `capsule started` and `capsule create answered` ones (`server.*`:
+its answer to the create, the wait for a start turn, the runtime's create and the move to
+`running`; logged by builds that have them). `launcher rest` is the launch less the launcher's
+own steps: its exec and start-up (unless it was started ahead) and the exchange with it."""
 
 import json
 import re

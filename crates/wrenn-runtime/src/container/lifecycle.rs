@@ -207,9 +207,10 @@ impl ContainerRuntime {
             .map_err(|e| host_err("write capsule.json", id, e))?;
         let watch = InitWatch::start(id, pid).map_err(|e| host_err("watch capsule init", id, e))?;
 
+        let mut guest = None;
         if self.inner.health_check.load(Ordering::Relaxed) {
             let w = watch.clone();
-            health::wait_ready(&dirs.agent_socket(), READY_TIMEOUT, move || w.alive())
+            (_, guest) = health::wait_ready(&dirs.agent_socket(), READY_TIMEOUT, move || w.alive())
                 .await
                 .map_err(|waited| RuntimeError::AgentNotReady {
                     id: id.to_owned(),
@@ -218,8 +219,10 @@ impl ContainerRuntime {
         }
         let t_ready = t0.elapsed();
         // Once the agent answers, not during the launch or the agent's start: the next
-        // spare's exec would compete with them for the CPU.
-        self.inner.launchers.refill();
+        // spare's exec would compete with them for the CPU. In a task: the spawn is not the
+        // caller's wait.
+        let inner = self.inner.clone();
+        tokio::spawn(async move { inner.launchers.refill() });
         if !run.services.is_empty() {
             let agent = AgentClient::new(dirs.agent_socket());
             let netns = record.net.netns_path();
@@ -256,6 +259,7 @@ impl ContainerRuntime {
             },
             ip: record.net.capsule_ip(),
             init_pid: pid,
+            guest,
         })
     }
 
@@ -451,6 +455,7 @@ impl ContainerRuntime {
                         },
                         ip: record.net.capsule_ip(),
                         init_pid: pid,
+                        guest: None,
                     });
                     self.lock()
                         .insert(id.clone(), super::Capsule { record, watch });

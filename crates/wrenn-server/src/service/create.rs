@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use wrenn_runtime::{Backend, CapsuleSpec, NetworkMode, Source};
+use wrenn_types::agent::Health;
 use wrenn_types::api::{Actor, Capsule, CapsuleStatus, CreateCapsuleRequest, EventKind};
 use wrenn_types::error::chain;
 
@@ -94,7 +95,7 @@ impl Capsules {
             live.set_ip(w.ip);
             tracing::info!(id = %capsule.id, template = %capsule.template, "capsule handed out from the warm pool");
             let _op = live.op.lock().await;
-            return Ok(self.created(&live, true).await.unwrap_or(capsule));
+            return Ok(self.created(&live, true, None).await.unwrap_or(capsule));
         }
         let spec = CapsuleSpec {
             id: capsule.id.clone(),
@@ -149,10 +150,20 @@ impl Capsules {
     }
 
     /// Records a started capsule `running` (with its runtime's versions in its metadata, and
-    /// `warm_pool` when it came from one) and publishes the create's success.
-    async fn created(&self, live: &LiveCapsule, warm: bool) -> Option<Capsule> {
+    /// `warm_pool` when it came from one) and publishes the create's success. `guest` is the
+    /// agent's health answer when the runtime read one while starting it; else the agent is
+    /// asked.
+    async fn created(
+        &self,
+        live: &LiveCapsule,
+        warm: bool,
+        guest: Option<Health>,
+    ) -> Option<Capsule> {
         // Guest facts come from the capsule itself, never from the host's /proc.
-        let health = live.agent().health().await.ok();
+        let health = match guest {
+            Some(h) => Some(h),
+            None => live.agent().health().await.ok(),
+        };
         let kernel = health.as_ref().and_then(|h| h.kernel_version.clone());
         let agent_version = health.map(|h| h.version);
         let kind = self.runtime.kind_of(&live.id());
@@ -211,7 +222,7 @@ impl Capsules {
             Ok(handle) => {
                 let t_runtime = t0.elapsed();
                 live.set_ip(handle.ip);
-                self.created(&live, false).await;
+                self.created(&live, false, handle.guest).await;
                 let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
                 tracing::debug!(
                     id = %spec.id,
