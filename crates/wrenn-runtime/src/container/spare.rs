@@ -74,3 +74,37 @@ impl Launchers {
         self.spare.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Launchers;
+
+    fn spare_pid(l: &Launchers) -> Option<u32> {
+        l.slot().as_ref().and_then(|c| c.id())
+    }
+
+    /// `cat` stands in for the launcher: like it, it reads its stdin to the end.
+    #[tokio::test]
+    async fn take_hands_out_the_spare_and_replaces_a_dead_one() {
+        let l = Launchers::new(vec!["cat".into()]);
+        assert_eq!(spare_pid(&l), None);
+        l.refill();
+        let first = spare_pid(&l).expect("a spare");
+        // A second refill keeps the one that waits.
+        l.refill();
+        assert_eq!(spare_pid(&l), Some(first));
+        let taken = l.take().expect("take");
+        assert_eq!(taken.id(), Some(first));
+        assert_eq!(spare_pid(&l), None);
+
+        l.refill();
+        let mut dead = l.slot().take().expect("a spare");
+        let pid = dead.id();
+        dead.start_kill().expect("kill");
+        dead.wait().await.expect("wait");
+        *l.slot() = Some(dead);
+        let mut fresh = l.take().expect("take");
+        assert_ne!(fresh.id(), pid);
+        assert!(matches!(fresh.try_wait(), Ok(None)), "a live launcher");
+    }
+}
