@@ -153,6 +153,9 @@ pub struct CapsuleHandle {
     pub ip: Option<Ipv4Addr>,
     /// Host pid of the capsule's init (the agent).
     pub init_pid: i32,
+    /// The agent's answer to the runtime's readiness probe (`GET /health`), when the runtime
+    /// read one: a caller that wants the guest's versions need not ask again.
+    pub guest: Option<wrenn_types::agent::Health>,
 }
 
 /// Live resource use of one capsule.

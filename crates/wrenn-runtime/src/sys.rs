@@ -529,6 +529,92 @@ pub(crate) fn mount_ext4(dev: &Path, target: &Path) -> io::Result<()> {
     .map_err(io::Error::from)
 }
 
+/// Mounts the ext4 filesystem on `dev` with `nosuid,nodev` and `noinit_itable` (as
+/// [`mount_ext4`]) but attaches it nowhere (fsopen(2), fsmount(2)): the returned fd is the only
+/// way to it until [`attach_mount`]. Closing the fd unmounts it.
+pub(crate) fn mount_ext4_detached(dev: &Path) -> io::Result<OwnedFd> {
+    let source = std::ffi::CString::new(dev.as_os_str().as_bytes())?;
+    // SAFETY: the name is a NUL-terminated literal; fsopen returns a new fd or -1.
+    let fs = unsafe { libc::syscall(libc::SYS_fsopen, c"ext4".as_ptr(), libc::FSOPEN_CLOEXEC) };
+    let fs = owned_fd(fs)?;
+    let config =
+        |cmd: libc::c_uint, key: Option<&std::ffi::CStr>, value: Option<&std::ffi::CStr>| {
+            // SAFETY: `fs` is an open filesystem context; `key` and `value` are NUL-terminated
+            // strings (or null, as the command wants) that outlive the call.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_fsconfig,
+                    fs.as_raw_fd(),
+                    cmd,
+                    key.map_or(std::ptr::null(), |k| k.as_ptr()),
+                    value.map_or(std::ptr::null(), |v| v.as_ptr()),
+                    0,
+                )
+            };
+            if r < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        };
+    config(libc::FSCONFIG_SET_STRING, Some(c"source"), Some(&source))?;
+    config(libc::FSCONFIG_SET_FLAG, Some(c"noinit_itable"), None)?;
+    config(libc::FSCONFIG_CMD_CREATE, None, None)?;
+    // SAFETY: `fs` is a filesystem context that was just created; fsmount returns a new fd or
+    // -1.
+    let mnt = unsafe {
+        libc::syscall(
+            libc::SYS_fsmount,
+            fs.as_raw_fd(),
+            libc::FSMOUNT_CLOEXEC,
+            libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
+        )
+    };
+    owned_fd(mnt)
+}
+
+/// Attaches the detached mount `mnt` (see [`mount_ext4_detached`]) at `target`
+/// (move_mount(2)).
+pub(crate) fn attach_mount(mnt: &OwnedFd, target: &Path) -> io::Result<()> {
+    let dst = std::ffi::CString::new(target.as_os_str().as_bytes())?;
+    // SAFETY: `mnt` is an open mount fd, the empty path and `dst` NUL-terminated strings that
+    // outlive the call; move_mount keeps no pointer.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mnt.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            dst.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `mkdirat(2)` of `name` in the directory `dir` with mode 0777 less the umask, as
+/// `std::fs::create_dir`.
+pub(crate) fn mkdir_at(dir: &OwnedFd, name: &std::ffi::CStr) -> io::Result<()> {
+    // SAFETY: `dir` is an open directory fd and `name` a NUL-terminated string that outlives
+    // the call.
+    if unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o777) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A new fd returned by a raw syscall (or its error).
+fn owned_fd(r: libc::c_long) -> io::Result<OwnedFd> {
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(r).map_err(|_| io::Error::other("fd out of range"))?;
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Bytes in use on the filesystem mounted at `path` (`statvfs(2)`: blocks minus free blocks;
 /// ext4 leaves its own metadata out of both).
 pub(crate) fn fs_used_bytes(path: &Path) -> io::Result<u64> {

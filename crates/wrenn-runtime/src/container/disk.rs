@@ -5,7 +5,7 @@
 //! data_dir/capsules/<id>/
 //!   disk.img       sparse image of the capsule's size, ext4 without journal
 //!   disk/          its loop mount (nosuid,nodev): upper/ and work/ of the overlay
-//! data_dir/pool/   (0700) up to POOL_SIZE formatted images of the last size asked for
+//! data_dir/pool/   (0700) up to POOL_SIZE images of the last size asked for, ready to mount
 //! ```
 //!
 //! An image is a sparse file formatted with `mkfs.ext4` (no journal, no resize inode, lazy
@@ -15,11 +15,20 @@
 //! it, so unmounting is all destroy has to do. The host space an image takes grows with what the
 //! capsule writes, up to its size; deleting files inside the capsule does not give it back.
 //!
-//! Creating takes a pre-formatted image from the pool (a rename: the pool and the capsule dirs
-//! share the data dir's filesystem) and kicks a background refill (one thread, one image at a
-//! time, nice 19 and idle I/O class); an empty pool formats on the spot.
+//! The pool's images are *armed*: formatted, attached to a loop device and mounted, but the
+//! mount is attached nowhere (fsmount(2)): only this process holds it, by an fd, and the layer
+//! dirs are made on it. Attaching a loop device and mounting ext4 take 1–25 ms each on a busy
+//! host (the kernel waits for the device's queue to freeze and for the superblock to be read);
+//! arming does both ahead of need. Creating takes an armed image (a rename of its file, which
+//! the loop device follows: the pool and the capsule dirs share the data dir's filesystem, and
+//! move_mount(2) of its mount to the capsule's `disk/`) and kicks a background refill (one
+//! thread, one image at a time, nice 19 and idle I/O class). An empty pool falls back to a
+//! formatted, unattached image (`<mb>m-….img`, which an older runtime on this data dir may have
+//! left) and then to formatting on the spot. Armed images are named `<mb>m-<pid>-<seq>.mnt`,
+//! taken by their process only; when it exits their mounts go and their loop devices with them.
 
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use crate::sys;
 
-/// Formatted images kept ready in the pool.
+/// Armed images kept ready in the pool.
 pub const POOL_SIZE: usize = 4;
 /// How long destroy waits for the kernel to free a capsule's loop device after the unmount
 /// (the server retries a destroy that gave up: the wait is bounded, not the release).
@@ -136,6 +145,38 @@ pub fn mount(image: &Path, target: &Path) -> Result<(), DiskError> {
     Ok(())
 }
 
+/// The overlay's layer dirs on a capsule disk, made when it is armed or mounted.
+pub const LAYER_DIRS: [&std::ffi::CStr; 2] = [c"upper", c"work"];
+
+/// A pool image attached to a loop device and mounted nowhere (see the module docs).
+#[derive(Debug)]
+struct Armed {
+    /// Size in MiB.
+    mb: u32,
+    /// The image, `<mb>m-<pid>-<seq>.mnt` in the pool.
+    image: PathBuf,
+    /// The detached mount of its filesystem: closing it unmounts it and frees the device.
+    mnt: std::os::fd::OwnedFd,
+}
+
+/// Attaches the formatted image `tmp` to a loop device, mounts it detached, makes the layer
+/// dirs on it and renames it to `ready`.
+fn arm(tmp: &Path, mb: u32, ready: &Path) -> Result<Armed, DiskError> {
+    let dev = sys::loop_attach(tmp).map_err(io_err("attach loop device for", tmp))?;
+    let mnt = sys::mount_ext4_detached(&dev.path()).map_err(io_err("mount disk", tmp))?;
+    // The mount holds the device now; it frees itself when the mount goes.
+    drop(dev);
+    for d in LAYER_DIRS {
+        sys::mkdir_at(&mnt, d).map_err(io_err("create layer dir on", tmp))?;
+    }
+    sys::rename_noreplace(tmp, ready).map_err(io_err("add to pool", ready))?;
+    Ok(Armed {
+        mb,
+        image: ready.to_owned(),
+        mnt,
+    })
+}
+
 /// Waits until no loop device is backed by a file at or below `prefix` (the kernel frees an
 /// autoclear device when its last mount goes, which under load can take seconds: a lazy
 /// unmount ends only when the filesystem's last user does). Polls with a growing pause (1 ms
@@ -189,6 +230,8 @@ struct PoolState {
     want_mb: u32,
     /// A refill thread runs.
     running: bool,
+    /// Armed images, oldest first.
+    armed: Vec<Armed>,
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -201,6 +244,12 @@ fn ready_size(name: &str) -> Option<u32> {
 /// `.<mb>m-<pid>-<seq>.tmp` → `pid`.
 fn tmp_owner(name: &str) -> Option<i32> {
     let rest = name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    rest.split('-').nth(1)?.parse().ok()
+}
+
+/// `<mb>m-<pid>-<seq>.mnt` → `pid`.
+fn armed_owner(name: &str) -> Option<i32> {
+    let rest = name.strip_suffix(".mnt")?;
     rest.split('-').nth(1)?.parse().ok()
 }
 
@@ -217,13 +266,36 @@ impl DiskPool {
         self.shared.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Puts a formatted image of `mb` MiB at `dst` (which must not exist): a pooled one when
-    /// there is one, else one formatted now. Then starts refilling the pool in the background.
-    pub fn take(&self, mb: u32, dst: &Path) -> Result<(), DiskError> {
-        if !self.take_pooled(mb, dst) {
-            format(dst, mb)?;
-        }
+    /// Puts a formatted image of `mb` MiB at `image` (which must not exist), mounted at
+    /// `target` with the [`LAYER_DIRS`] on it: an armed one when there is one, else a pooled
+    /// unattached one or one formatted now, attached and mounted now. Then starts refilling the
+    /// pool in the background.
+    pub fn take_mounted(&self, mb: u32, image: &Path, target: &Path) -> Result<(), DiskError> {
+        let armed = {
+            let mut st = self.state();
+            let i = st.armed.iter().position(|a| a.mb == mb);
+            i.map(|i| st.armed.remove(i))
+        };
+        let done = match armed {
+            // Its file gone (a sweep of another runtime): dropped, which frees it.
+            Some(a) if sys::rename_noreplace(&a.image, image).is_ok() => {
+                sys::attach_mount(&a.mnt, target).map_err(io_err("mount disk at", target))
+            }
+            _ => self.take_unarmed(mb, image, target),
+        };
         self.refill(mb);
+        done
+    }
+
+    fn take_unarmed(&self, mb: u32, image: &Path, target: &Path) -> Result<(), DiskError> {
+        if !self.take_pooled(mb, image) {
+            format(image, mb)?;
+        }
+        mount(image, target)?;
+        for d in LAYER_DIRS {
+            let p = target.join(std::ffi::OsStr::from_bytes(d.to_bytes()));
+            std::fs::create_dir(&p).map_err(io_err("create layer dir", &p))?;
+        }
         Ok(())
     }
 
@@ -273,18 +345,27 @@ impl DiskPool {
     fn refill_loop(&self) -> Result<(), DiskError> {
         loop {
             let want = self.state().want_mb;
-            let mut have = 0;
             let rd = std::fs::read_dir(&self.dir).map_err(io_err("scan pool", &self.dir))?;
             for e in rd.filter_map(Result::ok) {
                 match e.file_name().to_str().and_then(ready_size) {
-                    Some(mb) if mb == want => have += 1,
                     // Images of a size nobody asks for any more.
-                    Some(_) => {
+                    Some(mb) if mb != want => {
                         let _ = std::fs::remove_file(e.path());
                     }
-                    None => {}
+                    _ => {}
                 }
             }
+            let have = {
+                let mut st = self.state();
+                st.armed.retain(|a| {
+                    let keep = a.mb == want;
+                    if !keep {
+                        let _ = std::fs::remove_file(&a.image);
+                    }
+                    keep
+                });
+                st.armed.len()
+            };
             if have >= POOL_SIZE {
                 let mut st = self.state();
                 // Under the lock, so a refill asked for meanwhile (another size) is not lost.
@@ -301,11 +382,16 @@ impl DiskPool {
                 SEQ.fetch_add(1, Ordering::Relaxed)
             );
             let tmp = self.dir.join(format!(".{base}.tmp"));
-            format(&tmp, want)?;
-            let ready = self.dir.join(format!("{base}.img"));
-            if let Err(e) = sys::rename_noreplace(&tmp, &ready) {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(io_err("add to pool", &ready)(e));
+            // A formatted image left unattached (by an older runtime) first.
+            if !self.take_pooled(want, &tmp) {
+                format(&tmp, want)?;
+            }
+            match arm(&tmp, want, &self.dir.join(format!("{base}.mnt"))) {
+                Ok(a) => self.state().armed.push(a),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e);
+                }
             }
         }
     }
@@ -320,16 +406,18 @@ impl DiskPool {
             .map(drop);
     }
 
-    /// Start-up sweep: removes half-made images of processes that are gone and anything in the
-    /// pool that is not an image, and detaches loop devices backed by pool files (there should
-    /// be none: pooled images are never attached).
+    /// Start-up sweep: removes half-made and armed images of processes that are gone and
+    /// anything in the pool that is not an image, and detaches loop devices backed by pool
+    /// files other than live processes' armed images (there should be none: the others are
+    /// never attached, and the armed ones of a process that exited have freed theirs).
     pub fn sweep(&self) -> io::Result<()> {
         let me = i32::try_from(std::process::id()).unwrap_or(-1);
+        let live = |pid: i32| pid == me || sys::pid_exists(pid);
         for e in std::fs::read_dir(&self.dir)?.filter_map(Result::ok) {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            let keep = match tmp_owner(&name) {
-                Some(pid) => pid == me || sys::pid_exists(pid),
+            let keep = match tmp_owner(&name).or_else(|| armed_owner(&name)) {
+                Some(pid) => live(pid),
                 None => ready_size(&name).is_some(),
             };
             if !keep {
@@ -342,8 +430,15 @@ impl DiskPool {
                 }
             }
         }
-        for (n, _) in sys::loops_backed_by(&self.dir) {
-            sys::loop_detach(n)?;
+        for (n, image) in sys::loops_backed_by(&self.dir) {
+            let armed = image
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(armed_owner)
+                .is_some_and(live);
+            if !armed {
+                sys::loop_detach(n)?;
+            }
         }
         Ok(())
     }
@@ -360,5 +455,8 @@ mod tests {
         assert_eq!(ready_size("junk"), None);
         assert_eq!(tmp_owner(".64m-123-4.tmp"), Some(123));
         assert_eq!(tmp_owner("64m-123-4.img"), None);
+        assert_eq!(armed_owner("64m-123-4.mnt"), Some(123));
+        assert_eq!(armed_owner("64m-123-4.img"), None);
+        assert_eq!(ready_size("64m-123-4.mnt"), None);
     }
 }

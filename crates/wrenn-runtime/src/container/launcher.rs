@@ -3,7 +3,8 @@
 //! libcontainer clones the calling process and changes process-global state (cwd, signal
 //! masks), which is undefined behaviour in a multi-threaded tokio server. So the runtime execs a
 //! fresh launcher process per capsule (`wrenn __launch`, or the `wrenn-launcher` binary of this
-//! crate), which does exactly one create+start and exits.
+//! crate), which does exactly one create+start and exits. The next one is exec'd ahead, while
+//! nothing waits for it, and blocks reading its request (see `spare`).
 //!
 //! Exchange (one shot, over the launcher's stdin/stdout):
 //! 1. The runtime spawns the launcher with stdin and stdout as pipes, stderr inherited.
@@ -89,8 +90,10 @@ pub enum LaunchReply {
 /// Entry point of the launcher process. `args` are ignored for now (the request comes on
 /// stdin); they are taken so a CLI can forward its argv unchanged.
 pub fn launcher_main(_args: Vec<OsString>) -> ExitCode {
+    // A launcher may be started ahead and wait here: its steps begin with the request.
+    let request = read_request();
     let mut steps = Steps::start();
-    let reply = match read_request().and_then(|req| launch(&req, &mut steps)) {
+    let reply = match request.and_then(|req| launch(&req, &mut steps)) {
         Ok(pid) => LaunchReply::Started { pid, steps },
         Err(e) => LaunchReply::Failed {
             error: chain(e.as_ref()),
@@ -220,7 +223,6 @@ fn launch(req: &LaunchRequest, steps: &mut Steps) -> Result<i32, BoxError> {
     use libcontainer::container::builder::ContainerBuilder;
     use libcontainer::syscall::syscall::SyscallType;
 
-    steps.mark("request");
     // First, before anything else takes fd 3. Kept open until the container init exists.
     let _listener = bind_agent_socket(&req.agent_socket)?;
     steps.mark("socket");

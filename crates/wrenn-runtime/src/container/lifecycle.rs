@@ -1,6 +1,5 @@
 //! Create, destroy and recover: the verbs that make or remove host resources.
 
-use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -208,9 +207,10 @@ impl ContainerRuntime {
             .map_err(|e| host_err("write capsule.json", id, e))?;
         let watch = InitWatch::start(id, pid).map_err(|e| host_err("watch capsule init", id, e))?;
 
+        let mut guest = None;
         if self.inner.health_check.load(Ordering::Relaxed) {
             let w = watch.clone();
-            health::wait_ready(&dirs.agent_socket(), READY_TIMEOUT, move || w.alive())
+            (_, guest) = health::wait_ready(&dirs.agent_socket(), READY_TIMEOUT, move || w.alive())
                 .await
                 .map_err(|waited| RuntimeError::AgentNotReady {
                     id: id.to_owned(),
@@ -218,6 +218,11 @@ impl ContainerRuntime {
                 })?;
         }
         let t_ready = t0.elapsed();
+        // Once the agent answers, not during the launch or the agent's start: the next
+        // spare's exec would compete with them for the CPU. In a task: the spawn is not the
+        // caller's wait.
+        let inner = self.inner.clone();
+        tokio::spawn(async move { inner.launchers.refill() });
         if !run.services.is_empty() {
             let agent = AgentClient::new(dirs.agent_socket());
             let netns = record.net.netns_path();
@@ -254,6 +259,7 @@ impl ContainerRuntime {
             },
             ip: record.net.capsule_ip(),
             init_pid: pid,
+            guest,
         })
     }
 
@@ -280,21 +286,10 @@ impl ContainerRuntime {
         });
     }
 
-    /// Runs the launcher once; returns the init pid and the launcher's own step timings.
+    /// Runs the launcher once (the spare one started ahead when there is one, see
+    /// [`super::spare`]); returns the init pid and the launcher's own step timings.
     async fn launch(&self, req: &LaunchRequest) -> anyhow::Result<(i32, Steps)> {
-        let argv = &self.inner.cfg.launcher;
-        let mut child = tokio::process::Command::new(&argv[0])
-            .args(&argv[1..])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            // libcontainer would preserve LISTEN_FDS more fds into the capsule.
-            .env_remove("LISTEN_FDS")
-            .env_remove("LISTEN_PID")
-            .env_remove("LISTEN_FDNAMES")
-            .kill_on_drop(true)
-            .spawn()
-            .context("spawn launcher")?;
+        let mut child = self.inner.launchers.take().context("spawn launcher")?;
         let mut stdin = child.stdin.take().context("launcher stdin")?;
         stdin
             .write_all(&serde_json::to_vec(req)?)
@@ -460,6 +455,7 @@ impl ContainerRuntime {
                         },
                         ip: record.net.capsule_ip(),
                         init_pid: pid,
+                        guest: None,
                     });
                     self.lock()
                         .insert(id.clone(), super::Capsule { record, watch });

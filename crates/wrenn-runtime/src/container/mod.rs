@@ -33,6 +33,7 @@ pub(crate) mod overlay;
 pub(crate) mod record;
 mod rtnl;
 pub(crate) mod seccomp;
+mod spare;
 pub(crate) mod spec;
 pub(crate) mod steps;
 pub(crate) mod watch;
@@ -62,7 +63,7 @@ use overlay::CapsuleDirs;
 use record::CapsuleRecord;
 use watch::InitWatch;
 
-/// Formatted disk images the runtime keeps ready (see `disk::DiskPool`).
+/// Disk images the runtime keeps formatted, attached and mounted ahead (see `disk::DiskPool`).
 pub const DISK_POOL_SIZE: usize = disk::POOL_SIZE;
 
 /// What the container backend can do.
@@ -197,6 +198,8 @@ struct Inner {
     /// Set up on the first egress capsule; its watchdog keeps the host table in place.
     host_net: tokio::sync::OnceCell<net::HostNet>,
     disk_pool: disk::DiskPool,
+    /// The configured launcher, one started ahead of the next create.
+    launchers: spare::Launchers,
     /// See [`runtime_dir_for`].
     runtime_dir: PathBuf,
 }
@@ -290,6 +293,7 @@ impl ContainerRuntime {
                 health_check: AtomicBool::new(true),
                 host_net: tokio::sync::OnceCell::new(),
                 disk_pool: disk::DiskPool::new(cfg.data_dir.join("pool")),
+                launchers: spare::Launchers::new(cfg.launcher.clone()),
                 runtime_dir,
                 cfg,
             }),

@@ -156,17 +156,7 @@ impl CapsuleDirs {
     /// Gives the capsule its disk of `mb` MiB (from `pool`), mounts it and makes upper and
     /// work on it. Only for dirs made [`CapsuleDirs::with_disk`].
     pub fn mount_disk(&self, pool: &super::disk::DiskPool, mb: u32) -> Result<(), DiskError> {
-        let image = self.disk_image();
-        pool.take(mb, &image)?;
-        super::disk::mount(&image, &self.disk_mount())?;
-        for d in [self.upper(), self.work()] {
-            std::fs::create_dir(&d).map_err(|source| DiskError::Io {
-                step: "create layer dir",
-                path: d.clone(),
-                source,
-            })?;
-        }
-        Ok(())
+        pool.take_mounted(mb, &self.disk_image(), &self.disk_mount())
     }
 
     /// Mounts the overlay with `lower` (a template rootfs) as its only, read-only layer,

@@ -167,6 +167,7 @@ impl MicroVmRuntime {
             },
             ip,
             init_pid: pid,
+            guest: None,
         })
     }
 
@@ -435,6 +436,7 @@ impl MicroVmRuntime {
                     agent: self.agent_endpoint_of(&id),
                     ip: record.net.capsule_ip(),
                     init_pid: 0,
+                    guest: None,
                 });
                 self.lock().insert(id, Vm { record, live: None });
                 continue;
@@ -446,6 +448,7 @@ impl MicroVmRuntime {
                         agent: self.agent_endpoint_of(&id),
                         ip: record.net.capsule_ip(),
                         init_pid: record.pid.unwrap_or(0),
+                        guest: None,
                     });
                     self.lock().insert(
                         id,

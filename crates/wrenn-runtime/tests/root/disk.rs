@@ -88,6 +88,74 @@ async fn disk_usage_is_the_used_space_of_the_disk() {
     assert!(!dir.join("upper").exists());
 }
 
+/// Names in the pool dir ending in `suffix`.
+fn pool_entries(t: &TestRuntime, suffix: &str) -> Vec<String> {
+    std::fs::read_dir(t.data_dir.join("pool"))
+        .expect("pool")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(suffix))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capsule_gets_an_armed_disk_from_the_pool_with_the_same_limits() {
+    if !privileged("a_capsule_gets_an_armed_disk_from_the_pool_with_the_same_limits") {
+        return;
+    }
+    let t = TestRuntime::new();
+    // The first capsule of this size formats its disk on the spot and starts the refill.
+    let first = t.capsule_disk("busybox", NetworkMode::Isolated, 64).await;
+    t.rt.wait_disk_pool_idle(std::time::Duration::from_secs(30));
+    let armed = pool_entries(&t, ".mnt");
+    assert_eq!(
+        armed.len(),
+        wrenn_runtime::container::DISK_POOL_SIZE,
+        "{armed:?}"
+    );
+    // Armed: each attached to a loop device, mounted nowhere in this namespace.
+    let pool = t.data_dir.join("pool");
+    assert_eq!(loops_backed_by(&pool).len(), armed.len());
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!info.contains(&pool.display().to_string()), "{info}");
+
+    let c = t.capsule_disk("busybox", NetworkMode::Isolated, 64).await;
+    let dir = capsule_dir(&t, c.id());
+    let taken: Vec<String> = armed
+        .iter()
+        .filter(|n| !pool.join(n).exists())
+        .cloned()
+        .collect();
+    assert_eq!(taken.len(), 1, "one armed image taken: {taken:?}");
+    // Its loop device follows the rename into the capsule dir.
+    assert_eq!(loops_backed_by(&dir).len(), 1);
+    let line = mount_line(&dir.join("disk")).expect("disk mounted");
+    assert!(line.contains("nosuid") && line.contains("nodev"), "{line}");
+    assert!(line.contains(" ext4 /dev/loop"), "{line}");
+    let r = sh(
+        &c,
+        "dd if=/dev/zero of=/root/big bs=1M count=200; echo rc=$?",
+    )
+    .await;
+    let out = format!("{}{}", r.stdout, r.stderr);
+    assert!(out.contains("No space left on device"), "{out}");
+    let image = std::fs::metadata(dir.join("disk.img")).expect("image");
+    assert!(
+        image.blocks() * 512 <= 64 << 20,
+        "{} bytes",
+        image.blocks() * 512
+    );
+    // What the capsule wrote is on its disk, not on the host's filesystem.
+    assert!(dir.join("disk/upper/root/big").exists());
+
+    let id = c.id().to_owned();
+    t.rt.destroy(&id).await.expect("destroy");
+    assert_eq!(leftovers(&t.data_dir, &id), Vec::<String>::new());
+    assert!(mount_line(&dir.join("disk")).is_none());
+    t.rt.destroy(first.id()).await.expect("destroy");
+    drop((c, first));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destroy_leaves_no_mount_loop_device_or_image() {
     if !privileged("destroy_leaves_no_mount_loop_device_or_image") {
@@ -163,7 +231,10 @@ async fn recover_readopts_a_capsule_with_a_disk_and_removes_unknown_ones_with_th
         std::fs::read_dir(&pool)
             .expect("pool")
             .filter_map(Result::ok)
-            .all(|e| e.file_name().to_string_lossy().ends_with(".img")),
+            .all(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.ends_with(".img") || n.ends_with(".mnt")
+            }),
         "pool keeps its images"
     );
 

@@ -167,19 +167,29 @@ async fn create_destroy_200_cycles_leave_nothing_behind() {
     for id in &ids {
         assert_eq!(leftovers(&t.data_dir, id), Vec::<String>::new(), "{id}");
     }
-    // Disks: no loop device backed by anything in the data dir, no image but the pool's.
+    // Disks: no loop device backed by anything in the data dir but the pool's armed images
+    // (one each), no image but the pool's.
     t.rt.wait_disk_pool_idle(std::time::Duration::from_secs(30));
-    assert_eq!(loops_backed_by(&t.data_dir), Vec::<String>::new());
-    let pool: Vec<String> = std::fs::read_dir(t.data_dir.join("pool"))
+    let pool_dir = t.data_dir.join("pool");
+    let loops: Vec<String> = loops_backed_by(&t.data_dir)
+        .into_iter()
+        .filter(|l| !(l.contains(&format!("{}/", pool_dir.display())) && l.ends_with(".mnt")))
+        .collect();
+    assert_eq!(loops, Vec::<String>::new());
+    let pool: Vec<String> = std::fs::read_dir(&pool_dir)
         .expect("pool")
         .filter_map(Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert!(
         pool.len() <= wrenn_runtime::container::DISK_POOL_SIZE
-            && pool.iter().all(|n| n.ends_with(".img")),
+            && pool
+                .iter()
+                .all(|n| n.ends_with(".img") || n.ends_with(".mnt")),
         "{pool:?}"
     );
+    let armed = pool.iter().filter(|n| n.ends_with(".mnt")).count();
+    assert_eq!(loops_backed_by(&pool_dir).len(), armed, "{pool:?}");
     if test_disk_mb() > 0 {
         assert_eq!(
             pool.len(),

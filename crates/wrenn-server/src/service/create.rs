@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use wrenn_runtime::{Backend, CapsuleSpec, NetworkMode, Source};
+use wrenn_types::agent::Health;
 use wrenn_types::api::{Actor, Capsule, CapsuleStatus, CreateCapsuleRequest, EventKind};
 use wrenn_types::error::chain;
 
@@ -32,8 +33,15 @@ impl Capsules {
     ) -> CapsuleResult<Capsule> {
         let this = Arc::clone(self);
         let (team_id, actor) = (team_id.to_owned(), actor.clone());
+        let t0 = std::time::Instant::now();
         match tokio::spawn(async move { this.create_now(&team_id, &actor, req).await }).await {
-            Ok(r) => r,
+            Ok(r) => {
+                tracing::debug!(
+                    accept_ms = t0.elapsed().as_secs_f64() * 1e3,
+                    "capsule create answered"
+                );
+                r
+            }
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => Err(CapsuleError::NoCapacity("the server is stopping".into())),
         }
@@ -87,7 +95,7 @@ impl Capsules {
             live.set_ip(w.ip);
             tracing::info!(id = %capsule.id, template = %capsule.template, "capsule handed out from the warm pool");
             let _op = live.op.lock().await;
-            return Ok(self.created(&live, true).await.unwrap_or(capsule));
+            return Ok(self.created(&live, true, None).await.unwrap_or(capsule));
         }
         let spec = CapsuleSpec {
             id: capsule.id.clone(),
@@ -142,10 +150,20 @@ impl Capsules {
     }
 
     /// Records a started capsule `running` (with its runtime's versions in its metadata, and
-    /// `warm_pool` when it came from one) and publishes the create's success.
-    async fn created(&self, live: &LiveCapsule, warm: bool) -> Option<Capsule> {
+    /// `warm_pool` when it came from one) and publishes the create's success. `guest` is the
+    /// agent's health answer when the runtime read one while starting it; else the agent is
+    /// asked.
+    async fn created(
+        &self,
+        live: &LiveCapsule,
+        warm: bool,
+        guest: Option<Health>,
+    ) -> Option<Capsule> {
         // Guest facts come from the capsule itself, never from the host's /proc.
-        let health = live.agent().health().await.ok();
+        let health = match guest {
+            Some(h) => Some(h),
+            None => live.agent().health().await.ok(),
+        };
         let kernel = health.as_ref().and_then(|h| h.kernel_version.clone());
         let agent_version = health.map(|h| h.version);
         let kind = self.runtime.kind_of(&live.id());
@@ -182,6 +200,7 @@ impl Capsules {
     }
 
     async fn run_create(self: &Arc<Self>, live: Arc<LiveCapsule>, spec: CapsuleSpec, place: Place) {
+        let t0 = std::time::Instant::now();
         // Wait for the turn, unless the capsule leaves `starting` (a destroy) meanwhile.
         let mut status = live.status.subscribe();
         let _turn = tokio::select! {
@@ -193,6 +212,7 @@ impl Capsules {
             // Destroyed between the turn and the lock: never start it.
             return;
         }
+        let t_turn = t0.elapsed();
         let result = self.runtime.create(&spec).await;
         if live.status() != CapsuleStatus::Starting {
             // Destroyed meanwhile; the destroy task (waiting on the lock) cleans up.
@@ -200,8 +220,17 @@ impl Capsules {
         }
         match result {
             Ok(handle) => {
+                let t_runtime = t0.elapsed();
                 live.set_ip(handle.ip);
-                self.created(&live, false).await;
+                self.created(&live, false, handle.guest).await;
+                let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+                tracing::debug!(
+                    id = %spec.id,
+                    turn_ms = ms(t_turn),
+                    runtime_ms = ms(t_runtime - t_turn),
+                    running_ms = ms(t0.elapsed() - t_runtime),
+                    "capsule started"
+                );
             }
             Err(e) => {
                 let reason = chain(&e);

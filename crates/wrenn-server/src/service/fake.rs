@@ -211,6 +211,7 @@ impl Runtime for FakeRuntime {
             agent: self.agent_endpoint(&spec.id),
             ip: None,
             init_pid: 0,
+            guest: None,
         })
     }
 

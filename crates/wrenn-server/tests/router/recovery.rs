@@ -67,6 +67,7 @@ async fn every_stored_status_against_what_the_runtime_kept() {
                 agent: std::path::Path::new("/nonexistent").into(),
                 ip: None,
                 init_pid: 1,
+                guest: None,
             });
         }
         cases.push((capsule.id.clone(), stored, alive, after));
