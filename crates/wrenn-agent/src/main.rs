@@ -20,6 +20,7 @@ mod exec;
 mod fdstream;
 mod files;
 mod health;
+mod identity;
 mod launch;
 mod processes;
 mod pty;

@@ -24,7 +24,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
-use wrenn_types::agent::{SerialSync, SERIAL_MUX_ACK, SERIAL_MUX_HELLO};
+use wrenn_types::agent::{SerialIdentity, SerialSync, SERIAL_MUX_ACK, SERIAL_MUX_HELLO};
 
 use crate::fdstream::FdStream;
 
@@ -107,13 +107,17 @@ async fn session_loop(path: PathBuf, tx: mpsc::Sender<yamux::Stream>) {
 /// One host connection: hello, then yamux until EOF. `Ok` when no host was connected.
 async fn session(path: &Path, tx: &mpsc::Sender<yamux::Stream>) -> io::Result<()> {
     let mut port = SerialPort::open(path)?;
-    let sync = match read_hello(&mut port).await? {
+    let pre = match read_hello(&mut port).await? {
         Hello::NoHost => return Ok(()),
-        Hello::Found(sync) => sync,
+        Hello::Found(pre) => pre,
     };
-    // Before the ack: once the host hears it, it sends requests that may read the clock.
-    if let Some(sync) = sync {
+    // Before the ack: once the host hears it, it sends requests that may read the clock or
+    // the network.
+    if let Some(sync) = pre.sync {
         apply_sync(&sync);
+    }
+    if let Some(id) = pre.identity {
+        crate::identity::apply(&id).await;
     }
     port.write_all(SERIAL_MUX_ACK.as_bytes()).await?;
     tracing::info!("serial host connected");
@@ -137,20 +141,28 @@ async fn session(path: &Path, tx: &mpsc::Sender<yamux::Stream>) -> io::Result<()
 enum Hello {
     /// EOF before a hello: no host connected.
     NoHost,
-    /// The hello, with the sync line that came right before it, if any.
-    Found(Option<SerialSync>),
+    /// The hello, with the lines that came before it.
+    Found(Preamble),
+}
+
+/// The host's lines before its hello that the guest acts on.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Preamble {
+    sync: Option<SerialSync>,
+    identity: Option<SerialIdentity>,
 }
 
 /// Longest line kept while looking for the sync line.
 const MAX_LINE: usize = 256;
 
-/// Reads up to and including the hello line, keeping the [`SerialSync`] line before it.
+/// Reads up to and including the hello line, keeping the [`SerialSync`] and
+/// [`SerialIdentity`] lines before it.
 async fn read_hello<R: AsyncRead + Unpin>(port: &mut R) -> io::Result<Hello> {
     let hello = SERIAL_MUX_HELLO.as_bytes();
     let mut matched = 0;
     let mut seen = 0;
     let mut line: Vec<u8> = Vec::new();
-    let mut sync = None;
+    let mut pre = Preamble::default();
     let mut byte = [0u8; 1];
     while matched < hello.len() {
         if port.read(&mut byte).await? == 0 {
@@ -165,7 +177,9 @@ async fn read_hello<R: AsyncRead + Unpin>(port: &mut R) -> io::Result<Hello> {
         }
         if byte[0] == b'\n' {
             if let Some(s) = SerialSync::parse(&line) {
-                sync = Some(s);
+                pre.sync = Some(s);
+            } else if let Some(id) = SerialIdentity::parse(&line) {
+                pre.identity = Some(id);
             }
             line.clear();
         } else if line.len() < MAX_LINE {
@@ -179,7 +193,7 @@ async fn read_hello<R: AsyncRead + Unpin>(port: &mut R) -> io::Result<Hello> {
             0
         };
     }
-    Ok(Hello::Found(sync))
+    Ok(Hello::Found(pre))
 }
 
 /// Sets the guest's clock from the host's and reseeds its RNG: a guest restored from saved
@@ -217,7 +231,7 @@ mod tests {
         let mut input: &[u8] = b"old session tail WRENN\x00WRENN-MUX/1\nrest";
         assert_eq!(
             read_hello(&mut input).await.expect("read"),
-            Hello::Found(None)
+            Hello::Found(Preamble::default())
         );
         assert_eq!(input, b"rest");
         let mut empty: &[u8] = b"WRENN-MU";
@@ -230,11 +244,23 @@ mod tests {
             unix_ns: 42_000_000_001,
             seed: [7; 32],
         };
-        let bytes = format!("tail\n{}{SERIAL_MUX_HELLO}rest", sync.line());
+        let identity = SerialIdentity {
+            hostname: "cl-x".into(),
+            machine_id: "a".repeat(32),
+            ..Default::default()
+        };
+        let bytes = format!(
+            "tail\n{}{}{SERIAL_MUX_HELLO}rest",
+            sync.line(),
+            identity.line()
+        );
         let mut input = bytes.as_bytes();
         assert_eq!(
             read_hello(&mut input).await.expect("read"),
-            Hello::Found(Some(sync))
+            Hello::Found(Preamble {
+                sync: Some(sync),
+                identity: Some(identity)
+            })
         );
         assert_eq!(input, b"rest");
     }

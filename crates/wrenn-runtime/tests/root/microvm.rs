@@ -37,6 +37,7 @@ fn runtime(data: &Path, compress: bool) -> MicroVmRuntime {
         extra_recipes: None,
         accel: Accel::Tcg,
         compress_state: compress,
+        warm_templates: false,
     })
     .expect("microvm runtime")
 }
