@@ -28,8 +28,9 @@ use wrenn_types::agent::{SerialIdentity, SerialSync, SERIAL_MUX_ACK, SERIAL_MUX_
 
 use crate::fdstream::FdStream;
 
-/// Wait before reopening the port while no host is connected.
-const RECONNECT_DELAY: Duration = Duration::from_millis(200);
+/// Wait before reopening the port while no host is connected: short, because a guest cloned
+/// from a warm image (saved with no host connected) waits this long for its new host.
+const RECONNECT_DELAY: Duration = Duration::from_millis(20);
 /// Longest junk read before the hello line (the tail of an old session) before giving up on it.
 const MAX_PREAMBLE: usize = 1 << 20;
 /// Accepted streams queued for axum.

@@ -168,6 +168,8 @@ struct Inner {
     image_lock: tokio::sync::Mutex<()>,
     /// Serialises warm image builds.
     warm_lock: tokio::sync::Mutex<()>,
+    /// Hash of the boot parts a warm image depends on (computed once).
+    warm_parts: std::sync::OnceLock<String>,
     /// Per-capsule verbs (pause, resume, destroy) never overlap.
     busy: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     host_net: tokio::sync::OnceCell<crate::container::net::HostNet>,
@@ -226,6 +228,7 @@ impl MicroVmRuntime {
                 vms: Mutex::new(HashMap::new()),
                 image_lock: tokio::sync::Mutex::new(()),
                 warm_lock: tokio::sync::Mutex::new(()),
+                warm_parts: std::sync::OnceLock::new(),
                 busy: Mutex::new(HashMap::new()),
                 host_net: tokio::sync::OnceCell::new(),
                 cfg,

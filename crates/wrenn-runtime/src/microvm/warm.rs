@@ -156,25 +156,40 @@ impl MicroVmRuntime {
         memory_mb: u32,
         disk_mb: u32,
     ) -> anyhow::Result<String> {
+        let parts = match self.inner.warm_parts.get() {
+            Some(p) => p.clone(),
+            None => {
+                let p = self.boot_parts_hash()?;
+                self.inner.warm_parts.get_or_init(|| p).clone()
+            }
+        };
         let mut h = Sha256::new();
         h.update(
             std::fs::read(self.inner.templates.dir_of(template).join("template.json"))
                 .context("read template.json")?,
         );
+        h.update(format!(
+            "{parts} {} {vcpus} {memory_mb} {disk_mb}",
+            self.inner.cfg.accel.as_str()
+        ));
+        Ok(hex(&h.finalize()[..8]))
+    }
+
+    /// Hash of the initramfs (agent, init script), the kernel and QEMU, which do not change
+    /// while the runtime runs.
+    fn boot_parts_hash(&self) -> anyhow::Result<String> {
+        let mut h = Sha256::new();
         h.update(std::fs::read(&self.inner.initrd).context("read initramfs")?);
         for p in [self.inner.kernel.vmlinux.as_path(), &which(qemu::QEMU)] {
             let m = std::fs::metadata(p).with_context(|| format!("stat {}", p.display()))?;
             h.update(format!("{} {} {}\n", p.display(), m.len(), m.mtime()));
         }
-        h.update(format!(
-            "{} {vcpus} {memory_mb} {disk_mb}",
-            self.inner.cfg.accel.as_str()
-        ));
-        Ok(h.finalize()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect())
+        Ok(hex(&h.finalize()))
     }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The warm image in `dir`, if complete.

@@ -371,7 +371,6 @@ async fn warm_template_clones_are_each_their_own_machine_on_their_own_address() 
             }
         };
         let took = t.elapsed();
-        eprintln!("DEBUG t_end={} console:\n{}", chrono::Utc::now(), std::fs::read_to_string(rt.capsule_dir(&spec.id).join("console.log")).unwrap_or_default());
         let agent = AgentClient::new(h.agent.clone());
         let ip = h.ip.expect("egress clone has an address");
         let gw = std::net::Ipv4Addr::from(u32::from(ip) - 1);
