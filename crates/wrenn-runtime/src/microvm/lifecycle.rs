@@ -260,6 +260,14 @@ impl MicroVmRuntime {
                     id: id.to_owned(),
                     source: e,
                 })?;
+            if cow {
+                saved::clear_ignore_shared(&dir.join(files::QMP))
+                    .await
+                    .map_err(|e| RuntimeError::Launch {
+                        id: id.to_owned(),
+                        source: e,
+                    })?;
+            }
         }
         let relay = self
             .start_relay(record)

@@ -215,6 +215,19 @@ pub async fn migrate_incoming_shared(qmp_sock: &Path, uri: &str) -> anyhow::Resu
     Ok(())
 }
 
+/// Turns `x-ignore-shared` off again once a clone has loaded: with it on, QEMU writes every
+/// RAM block's address into a stream, and the clone's own pauses and snapshots (loaded
+/// without it) could not be read back.
+pub async fn clear_ignore_shared(qmp_sock: &Path) -> anyhow::Result<()> {
+    let mut q = qmp::Qmp::connect(qmp_sock).await?;
+    q.execute(
+        "migrate-set-capabilities",
+        Some(json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": false }] })),
+    )
+    .await?;
+    Ok(())
+}
+
 /// Writes the stopped VM's state to `uri` (an `exec:` writer) and waits until QEMU says it
 /// completed; the VM stays stopped. With `ignore_shared`, RAM in a shared file is left out.
 pub async fn migrate_out(q: &mut qmp::Qmp, uri: &str, ignore_shared: bool) -> anyhow::Result<()> {

@@ -419,6 +419,16 @@ async fn warm_template_clones_are_each_their_own_machine_on_their_own_address() 
         1,
         "one warm image per template and size: {warm:?}"
     );
+    // A clone pauses to disk and resumes like any VM (its RAM was the warm file's mapping).
+    let last = &seen[1].0;
+    rt.pause(last).await.expect("pause clone");
+    if let Err(e) = rt.resume(last).await {
+        let c =
+            std::fs::read_to_string(rt.capsule_dir(last).join("console.log")).unwrap_or_default();
+        panic!("resume clone: {e:?}\nCONSOLE:\n{c}");
+    }
+    let clone = AgentClient::new(rt.agent_endpoint(last));
+    assert_eq!(sh(&clone, "hostname").await.stdout.trim(), last);
     for (id, _, _) in &seen {
         rt.destroy(id).await.expect("destroy clone");
         assert_eq!(vm_leftovers(&data, id), Vec::<String>::new());
