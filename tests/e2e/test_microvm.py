@@ -126,7 +126,10 @@ def _snapshot(wrenn_client, cap: Capsule, name: str) -> None:
 
 
 def _snapshot_files(server, name: str) -> Path:
-    return server.data_dir / "templates" / name
+    """The snapshot's template dir (the server stores it as ``<team>.<name>``)."""
+    found = list((server.data_dir / "templates").glob(f"*.{name}"))
+    assert len(found) == 1, found
+    return found[0]
 
 
 def test_full_snapshot_keeps_processes_memory_and_gives_clones_their_own_identity(
