@@ -5,11 +5,15 @@
 //! resume or a reconnect of the same capsule touches nothing).
 //!
 //! The interface is re-addressed with the `ip` applet of the busybox the init script leaves
-//! at [`BUSYBOX`] (the template's root filesystem may have no `ip`).
+//! at [`BUSYBOX`] (the template's root filesystem may have no `ip`). Before the first connect
+//! the applied identity is what the init script set from the kernel command line, so a cold
+//! boot runs nothing.
 
 use std::sync::Mutex;
 
 use wrenn_types::agent::SerialIdentity;
+
+use crate::reaper::Reaper;
 
 /// The static busybox on the guest's read-only agent tmpfs.
 const BUSYBOX: &str = "/.wrenn/busybox";
@@ -21,12 +25,12 @@ static APPLIED: Mutex<Option<SerialIdentity>> = Mutex::new(None);
 
 /// Applies what in `id` differs from the identity applied last. Failures are logged: serving
 /// matters more.
-pub async fn apply(id: &SerialIdentity) {
+pub async fn apply(id: &SerialIdentity, reaper: &Reaper) {
     let last = APPLIED
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone()
-        .unwrap_or_default();
+        .unwrap_or_else(booted);
     if &last == id {
         return;
     }
@@ -56,7 +60,7 @@ pub async fn apply(id: &SerialIdentity) {
             steps.push(vec!["route", "replace", "default", "via", gw]);
         }
         for args in steps {
-            if let Err(e) = ip(&args).await {
+            if let Err(e) = ip(&args, reaper).await {
                 tracing::warn!(error = %e, ?args, "cannot re-address the network");
             }
         }
@@ -77,18 +81,64 @@ fn replace_file(path: &str, text: &str) {
     }
 }
 
-async fn ip(args: &[&str]) -> std::io::Result<()> {
-    let out = tokio::process::Command::new(BUSYBOX)
-        .arg("ip")
+/// The identity the init script gave this boot: `wrenn.host=`, `wrenn.ip=`, `wrenn.gw=` and
+/// `wrenn.dns=` from the kernel command line, and the machine id on disk.
+fn booted() -> SerialIdentity {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let mut id = from_cmdline(&cmdline);
+    id.machine_id = std::fs::read_to_string("/etc/machine-id")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    id
+}
+
+fn from_cmdline(cmdline: &str) -> SerialIdentity {
+    let mut id = SerialIdentity::default();
+    for word in cmdline.split_whitespace() {
+        if let Some(v) = word.strip_prefix("wrenn.host=") {
+            id.hostname = v.to_owned();
+        } else if let Some(v) = word.strip_prefix("wrenn.ip=") {
+            id.addr = Some(v.to_owned());
+        } else if let Some(v) = word.strip_prefix("wrenn.gw=") {
+            id.gateway = Some(v.to_owned());
+        } else if let Some(v) = word.strip_prefix("wrenn.dns=") {
+            id.dns = v.split(',').map(str::to_owned).collect();
+        }
+    }
+    id
+}
+
+/// Runs `busybox ip ARGS` through the agent's reaper (which owns `waitpid`).
+async fn ip(args: &[&str], reaper: &Reaper) -> std::io::Result<()> {
+    let mut cmd = std::process::Command::new(BUSYBOX);
+    cmd.arg("ip")
         .args(args)
         .stdin(std::process::Stdio::null())
-        .output()
-        .await?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(std::io::Error::other(
-            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let (_child, exit) = reaper.spawn(&mut cmd)?;
+    match exit.await {
+        Ok(0) => Ok(()),
+        Ok(code) => Err(std::io::Error::other(format!("ip exited with {code}"))),
+        Err(_) => Err(std::io::Error::other("ip: no exit status")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_booted_identity_is_read_from_the_kernel_command_line() {
+        let id = from_cmdline(
+            "console=ttyS0 wrenn.host=cl-a wrenn.ip=10.213.0.6/30 wrenn.gw=10.213.0.5 \
+             wrenn.dns=192.0.2.1,192.0.2.2",
+        );
+        assert_eq!(id.hostname, "cl-a");
+        assert_eq!(id.addr.as_deref(), Some("10.213.0.6/30"));
+        assert_eq!(id.gateway.as_deref(), Some("10.213.0.5"));
+        assert_eq!(id.dns, ["192.0.2.1", "192.0.2.2"]);
+        assert_eq!(from_cmdline("console=ttyS0"), SerialIdentity::default());
     }
 }

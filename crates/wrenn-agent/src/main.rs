@@ -298,7 +298,7 @@ async fn serve(
     };
     let serial = match &args.serial {
         Some(name) => Some(
-            serial::SerialListener::bind(name)
+            serial::SerialListener::bind(name, Arc::clone(&state.reaper))
                 .map_err(|e| format!("cannot serve on serial port {name}: {e}"))?,
         ),
         None => None,

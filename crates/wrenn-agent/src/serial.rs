@@ -17,6 +17,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::poll_fn;
@@ -27,10 +28,11 @@ use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompat
 use wrenn_types::agent::{SerialIdentity, SerialSync, SERIAL_MUX_ACK, SERIAL_MUX_HELLO};
 
 use crate::fdstream::FdStream;
+use crate::reaper::Reaper;
 
-/// Wait before reopening the port while no host is connected: short, because a guest cloned
-/// from a warm image (saved with no host connected) waits this long for its new host.
-const RECONNECT_DELAY: Duration = Duration::from_millis(20);
+/// Wait before reopening the port while no host is connected (a guest cloned from a warm
+/// image, saved with no host connected, waits up to this long for its new host).
+const RECONNECT_DELAY: Duration = Duration::from_millis(200);
 /// Longest junk read before the hello line (the tail of an old session) before giving up on it.
 const MAX_PREAMBLE: usize = 1 << 20;
 /// Accepted streams queued for axum.
@@ -48,10 +50,10 @@ pub struct SerialListener {
 
 impl SerialListener {
     /// Finds port `name` and starts the session loop in the background.
-    pub fn bind(name: &str) -> io::Result<Self> {
+    pub fn bind(name: &str, reaper: Arc<Reaper>) -> io::Result<Self> {
         let path = find_port(Path::new("/sys/class/virtio-ports"), name)?;
         let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
-        tokio::spawn(session_loop(path, tx));
+        tokio::spawn(session_loop(path, tx, reaper));
         Ok(Self {
             name: name.to_owned(),
             rx,
@@ -92,9 +94,9 @@ fn find_port(class_dir: &Path, name: &str) -> io::Result<PathBuf> {
     ))
 }
 
-async fn session_loop(path: PathBuf, tx: mpsc::Sender<yamux::Stream>) {
+async fn session_loop(path: PathBuf, tx: mpsc::Sender<yamux::Stream>, reaper: Arc<Reaper>) {
     loop {
-        match session(&path, &tx).await {
+        match session(&path, &tx, &reaper).await {
             Ok(()) => tracing::debug!("serial host not connected"),
             Err(error) => tracing::info!(%error, "serial session ended"),
         }
@@ -106,7 +108,7 @@ async fn session_loop(path: PathBuf, tx: mpsc::Sender<yamux::Stream>) {
 }
 
 /// One host connection: hello, then yamux until EOF. `Ok` when no host was connected.
-async fn session(path: &Path, tx: &mpsc::Sender<yamux::Stream>) -> io::Result<()> {
+async fn session(path: &Path, tx: &mpsc::Sender<yamux::Stream>, reaper: &Reaper) -> io::Result<()> {
     let mut port = SerialPort::open(path)?;
     let pre = match read_hello(&mut port).await? {
         Hello::NoHost => return Ok(()),
@@ -118,7 +120,7 @@ async fn session(path: &Path, tx: &mpsc::Sender<yamux::Stream>) -> io::Result<()
         apply_sync(&sync);
     }
     if let Some(id) = pre.identity {
-        crate::identity::apply(&id).await;
+        crate::identity::apply(&id, reaper).await;
     }
     port.write_all(SERIAL_MUX_ACK.as_bytes()).await?;
     tracing::info!("serial host connected");
