@@ -33,6 +33,10 @@ use crate::reaper::Reaper;
 /// Wait before reopening the port while no host is connected (a guest cloned from a warm
 /// image, saved with no host connected, waits up to this long for its new host).
 const RECONNECT_DELAY: Duration = Duration::from_millis(200);
+/// Ends a host's yamux session that this side has left (see [`session`]).
+const RESET: &[u8] = b"WRENN-RESET\n";
+/// Longest wait to write [`RESET`] (no host may be reading).
+const RESET_TIMEOUT: Duration = Duration::from_millis(100);
 /// Longest junk read before the hello line (the tail of an old session) before giving up on it.
 const MAX_PREAMBLE: usize = 1 << 20;
 /// Accepted streams queued for axum.
@@ -95,8 +99,11 @@ fn find_port(class_dir: &Path, name: &str) -> io::Result<PathBuf> {
 }
 
 async fn session_loop(path: PathBuf, tx: mpsc::Sender<yamux::Stream>, reaper: Arc<Reaper>) {
+    let mut reset = false;
     loop {
-        match session(&path, &tx, &reaper).await {
+        let ended = session(&path, &tx, &reaper, reset).await;
+        reset = ended.is_err();
+        match ended {
             Ok(()) => tracing::debug!("serial host not connected"),
             Err(error) => tracing::info!(%error, "serial session ended"),
         }
@@ -107,9 +114,20 @@ async fn session_loop(path: PathBuf, tx: mpsc::Sender<yamux::Stream>, reaper: Ar
     }
 }
 
-/// One host connection: hello, then yamux until EOF. `Ok` when no host was connected.
-async fn session(path: &Path, tx: &mpsc::Sender<yamux::Stream>, reaper: &Reaper) -> io::Result<()> {
+/// One host connection: hello, then yamux until EOF. `Ok` when no host was connected. With
+/// `reset` (the last session ended, possibly on this side only: a second hello read as a yamux
+/// frame), the host is first sent [`RESET`]: a host still in that session reads it as a bad
+/// frame and reconnects, a host waiting for the ack skips it.
+async fn session(
+    path: &Path,
+    tx: &mpsc::Sender<yamux::Stream>,
+    reaper: &Reaper,
+    reset: bool,
+) -> io::Result<()> {
     let mut port = SerialPort::open(path)?;
+    if reset {
+        let _ = tokio::time::timeout(RESET_TIMEOUT, port.write_all(RESET)).await;
+    }
     let pre = match read_hello(&mut port).await? {
         Hello::NoHost => return Ok(()),
         Hello::Found(pre) => pre,
