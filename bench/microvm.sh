@@ -26,3 +26,12 @@ py="${PYTHON:-/work/main/.venv/bin/python}"
 [ -x "$py" ] || { bash scripts/e2e-venv.sh .venv >&2; py=.venv/bin/python; }
 ACCEL="${accel:-unknown}" WRENN_DIR="$dir" WRENN_BASE_URL="http://127.0.0.1:$port" WRENN_API_KEY="$key" \
   "$py" bench/microvm.py --n "${N:-5}"
+
+# Cold boots beside: the same server without warm templates.
+kill $server; wait $server 2>/dev/null || true
+"$WRENN_BIN" serve --runtime microvm --listen 127.0.0.1:$port --dir "$dir" --cache-dir "$WRENN_CACHE" \
+  --agent "$agent" --no-prebuild --no-warm-templates --warm code-runner-beta=0 2>>"$dir/server.log" &
+server=$!
+for _ in $(seq 300); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
+ACCEL="${accel:-unknown}" WRENN_DIR="$dir" WRENN_BASE_URL="http://127.0.0.1:$port" WRENN_API_KEY="$key" \
+  "$py" bench/microvm.py --n "${N:-5}" --cold

@@ -9,12 +9,16 @@ of the suite also runs against `WRENN_RUNTIME=microvm`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from wrenn import Capsule
+from wrenn.exceptions import WrennNotFoundError
+from wrenn.models import Status
 
 from conftest import BUSYBOX, poll
 
@@ -100,3 +104,113 @@ def test_destroy_leaves_nothing(make_capsule, server):
     assert not _qemu_pids(cid)
     assert not _vm_dir(server, cid).exists()
     assert not Path(f"/run/netns/{cid}").exists()
+
+
+# ── Full-state snapshots and clones ───────────────────────────────────────────
+
+
+def _via_proxy(server, cap: Capsule, path: str) -> httpx.Response | None:
+    host = httpx.URL(cap.get_url(8000)).netloc.decode()
+    try:
+        r = httpx.get(f"{server.base_url}{path}", headers={"Host": host, "X-API-Key": server.key_alpha}, timeout=10)
+    except httpx.HTTPError:
+        return None
+    return r if r.status_code == 200 else None
+
+
+def _snapshot(wrenn_client, cap: Capsule, name: str) -> None:
+    cap.create_snapshot(name=name)
+    poll(lambda: name in {t.name for t in wrenn_client.snapshots.list(type="snapshot")},
+         timeout=60, what=f"snapshot {name} listed")
+    poll(lambda: cap.get_info().status == Status.running, timeout=30, what="source running")
+
+
+def _snapshot_files(server, name: str) -> Path:
+    """The snapshot's template dir (the server stores it as ``<team>.<name>``)."""
+    found = list((server.data_dir / "templates").glob(f"*.{name}"))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_full_snapshot_keeps_processes_memory_and_gives_clones_their_own_identity(
+    wrenn_client, make_capsule, server
+):
+    src = make_capsule(BUSYBOX)
+    # In-memory state: a shell counting in its own memory, a file on a RAM-only tmpfs, and a
+    # server listening on every address of the machine.
+    _sh(src, "(i=0; while true; do i=$((i+1)); echo $i > /tmp/tick; sleep 0.2; done) >/dev/null 2>&1 & echo $! > /tmp/pid")
+    _sh(src, "echo only-in-ram > /dev/shm/mem")
+    src.files.write("/tmp/www/index.html", "served\n")
+    src.commands.run("busybox httpd -f -p 8000 -h /tmp/www", background=True)
+    pid = _sh(src, "cat /tmp/pid").strip()
+    name = "e2e-full-" + src.capsule_id[-6:]
+    _snapshot(wrenn_client, src, name)
+    at_snapshot = int(_sh(src, "cat /tmp/tick"))
+    files = _snapshot_files(server, name)
+    assert (files / "state").exists() and (files / "disk.qcow2").exists()
+    try:
+        clones = [make_capsule(name) for _ in range(2)]
+        seen = []
+        for c in clones:
+            assert c.get_info().template == name
+            # The same process, still counting from where it was (not from 1).
+            assert _sh(c, f"kill -0 {pid} && echo alive").strip() == "alive"
+            assert _sh(c, "cat /dev/shm/mem").strip() == "only-in-ram"
+            t1 = int(_sh(c, "cat /tmp/tick"))
+            time.sleep(0.6)
+            t2 = int(_sh(c, "cat /tmp/tick"))
+            assert t2 > t1 >= at_snapshot - 5, (at_snapshot, t1, t2)
+            # Its own machine: hostname, machine id, RNG state.
+            host, mid, rnd = _sh(c, "hostname; cat /etc/machine-id; head -c 16 /dev/urandom | od -An -tx1 | tr -d \" \\n\"").split()
+            assert host == c.capsule_id
+            seen.append((mid, rnd))
+            # Its own address: the saved httpd answers through the port proxy, which dials the
+            # clone's address.
+            c.files.write("/tmp/www/who", c.capsule_id)
+            r = poll(lambda c=c: _via_proxy(server, c, "/who"), timeout=20, interval=0.3, what="clone reachable")
+            assert r.text == c.capsule_id
+        assert seen[0][0] != seen[1][0], "machine ids differ"
+        assert seen[0][1] != seen[1][1], "each clone's RNG is reseeded"
+        # The source runs on, on its own address.
+        assert _via_proxy(server, src, "/index.html").text == "served\n"
+        for c in clones:
+            c.destroy(wait=True)
+            assert not _qemu_pids(c.capsule_id)
+            assert not _vm_dir(server, c.capsule_id).exists()
+    finally:
+        with contextlib.suppress(WrennNotFoundError):
+            wrenn_client.snapshots.delete(name)
+    assert not files.exists(), "deleting the snapshot frees its files"
+
+
+def test_full_snapshot_survives_source_destroy_and_server_restart(
+    wrenn_client, make_capsule, server, restart_server
+):
+    src = make_capsule(BUSYBOX)
+    _sh(src, "echo kept > /dev/shm/mem")
+    name = "e2e-keep-" + src.capsule_id[-6:]
+    _snapshot(wrenn_client, src, name)
+    src.destroy(wait=True)
+    restart_server(kill=True)
+    try:
+        child = make_capsule(name)
+        assert _sh(child, "cat /dev/shm/mem").strip() == "kept"
+        child.destroy(wait=True)
+    finally:
+        with contextlib.suppress(WrennNotFoundError):
+            wrenn_client.snapshots.delete(name)
+
+
+def test_full_snapshot_is_refused_on_the_container_runtime(wrenn_client, make_capsule, server):
+    """A snapshot holding a VM's memory can only start as a VM: asking for a container is a 400."""
+    src = make_capsule(BUSYBOX)
+    name = "e2e-vmonly-" + src.capsule_id[-6:]
+    _snapshot(wrenn_client, src, name)
+    try:
+        with server.client(server.key_alpha) as api:
+            r = api.post("/v1/capsules", json={"template": name, "runtime": "container"})
+        assert r.status_code == 400, r.text
+        assert "microvm" in r.text
+    finally:
+        with contextlib.suppress(WrennNotFoundError):
+            wrenn_client.snapshots.delete(name)

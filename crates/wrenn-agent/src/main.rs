@@ -20,6 +20,7 @@ mod exec;
 mod fdstream;
 mod files;
 mod health;
+mod identity;
 mod launch;
 mod processes;
 mod pty;
@@ -163,6 +164,7 @@ fn positive(key: &str, v: &str) -> Result<usize, String> {
 /// bounding set included: children may gain privileges through setuid binaries (`sudo` as in
 /// Docker), but never beyond the capsule's bounding set and never outside the filter. Without
 /// it (an agent run by a host user) `no_new_privs` is set first, as the kernel requires.
+/// In a microVM (PID 1 serving on a virtio-serial port) the agent itself keeps CAP_SYS_ADMIN.
 /// Last, the agent makes itself not dumpable: no process of the capsule, capsule root
 /// included (it lacks CAP_SYS_PTRACE), can ptrace it or read its memory.
 fn harden(args: &Args) -> Result<(), String> {
@@ -185,7 +187,11 @@ fn harden(args: &Args) -> Result<(), String> {
         })?;
     }
     if privileged {
-        sys::drop_cap(sys::CAP_SYS_ADMIN).map_err(|e| error_chain(&e))?;
+        // A microVM's agent (serving on a virtio-serial port) is its own kernel's PID 1 and
+        // keeps CAP_SYS_ADMIN for itself: it reseeds the RNG and sets the hostname after every
+        // restore. Its children lose it all the same (bounding and inheritable sets).
+        let keep_for_self = args.serial.is_some() && sys::is_pid1();
+        sys::drop_cap(sys::CAP_SYS_ADMIN, keep_for_self).map_err(|e| error_chain(&e))?;
     }
     sys::set_not_dumpable().map_err(|e| error_chain(&e))?;
     Ok(())
@@ -292,7 +298,7 @@ async fn serve(
     };
     let serial = match &args.serial {
         Some(name) => Some(
-            serial::SerialListener::bind(name)
+            serial::SerialListener::bind(name, Arc::clone(&state.reaper))
                 .map_err(|e| format!("cannot serve on serial port {name}: {e}"))?,
         ),
         None => None,

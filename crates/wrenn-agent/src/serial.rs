@@ -17,6 +17,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::poll_fn;
@@ -24,12 +25,18 @@ use tokio::io::AsyncWriteExt;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
-use wrenn_types::agent::{SerialSync, SERIAL_MUX_ACK, SERIAL_MUX_HELLO};
+use wrenn_types::agent::{SerialIdentity, SerialSync, SERIAL_MUX_ACK, SERIAL_MUX_HELLO};
 
 use crate::fdstream::FdStream;
+use crate::reaper::Reaper;
 
-/// Wait before reopening the port while no host is connected.
+/// Wait before reopening the port while no host is connected (a guest cloned from a warm
+/// image, saved with no host connected, waits up to this long for its new host).
 const RECONNECT_DELAY: Duration = Duration::from_millis(200);
+/// Ends a host's yamux session that this side has left (see [`session`]).
+const RESET: &[u8] = b"WRENN-RESET\n";
+/// Longest wait to write [`RESET`] (no host may be reading).
+const RESET_TIMEOUT: Duration = Duration::from_millis(100);
 /// Longest junk read before the hello line (the tail of an old session) before giving up on it.
 const MAX_PREAMBLE: usize = 1 << 20;
 /// Accepted streams queued for axum.
@@ -47,10 +54,10 @@ pub struct SerialListener {
 
 impl SerialListener {
     /// Finds port `name` and starts the session loop in the background.
-    pub fn bind(name: &str) -> io::Result<Self> {
+    pub fn bind(name: &str, reaper: Arc<Reaper>) -> io::Result<Self> {
         let path = find_port(Path::new("/sys/class/virtio-ports"), name)?;
         let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
-        tokio::spawn(session_loop(path, tx));
+        tokio::spawn(session_loop(path, tx, reaper));
         Ok(Self {
             name: name.to_owned(),
             rx,
@@ -91,9 +98,12 @@ fn find_port(class_dir: &Path, name: &str) -> io::Result<PathBuf> {
     ))
 }
 
-async fn session_loop(path: PathBuf, tx: mpsc::Sender<yamux::Stream>) {
+async fn session_loop(path: PathBuf, tx: mpsc::Sender<yamux::Stream>, reaper: Arc<Reaper>) {
+    let mut reset = false;
     loop {
-        match session(&path, &tx).await {
+        let ended = session(&path, &tx, &reaper, reset).await;
+        reset = ended.is_err();
+        match ended {
             Ok(()) => tracing::debug!("serial host not connected"),
             Err(error) => tracing::info!(%error, "serial session ended"),
         }
@@ -104,16 +114,31 @@ async fn session_loop(path: PathBuf, tx: mpsc::Sender<yamux::Stream>) {
     }
 }
 
-/// One host connection: hello, then yamux until EOF. `Ok` when no host was connected.
-async fn session(path: &Path, tx: &mpsc::Sender<yamux::Stream>) -> io::Result<()> {
+/// One host connection: hello, then yamux until EOF. `Ok` when no host was connected. With
+/// `reset` (the last session ended, possibly on this side only: a second hello read as a yamux
+/// frame), the host is first sent [`RESET`]: a host still in that session reads it as a bad
+/// frame and reconnects, a host waiting for the ack skips it.
+async fn session(
+    path: &Path,
+    tx: &mpsc::Sender<yamux::Stream>,
+    reaper: &Reaper,
+    reset: bool,
+) -> io::Result<()> {
     let mut port = SerialPort::open(path)?;
-    let sync = match read_hello(&mut port).await? {
+    if reset {
+        let _ = tokio::time::timeout(RESET_TIMEOUT, port.write_all(RESET)).await;
+    }
+    let pre = match read_hello(&mut port).await? {
         Hello::NoHost => return Ok(()),
-        Hello::Found(sync) => sync,
+        Hello::Found(pre) => pre,
     };
-    // Before the ack: once the host hears it, it sends requests that may read the clock.
-    if let Some(sync) = sync {
+    // Before the ack: once the host hears it, it sends requests that may read the clock or
+    // the network.
+    if let Some(sync) = pre.sync {
         apply_sync(&sync);
+    }
+    if let Some(id) = pre.identity {
+        crate::identity::apply(&id, reaper).await;
     }
     port.write_all(SERIAL_MUX_ACK.as_bytes()).await?;
     tracing::info!("serial host connected");
@@ -137,20 +162,28 @@ async fn session(path: &Path, tx: &mpsc::Sender<yamux::Stream>) -> io::Result<()
 enum Hello {
     /// EOF before a hello: no host connected.
     NoHost,
-    /// The hello, with the sync line that came right before it, if any.
-    Found(Option<SerialSync>),
+    /// The hello, with the lines that came before it.
+    Found(Preamble),
+}
+
+/// The host's lines before its hello that the guest acts on.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Preamble {
+    sync: Option<SerialSync>,
+    identity: Option<SerialIdentity>,
 }
 
 /// Longest line kept while looking for the sync line.
 const MAX_LINE: usize = 256;
 
-/// Reads up to and including the hello line, keeping the [`SerialSync`] line before it.
+/// Reads up to and including the hello line, keeping the [`SerialSync`] and
+/// [`SerialIdentity`] lines before it.
 async fn read_hello<R: AsyncRead + Unpin>(port: &mut R) -> io::Result<Hello> {
     let hello = SERIAL_MUX_HELLO.as_bytes();
     let mut matched = 0;
     let mut seen = 0;
     let mut line: Vec<u8> = Vec::new();
-    let mut sync = None;
+    let mut pre = Preamble::default();
     let mut byte = [0u8; 1];
     while matched < hello.len() {
         if port.read(&mut byte).await? == 0 {
@@ -165,7 +198,9 @@ async fn read_hello<R: AsyncRead + Unpin>(port: &mut R) -> io::Result<Hello> {
         }
         if byte[0] == b'\n' {
             if let Some(s) = SerialSync::parse(&line) {
-                sync = Some(s);
+                pre.sync = Some(s);
+            } else if let Some(id) = SerialIdentity::parse(&line) {
+                pre.identity = Some(id);
             }
             line.clear();
         } else if line.len() < MAX_LINE {
@@ -179,7 +214,7 @@ async fn read_hello<R: AsyncRead + Unpin>(port: &mut R) -> io::Result<Hello> {
             0
         };
     }
-    Ok(Hello::Found(sync))
+    Ok(Hello::Found(pre))
 }
 
 /// Sets the guest's clock from the host's and reseeds its RNG: a guest restored from saved
@@ -217,7 +252,7 @@ mod tests {
         let mut input: &[u8] = b"old session tail WRENN\x00WRENN-MUX/1\nrest";
         assert_eq!(
             read_hello(&mut input).await.expect("read"),
-            Hello::Found(None)
+            Hello::Found(Preamble::default())
         );
         assert_eq!(input, b"rest");
         let mut empty: &[u8] = b"WRENN-MU";
@@ -230,11 +265,23 @@ mod tests {
             unix_ns: 42_000_000_001,
             seed: [7; 32],
         };
-        let bytes = format!("tail\n{}{SERIAL_MUX_HELLO}rest", sync.line());
+        let identity = SerialIdentity {
+            hostname: "cl-x".into(),
+            machine_id: "a".repeat(32),
+            ..Default::default()
+        };
+        let bytes = format!(
+            "tail\n{}{}{SERIAL_MUX_HELLO}rest",
+            sync.line(),
+            identity.line()
+        );
         let mut input = bytes.as_bytes();
         assert_eq!(
             read_hello(&mut input).await.expect("read"),
-            Hello::Found(Some(sync))
+            Hello::Found(Preamble {
+                sync: Some(sync),
+                identity: Some(identity)
+            })
         );
         assert_eq!(input, b"rest");
     }

@@ -117,9 +117,10 @@ pub fn has_effective_cap(cap: u32) -> Result<bool, HardenError> {
 
 /// Drops capability `cap` for good: from the bounding set (`PR_CAPBSET_DROP`, so no later exec
 /// of a setuid or file-capability binary can grant it back), the ambient set, and the
-/// effective, permitted and inheritable sets of the calling thread. Call it while the process
-/// has a single thread.
-pub fn drop_cap(cap: u32) -> Result<(), HardenError> {
+/// inheritable set and, unless `keep_for_self`, the effective and permitted sets of the calling
+/// thread (kept, only this process holds it: a child's exec computes its capabilities from the
+/// bounding and inheritable sets). Call it while the process has a single thread.
+pub fn drop_cap(cap: u32, keep_for_self: bool) -> Result<(), HardenError> {
     prctl(
         libc::PR_CAPBSET_DROP,
         "PR_CAPBSET_DROP",
@@ -144,8 +145,10 @@ pub fn drop_cap(cap: u32) -> Result<(), HardenError> {
     let mut data = capget()?;
     let (word, bit) = ((cap / 32) as usize, cap % 32);
     if let Some(d) = data.get_mut(word) {
-        d.effective &= !(1 << bit);
-        d.permitted &= !(1 << bit);
+        if !keep_for_self {
+            d.effective &= !(1 << bit);
+            d.permitted &= !(1 << bit);
+        }
         d.inheritable &= !(1 << bit);
     }
     let hdr = CapHeader {

@@ -53,6 +53,10 @@ struct RuntimeArgs {
     /// The static `wrenn-agent` binary put into every capsule.
     #[arg(long, env = "WRENN_AGENT")]
     agent: Option<PathBuf>,
+    /// microvm: boot every capsule cold instead of cloning its template's warm image (a saved
+    /// running VM, made on first use per template and guest size).
+    #[arg(long, env = "WRENN_NO_WARM_TEMPLATES")]
+    no_warm_templates: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -478,6 +482,7 @@ fn microvm_runtime(
             extra_recipes: None,
             accel,
             compress_state: true,
+            warm_templates: !args.no_warm_templates,
         },
     )?)
 }

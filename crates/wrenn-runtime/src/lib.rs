@@ -55,7 +55,7 @@ pub struct CapsuleSpec {
 }
 
 /// A capsule backend, as a create request may name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// Namespaces, cgroups and seccomp ([`ContainerRuntime`]).

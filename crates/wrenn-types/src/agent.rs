@@ -74,6 +74,86 @@ impl SerialSync {
     }
 }
 
+/// What makes a guest this capsule and no other, as a line the host writes before
+/// [`SERIAL_MUX_HELLO`] on every connect (after the [`SerialSync`] line; older guests discard
+/// it). A guest restored from a snapshot or cloned from a warm template carries the identity
+/// of the machine that was saved; on a connect whose identity differs from the one it applied
+/// last, the guest takes this one: hostname, machine id, the address of its network interface,
+/// its default route and resolvers.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SerialIdentity {
+    /// Hostname (the capsule id).
+    pub hostname: String,
+    /// `/etc/machine-id`: 32 lowercase hex digits.
+    pub machine_id: String,
+    /// Address with prefix length (`10.213.0.2/30`), when the capsule has a network.
+    pub addr: Option<String>,
+    /// Default gateway.
+    pub gateway: Option<String>,
+    /// Resolvers for `/etc/resolv.conf`.
+    pub dns: Vec<String>,
+}
+
+impl SerialIdentity {
+    const PREFIX: &'static str = "WRENN-ID";
+
+    /// The line the host writes (with its newline).
+    pub fn line(&self) -> String {
+        let mut l = format!(
+            "{} host={} mid={}",
+            Self::PREFIX,
+            self.hostname,
+            self.machine_id
+        );
+        if let Some(a) = &self.addr {
+            l.push_str(&format!(" ip={a}"));
+        }
+        if let Some(g) = &self.gateway {
+            l.push_str(&format!(" gw={g}"));
+        }
+        if !self.dns.is_empty() {
+            l.push_str(&format!(" dns={}", self.dns.join(",")));
+        }
+        l.push('\n');
+        l
+    }
+
+    /// Parses one line (without its newline); `None` when it is not a well-formed identity
+    /// line. Values are restricted to the characters hostnames and addresses use.
+    pub fn parse(line: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(line).ok()?;
+        let mut words = text.split(' ');
+        if words.next()? != Self::PREFIX {
+            return None;
+        }
+        let mut id = Self::default();
+        for w in words {
+            let (k, v) = w.split_once('=')?;
+            let tame = !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:/,".contains(&b));
+            if !tame {
+                return None;
+            }
+            match k {
+                "host" => id.hostname = v.to_owned(),
+                "mid" => id.machine_id = v.to_owned(),
+                "ip" => id.addr = Some(v.to_owned()),
+                "gw" => id.gateway = Some(v.to_owned()),
+                "dns" => id.dns = v.split(',').map(str::to_owned).collect(),
+                _ => {}
+            }
+        }
+        let mid_ok = id.machine_id.len() == 32
+            && id
+                .machine_id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        (!id.hostname.is_empty() && mid_ok).then_some(id)
+    }
+}
+
 /// The guest's answer to [`SERIAL_MUX_HELLO`]; the host discards everything before it (what an
 /// old session of the guest still wrote). A host that gets no answer in time reconnects: the
 /// guest was still in an old session (it may miss the disconnect when it was saved and restored
@@ -383,6 +463,39 @@ mod tests {
         assert_eq!(SerialSync::parse(b"WRENN-MUX/1"), None);
         assert_eq!(SerialSync::parse(&body[..body.len() - 2]), None);
         assert_eq!(SerialSync::parse(b"WRENN-SYNC x 00"), None);
+    }
+
+    #[test]
+    fn serial_identity_line_round_trips_and_refuses_junk() {
+        let id = SerialIdentity {
+            hostname: "cl-abc".into(),
+            machine_id: "0123456789abcdef0123456789abcdef".into(),
+            addr: Some("10.213.0.6/30".into()),
+            gateway: Some("10.213.0.5".into()),
+            dns: vec!["192.0.2.53".into(), "192.0.2.54".into()],
+        };
+        let line = id.line();
+        assert_eq!(
+            line,
+            "WRENN-ID host=cl-abc mid=0123456789abcdef0123456789abcdef ip=10.213.0.6/30 \
+             gw=10.213.0.5 dns=192.0.2.53,192.0.2.54\n"
+        );
+        assert_eq!(SerialIdentity::parse(line.trim_end().as_bytes()), Some(id));
+        let bare = SerialIdentity {
+            hostname: "h".into(),
+            machine_id: "f".repeat(32),
+            ..Default::default()
+        };
+        assert_eq!(
+            SerialIdentity::parse(bare.line().trim_end().as_bytes()),
+            Some(bare)
+        );
+        assert_eq!(SerialIdentity::parse(b"WRENN-SYNC 1 00"), None);
+        assert_eq!(SerialIdentity::parse(b"WRENN-ID host=h mid=xyz"), None);
+        assert_eq!(
+            SerialIdentity::parse(format!("WRENN-ID host=a;b mid={}", "0".repeat(32)).as_bytes()),
+            None
+        );
     }
 
     #[test]

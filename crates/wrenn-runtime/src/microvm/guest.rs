@@ -72,6 +72,7 @@ fi
 mkdir -p /newroot/.wrenn /newroot/dev /newroot/proc /newroot/sys
 mount -t tmpfs -o mode=0755,size=64m wrenn /newroot/.wrenn
 cp /wrenn-agent /newroot/.wrenn/wrenn-agent
+cp /bin/busybox /newroot/.wrenn/busybox
 mount -o remount,ro,nosuid,nodev /newroot/.wrenn
 mount --move /dev /newroot/dev
 mount --move /proc /newroot/proc

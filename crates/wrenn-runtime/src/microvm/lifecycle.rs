@@ -9,10 +9,9 @@ use serde_json::json;
 use wrenn_agent_client::AgentClient;
 use wrenn_types::agent::AGENT_SOCKET_NAME;
 
-use super::qemu::{files, VmArgs};
-use super::{
-    host_err, image, net, qemu, qmp, relay, Live, MicroVmRuntime, Vm, VmRecord, READY_TIMEOUT,
-};
+use super::qemu::{files, Ram, VmArgs};
+use super::saved::{self, Start};
+use super::{host_err, image, net, qemu, qmp, Live, MicroVmRuntime, Vm, VmRecord, READY_TIMEOUT};
 use crate::container::health;
 use crate::container::net::{self as cnet, CapsuleNet};
 use crate::container::watch::InitWatch;
@@ -52,6 +51,16 @@ impl MicroVmRuntime {
     }
 
     pub(super) async fn create_vm(&self, s: &CapsuleSpec) -> Result<CapsuleHandle, RuntimeError> {
+        let start = self.start_of(s).await?;
+        self.create_vm_from(s, start).await
+    }
+
+    /// Creates capsule `s` booting cold or as a clone of a saved machine ([`Start`]).
+    pub(super) async fn create_vm_from(
+        &self,
+        s: &CapsuleSpec,
+        start: Start,
+    ) -> Result<CapsuleHandle, RuntimeError> {
         let id = s.id.as_str();
         if !valid_id(id) {
             return Err(host_err(
@@ -74,7 +83,9 @@ impl MicroVmRuntime {
         self.inner.templates.ensure(template).await?;
         let run = self.inner.templates.run_config(template)?;
         let tdir = self.inner.templates.dir_of(template);
-        let base = {
+        let base = if let Start::Clone(saved) = &start {
+            saved.disk.clone()
+        } else {
             let _g = self.inner.image_lock.lock().await;
             tokio::task::spawn_blocking(move || image::ensure_image(&tdir))
                 .await
@@ -92,8 +103,8 @@ impl MicroVmRuntime {
         let mut record = VmRecord {
             id: id.to_owned(),
             template: template.to_owned(),
-            vcpus: s.vcpus.max(1),
-            memory_mb: s.memory_mb.max(128),
+            vcpus: start.vcpus().unwrap_or(s.vcpus.max(1)),
+            memory_mb: start.memory_mb().unwrap_or(s.memory_mb.max(128)),
             net: CapsuleNet {
                 netns: id.to_owned(),
                 slot: None,
@@ -102,6 +113,7 @@ impl MicroVmRuntime {
             pid_start: None,
             paused: false,
             state_compressed: false,
+            named_ram: start.ram() != Ram::Default,
         };
         let t0 = Instant::now();
         let started = async {
@@ -114,11 +126,16 @@ impl MicroVmRuntime {
             record
                 .save(&dir.join(RECORD))
                 .map_err(|e| host_err("write vm.json", id, e))?;
-            image::create_overlay(&base, &dir.join(DISK))
-                .await
-                .map_err(|e| host_err("create disk overlay", id, e))?;
-            let live = self.boot(&mut record, None).await?;
-            if !run.services.is_empty() {
+            match &start {
+                Start::Clone(_) => saved::create_overlay(&base, &dir.join(DISK)).await,
+                Start::Cold { .. } => image::create_overlay(&base, &dir.join(DISK)).await,
+            }
+            .map_err(|e| host_err("create disk overlay", id, e))?;
+            let live = self
+                .boot(&mut record, start.ram(), start.incoming())
+                .await?;
+            // A clone's services run already: they were saved running.
+            if matches!(start, Start::Cold { .. }) && !run.services.is_empty() {
                 let agent = AgentClient::new(dir.join(AGENT_SOCKET_NAME));
                 let ip = record.net.capsule_ip();
                 services::start_all(id, &agent, &run, |port| async move {
@@ -171,12 +188,14 @@ impl MicroVmRuntime {
         })
     }
 
-    /// Starts QEMU for `record` (fresh, or from the saved state `incoming`), the relay, and
-    /// waits for the agent. The network namespace is made when missing (first boot, or a
-    /// resume after a host reboot).
-    async fn boot(
+    /// Starts QEMU for `record` with guest RAM `ram` (fresh, or from the saved state
+    /// `incoming`; into private RAM-file clones with `x-ignore-shared`), the relay, and waits
+    /// for the agent. The network namespace is made when missing (first boot, or a resume
+    /// after a host reboot).
+    pub(super) async fn boot(
         &self,
         record: &mut VmRecord,
+        ram: Ram,
         incoming: Option<String>,
     ) -> Result<Live, RuntimeError> {
         let id = record.id.clone();
@@ -197,7 +216,9 @@ impl MicroVmRuntime {
                 .await
                 .map_err(|e| host_err("create network", id, e))?
         };
-        let restoring = incoming.is_some();
+        let restoring = incoming.clone();
+        let cow = matches!(ram, Ram::File { share: false, .. });
+        let incoming = incoming.map(|uri| if cow { "defer".to_owned() } else { uri });
         let args = VmArgs {
             id: id.to_owned(),
             dir: dir.clone(),
@@ -210,6 +231,7 @@ impl MicroVmRuntime {
             accel: self.inner.cfg.accel,
             net: net_args,
             incoming,
+            ram,
         };
         let pid = qemu::start(&args, Some(&record.net.netns_path()))
             .await
@@ -224,15 +246,32 @@ impl MicroVmRuntime {
             .save(&dir.join(RECORD))
             .map_err(|e| host_err("write vm.json", id, e))?;
         let watch = InitWatch::start(id, pid).map_err(|e| host_err("watch qemu", id, e))?;
-        if restoring {
+        if let Some(uri) = restoring {
+            if cow {
+                saved::migrate_incoming_shared(&dir.join(files::QMP), &uri)
+                    .await
+                    .map_err(|e| RuntimeError::Launch {
+                        id: id.to_owned(),
+                        source: e,
+                    })?;
+            }
             finish_incoming(&dir.join(files::QMP))
                 .await
                 .map_err(|e| RuntimeError::Launch {
                     id: id.to_owned(),
                     source: e,
                 })?;
+            if cow {
+                saved::clear_ignore_shared(&dir.join(files::QMP))
+                    .await
+                    .map_err(|e| RuntimeError::Launch {
+                        id: id.to_owned(),
+                        source: e,
+                    })?;
+            }
         }
-        let relay = relay::Relay::start(&dir.join(files::SERIAL), &dir.join(AGENT_SOCKET_NAME))
+        let relay = self
+            .start_relay(record)
             .map_err(|e| host_err("start agent relay", id, e))?;
         let w = watch.clone();
         health::wait_ready(&dir.join(AGENT_SOCKET_NAME), READY_TIMEOUT, move || {
@@ -264,9 +303,7 @@ impl MicroVmRuntime {
             Err(e) => {
                 // Leave it running as it was.
                 let _ = resume_in_place(&dir.join(files::QMP)).await;
-                if let Ok(relay) =
-                    relay::Relay::start(&dir.join(files::SERIAL), &dir.join(AGENT_SOCKET_NAME))
-                {
+                if let Ok(relay) = self.start_relay(&record) {
                     self.set_live(
                         id,
                         Some(Live {
@@ -314,7 +351,12 @@ impl MicroVmRuntime {
         } else {
             format!("exec:cat {}", state.display())
         };
-        let live = match self.boot(&mut record, Some(uri)).await {
+        let ram = if record.named_ram {
+            Ram::Anon
+        } else {
+            Ram::Default
+        };
+        let live = match self.boot(&mut record, ram, Some(uri)).await {
             Ok(l) => l,
             Err(e) => {
                 // Back to paused: the state file is still there.
@@ -379,7 +421,7 @@ impl MicroVmRuntime {
     }
 
     /// Kills QEMU if it still runs, removes the network, the slot claim and the run dir.
-    async fn teardown(&self, record: &VmRecord) -> anyhow::Result<()> {
+    pub(super) async fn teardown(&self, record: &VmRecord) -> anyhow::Result<()> {
         if record.qemu_alive() {
             if let Some(pid) = record.pid {
                 let _ = sys::sigkill(pid);
@@ -484,9 +526,8 @@ impl MicroVmRuntime {
             bail!("qemu is gone");
         }
         let pid = record.pid.context("no pid")?;
-        let dir = self.capsule_dir(&record.id);
         let watch = InitWatch::start(&record.id, pid)?;
-        let relay = relay::Relay::start(&dir.join(files::SERIAL), &dir.join(AGENT_SOCKET_NAME))?;
+        let relay = self.start_relay(record)?;
         Ok(Live {
             watch,
             relay: Arc::new(relay),
@@ -499,7 +540,7 @@ impl MicroVmRuntime {
         }
     }
 
-    fn set_live(&self, id: &str, live: Option<Live>) {
+    pub(super) fn set_live(&self, id: &str, live: Option<Live>) {
         if let Some(vm) = self.lock().get_mut(id) {
             vm.live = live;
         }
@@ -525,7 +566,11 @@ fn private_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Stops the guest, writes its state to `state` and quits QEMU.
-async fn save_state(qmp_sock: &Path, state: &Path, compress: bool) -> anyhow::Result<()> {
+pub(super) async fn save_state(
+    qmp_sock: &Path,
+    state: &Path,
+    compress: bool,
+) -> anyhow::Result<()> {
     let mut q = qmp::Qmp::connect(qmp_sock).await?;
     q.execute(
         "migrate-set-parameters",
@@ -578,7 +623,7 @@ async fn resume_in_place(qmp_sock: &Path) -> anyhow::Result<()> {
 }
 
 /// Waits until an `-incoming` QEMU has loaded its state, then lets it run.
-async fn finish_incoming(qmp_sock: &Path) -> anyhow::Result<()> {
+pub(super) async fn finish_incoming(qmp_sock: &Path) -> anyhow::Result<()> {
     let mut q = qmp::Qmp::connect(qmp_sock).await?;
     let t0 = Instant::now();
     loop {

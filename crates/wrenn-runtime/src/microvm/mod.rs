@@ -28,13 +28,16 @@
 //! headroom (see `image`), not its disk limit.
 
 pub mod guest;
+mod identity;
 pub mod image;
 mod lifecycle;
 mod net;
 pub mod qemu;
 pub mod qmp;
 pub mod relay;
+mod saved;
 mod snapshot;
+mod warm;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -57,7 +60,7 @@ pub use qemu::Accel;
 /// What the microvm backend can do.
 const CAPABILITIES: Capabilities = Capabilities {
     pause_releases_memory: true,
-    snapshot_keeps_memory: false,
+    snapshot_keeps_memory: true,
     paused_survives_host_reboot: true,
     survives_server_restart: true,
 };
@@ -80,6 +83,8 @@ pub struct MicroVmConfig {
     pub accel: Accel,
     /// Compress saved state with zstd on pause (smaller files, slower pause).
     pub compress_state: bool,
+    /// New capsules of a template are copy-on-write clones of its warm image (see `warm`).
+    pub warm_templates: bool,
 }
 
 /// The recovery record of one VM (`vm.json`).
@@ -105,6 +110,9 @@ pub(crate) struct VmRecord {
     /// Whether `state` is zstd-compressed.
     #[serde(default)]
     pub state_compressed: bool,
+    /// Guest RAM is the named block of a clone ([`qemu::Ram::Anon`] when resumed).
+    #[serde(default)]
+    pub named_ram: bool,
 }
 
 impl VmRecord {
@@ -158,6 +166,10 @@ struct Inner {
     vms: Mutex<HashMap<String, Vm>>,
     /// Serialises template image builds.
     image_lock: tokio::sync::Mutex<()>,
+    /// Serialises warm image builds.
+    warm_lock: tokio::sync::Mutex<()>,
+    /// Hash of the boot parts a warm image depends on (computed once).
+    warm_parts: std::sync::OnceLock<String>,
     /// Per-capsule verbs (pause, resume, destroy) never overlap.
     busy: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     host_net: tokio::sync::OnceCell<crate::container::net::HostNet>,
@@ -215,6 +227,8 @@ impl MicroVmRuntime {
                 tsc_khz,
                 vms: Mutex::new(HashMap::new()),
                 image_lock: tokio::sync::Mutex::new(()),
+                warm_lock: tokio::sync::Mutex::new(()),
+                warm_parts: std::sync::OnceLock::new(),
                 busy: Mutex::new(HashMap::new()),
                 host_net: tokio::sync::OnceCell::new(),
                 cfg,
@@ -486,6 +500,7 @@ mod tests {
             pid_start: None,
             paused: true,
             state_compressed: true,
+            named_ram: false,
         };
         let p = std::env::temp_dir().join(format!("wrenn-vmrec-{}.json", std::process::id()));
         r.save(&p).expect("save");

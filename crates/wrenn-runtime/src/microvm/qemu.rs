@@ -50,6 +50,28 @@ pub struct NetArgs {
     pub dns: Vec<String>,
 }
 
+/// Where guest RAM lives. Saved state names its RAM block, so a VM restored from a state
+/// must have the RAM kind it was saved with (file and anonymous named RAM share one name).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Ram {
+    /// QEMU's default anonymous RAM (`-m` alone).
+    #[default]
+    Default,
+    /// Anonymous RAM named like [`Ram::File`]'s: a clone's or a warm VM's after a pause.
+    Anon,
+    /// A RAM file: `share` maps it shared (a warm VM writes its memory into the file),
+    /// otherwise private (a clone reads the file and keeps its own writes).
+    File {
+        /// The RAM file.
+        path: PathBuf,
+        /// `share=on`.
+        share: bool,
+    },
+}
+
+/// Id of the named RAM backend ([`Ram::Anon`], [`Ram::File`]).
+const RAM_ID: &str = "ram0";
+
 /// Everything that varies between two VMs' command lines.
 #[derive(Debug, Clone)]
 pub struct VmArgs {
@@ -73,8 +95,10 @@ pub struct VmArgs {
     pub accel: Accel,
     /// Network, if any.
     pub net: Option<NetArgs>,
-    /// `-incoming` URI when restoring a saved state.
+    /// `-incoming` URI when restoring a saved state (`defer`: given later over QMP).
     pub incoming: Option<String>,
+    /// Guest RAM.
+    pub ram: Ram,
 }
 
 /// Names of the files in a VM's run directory.
@@ -115,7 +139,13 @@ impl VmArgs {
             "-name".into(),
             format!("wrenn-{},process=wrenn-{}", self.id, self.id),
             "-M".into(),
-            format!("microvm,accel={}", self.accel.as_str()),
+            match self.ram {
+                Ram::Default => format!("microvm,accel={}", self.accel.as_str()),
+                _ => format!(
+                    "microvm,accel={},memory-backend={RAM_ID}",
+                    self.accel.as_str()
+                ),
+            },
             "-cpu".into(),
             match self.accel {
                 Accel::Kvm => "host".into(),
@@ -170,6 +200,22 @@ impl VmArgs {
                 "-device".into(),
                 format!("virtio-net-device,netdev=n0,mac={}", n.mac),
             ]);
+        }
+        match &self.ram {
+            Ram::Default => {}
+            Ram::Anon => a.extend([
+                "-object".into(),
+                format!("memory-backend-ram,id={RAM_ID},size={}M", self.memory_mb),
+            ]),
+            Ram::File { path, share } => a.extend([
+                "-object".into(),
+                format!(
+                    "memory-backend-file,id={RAM_ID},size={}M,mem-path={},share={}",
+                    self.memory_mb,
+                    path.display(),
+                    if *share { "on" } else { "off" }
+                ),
+            ]),
         }
         if let Some(uri) = &self.incoming {
             a.extend(["-incoming".into(), uri.clone()]);
@@ -271,6 +317,7 @@ mod tests {
             accel: Accel::Tcg,
             net: None,
             incoming: None,
+            ram: Ram::Default,
         }
     }
 
@@ -326,6 +373,31 @@ mod tests {
         assert!(v
             .cmdline()
             .ends_with("wrenn.ip=10.213.0.2/30 wrenn.gw=10.213.0.1 wrenn.dns=192.0.2.53"));
+    }
+
+    #[test]
+    fn named_ram_is_one_block_whether_file_or_anonymous() {
+        let mut v = args();
+        v.ram = Ram::File {
+            path: "/w/ram".into(),
+            share: false,
+        };
+        v.incoming = Some("defer".into());
+        let a = v.to_args();
+        assert_eq!(
+            value_of(&a, "-M"),
+            ["microvm,accel=tcg,memory-backend=ram0"]
+        );
+        assert_eq!(
+            value_of(&a, "-object"),
+            ["memory-backend-file,id=ram0,size=512M,mem-path=/w/ram,share=off"]
+        );
+        assert_eq!(value_of(&a, "-incoming"), ["defer"]);
+        v.ram = Ram::Anon;
+        assert_eq!(
+            value_of(&v.to_args(), "-object"),
+            ["memory-backend-ram,id=ram0,size=512M"]
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
-use wrenn_types::agent::{SerialSync, SERIAL_MUX_ACK, SERIAL_MUX_HELLO};
+use wrenn_types::agent::{SerialIdentity, SerialSync, SERIAL_MUX_ACK, SERIAL_MUX_HELLO};
 
 /// Pending stream opens per session.
 const OPEN_QUEUE: usize = 64;
@@ -40,15 +40,19 @@ pub struct Relay {
 
 impl Relay {
     /// Binds `socket` (replacing a stale file) and relays its connections to the guest behind
-    /// the chardev socket `serial`.
-    pub fn start(serial: &Path, socket: &Path) -> std::io::Result<Self> {
+    /// the chardev socket `serial`, telling the guest `identity` on every connect.
+    pub fn start(
+        serial: &Path,
+        socket: &Path,
+        identity: Option<SerialIdentity>,
+    ) -> std::io::Result<Self> {
         match std::fs::remove_file(socket) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
         let listener = UnixListener::bind(socket)?;
-        let task = tokio::spawn(run(serial.to_owned(), listener));
+        let task = tokio::spawn(run(serial.to_owned(), listener, identity));
         Ok(Self {
             task,
             socket: socket.to_owned(),
@@ -63,7 +67,7 @@ impl Drop for Relay {
     }
 }
 
-async fn run(serial: PathBuf, listener: UnixListener) {
+async fn run(serial: PathBuf, listener: UnixListener, identity: Option<SerialIdentity>) {
     let (open_tx, mut open_rx) = mpsc::channel::<OpenReply>(OPEN_QUEUE);
     let accept = async {
         loop {
@@ -86,7 +90,7 @@ async fn run(serial: PathBuf, listener: UnixListener) {
     let sessions = async {
         let mut backoff = Duration::from_millis(5);
         loop {
-            match connect(&serial).await {
+            match connect(&serial, identity.as_ref()).await {
                 Ok(sock) => {
                     backoff = Duration::from_millis(5);
                     let conn = yamux::Connection::new(
@@ -111,9 +115,9 @@ async fn run(serial: PathBuf, listener: UnixListener) {
     }
 }
 
-/// Connects, sends the host's time and randomness ([`SerialSync`]) and the hello, and waits for
-/// the guest's ack.
-async fn connect(serial: &Path) -> std::io::Result<UnixStream> {
+/// Connects, sends the host's time and randomness ([`SerialSync`]), the capsule's identity and
+/// the hello, and waits for the guest's ack.
+async fn connect(serial: &Path, identity: Option<&SerialIdentity>) -> std::io::Result<UnixStream> {
     let mut s = UnixStream::connect(serial).await?;
     let unix_ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -123,6 +127,9 @@ async fn connect(serial: &Path) -> std::io::Result<UnixStream> {
         seed: rand::random(),
     };
     let mut hello = sync.line();
+    if let Some(id) = identity {
+        hello.push_str(&id.line());
+    }
     hello.push_str(SERIAL_MUX_HELLO);
     s.write_all(hello.as_bytes()).await?;
     match tokio::time::timeout(ACK_TIMEOUT, read_marker(&mut s, SERIAL_MUX_ACK.as_bytes())).await {
@@ -265,12 +272,12 @@ mod tests {
             let (second, _) = l.accept().await.expect("second accept");
             (first, second)
         });
-        let err = connect(&serial).await.expect_err("no ack");
+        let err = connect(&serial, None).await.expect_err("no ack");
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
         // ... and a reconnect is a fresh connection.
         let relay_side = tokio::spawn({
             let serial = serial.clone();
-            async move { connect(&serial).await }
+            async move { connect(&serial, None).await }
         });
         let (_first, mut second) = silent.await.expect("accepts");
         let mut hello = vec![0u8; SERIAL_MUX_HELLO.len()];
@@ -290,7 +297,7 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("mkdir");
         let (serial, sock) = (dir.join("serial.sock"), dir.join("agent.sock"));
         let guest = tokio::spawn(fake_guest(UnixListener::bind(&serial).expect("bind")));
-        let relay = Relay::start(&serial, &sock).expect("relay");
+        let relay = Relay::start(&serial, &sock, None).expect("relay");
         let talk = |sock: PathBuf, word: String| async move {
             let mut c = UnixStream::connect(&sock).await.expect("connect");
             c.write_all(word.as_bytes()).await.expect("write");

@@ -1,19 +1,18 @@
-//! Files snapshots of a VM: the guest syncs, QEMU stops, its disk (overlay over the template
-//! image) is read out as a raw ext4 image, mounted read-only on the host and copied into a new
-//! template like a container's tree (which then gets its own image); then the guest runs on.
+//! Full-state snapshots of a VM: a snapshot template holding the capsule's disk flattened into
+//! one qcow2 image and its devices and RAM as a zstd stream (see `saved` for the layout).
+//! A running capsule is stopped for the copy and then runs on; a paused one's saved state is
+//! copied. Capsules created from the snapshot continue where it was taken, processes and all;
+//! only the microvm backend can start them (the template says `runtime: microvm`).
 //!
 //! # Limitations
-//! Files only ([`crate::SnapshotKind::Files`]): memory and processes are not kept yet.
+//! The copy is whole: a snapshot holds the template's files too, and the source is stopped
+//! while its disk is flattened (about a second per GiB written on this host).
 
-use std::path::Path;
-use std::process::Stdio;
+use std::time::Instant;
 
-use anyhow::{bail, Context};
-use wrenn_agent_client::AgentClient;
-use wrenn_types::agent::{ExecRequest, ProcessSpec, AGENT_SOCKET_NAME};
-
+use super::saved::{self, SavedMeta};
 use super::{host_err, qemu::files, qmp, MicroVmRuntime};
-use crate::{CapsuleState, RuntimeError, SnapshotInfo, SnapshotKind};
+use crate::{Backend, CapsuleState, RuntimeError, SnapshotInfo, SnapshotKind};
 
 impl MicroVmRuntime {
     pub(super) async fn snapshot_vm(
@@ -37,114 +36,64 @@ impl MicroVmRuntime {
             },
             None => false,
         };
+        let draft =
+            self.inner
+                .templates
+                .draft_snapshot(name, &vm.record.template, Backend::MicroVm)?;
+        let out = draft.path().to_owned();
+        let t0 = Instant::now();
+        let compressed = if running {
+            true
+        } else {
+            vm.record.state_compressed
+        };
         if running {
-            // The guest's dirty pages reach its disk first.
-            let agent = AgentClient::new(dir.join(AGENT_SOCKET_NAME));
-            let req = ExecRequest {
-                process: ProcessSpec {
-                    cmd: "/bin/sync".into(),
-                    ..Default::default()
-                },
-                timeout_sec: Some(30),
-                ..Default::default()
-            };
-            agent
-                .exec(&req)
-                .await
-                .map_err(|e| host_err("sync guest disk", id, e))?;
             let mut q = qmp::Qmp::connect(&dir.join(files::QMP))
                 .await
                 .map_err(|e| host_err("stop vm", id, e))?;
             q.execute("stop", None)
                 .await
                 .map_err(|e| host_err("stop vm", id, e))?;
+            let state = out.join(saved::STATE);
+            let copied = async {
+                let uri = format!("exec:zstd -q -1 -T1 > {}", state.display());
+                saved::migrate_out(&mut q, &uri, false).await?;
+                saved::sync_file(&state).await?;
+                saved::flatten(&dir.join("disk.qcow2"), &out.join(saved::DISK)).await
+            }
+            .await;
+            // The source runs on whatever happened.
+            let cont = q.execute("cont", None).await;
+            copied.map_err(|e| host_err("save vm state", id, e))?;
+            cont.map_err(|e| host_err("continue vm", id, e))?;
+        } else {
+            std::fs::copy(dir.join("state"), out.join(saved::STATE))
+                .map_err(|e| host_err("copy saved state", id, e))?;
+            saved::flatten(&dir.join("disk.qcow2"), &out.join(saved::DISK))
+                .await
+                .map_err(|e| host_err("copy vm disk", id, e))?;
         }
-        let work = dir.join("snapshot");
-        let made = async {
-            let tree = export_tree(&dir.join("disk.qcow2"), &work)
-                .await
-                .map_err(|e| host_err("read vm disk", id, e))?;
-            self.inner
-                .templates
-                .create_snapshot(name, &tree, &vm.record.template, None)
-                .await
-        }
-        .await;
-        let _ = cleanup(&work).await;
-        if running {
-            let mut q = qmp::Qmp::connect(&dir.join(files::QMP))
-                .await
-                .map_err(|e| host_err("continue vm", id, e))?;
-            q.execute("cont", None)
-                .await
-                .map_err(|e| host_err("continue vm", id, e))?;
-        }
+        let meta = SavedMeta {
+            vcpus: vm.record.vcpus,
+            memory_mb: vm.record.memory_mb,
+            compressed,
+            named_ram: vm.record.named_ram,
+        };
+        std::fs::write(
+            out.join(saved::META),
+            serde_json::to_vec_pretty(&meta).map_err(|e| host_err("write vmstate.json", id, e))?,
+        )
+        .map_err(|e| host_err("write vmstate.json", id, e))?;
+        let template = draft.commit()?;
+        tracing::debug!(
+            capsule = id,
+            snapshot = name,
+            ms = t0.elapsed().as_secs_f64() * 1e3,
+            "full-state snapshot made"
+        );
         Ok(SnapshotInfo {
-            template: made?,
-            kind: SnapshotKind::Files,
+            template,
+            kind: SnapshotKind::FullState,
         })
     }
-}
-
-/// Converts `disk` to `work/disk.raw` and mounts it read-only at `work/mnt`; the mount.
-async fn export_tree(disk: &Path, work: &Path) -> anyhow::Result<std::path::PathBuf> {
-    let _ = cleanup(work).await;
-    std::fs::create_dir_all(work.join("mnt")).context("create snapshot work dir")?;
-    let raw = work.join("disk.raw");
-    // -U: QEMU (stopped) still holds the image's lock.
-    run(
-        "qemu-img",
-        &[
-            "convert".as_ref(),
-            "-U".as_ref(),
-            "-f".as_ref(),
-            "qcow2".as_ref(),
-            "-O".as_ref(),
-            "raw".as_ref(),
-            disk.as_os_str(),
-            raw.as_os_str(),
-        ],
-    )
-    .await?;
-    run(
-        "mount",
-        &[
-            "-t".as_ref(),
-            "ext4".as_ref(),
-            "-o".as_ref(),
-            "loop,ro,noload".as_ref(),
-            raw.as_os_str(),
-            work.join("mnt").as_os_str(),
-        ],
-    )
-    .await?;
-    Ok(work.join("mnt"))
-}
-
-/// Unmounts and removes the work dir.
-async fn cleanup(work: &Path) -> anyhow::Result<()> {
-    let mnt = work.join("mnt");
-    if crate::sys::mounts_under(&mnt).contains(&mnt) {
-        run("umount", &[mnt.as_os_str()]).await?;
-    }
-    if work.exists() {
-        std::fs::remove_dir_all(work).context("remove snapshot work dir")?;
-    }
-    Ok(())
-}
-
-async fn run(prog: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<()> {
-    let out = tokio::process::Command::new(prog)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .with_context(|| format!("spawn {prog}"))?;
-    if !out.status.success() {
-        bail!(
-            "{prog} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }

@@ -41,6 +41,7 @@ mod store;
 
 pub use builder::debian_mirror;
 pub use recipe::{Probe, Recipe, RecipeError, Recipes, RunConfig, Service};
+pub use snapshot::SnapshotDraft;
 pub use store::Templates;
 
 /// How a backend turns a built template into what it boots.

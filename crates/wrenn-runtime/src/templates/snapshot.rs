@@ -59,6 +59,7 @@ impl Templates {
             size_bytes: 0,
             created_at: Utc::now(),
             run: self.read_file(from).map(|f| f.run).unwrap_or_default(),
+            runtime: None,
         };
         let (dir, src, form) = (self.dir.clone(), src.to_owned(), self.form.clone());
         match tokio::task::spawn_blocking(move || {
@@ -71,6 +72,101 @@ impl Templates {
             Err(SnapshotError::Exists) => Err(exists()),
             Err(SnapshotError::Other(e)) => Err(err(e)),
         }
+    }
+}
+
+/// A snapshot template being written by its backend: a temp dir that becomes template `name`
+/// on [`SnapshotDraft::commit`], and is removed when dropped uncommitted.
+#[derive(Debug)]
+pub struct SnapshotDraft {
+    dir: std::path::PathBuf,
+    tmp: std::path::PathBuf,
+    file: TemplateFile,
+    done: bool,
+}
+
+impl SnapshotDraft {
+    /// Where the backend puts the snapshot's files.
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Writes `template.json` (size: the files' allocated bytes) and renames the draft into
+    /// place without replacing anything.
+    pub fn commit(mut self) -> Result<TemplateInfo, RuntimeError> {
+        let name = self.file.name.clone();
+        let err = |source: anyhow::Error| RuntimeError::TemplateBuild {
+            name: name.clone(),
+            source,
+        };
+        self.file.size_bytes = dir_size(&self.tmp);
+        self.file.write(&self.tmp).map_err(err)?;
+        match crate::sys::rename_noreplace(&self.tmp, &self.dir.join(&name)) {
+            Ok(()) => {
+                self.done = true;
+                Ok(self.file.clone().into())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(RuntimeError::AlreadyExists {
+                    kind: ResourceKind::Template,
+                    name,
+                })
+            }
+            Err(e) => Err(err(
+                anyhow::Error::from(e).context("rename snapshot into place")
+            )),
+        }
+    }
+}
+
+impl Drop for SnapshotDraft {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+impl Templates {
+    /// Starts snapshot template `name` made from template `from` (whose run config it keeps),
+    /// which only `runtime` can start capsules of; the backend fills [`SnapshotDraft::path`].
+    pub fn draft_snapshot(
+        &self,
+        name: &str,
+        from: &str,
+        runtime: crate::Backend,
+    ) -> Result<SnapshotDraft, RuntimeError> {
+        let err = |source: anyhow::Error| RuntimeError::TemplateBuild {
+            name: name.to_owned(),
+            source,
+        };
+        if !self.valid_snapshot_name(name) {
+            return Err(err(anyhow::anyhow!("invalid snapshot name")));
+        }
+        if self.dir.join(name).exists() {
+            return Err(RuntimeError::AlreadyExists {
+                kind: ResourceKind::Template,
+                name: name.to_owned(),
+            });
+        }
+        private_dir(&self.dir, PRIVATE_DIR_MODE)
+            .map_err(|e| err(anyhow::Error::from(e).context("create template dir")))?;
+        let tmp = self.dir.join(unique_tmp_name(name, "snap"));
+        std::fs::create_dir(&tmp)
+            .map_err(|e| err(anyhow::Error::from(e).context("create snapshot temp dir")))?;
+        Ok(SnapshotDraft {
+            dir: self.dir.clone(),
+            tmp,
+            file: TemplateFile {
+                name: name.to_owned(),
+                base: false,
+                size_bytes: 0,
+                created_at: Utc::now(),
+                run: self.read_file(from).map(|f| f.run).unwrap_or_default(),
+                runtime: Some(runtime),
+            },
+            done: false,
+        })
     }
 }
 
@@ -128,6 +224,7 @@ mod tests {
             size_bytes: 0,
             created_at: Utc::now(),
             run: RunConfig::default(),
+            runtime: None,
         }
     }
 

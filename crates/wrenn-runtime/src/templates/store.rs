@@ -24,6 +24,9 @@ pub(super) struct TemplateFile {
     /// Absent in templates written before recipes carried services.
     #[serde(default)]
     pub(super) run: RunConfig,
+    /// The backend that alone can start capsules of it (a microVM's full-state snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) runtime: Option<crate::Backend>,
 }
 
 impl From<TemplateFile> for TemplateInfo {
@@ -76,7 +79,10 @@ impl Templates {
 
     /// The backend recipe `name` requires, if any.
     pub fn required_backend(&self, name: &str) -> Option<crate::Backend> {
-        self.recipes.get(name)?.spec.runtime
+        match self.recipes.get(name) {
+            Some(r) => r.spec.runtime,
+            None => self.read_file(name)?.runtime,
+        }
     }
 
     /// Directory of template `name` (its tree is `rootfs/` in it).
@@ -281,6 +287,7 @@ fn build(
             size_bytes: dir_size(&rootfs),
             created_at: Utc::now(),
             run: recipe.run_config(),
+            runtime: None,
         };
         file.write(&tmp)?;
         form.materialise(&tmp).context("materialise template")?;

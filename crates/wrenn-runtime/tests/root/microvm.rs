@@ -37,6 +37,7 @@ fn runtime(data: &Path, compress: bool) -> MicroVmRuntime {
         extra_recipes: None,
         accel: Accel::Tcg,
         compress_state: compress,
+        warm_templates: false,
     })
     .expect("microvm runtime")
 }
@@ -259,9 +260,12 @@ async fn microvm_boots_execs_pauses_to_disk_resumes_and_leaves_nothing() {
         resume.as_secs_f64() * 1e3
     );
 
-    // A files snapshot boots as a new VM with the files.
+    // A full-state snapshot: a capsule made from it continues the running machine, with the
+    // background process (same pid) still counting, as its own machine.
     let snap = rt.snapshot(&id, "microvm-snap").await.expect("snapshot");
-    assert_eq!(snap.kind, wrenn_runtime::SnapshotKind::Files);
+    assert_eq!(snap.kind, wrenn_runtime::SnapshotKind::FullState);
+    let snap_dir = data.join("templates/microvm-snap");
+    assert!(snap_dir.join("disk.qcow2").exists() && snap_dir.join("state").exists());
     let mut s2 = common::spec("busybox", NetworkMode::Isolated, 256, 128, 0);
     s2.source = wrenn_runtime::Source::Snapshot("microvm-snap".into());
     guard.track(&s2.id);
@@ -273,9 +277,10 @@ async fn microvm_boots_execs_pauses_to_disk_resumes_and_leaves_nothing() {
             panic!("create from snapshot: {e:?}\nCONSOLE:\n{c}");
         }
     };
+    let clone = AgentClient::new(h2.agent.clone());
     let r = sh(
-        &AgentClient::new(h2.agent.clone()),
-        "cat /root/f; hostname; cat /etc/machine-id",
+        &clone,
+        "cat /root/f; hostname; cat /etc/machine-id; cat /tmp/pid; kill -0 $(cat /tmp/pid) && echo alive; cat /tmp/n",
     )
     .await;
     let lines: Vec<&str> = r.stdout.lines().collect();
@@ -285,12 +290,25 @@ async fn microvm_boots_execs_pauses_to_disk_resumes_and_leaves_nothing() {
         lines[2].len() == 32 && lines[2] != machine_id,
         "the copy has its own machine id: {lines:?}"
     );
+    let source_pid = sh(&agent, "cat /tmp/pid").await.stdout;
+    assert_eq!(lines[3], source_pid.trim(), "the same process");
+    assert_eq!(lines[4], "alive", "{r:?}");
+    let n1: u32 = lines[5].parse().expect("counter");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let n2: u32 = sh(&clone, "cat /tmp/n")
+        .await
+        .stdout
+        .trim()
+        .parse()
+        .expect("counter");
+    assert!(n2 > n1, "the saved loop runs on in the copy ({n1} -> {n2})");
     assert!(rt.delete_template("microvm-snap").await.is_err(), "in use");
     rt.destroy(&s2.id).await.expect("destroy clone");
     assert_eq!(vm_leftovers(&data, &s2.id), Vec::<String>::new());
     rt.delete_template("microvm-snap")
         .await
         .expect("delete snapshot");
+    assert!(!snap_dir.exists(), "deleting the snapshot frees its files");
     assert_eq!(
         sh(&agent, "cat /root/f").await.stdout.trim(),
         "kept",
@@ -304,4 +322,120 @@ async fn microvm_boots_execs_pauses_to_disk_resumes_and_leaves_nothing() {
     assert!(!rt.capsule_dir(&id).exists());
     assert_eq!(vm_leftovers(&data, &id), Vec::<String>::new());
     rt.destroy(&id).await.expect("destroy is idempotent");
+}
+
+/// Starts `nc` on port 7000 of a VM, answering `hello` once.
+async fn listen_hello(agent: &AgentClient) {
+    let req = ExecRequest {
+        process: ProcessSpec {
+            cmd: "/bin/sh".into(),
+            args: vec!["-c".into(), "nc -l -p 7000 -e echo hello".into()],
+            ..Default::default()
+        },
+        background: true,
+        ..Default::default()
+    };
+    agent.exec(&req).await.expect("start listener");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_template_clones_are_each_their_own_machine_on_their_own_address() {
+    if !usable("microvm_warm_clones") {
+        return;
+    }
+    use tokio::io::AsyncReadExt;
+    let scratch = Scratch::new("microvm-warm");
+    let data = scratch.path().join("data");
+    let rt = MicroVmRuntime::new(MicroVmConfig {
+        data_dir: data.clone(),
+        cache_dir: common::cache_dir(),
+        agent_binary: common::agent_binary(),
+        extra_recipes: None,
+        accel: Accel::Tcg,
+        compress_state: true,
+        warm_templates: true,
+    })
+    .expect("microvm runtime");
+    let guard = Guard::new(&rt);
+    let mut seen = Vec::new();
+    for n in 0..2 {
+        let spec = common::spec("busybox", NetworkMode::Egress, 256, 128, 0);
+        guard.track(&spec.id);
+        let t = Instant::now();
+        let h = match rt.create(&spec).await {
+            Ok(h) => h,
+            Err(e) => {
+                let c = std::fs::read_to_string(rt.capsule_dir(&spec.id).join("console.log"))
+                    .unwrap_or_default();
+                panic!("create clone {n}: {e:?}\nCONSOLE:\n{c}");
+            }
+        };
+        let took = t.elapsed();
+        let agent = AgentClient::new(h.agent.clone());
+        let ip = h.ip.expect("egress clone has an address");
+        let gw = std::net::Ipv4Addr::from(u32::from(ip) - 1);
+        let r = sh(
+            &agent,
+            "hostname; cat /etc/machine-id; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; ip -4 addr show eth0; ip route",
+        )
+        .await;
+        assert_eq!(r.exit_code, 0, "{r:?}");
+        let lines: Vec<&str> = r.stdout.lines().collect();
+        let console = std::fs::read_to_string(rt.capsule_dir(&spec.id).join("console.log"))
+            .unwrap_or_default();
+        assert_eq!(lines[0], spec.id, "{r:?}\nCONSOLE:\n{console}");
+        assert!(
+            r.stdout.contains(&format!("inet {ip}/30")),
+            "clone {n} has its own address: {r:?}"
+        );
+        assert!(
+            r.stdout.contains(&format!("default via {gw}")),
+            "clone {n} routes through its own gateway: {r:?}"
+        );
+        listen_hello(&agent).await;
+        let conn = common::wait_until(Duration::from_secs(10), || async {
+            tokio::net::TcpStream::connect((ip, 7000)).await.ok()
+        })
+        .await;
+        let mut s = conn.expect("host reaches the clone");
+        let mut out = String::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await;
+        assert_eq!(out, "hello\n", "clone {n}");
+        eprintln!(
+            "microvm warm: create {n} (first makes the warm image) {:.0} ms",
+            took.as_secs_f64() * 1e3
+        );
+        seen.push((spec.id.clone(), lines[1].to_owned(), lines[2].to_owned()));
+    }
+    assert_ne!(seen[0].1, seen[1].1, "machine ids differ");
+    assert_ne!(seen[0].2, seen[1].2, "the RNG is reseeded per clone");
+    let warm: Vec<_> = std::fs::read_dir(data.join("microvm/warm"))
+        .expect("warm dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(
+        warm.len(),
+        1,
+        "one warm image per template and size: {warm:?}"
+    );
+    // A clone pauses to disk and resumes like any VM (its RAM was the warm file's mapping).
+    let last = &seen[1].0;
+    rt.pause(last).await.expect("pause clone");
+    if let Err(e) = rt.resume(last).await {
+        let c =
+            std::fs::read_to_string(rt.capsule_dir(last).join("console.log")).unwrap_or_default();
+        panic!("resume clone: {e:?}\nCONSOLE:\n{c}");
+    }
+    let clone = AgentClient::new(rt.agent_endpoint(last));
+    assert_eq!(sh(&clone, "hostname").await.stdout.trim(), last);
+    for (id, _, _) in &seen {
+        rt.destroy(id).await.expect("destroy clone");
+        assert_eq!(vm_leftovers(&data, id), Vec::<String>::new());
+    }
+    assert!(processes_of("warm-").is_empty(), "the warm VM ended");
+    assert!(
+        warm[0].join("ram").exists(),
+        "the RAM file belongs to the template"
+    );
 }
