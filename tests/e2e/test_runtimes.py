@@ -53,10 +53,12 @@ def both_server(tmp_path):
     )
     srv.inherited = secret
     try:
-        srv.start(timeout=90)
+        try:
+            srv.start(timeout=90)
+        finally:
+            os.close(fd)  # the server has its own copy now
         yield srv
     finally:
-        os.close(fd)
         try:
             srv.destroy_all()
         finally:
