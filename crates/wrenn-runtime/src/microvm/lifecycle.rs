@@ -74,9 +74,10 @@ impl MicroVmRuntime {
         self.inner.templates.ensure(template).await?;
         let run = self.inner.templates.run_config(template)?;
         let tdir = self.inner.templates.dir_of(template);
+        let disk_mb = s.disk_mb;
         let base = {
             let _g = self.inner.image_lock.lock().await;
-            tokio::task::spawn_blocking(move || image::ensure_image(&tdir))
+            tokio::task::spawn_blocking(move || image::ensure_image(&tdir, disk_mb))
                 .await
                 .map_err(|e| host_err("make template image", id, e))?
                 .map_err(|e| host_err("make template image", id, e))?

@@ -24,8 +24,8 @@
 //! # Limitations
 //! One accelerator per runtime (KVM or TCG, see [`MicroVmRuntime::probe_boot`]); a server
 //! serving containers too puts both behind [`crate::Runtimes`]. Snapshots keep
-//! files only (`snapshot`), as the container backend's. A capsule's free disk space is the template image's
-//! headroom (see `image`), not its disk limit.
+//! files only (`snapshot`), as the container backend's. A capsule's disk limit is its root
+//! filesystem's size, the template's files included (see `image`).
 
 pub mod guest;
 pub mod image;
@@ -46,7 +46,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::container::net::CapsuleNet;
 use crate::container::watch::InitWatch;
-use crate::templates::{Recipes, Templates};
+use crate::templates::{DirectoryForm, Recipes, Templates};
 use crate::tree::{private_dir, PRIVATE_DIR_MODE};
 use crate::{
     AgentEndpoint, Capabilities, CapsuleState, Protection, RecoveryReport, ResourceUsage, Runtime,
@@ -208,7 +208,7 @@ impl MicroVmRuntime {
                     &cfg.data_dir,
                     &cfg.cache_dir,
                     recipes,
-                    Arc::new(image::ImageForm),
+                    Arc::new(DirectoryForm),
                 ),
                 kernel,
                 initrd,
