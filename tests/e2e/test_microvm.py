@@ -100,3 +100,13 @@ def test_destroy_leaves_nothing(make_capsule, server):
     assert not _qemu_pids(cid)
     assert not _vm_dir(server, cid).exists()
     assert not Path(f"/run/netns/{cid}").exists()
+
+
+def test_root_filesystem_is_the_disk_limit(capsule, api):
+    """The guest's `/` is as large as the capsule's disk limit (writing past it is ENOSPC in
+    the guest: the runtime's root test fills a small one)."""
+    limit_mb = api.get(f"/v1/capsules/{capsule.capsule_id}").json()["disk_size_mb"]
+    assert limit_mb > 0
+    size_kib = int(_sh(capsule, "df -k / | tail -n 1").split()[1])
+    # ext4 keeps a few percent for its journal and tables.
+    assert limit_mb * 1024 * 0.9 < size_kib <= limit_mb * 1024, (size_kib, limit_mb)
