@@ -51,7 +51,12 @@ impl MicroVmRuntime {
         self.inner.cfg.data_dir.join("microvm")
     }
 
-    pub(super) async fn create_vm(&self, s: &CapsuleSpec) -> Result<CapsuleHandle, RuntimeError> {
+    /// Creates VM `s`, waiting up to `ready` for its agent.
+    pub(super) async fn create_vm(
+        &self,
+        s: &CapsuleSpec,
+        ready: Duration,
+    ) -> Result<CapsuleHandle, RuntimeError> {
         let id = s.id.as_str();
         if !valid_id(id) {
             return Err(host_err(
@@ -118,7 +123,7 @@ impl MicroVmRuntime {
             image::create_overlay(&base, &dir.join(DISK))
                 .await
                 .map_err(|e| host_err("create disk overlay", id, e))?;
-            let live = self.boot(&mut record, None).await?;
+            let live = self.boot(&mut record, None, ready).await?;
             if !run.services.is_empty() {
                 let agent = AgentClient::new(dir.join(AGENT_SOCKET_NAME));
                 let ip = record.net.capsule_ip();
@@ -141,6 +146,16 @@ impl MicroVmRuntime {
         let live = match started {
             Ok(live) => live,
             Err(e) => {
+                if matches!(e, RuntimeError::AgentNotReady { .. }) {
+                    let console =
+                        std::fs::read_to_string(dir.join(files::CONSOLE)).unwrap_or_default();
+                    let tail: Vec<&str> = console.lines().rev().take(20).collect();
+                    tracing::warn!(
+                        capsule = id,
+                        console = tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+                        "guest console of a boot that did not reach the agent"
+                    );
+                }
                 if let Err(ce) = self.teardown(&record).await {
                     tracing::error!(capsule = id, error = %ce, "cleanup after failed create");
                 }
@@ -178,6 +193,7 @@ impl MicroVmRuntime {
         &self,
         record: &mut VmRecord,
         incoming: Option<String>,
+        ready: Duration,
     ) -> Result<Live, RuntimeError> {
         let id = record.id.clone();
         let id = id.as_str();
@@ -235,14 +251,12 @@ impl MicroVmRuntime {
         let relay = relay::Relay::start(&dir.join(files::SERIAL), &dir.join(AGENT_SOCKET_NAME))
             .map_err(|e| host_err("start agent relay", id, e))?;
         let w = watch.clone();
-        health::wait_ready(&dir.join(AGENT_SOCKET_NAME), READY_TIMEOUT, move || {
-            w.alive()
-        })
-        .await
-        .map_err(|waited| RuntimeError::AgentNotReady {
-            id: id.to_owned(),
-            waited_ms: waited.as_millis() as u64,
-        })?;
+        health::wait_ready(&dir.join(AGENT_SOCKET_NAME), ready, move || w.alive())
+            .await
+            .map_err(|waited| RuntimeError::AgentNotReady {
+                id: id.to_owned(),
+                waited_ms: waited.as_millis() as u64,
+            })?;
         Ok(Live {
             watch,
             relay: Arc::new(relay),
@@ -314,7 +328,7 @@ impl MicroVmRuntime {
         } else {
             format!("exec:cat {}", state.display())
         };
-        let live = match self.boot(&mut record, Some(uri)).await {
+        let live = match self.boot(&mut record, Some(uri), READY_TIMEOUT).await {
             Ok(l) => l,
             Err(e) => {
                 // Back to paused: the state file is still there.
