@@ -80,6 +80,9 @@ mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts -o gid=5,mode=0620,ptmxmode=0666 devpts /newroot/dev/pts
 mount -t tmpfs -o mode=1777,nosuid,nodev shm /newroot/dev/shm
 echo "wrenn-init: starting agent"
+# The open-file limit of a container capsule (the kernel's default 1024 caps the agent's
+# process table: every process holds pipes).
+ulimit -n @NOFILE@
 exec switch_root /newroot /.wrenn/wrenn-agent --listen-serial @PORT@
 "#;
 
@@ -115,6 +118,7 @@ pub fn init_script(port: &str) -> String {
     INIT_SCRIPT
         .replace("@MODULES@", &MODULES.join(" "))
         .replace("@PORT@", port)
+        .replace("@NOFILE@", &crate::container::CAPSULE_NOFILE.to_string())
 }
 
 /// Writes the initramfs (newc cpio, uncompressed: faster to unpack under TCG) to `out`.
@@ -256,6 +260,7 @@ mod tests {
         let s = init_script("agent");
         assert!(s.contains("for m in virtio_ring virtio virtio_mmio "));
         assert!(s.ends_with("--listen-serial agent\n"));
+        assert!(s.contains("ulimit -n 65536\n"));
         assert!(!s.contains('@'));
     }
 
