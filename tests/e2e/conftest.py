@@ -471,10 +471,11 @@ def _warm_up_templates(srv: WrennServer) -> None:
 
 @pytest.fixture(autouse=True)
 def _server_log_on_failure(request: pytest.FixtureRequest, server: WrennServer) -> Iterator[None]:
-    """Attach the tail of the server log to every failing test's report."""
+    """Attach the tail of the server log to every failing test's report (a failed fixture's
+    too: a capsule that did not start)."""
     yield
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
+    reps = (getattr(request.node, f"rep_{when}", None) for when in ("setup", "call"))
+    if any(rep is not None and rep.failed for rep in reps):
         print(server.log_tail(40))
 
 

@@ -214,3 +214,13 @@ def test_full_snapshot_is_refused_on_the_container_runtime(wrenn_client, make_ca
     finally:
         with contextlib.suppress(WrennNotFoundError):
             wrenn_client.snapshots.delete(name)
+
+
+def test_root_filesystem_is_the_disk_limit(capsule, api):
+    """The guest's `/` is as large as the capsule's disk limit (writing past it is ENOSPC in
+    the guest: the runtime's root test fills a small one)."""
+    limit_mb = api.get(f"/v1/capsules/{capsule.capsule_id}").json()["disk_size_mb"]
+    assert limit_mb > 0
+    size_kib = int(_sh(capsule, "df -k / | tail -n 1").split()[1])
+    # ext4 keeps a few percent for its journal and tables.
+    assert limit_mb * 1024 * 0.9 < size_kib <= limit_mb * 1024, (size_kib, limit_mb)

@@ -305,7 +305,7 @@ def test_stream_1gib_round_trip_constant_memory(capsule, server):
     sampler = RssSampler(server.pid)
     try:
         capsule.files.upload_stream(path, source())
-        size = capsule.commands.run(f"wc -c < {path}").stdout.strip()
+        size = capsule.commands.run(f"stat -c %s {path}").stdout.strip()
         assert size == str(GIB), size
 
         down_hash = hashlib.sha256()

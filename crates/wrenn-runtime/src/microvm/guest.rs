@@ -6,7 +6,7 @@
 //! With `wrenn.probe=1` on the command line the init script only says `wrenn-init: probe ok`
 //! and powers off (the accelerator probe, see `MicroVmRuntime::probe_boot`). Otherwise it
 //! loads the modules (order matters: `virtio_ring` before `virtio`), mounts the
-//! root disk `/dev/vda`, sets the hostname and network from the kernel command line
+//! root disk `/dev/vda` (`noinit_itable`: see `image`), sets the hostname and network from the kernel command line
 //! (`wrenn.host=`, `wrenn.ip=`, `wrenn.gw=`, `wrenn.dns=` for `/etc/resolv.conf`), puts the agent on a read-only tmpfs at
 //! `/.wrenn`, moves `/dev`, `/proc`, `/sys` into the new root with `devpts` and `/dev/shm`, and
 //! `switch_root`s to the agent as PID 1, serving on the virtio-serial port.
@@ -47,7 +47,7 @@ if grep -q wrenn.probe=1 /proc/cmdline; then echo "wrenn-init: probe ok"; powero
 for m in @MODULES@; do insmod /lib/modules/$m.ko || echo "wrenn-init: insmod $m failed"; done
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 1000 ]; do usleep 10000; i=$((i+1)); done
-mount -t ext4 -o noatime /dev/vda /newroot || { echo "wrenn-init: no root disk"; exit 1; }
+mount -t ext4 -o noatime,noinit_itable /dev/vda /newroot || { echo "wrenn-init: no root disk"; exit 1; }
 for p in $(cat /proc/cmdline); do
   case "$p" in
     wrenn.host=*) host="${p#wrenn.host=}" ;;
@@ -81,6 +81,9 @@ mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts -o gid=5,mode=0620,ptmxmode=0666 devpts /newroot/dev/pts
 mount -t tmpfs -o mode=1777,nosuid,nodev shm /newroot/dev/shm
 echo "wrenn-init: starting agent"
+# The open-file limit of a container capsule (the kernel's default 1024 caps the agent's
+# process table: every process holds pipes).
+ulimit -n @NOFILE@
 exec switch_root /newroot /.wrenn/wrenn-agent --listen-serial @PORT@
 "#;
 
@@ -116,6 +119,7 @@ pub fn init_script(port: &str) -> String {
     INIT_SCRIPT
         .replace("@MODULES@", &MODULES.join(" "))
         .replace("@PORT@", port)
+        .replace("@NOFILE@", &crate::container::CAPSULE_NOFILE.to_string())
 }
 
 /// Writes the initramfs (newc cpio, uncompressed: faster to unpack under TCG) to `out`.
@@ -257,6 +261,7 @@ mod tests {
         let s = init_script("agent");
         assert!(s.contains("for m in virtio_ring virtio virtio_mmio "));
         assert!(s.ends_with("--listen-serial agent\n"));
+        assert!(s.contains("ulimit -n 65536\n"));
         assert!(!s.contains('@'));
     }
 

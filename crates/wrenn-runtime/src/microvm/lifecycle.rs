@@ -50,16 +50,24 @@ impl MicroVmRuntime {
         self.inner.cfg.data_dir.join("microvm")
     }
 
-    pub(super) async fn create_vm(&self, s: &CapsuleSpec) -> Result<CapsuleHandle, RuntimeError> {
+    /// Creates capsule `s` (a clone of its template's warm image where there is one), waiting
+    /// up to `ready` for its agent.
+    pub(super) async fn create_vm(
+        &self,
+        s: &CapsuleSpec,
+        ready: Duration,
+    ) -> Result<CapsuleHandle, RuntimeError> {
         let start = self.start_of(s).await?;
-        self.create_vm_from(s, start).await
+        self.create_vm_from(s, start, ready).await
     }
 
-    /// Creates capsule `s` booting cold or as a clone of a saved machine ([`Start`]).
+    /// Creates capsule `s` booting cold or as a clone of a saved machine ([`Start`]), waiting
+    /// up to `ready` for its agent.
     pub(super) async fn create_vm_from(
         &self,
         s: &CapsuleSpec,
         start: Start,
+        ready: Duration,
     ) -> Result<CapsuleHandle, RuntimeError> {
         let id = s.id.as_str();
         if !valid_id(id) {
@@ -83,11 +91,12 @@ impl MicroVmRuntime {
         self.inner.templates.ensure(template).await?;
         let run = self.inner.templates.run_config(template)?;
         let tdir = self.inner.templates.dir_of(template);
+        let disk_mb = s.disk_mb;
         let base = if let Start::Clone(saved) = &start {
             saved.disk.clone()
         } else {
             let _g = self.inner.image_lock.lock().await;
-            tokio::task::spawn_blocking(move || image::ensure_image(&tdir))
+            tokio::task::spawn_blocking(move || image::ensure_image(&tdir, disk_mb))
                 .await
                 .map_err(|e| host_err("make template image", id, e))?
                 .map_err(|e| host_err("make template image", id, e))?
@@ -132,7 +141,7 @@ impl MicroVmRuntime {
             }
             .map_err(|e| host_err("create disk overlay", id, e))?;
             let live = self
-                .boot(&mut record, start.ram(), start.incoming())
+                .boot(&mut record, start.ram(), start.incoming(), ready)
                 .await?;
             // A clone's services run already: they were saved running.
             if matches!(start, Start::Cold { .. }) && !run.services.is_empty() {
@@ -157,6 +166,16 @@ impl MicroVmRuntime {
         let live = match started {
             Ok(live) => live,
             Err(e) => {
+                if matches!(e, RuntimeError::AgentNotReady { .. }) {
+                    let console =
+                        std::fs::read_to_string(dir.join(files::CONSOLE)).unwrap_or_default();
+                    let tail: Vec<&str> = console.lines().rev().take(20).collect();
+                    tracing::warn!(
+                        capsule = id,
+                        console = tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+                        "guest console of a boot that did not reach the agent"
+                    );
+                }
                 if let Err(ce) = self.teardown(&record).await {
                     tracing::error!(capsule = id, error = %ce, "cleanup after failed create");
                 }
@@ -197,6 +216,7 @@ impl MicroVmRuntime {
         record: &mut VmRecord,
         ram: Ram,
         incoming: Option<String>,
+        ready: Duration,
     ) -> Result<Live, RuntimeError> {
         let id = record.id.clone();
         let id = id.as_str();
@@ -274,14 +294,12 @@ impl MicroVmRuntime {
             .start_relay(record)
             .map_err(|e| host_err("start agent relay", id, e))?;
         let w = watch.clone();
-        health::wait_ready(&dir.join(AGENT_SOCKET_NAME), READY_TIMEOUT, move || {
-            w.alive()
-        })
-        .await
-        .map_err(|waited| RuntimeError::AgentNotReady {
-            id: id.to_owned(),
-            waited_ms: waited.as_millis() as u64,
-        })?;
+        health::wait_ready(&dir.join(AGENT_SOCKET_NAME), ready, move || w.alive())
+            .await
+            .map_err(|waited| RuntimeError::AgentNotReady {
+                id: id.to_owned(),
+                waited_ms: waited.as_millis() as u64,
+            })?;
         Ok(Live {
             watch,
             relay: Arc::new(relay),
@@ -356,7 +374,7 @@ impl MicroVmRuntime {
         } else {
             Ram::Default
         };
-        let live = match self.boot(&mut record, ram, Some(uri)).await {
+        let live = match self.boot(&mut record, ram, Some(uri), READY_TIMEOUT).await {
             Ok(l) => l,
             Err(e) => {
                 // Back to paused: the state file is still there.

@@ -110,7 +110,8 @@ impl MicroVmRuntime {
             path: out.join(RAM),
             share: true,
         };
-        self.create_vm_from(&spec, Start::Cold { ram }).await?;
+        self.create_vm_from(&spec, Start::Cold { ram }, super::READY_TIMEOUT)
+            .await?;
         let saved = self.save_warm(&id, out).await;
         let vm = self.lock().remove(&id);
         if let Some(vm) = vm {

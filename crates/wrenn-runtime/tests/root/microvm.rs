@@ -5,6 +5,7 @@
 //! Skipped (passing) when `qemu-system-x86_64` or the prepared guest kernel
 //! (`scripts/microvm-kernel.sh`) is missing.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -151,6 +152,65 @@ fn qemu_running(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|c| c.starts_with("wrenn-") || c.starts_with("qemu"))
         .unwrap_or(false)
+}
+
+/// The guest's root filesystem is the capsule's disk limit: `df /` shows it, writing past it
+/// fails with ENOSPC inside the guest, and the host holds no more than the limit for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn microvm_disk_is_the_disk_limit() {
+    if !usable("microvm_disk_is_the_disk_limit") {
+        return;
+    }
+    const LIMIT_MB: u64 = 320;
+    let scratch = Scratch::new("microvm-disk");
+    let data = scratch.path().join("data");
+    let rt = runtime(&data, false);
+    let guard = Guard::new(&rt);
+    let spec = common::spec("busybox", NetworkMode::Isolated, 256, 128, LIMIT_MB as u32);
+    let id = spec.id.clone();
+    guard.track(&id);
+    let t0 = Instant::now();
+    let h = rt.create(&spec).await.expect("create");
+    let boot = t0.elapsed();
+    let agent = AgentClient::new(h.agent.clone());
+
+    let r = sh(&agent, "df -k / | tail -n 1").await;
+    let size_kib: u64 = r
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("df: {r:?}"));
+    // ext4 keeps a few percent for its journal and tables.
+    assert!(
+        size_kib > (LIMIT_MB << 10) * 9 / 10 && size_kib <= LIMIT_MB << 10,
+        "df / says {size_kib} KiB for a {LIMIT_MB} MiB limit"
+    );
+
+    let r = sh(
+        &agent,
+        "dd if=/dev/zero of=/root/big bs=1M count=400 2>&1; echo rc=$?; sync",
+    )
+    .await;
+    assert!(r.stdout.contains("No space left on device"), "{r:?}");
+    assert!(!r.stdout.contains("rc=0"), "{r:?}");
+    let disk = data.join("microvm/capsules").join(&id).join("disk.qcow2");
+    let held = std::fs::metadata(&disk).expect("disk").blocks() * 512;
+    assert!(
+        held <= (LIMIT_MB + 16) << 20,
+        "the overlay holds {held} bytes"
+    );
+
+    // The guest keeps working, and freeing space makes writes work again.
+    let r = sh(&agent, "rm /root/big && echo data > /root/f && cat /root/f").await;
+    assert_eq!(r.stdout, "data\n", "{r:?}");
+    eprintln!(
+        "microvm disk: boot to agent with a {LIMIT_MB} MiB disk {:.0} ms, overlay after filling it {} MiB",
+        boot.as_secs_f64() * 1e3,
+        held >> 20
+    );
+    rt.destroy(&id).await.expect("destroy");
+    assert_eq!(vm_leftovers(&data, &id), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
