@@ -52,6 +52,11 @@ def _sh(cap: Capsule, script: str) -> str:
     return r.stdout
 
 
+def test_the_guest_knows_and_resolves_its_own_name(capsule):
+    out = _sh(capsule, "hostname; cat /etc/hostname; ping -c 1 -W 5 $(hostname) >/dev/null && echo resolves")
+    assert out.split() == [capsule.capsule_id, capsule.capsule_id, "resolves"], out
+
+
 def test_capsule_is_a_guest_with_its_own_kernel(capsule, server):
     kernel = _sh(capsule, "uname -r").strip()
     assert kernel.endswith("-cloud-amd64"), kernel
@@ -163,6 +168,9 @@ def test_full_snapshot_keeps_processes_memory_and_gives_clones_their_own_identit
             # Its own machine: hostname, machine id, RNG state.
             host, mid, rnd = _sh(c, "hostname; cat /etc/machine-id; head -c 16 /dev/urandom | od -An -tx1 | tr -d \" \\n\"").split()
             assert host == c.capsule_id
+            # ... and the name in its files resolves to the guest itself (sudo needs it).
+            named = _sh(c, "cat /etc/hostname; ping -c 1 -W 5 $(hostname) >/dev/null && echo resolves")
+            assert named.split() == [c.capsule_id, "resolves"], named
             seen.append((mid, rnd))
             # Its own address: the saved httpd answers through the port proxy, which dials the
             # clone's address.

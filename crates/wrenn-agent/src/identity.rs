@@ -38,6 +38,8 @@ pub async fn apply(id: &SerialIdentity, reaper: &Reaper) {
         if let Err(e) = nix::unistd::sethostname(&id.hostname) {
             tracing::warn!(error = %e, "cannot set the hostname");
         }
+        replace_file("/etc/hostname", &format!("{}\n", id.hostname));
+        replace_file("/etc/hosts", &wrenn_types::agent::etc_hosts(&id.hostname));
     }
     if last.machine_id != id.machine_id {
         replace_file("/etc/machine-id", &format!("{}\n", id.machine_id));

@@ -74,6 +74,14 @@ impl SerialSync {
     }
 }
 
+/// A capsule's `/etc/hosts`: loopback names and its own hostname (`127.0.1.1`, as Debian does),
+/// so programs that resolve the machine's name (`sudo`, `hostname -f`) find it.
+pub fn etc_hosts(hostname: &str) -> String {
+    format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+    )
+}
+
 /// What makes a guest this capsule and no other, as a line the host writes before
 /// [`SERIAL_MUX_HELLO`] on every connect (after the [`SerialSync`] line; older guests discard
 /// it). A guest restored from a snapshot or cloned from a warm template carries the identity

@@ -235,12 +235,7 @@ impl CapsuleDirs {
         }
         // debootstrap copies the host's hostname into a template: the capsule gets its own.
         std::fs::write(etc.join("hostname"), format!("{id}\n"))?;
-        std::fs::write(
-            etc.join("hosts"),
-            format!(
-                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{id}\n"
-            ),
-        )?;
+        std::fs::write(etc.join("hosts"), wrenn_types::agent::etc_hosts(id))?;
         sys::lchown(&etc.join("hostname"), base, base)?;
         sys::lchown(&etc.join("hosts"), base, base)?;
         if let Some(conf) = host_conf.and_then(capsule_resolv_conf) {

@@ -60,6 +60,12 @@ if [ -n "$host" ]; then
   hostname "$host"
   # The capsule's own machine id (the template image's is every capsule's otherwise).
   [ -d /newroot/etc ] && echo -n "$host" | md5sum | cut -c1-32 > /newroot/etc/machine-id
+  # Its own name, resolvable (as wrenn_types::agent::etc_hosts writes it after a restore).
+  if [ -d /newroot/etc ]; then
+    rm -f /newroot/etc/hostname /newroot/etc/hosts
+    echo "$host" > /newroot/etc/hostname
+    printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t%s\n' "$host" > /newroot/etc/hosts
+  fi
 fi
 ip link set lo up
 if [ -n "$addr" ]; then
