@@ -104,17 +104,31 @@ fn make_image(tree: &Path, out: &Path, disk_mb: u32) -> anyhow::Result<()> {
 
 /// Creates the qcow2 overlay `disk` over the raw image `base`.
 pub async fn create_overlay(base: &Path, disk: &Path) -> anyhow::Result<()> {
+    run_qemu_img(&[
+        "create".as_ref(),
+        "-q".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-F".as_ref(),
+        "raw".as_ref(),
+        "-b".as_ref(),
+        base.as_os_str(),
+        disk.as_os_str(),
+    ])
+    .await
+}
+
+/// Runs `qemu-img` with `args`; its stderr is the error when it fails.
+pub(super) async fn run_qemu_img(args: &[&std::ffi::OsStr]) -> anyhow::Result<()> {
     let out = tokio::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-        .arg(base)
-        .arg(disk)
+        .args(args)
         .stdin(Stdio::null())
         .output()
         .await
         .context("spawn qemu-img")?;
     if !out.status.success() {
         bail!(
-            "qemu-img create failed: {}",
+            "qemu-img failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }

@@ -223,14 +223,7 @@ impl MicroVmRuntime {
         let dir = self.capsule_dir(id);
         let host_net = self.inner.host_net.get().cloned().unwrap_or_default();
         let net_args = if record.net.netns_path().exists() {
-            match (
-                record.net.slot,
-                record.net.capsule_ip(),
-                record.net.host_ip(),
-            ) {
-                (Some(slot), Some(a), Some(g)) => Some(net::net_args(slot, a, g, &host_net)),
-                _ => None,
-            }
+            self.net_args_of(record)
         } else {
             net::create(&record.net, &host_net)
                 .await

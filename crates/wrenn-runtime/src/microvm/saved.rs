@@ -12,13 +12,13 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::image::run_qemu_img;
 use super::qemu::Ram;
 use super::{qmp, MicroVmRuntime};
 use crate::{CapsuleSpec, RuntimeError, Source};
@@ -183,22 +183,6 @@ pub async fn flatten(disk: &Path, out: &Path) -> anyhow::Result<()> {
         out.as_os_str(),
     ])
     .await
-}
-
-async fn run_qemu_img(args: &[&std::ffi::OsStr]) -> anyhow::Result<()> {
-    let out = tokio::process::Command::new("qemu-img")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .context("spawn qemu-img")?;
-    if !out.status.success() {
-        bail!(
-            "qemu-img failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 /// Starts loading a `-incoming defer` VM from `uri`, its RAM being the private mapping of the
