@@ -572,7 +572,7 @@ pub(crate) fn mount_ext4_detached(dev: &Path) -> io::Result<OwnedFd> {
     owned_fd(mnt)
 }
 
-/// Attaches the detached mount `mnt` (see [`mount_ext4_detached`]) at `target`
+/// Attaches the detached mount `mnt` (from [`mount_ext4_detached`] or `open_tree`) at `target`
 /// (move_mount(2)).
 pub(crate) fn attach_mount(mnt: &OwnedFd, target: &Path) -> io::Result<()> {
     let dst = std::ffi::CString::new(target.as_os_str().as_bytes())?;
@@ -729,7 +729,6 @@ pub(crate) fn mount_idmapped(
     target: &Path,
 ) -> io::Result<()> {
     let src = std::ffi::CString::new(source.as_os_str().as_bytes())?;
-    let dst = std::ffi::CString::new(target.as_os_str().as_bytes())?;
     let empty = c"";
     // SAFETY: `src` is a NUL-terminated path that outlives the call; open_tree returns a new
     // fd or -1 and keeps no pointer.
@@ -768,22 +767,7 @@ pub(crate) fn mount_idmapped(
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: `tree` is an open mount fd, `empty` and `dst` NUL-terminated strings that outlive
-    // the call; move_mount keeps no pointer.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_FDCWD,
-            dst.as_ptr(),
-            libc::MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    attach_mount(&tree, target)
 }
 
 /// Bind-mounts `source` at `target` (recursively with `recursive`), then makes it read-only,

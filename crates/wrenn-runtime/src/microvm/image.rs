@@ -102,15 +102,16 @@ fn make_image(tree: &Path, out: &Path, disk_mb: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates the qcow2 overlay `disk` over the raw image `base`.
-pub async fn create_overlay(base: &Path, disk: &Path) -> anyhow::Result<()> {
+/// Creates the qcow2 overlay `disk` over the image `base`, whose format is `base_format`
+/// (`raw` for a template image, `qcow2` for a saved machine's disk).
+pub async fn create_overlay(base: &Path, base_format: &str, disk: &Path) -> anyhow::Result<()> {
     run_qemu_img(&[
         "create".as_ref(),
         "-q".as_ref(),
         "-f".as_ref(),
         "qcow2".as_ref(),
         "-F".as_ref(),
-        "raw".as_ref(),
+        base_format.as_ref(),
         "-b".as_ref(),
         base.as_os_str(),
         disk.as_os_str(),

@@ -135,11 +135,13 @@ impl MicroVmRuntime {
             record
                 .save(&dir.join(RECORD))
                 .map_err(|e| host_err("write vm.json", id, e))?;
-            match &start {
-                Start::Clone(_) => saved::create_overlay(&base, &dir.join(DISK)).await,
-                Start::Cold { .. } => image::create_overlay(&base, &dir.join(DISK)).await,
-            }
-            .map_err(|e| host_err("create disk overlay", id, e))?;
+            let base_format = match &start {
+                Start::Clone(_) => "qcow2",
+                Start::Cold { .. } => "raw",
+            };
+            image::create_overlay(&base, base_format, &dir.join(DISK))
+                .await
+                .map_err(|e| host_err("create disk overlay", id, e))?;
             let live = self
                 .boot(&mut record, start.ram(), start.incoming(), ready)
                 .await?;

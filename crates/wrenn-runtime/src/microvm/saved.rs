@@ -155,22 +155,6 @@ impl MicroVmRuntime {
     }
 }
 
-/// Creates the qcow2 overlay `disk` over the qcow2 image `base`.
-pub async fn create_overlay(base: &Path, disk: &Path) -> anyhow::Result<()> {
-    run_qemu_img(&[
-        "create".as_ref(),
-        "-q".as_ref(),
-        "-f".as_ref(),
-        "qcow2".as_ref(),
-        "-F".as_ref(),
-        "qcow2".as_ref(),
-        "-b".as_ref(),
-        base.as_os_str(),
-        disk.as_os_str(),
-    ])
-    .await
-}
-
 /// Copies the disk chain ending in `disk` into one qcow2 image `out` with no backing file (so
 /// it outlives the capsule and its template). `-U`: the (stopped) QEMU holds the image lock.
 pub async fn flatten(disk: &Path, out: &Path) -> anyhow::Result<()> {

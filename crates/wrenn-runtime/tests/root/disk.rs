@@ -29,26 +29,10 @@ async fn writing_past_the_disk_limit_fails_inside_the_capsule_only() {
     let t = TestRuntime::new();
     let c = t.capsule_disk("busybox", NetworkMode::Isolated, 64).await;
     let dir = capsule_dir(&t, c.id());
-    let line = mount_line(&dir.join("disk")).expect("disk mounted");
-    assert!(line.contains("nosuid") && line.contains("nodev"), "{line}");
-    assert!(line.contains(" ext4 /dev/loop"), "{line}");
-
-    let r = sh(
-        &c,
-        "dd if=/dev/zero of=/root/big bs=1M count=200; echo rc=$?",
-    )
-    .await;
-    let out = format!("{}{}", r.stdout, r.stderr);
-    assert!(out.contains("No space left on device"), "{out}");
+    let out = fill_its_64_mib_disk(&c, &dir).await;
     assert!(!out.contains("rc=0"), "{out}");
-    // What the capsule wrote stayed within its 64 MiB image on the host.
     let image = std::fs::metadata(dir.join("disk.img")).expect("image");
     assert_eq!(image.len(), 64 << 20);
-    assert!(
-        image.blocks() * 512 <= 64 << 20,
-        "{} bytes",
-        image.blocks() * 512
-    );
     let size: u64 = sh(&c, "wc -c < /root/big")
         .await
         .stdout
@@ -129,22 +113,7 @@ async fn a_capsule_gets_an_armed_disk_from_the_pool_with_the_same_limits() {
     assert_eq!(taken.len(), 1, "one armed image taken: {taken:?}");
     // Its loop device follows the rename into the capsule dir.
     assert_eq!(loops_backed_by(&dir).len(), 1);
-    let line = mount_line(&dir.join("disk")).expect("disk mounted");
-    assert!(line.contains("nosuid") && line.contains("nodev"), "{line}");
-    assert!(line.contains(" ext4 /dev/loop"), "{line}");
-    let r = sh(
-        &c,
-        "dd if=/dev/zero of=/root/big bs=1M count=200; echo rc=$?",
-    )
-    .await;
-    let out = format!("{}{}", r.stdout, r.stderr);
-    assert!(out.contains("No space left on device"), "{out}");
-    let image = std::fs::metadata(dir.join("disk.img")).expect("image");
-    assert!(
-        image.blocks() * 512 <= 64 << 20,
-        "{} bytes",
-        image.blocks() * 512
-    );
+    fill_its_64_mib_disk(&c, &dir).await;
     // What the capsule wrote is on its disk, not on the host's filesystem.
     assert!(dir.join("disk/upper/root/big").exists());
 
@@ -248,4 +217,27 @@ async fn recover_readopts_a_capsule_with_a_disk_and_removes_unknown_ones_with_th
     assert_eq!(leftovers(&t.data_dir, &keep_id), Vec::<String>::new());
     rt2.wait_disk_pool_idle(std::time::Duration::from_secs(30));
     drop((keep, unknown));
+}
+
+/// Checks that capsule `c`'s disk (in `dir`) is a `nosuid,nodev` ext4 loop mount, writes 200 MiB
+/// into it until `ENOSPC`, and that what it wrote stayed within its 64 MiB image on the host;
+/// returns the writer's output (ending in `rc=<its exit code>`).
+async fn fill_its_64_mib_disk(c: &Capsule, dir: &Path) -> String {
+    let line = mount_line(&dir.join("disk")).expect("disk mounted");
+    assert!(line.contains("nosuid") && line.contains("nodev"), "{line}");
+    assert!(line.contains(" ext4 /dev/loop"), "{line}");
+    let r = sh(
+        c,
+        "dd if=/dev/zero of=/root/big bs=1M count=200; echo rc=$?",
+    )
+    .await;
+    let out = format!("{}{}", r.stdout, r.stderr);
+    assert!(out.contains("No space left on device"), "{out}");
+    let image = std::fs::metadata(dir.join("disk.img")).expect("image");
+    assert!(
+        image.blocks() * 512 <= 64 << 20,
+        "{} bytes",
+        image.blocks() * 512
+    );
+    out
 }

@@ -30,7 +30,8 @@ fn usable(test: &str) -> bool {
     true
 }
 
-fn runtime(data: &Path, compress: bool) -> MicroVmRuntime {
+/// A TCG runtime on `data`; `compress` its saved state, `warm` its templates.
+fn runtime(data: &Path, compress: bool, warm: bool) -> MicroVmRuntime {
     MicroVmRuntime::new(MicroVmConfig {
         data_dir: data.to_owned(),
         cache_dir: common::cache_dir(),
@@ -38,7 +39,7 @@ fn runtime(data: &Path, compress: bool) -> MicroVmRuntime {
         extra_recipes: None,
         accel: Accel::Tcg,
         compress_state: compress,
-        warm_templates: false,
+        warm_templates: warm,
     })
     .expect("microvm runtime")
 }
@@ -164,7 +165,7 @@ async fn microvm_disk_is_the_disk_limit() {
     const LIMIT_MB: u64 = 320;
     let scratch = Scratch::new("microvm-disk");
     let data = scratch.path().join("data");
-    let rt = runtime(&data, false);
+    let rt = runtime(&data, false, false);
     let guard = Guard::new(&rt);
     let spec = common::spec("busybox", NetworkMode::Isolated, 256, 128, LIMIT_MB as u32);
     let id = spec.id.clone();
@@ -220,7 +221,7 @@ async fn microvm_boots_execs_pauses_to_disk_resumes_and_leaves_nothing() {
     }
     let scratch = Scratch::new("microvm");
     let data = scratch.path().join("data");
-    let rt = runtime(&data, true);
+    let rt = runtime(&data, true, false);
     let guard = Guard::new(&rt);
     let spec = common::spec("busybox", NetworkMode::Isolated, 256, 128, 0);
     let id = spec.id.clone();
@@ -406,16 +407,7 @@ async fn warm_template_clones_are_each_their_own_machine_on_their_own_address() 
     use tokio::io::AsyncReadExt;
     let scratch = Scratch::new("microvm-warm");
     let data = scratch.path().join("data");
-    let rt = MicroVmRuntime::new(MicroVmConfig {
-        data_dir: data.clone(),
-        cache_dir: common::cache_dir(),
-        agent_binary: common::agent_binary(),
-        extra_recipes: None,
-        accel: Accel::Tcg,
-        compress_state: true,
-        warm_templates: true,
-    })
-    .expect("microvm runtime");
+    let rt = runtime(&data, true, true);
     let guard = Guard::new(&rt);
     let mut seen = Vec::new();
     for n in 0..2 {
