@@ -407,9 +407,9 @@ async fn select_runtime(
         return Ok(container_runtime(args)?);
     }
     let probe = microvm_runtime(args, Accel::Tcg);
-    let kvm = match &probe {
-        Ok(rt) => rt.probe_boot(Accel::Kvm, KVM_PROBE_BOUND).await,
-        Err(e) => Err(format!("{e:#}")),
+    let (kvm, remembered) = match &probe {
+        Ok(rt) => rt.probe_kvm(KVM_PROBE_BOUND).await,
+        Err(e) => (Err(format!("{e:#}")), false),
     };
     let kvm_boots = kvm.is_ok();
     let microvm: anyhow::Result<Arc<dyn Runtime>> = match (kvm, probe) {
@@ -417,12 +417,13 @@ async fn select_runtime(
             tracing::info!(
                 accel = "kvm",
                 boot_ms = took.as_millis() as u64,
+                remembered,
                 "microvm: accel=kvm (a KVM probe guest booted)"
             );
             Ok(Arc::new(microvm_runtime(args, Accel::Kvm)?))
         }
         (Err(why), Ok(rt)) => {
-            tracing::warn!(accel = "tcg", reason = %why,
+            tracing::warn!(accel = "tcg", reason = %why, remembered,
                 "microvm: accel=tcg (software emulation: guest CPU work is about 14x slower)");
             Ok(Arc::new(rt))
         }

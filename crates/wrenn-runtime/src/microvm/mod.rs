@@ -23,8 +23,9 @@
 //!
 //! # Limitations
 //! One accelerator per runtime (KVM or TCG, see [`MicroVmRuntime::probe_boot`]); a server
-//! serving containers too puts both behind [`crate::Runtimes`]. Snapshots keep
-//! files only (`snapshot`), as the container backend's. A capsule's disk limit is its root
+//! serving containers too puts both behind [`crate::Runtimes`]. A snapshot keeps the
+//! guest's memory and processes (`snapshot`), so capsules made from it keep its vCPUs and
+//! memory and need this backend. A capsule's disk limit is its root
 //! filesystem's size, the template's files included (see `image`).
 
 pub mod guest;
@@ -32,6 +33,7 @@ mod identity;
 pub mod image;
 mod lifecycle;
 mod net;
+mod probe;
 pub mod qemu;
 pub mod qmp;
 pub mod relay;
@@ -299,6 +301,20 @@ impl MicroVmRuntime {
                 accel.as_str()
             )),
         }
+    }
+
+    /// [`Self::probe_boot`] with KVM, unless this host already answered it since its last boot
+    /// with the same QEMU, guest kernel and `/dev/kvm` (see `probe`); `true` with a remembered
+    /// answer.
+    pub async fn probe_kvm(&self, bound: Duration) -> (Result<Duration, String>, bool) {
+        let cache = &self.inner.cfg.cache_dir;
+        let key = probe::ProbeKey::current(&self.inner.kernel.vmlinux);
+        if let Some(answer) = probe::recall(cache, &key) {
+            return (answer, true);
+        }
+        let answer = self.probe_boot(Accel::Kvm, bound).await;
+        probe::remember(cache, &key, &answer);
+        (answer, false)
     }
 
     /// The accelerator VMs run with.
