@@ -111,6 +111,56 @@ def test_destroy_leaves_nothing(make_capsule, server):
     assert not Path(f"/run/netns/{cid}").exists()
 
 
+def _host_links() -> set[str]:
+    return {p.name for p in Path("/sys/class/net").iterdir()}
+
+
+def _ends_in_error_leaving_nothing(cap: Capsule, server, how: str, links: set[str]) -> None:
+    cid = cap.capsule_id
+    poll(lambda: Capsule.get_info(cid).status == Status.error, timeout=60, what=f"error after {how}")
+    poll(lambda: not _qemu_pids(cid), timeout=30, what=f"no qemu after {how}")
+    poll(lambda: not _vm_dir(server, cid).exists(), timeout=30, what=f"no vm dir after {how}")
+    assert not Path(f"/run/netns/{cid}").exists(), how
+    assert _host_links() <= links, f"{how}: host links left: {_host_links() - links}"
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "host kill -9 of qemu",
+        "guest reboot -f",
+        "guest poweroff -f",
+        "guest kernel panic",
+    ],
+)
+def test_a_vm_that_dies_is_an_error_and_leaves_nothing(make_capsule, server, how):
+    """A guest's root can end its own VM (reboot, power off, panic) and the host can lose QEMU:
+    either way the capsule turns `error`, everything it held on the host is freed, and the
+    server serves the next capsule."""
+    links = _host_links()
+    # Not from make_capsule: an `error` capsule's destroy is a no-op, and `destroy(wait=True)`
+    # raises on `error` (contract §4.3, §5.4).
+    cap = Capsule(template=BUSYBOX, wait=True)
+    (pid,) = _qemu_pids(cap.capsule_id)
+    if how.startswith("host"):
+        os.kill(pid, 9)
+    else:
+        cmd = {
+            "guest reboot -f": "reboot -f",
+            "guest poweroff -f": "poweroff -f",
+            "guest kernel panic": "echo c > /proc/sysrq-trigger",
+        }[how]
+        # The answer may never come: the machine goes away under the command.
+        with contextlib.suppress(Exception):
+            cap.commands.run(f"sh -c '(sleep 0.3; {cmd}) >/dev/null 2>&1 &'", timeout=10)
+    try:
+        _ends_in_error_leaving_nothing(cap, server, how, links)
+    finally:
+        cap.destroy()
+    nxt = make_capsule(BUSYBOX)
+    assert _sh(nxt, "echo ok").strip() == "ok"
+
+
 # ── Full-state snapshots and clones ───────────────────────────────────────────
 
 
