@@ -111,6 +111,21 @@ def test_destroy_leaves_nothing(make_capsule, server):
     assert not Path(f"/run/netns/{cid}").exists()
 
 
+def test_a_guest_flooding_its_console_costs_the_host_no_disk(capsule, server):
+    """The guest's root writes its serial console without end: the console is a bounded ring
+    in QEMU, so nothing on the host grows (it was a file in the run dir)."""
+    d = _vm_dir(server, capsule.capsule_id)
+
+    def host_bytes() -> int:
+        return sum(f.stat().st_size for f in d.rglob("*") if f.is_file() and f.name != "disk.qcow2")
+
+    before = host_bytes()
+    out = _sh(capsule, "yes xxxxxxxxxxxxxxx | head -c 4194304 > /dev/ttyS0 && echo written")
+    assert out.strip() == "written"
+    assert host_bytes() - before < 64 * 1024, sorted((f.name, f.stat().st_size) for f in d.rglob("*"))
+    assert _sh(capsule, "echo alive").strip() == "alive"
+
+
 def _host_links() -> set[str]:
     return {p.name for p in Path("/sys/class/net").iterdir()}
 

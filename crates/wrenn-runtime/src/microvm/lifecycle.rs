@@ -169,8 +169,7 @@ impl MicroVmRuntime {
             Ok(live) => live,
             Err(e) => {
                 if matches!(e, RuntimeError::AgentNotReady { .. }) {
-                    let console =
-                        std::fs::read_to_string(dir.join(files::CONSOLE)).unwrap_or_default();
+                    let console = self.console(id).await;
                     let tail: Vec<&str> = console.lines().rev().take(20).collect();
                     tracing::warn!(
                         capsule = id,

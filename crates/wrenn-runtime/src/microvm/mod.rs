@@ -14,7 +14,7 @@
 //! data_dir/microvm/capsules/<id>/vm.json     what recovery reads
 //! data_dir/microvm/capsules/<id>/disk.qcow2  the capsule's writes over the template image
 //! data_dir/microvm/capsules/<id>/state       saved devices and memory while paused
-//! data_dir/microvm/capsules/<id>/{qmp,serial,agent}.sock, qemu.pid, console.log
+//! data_dir/microvm/capsules/<id>/{qmp,serial,agent}.sock, qemu.pid
 //! ```
 //!
 //! Pause stops the guest, migrates its state into a file (zstd by default) and ends QEMU, so a
@@ -315,6 +315,15 @@ impl MicroVmRuntime {
         let answer = self.probe_boot(Accel::Kvm, bound).await;
         probe::remember(cache, &key, &answer);
         (answer, false)
+    }
+
+    /// Capsule `id`'s guest console: its newest output while its QEMU runs, else empty.
+    pub async fn console(&self, id: &str) -> String {
+        let sock = self.capsule_dir(id).join(qemu::files::QMP);
+        match qmp::Qmp::connect(&sock).await {
+            Ok(mut q) => q.console().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
     }
 
     /// The accelerator VMs run with.

@@ -77,7 +77,7 @@ const RAM_ID: &str = "ram0";
 pub struct VmArgs {
     /// Capsule id; the guest's hostname.
     pub id: String,
-    /// The capsule's run directory: sockets, pid file, console log.
+    /// The capsule's run directory: sockets and pid file.
     pub dir: PathBuf,
     /// Uncompressed kernel.
     pub kernel: PathBuf,
@@ -109,9 +109,14 @@ pub mod files {
     pub const SERIAL: &str = "serial.sock";
     /// QEMU's pid file.
     pub const PID: &str = "qemu.pid";
-    /// Guest console output.
-    pub const CONSOLE: &str = "console.log";
 }
+
+/// The chardev holding the guest's serial console: a ring buffer in QEMU of [`CONSOLE_BYTES`]
+/// (read over QMP, see [`super::qmp::Qmp::console`]), never a host file, so a guest that writes
+/// its console without end costs the host no disk.
+pub const CONSOLE: &str = "console";
+/// Size of the [`CONSOLE`] ring: the newest output kept.
+pub const CONSOLE_BYTES: usize = 64 << 10;
 
 impl VmArgs {
     /// The kernel command line.
@@ -160,8 +165,10 @@ impl VmArgs {
             "-display".into(),
             "none".into(),
             "-no-reboot".into(),
+            "-chardev".into(),
+            format!("ringbuf,id={CONSOLE},size={CONSOLE_BYTES}"),
             "-serial".into(),
-            format!("file:{}", p(files::CONSOLE)),
+            format!("chardev:{CONSOLE}"),
             "-kernel".into(),
             self.kernel.display().to_string(),
             "-initrd".into(),
@@ -341,8 +348,13 @@ mod tests {
         );
         assert_eq!(
             value_of(&a, "-chardev"),
-            ["socket,id=agent,path=/r/cl-x/serial.sock,server=on,wait=off"]
+            [
+                "ringbuf,id=console,size=65536",
+                "socket,id=agent,path=/r/cl-x/serial.sock,server=on,wait=off"
+            ]
         );
+        // The console is a bounded ring in QEMU, never a host file the guest could grow.
+        assert_eq!(value_of(&a, "-serial"), ["chardev:console"]);
         assert!(value_of(&a, "-device").contains(&"virtserialport,chardev=agent,name=agent"));
         let cmdline = value_of(&a, "-append")[0];
         assert!(cmdline.contains("tsc_early_khz=2596140 tsc=reliable"));

@@ -116,6 +116,22 @@ impl Qmp {
         }
     }
 
+    /// The guest console's newest output (what is still in the ring, see
+    /// [`super::qemu::CONSOLE`]).
+    pub async fn console(&mut self) -> anyhow::Result<String> {
+        let v = self
+            .execute(
+                "ringbuf-read",
+                Some(json!({
+                    "device": super::qemu::CONSOLE,
+                    "size": super::qemu::CONSOLE_BYTES,
+                    "format": "utf8",
+                })),
+            )
+            .await?;
+        Ok(v.as_str().unwrap_or_default().to_owned())
+    }
+
     /// `query-status`'s `status` (`running`, `paused`, `inmigrate`, `postmigrate`, ...).
     pub async fn status(&mut self) -> anyhow::Result<String> {
         let v = self.execute("query-status", None).await?;

@@ -333,8 +333,7 @@ async fn microvm_boots_execs_pauses_to_disk_resumes_and_leaves_nothing() {
     let h2 = match rt.create(&s2).await {
         Ok(h) => h,
         Err(e) => {
-            let c = std::fs::read_to_string(rt.capsule_dir(&s2.id).join("console.log"))
-                .unwrap_or_default();
+            let c = rt.console(&s2.id).await;
             panic!("create from snapshot: {e:?}\nCONSOLE:\n{c}");
         }
     };
@@ -417,8 +416,7 @@ async fn warm_template_clones_are_each_their_own_machine_on_their_own_address() 
         let h = match rt.create(&spec).await {
             Ok(h) => h,
             Err(e) => {
-                let c = std::fs::read_to_string(rt.capsule_dir(&spec.id).join("console.log"))
-                    .unwrap_or_default();
+                let c = rt.console(&spec.id).await;
                 panic!("create clone {n}: {e:?}\nCONSOLE:\n{c}");
             }
         };
@@ -433,8 +431,7 @@ async fn warm_template_clones_are_each_their_own_machine_on_their_own_address() 
         .await;
         assert_eq!(r.exit_code, 0, "{r:?}");
         let lines: Vec<&str> = r.stdout.lines().collect();
-        let console = std::fs::read_to_string(rt.capsule_dir(&spec.id).join("console.log"))
-            .unwrap_or_default();
+        let console = rt.console(&spec.id).await;
         assert_eq!(lines[0], spec.id, "{r:?}\nCONSOLE:\n{console}");
         assert!(
             r.stdout.contains(&format!("inet {ip}/30")),
@@ -475,8 +472,7 @@ async fn warm_template_clones_are_each_their_own_machine_on_their_own_address() 
     let last = &seen[1].0;
     rt.pause(last).await.expect("pause clone");
     if let Err(e) = rt.resume(last).await {
-        let c =
-            std::fs::read_to_string(rt.capsule_dir(last).join("console.log")).unwrap_or_default();
+        let c = rt.console(last).await;
         panic!("resume clone: {e:?}\nCONSOLE:\n{c}");
     }
     let clone = AgentClient::new(rt.agent_endpoint(last));
