@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -109,6 +110,61 @@ def test_destroy_leaves_nothing(make_capsule, server):
     assert not _qemu_pids(cid)
     assert not _vm_dir(server, cid).exists()
     assert not Path(f"/run/netns/{cid}").exists()
+
+
+def _status(pid: int) -> dict[str, str]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        k, _, v = line.partition(":")
+        out[k] = v.strip()
+    return out
+
+
+def _as_uid(uid: int, *cmd: str) -> subprocess.CompletedProcess:
+    """``cmd`` with exactly the credentials of a confined QEMU: ``uid``:``uid``, no groups,
+    no capabilities."""
+    return subprocess.run(
+        ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
+         "--no-new-privs", *cmd],
+        capture_output=True, text=True, timeout=30,
+    )
+
+
+def test_qemu_is_an_unprivileged_confined_process_of_its_own(make_capsule, server):
+    """A guest that broke out into its QEMU would hold only QEMU's credentials: each VM's
+    QEMU runs as a host uid of its own (never root, no capabilities, no new privileges) under
+    QEMU's seccomp filter, and with those credentials the host's data, another VM's disk and
+    another VM's QEMU are out of reach. Resume starts QEMU the same way."""
+    a, b = make_capsule(BUSYBOX), make_capsule(BUSYBOX)
+    uid_of = {}
+    for cap in (a, b):
+        (pid,) = _qemu_pids(cap.capsule_id)
+        st = _status(pid)
+        uids, gids = set(st["Uid"].split()), set(st["Gid"].split())
+        assert len(uids) == 1 and gids == uids, st
+        uid = int(uids.pop())
+        assert uid >= 1 << 20, uid
+        assert int(st["CapEff"], 16) == 0 and int(st["CapPrm"], 16) == 0, st
+        assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2", st
+        uid_of[cap.capsule_id] = (uid, pid)
+    assert len({u for u, _ in uid_of.values()}) == 2, uid_of
+
+    (ua, _), (_, pid_b) = uid_of[a.capsule_id], uid_of[b.capsule_id]
+    disk_b = _vm_dir(server, b.capsule_id) / "disk.qcow2"
+    for target in (disk_b, _vm_dir(server, a.capsule_id) / "disk.qcow2", server.data_dir / "vm.json"):
+        r = _as_uid(ua, "head", "-c", "1", str(target))
+        assert r.returncode != 0 and ("Permission denied" in r.stderr or "No such file" in r.stderr), r
+    r = _as_uid(ua, "ls", str(server.data_dir))
+    assert r.returncode != 0 and "Permission denied" in r.stderr, r
+    r = _as_uid(ua, "kill", "-0", str(pid_b))
+    assert r.returncode != 0, f"uid {ua} could signal another VM's QEMU: {r}"
+
+    a.pause(wait=True)
+    a.resume(wait=True)
+    (pid,) = _qemu_pids(a.capsule_id)
+    st = _status(pid)
+    assert st["Uid"].split()[0] == str(ua) and st["Seccomp"] == "2", st
+    assert _sh(a, "echo back").strip() == "back"
 
 
 def test_a_guest_flooding_its_console_costs_the_host_no_disk(capsule, server):

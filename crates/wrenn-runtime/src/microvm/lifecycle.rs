@@ -5,16 +5,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use serde_json::json;
 use wrenn_agent_client::AgentClient;
 use wrenn_types::agent::AGENT_SOCKET_NAME;
 
 use super::qemu::{files, Ram, VmArgs};
-use super::saved::{self, Start};
+use super::saved::{self, Start, StateFile};
 use super::{host_err, image, net, qemu, qmp, Live, MicroVmRuntime, Vm, VmRecord, READY_TIMEOUT};
-use crate::container::health;
 use crate::container::net::{self as cnet, CapsuleNet};
 use crate::container::watch::InitWatch;
+use crate::container::{health, ids};
 use crate::{
     services, sys, AgentEndpoint, CapsuleHandle, CapsuleSpec, CapsuleState, NetworkMode,
     RecoveryReport, ResourceKind, RuntimeError, Source,
@@ -24,8 +23,6 @@ use crate::{
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long saving or loading a VM's state may take.
 const MIGRATE_TIMEOUT: Duration = Duration::from_secs(120);
-/// Migration bandwidth cap while pausing (QEMU's default, 128 MiB/s, quadruples pause time).
-const MIGRATE_BANDWIDTH: u64 = 10 << 30;
 /// Deadline of one TCP connect of a service's port probe.
 const PORT_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// The capsule's disk in its run dir.
@@ -123,9 +120,14 @@ impl MicroVmRuntime {
             paused: false,
             state_compressed: false,
             named_ram: start.ram() != Ram::Default,
+            ids: None,
         };
         let t0 = Instant::now();
         let started = async {
+            record.ids = Some(
+                ids::claim_range(&self.owner(), id)
+                    .map_err(|e| host_err("allocate host ids", id, e))?,
+            );
             if s.network == NetworkMode::Egress {
                 record.net.slot = Some(
                     cnet::claim_slot(&self.owner(), id)
@@ -216,7 +218,7 @@ impl MicroVmRuntime {
         &self,
         record: &mut VmRecord,
         ram: Ram,
-        incoming: Option<String>,
+        incoming: Option<StateFile>,
         ready: Duration,
     ) -> Result<Live, RuntimeError> {
         let id = record.id.clone();
@@ -230,9 +232,7 @@ impl MicroVmRuntime {
                 .await
                 .map_err(|e| host_err("create network", id, e))?
         };
-        let restoring = incoming.clone();
         let cow = matches!(ram, Ram::File { share: false, .. });
-        let incoming = incoming.map(|uri| if cow { "defer".to_owned() } else { uri });
         let args = VmArgs {
             id: id.to_owned(),
             dir: dir.clone(),
@@ -244,8 +244,9 @@ impl MicroVmRuntime {
             tsc_khz: self.inner.tsc_khz,
             accel: self.inner.cfg.accel,
             net: net_args,
-            incoming,
+            incoming: incoming.is_some(),
             ram,
+            run_as: record.ids.map(ids::host_base),
         };
         let pid = qemu::start(&args, Some(&record.net.netns_path()))
             .await
@@ -260,15 +261,13 @@ impl MicroVmRuntime {
             .save(&dir.join(RECORD))
             .map_err(|e| host_err("write vm.json", id, e))?;
         let watch = InitWatch::start(id, pid).map_err(|e| host_err("watch qemu", id, e))?;
-        if let Some(uri) = restoring {
-            if cow {
-                saved::migrate_incoming_shared(&dir.join(files::QMP), &uri)
-                    .await
-                    .map_err(|e| RuntimeError::Launch {
-                        id: id.to_owned(),
-                        source: e,
-                    })?;
-            }
+        if let Some(state) = incoming {
+            saved::migrate_in(&dir.join(files::QMP), &state, cow)
+                .await
+                .map_err(|e| RuntimeError::Launch {
+                    id: id.to_owned(),
+                    source: e,
+                })?;
             finish_incoming(&dir.join(files::QMP))
                 .await
                 .map_err(|e| RuntimeError::Launch {
@@ -358,17 +357,19 @@ impl MicroVmRuntime {
         let mut record = vm.record;
         let dir = self.capsule_dir(id);
         let state = dir.join(STATE);
-        let uri = if record.state_compressed {
-            format!("exec:zstd -q -dc {}", state.display())
-        } else {
-            format!("exec:cat {}", state.display())
+        let saved_state = StateFile {
+            path: state.clone(),
+            compressed: record.state_compressed,
         };
         let ram = if record.named_ram {
             Ram::Anon
         } else {
             Ram::Default
         };
-        let live = match self.boot(&mut record, ram, Some(uri), READY_TIMEOUT).await {
+        let live = match self
+            .boot(&mut record, ram, Some(saved_state), READY_TIMEOUT)
+            .await
+        {
             Ok(l) => l,
             Err(e) => {
                 // Back to paused: the state file is still there.
@@ -448,6 +449,9 @@ impl MicroVmRuntime {
         if let Some(slot) = record.net.slot {
             cnet::release_slot(slot);
         }
+        if let Some(range) = record.ids {
+            ids::release_range(range);
+        }
         let dir = self.capsule_dir(&record.id);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).context("remove capsule dir")?;
@@ -518,7 +522,13 @@ impl MicroVmRuntime {
                 }
             }
         }
-        // Slots claimed by a crashed run of this runtime for capsules that are gone.
+        // Id ranges and slots claimed by a crashed run of this runtime for capsules that are
+        // gone.
+        for (range, id) in ids::owned_ranges(&self.owner()) {
+            if !self.lock().contains_key(&id) {
+                ids::release_range(range);
+            }
+        }
         for (slot, id) in cnet::owned_slots(&self.owner()) {
             if !self.lock().contains_key(&id) {
                 let _ = net::destroy(&CapsuleNet {
@@ -584,44 +594,13 @@ pub(super) async fn save_state(
     compress: bool,
 ) -> anyhow::Result<()> {
     let mut q = qmp::Qmp::connect(qmp_sock).await?;
-    q.execute(
-        "migrate-set-parameters",
-        Some(json!({ "max-bandwidth": MIGRATE_BANDWIDTH })),
-    )
-    .await?;
     q.execute("stop", None).await?;
-    let tmp = state.with_extension("tmp");
-    let uri = if compress {
-        format!("exec:zstd -q -1 -T1 > {}", tmp.display())
-    } else {
-        format!("exec:cat > {}", tmp.display())
+    let tmp = StateFile {
+        path: state.with_extension("tmp"),
+        compressed: compress,
     };
-    q.execute("migrate", Some(json!({ "uri": uri }))).await?;
-    let t0 = Instant::now();
-    loop {
-        let (status, error) = q.migrate_status().await?;
-        match status.as_str() {
-            "completed" => break,
-            "failed" | "cancelled" => {
-                let _ = std::fs::remove_file(&tmp);
-                bail!("migration {status}: {}", error.unwrap_or_default());
-            }
-            _ if t0.elapsed() > MIGRATE_TIMEOUT => {
-                let _ = q.execute("migrate_cancel", None).await;
-                let _ = std::fs::remove_file(&tmp);
-                bail!("migration did not complete in {MIGRATE_TIMEOUT:?}");
-            }
-            _ => tokio::time::sleep(Duration::from_millis(5)).await,
-        }
-    }
-    // The exec'd writer may still be flushing when QEMU reports completion.
-    tokio::fs::File::open(&tmp)
-        .await
-        .context("open saved state")?
-        .sync_all()
-        .await
-        .context("sync saved state")?;
-    std::fs::rename(&tmp, state).context("rename saved state")?;
+    saved::migrate_out(&mut q, &tmp, false).await?;
+    std::fs::rename(&tmp.path, state).context("rename saved state")?;
     // QEMU answers `quit` and then exits; the connection closing is expected.
     let _ = q.execute("quit", None).await;
     Ok(())

@@ -119,6 +119,10 @@ pub(crate) struct VmRecord {
     /// Guest RAM is the named block of a clone ([`qemu::Ram::Anon`] when resumed).
     #[serde(default)]
     pub named_ram: bool,
+    /// Its host id range (`container::ids`): QEMU runs as the range's first uid and gid.
+    /// `None` in records of VMs started before QEMU was confined.
+    #[serde(default)]
+    pub ids: Option<u32>,
 }
 
 impl VmRecord {
@@ -542,6 +546,7 @@ mod tests {
             paused: true,
             state_compressed: true,
             named_ram: false,
+            ids: Some(7),
         };
         let p = std::env::temp_dir().join(format!("wrenn-vmrec-{}.json", std::process::id()));
         r.save(&p).expect("save");

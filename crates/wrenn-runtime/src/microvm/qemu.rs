@@ -95,8 +95,11 @@ pub struct VmArgs {
     pub accel: Accel,
     /// Network, if any.
     pub net: Option<NetArgs>,
-    /// `-incoming` URI when restoring a saved state (`defer`: given later over QMP).
-    pub incoming: Option<String>,
+    /// Restoring a saved state: QEMU waits for it (`-incoming defer`; handed over QMP).
+    pub incoming: bool,
+    /// Host uid and gid QEMU drops to once set up (see [`confinement`]); `None` runs it as
+    /// root (VMs recorded before confinement).
+    pub run_as: Option<u32>,
     /// Guest RAM.
     pub ram: Ram,
 }
@@ -178,7 +181,10 @@ impl VmArgs {
             "-drive".into(),
             format!(
                 "id=root,file={},format=qcow2,if=none,cache=unsafe,discard=unmap",
-                self.disk.display()
+                match self.run_as {
+                    Some(_) => format!("/dev/fdset/{DISK_FDSET},file.locking=off"),
+                    None => self.disk.display().to_string(),
+                }
             ),
             "-device".into(),
             "virtio-blk-device,drive=root".into(),
@@ -224,11 +230,45 @@ impl VmArgs {
                 ),
             ]),
         }
-        if let Some(uri) = &self.incoming {
-            a.extend(["-incoming".into(), uri.clone()]);
+        if self.incoming {
+            a.extend(["-incoming".into(), "defer".into()]);
+        }
+        if let Some(id) = self.run_as {
+            a.extend(confinement(id));
         }
         a
     }
+}
+
+/// The fd set QEMU finds the capsule's disk in when confined ([`confinement`]): it opens the
+/// disk again after it has dropped root (read-only when a migration ends, read-write when
+/// the guest runs on), and the set holds both, opened by us at start ([`DISK_FDS`]). Image
+/// locking is off for it: the set keeps both open file descriptions, and with them the
+/// locks QEMU took on each, so its own locks would block it. The overlay is the capsule's
+/// alone; only the runtime reads it beside QEMU (`qemu-img -U`, while the VM is stopped).
+const DISK_FDSET: u32 = 1;
+/// The fds QEMU inherits the disk on: read-write, then read-only.
+const DISK_FDS: [i32; 2] = [3, 4];
+
+/// How QEMU is confined: it opens its devices, disk, RAM file, tap and sockets as root and
+/// then, before the guest runs, drops to host uid and gid `id` (`-runas`: no capabilities, no
+/// new privileges; every VM has its own id, see `container::ids`) under QEMU's own seccomp
+/// filter (`-sandbox`: obsolete and resource-control system calls denied). A guest that breaks
+/// out into QEMU is an unprivileged process that cannot open the host's files, signal
+/// another VM or raise its priority. Saved states move through fds it is handed over QMP
+/// (see `saved`), so it never needs a host path after start. Forks stay allowed: QEMU
+/// daemonizes after the filter is set.
+pub fn confinement(id: u32) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "-runas".into(),
+        format!("{id}:{id}"),
+        "-sandbox".into(),
+        "on,obsolete=deny,resourcecontrol=deny".into(),
+    ];
+    for fd in DISK_FDS {
+        a.extend(["-add-fd".into(), format!("fd={fd},set={DISK_FDSET}")]);
+    }
+    a
 }
 
 /// Arguments of a probe boot: kernel and initramfs only, console on stdout, `wrenn.probe=1`.
@@ -275,6 +315,20 @@ pub async fn start(args: &VmArgs, netns: Option<&Path>) -> anyhow::Result<i32> {
         }
         None => tokio::process::Command::new(QEMU),
     };
+    if args.run_as.is_some() {
+        let rw = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&args.disk)
+            .with_context(|| format!("open {}", args.disk.display()))?;
+        let ro = std::fs::File::open(&args.disk)
+            .with_context(|| format!("open {}", args.disk.display()))?;
+        let fds = [rw, ro].map(std::os::fd::OwnedFd::from);
+        // SAFETY: between fork and exec only fcntl and dup2, which are async-signal-safe, run.
+        unsafe {
+            cmd.pre_exec(move || inherit_as(&fds, &DISK_FDS));
+        }
+    }
     cmd.args(args.to_args())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -294,6 +348,29 @@ pub async fn start(args: &VmArgs, netns: Option<&Path>) -> anyhow::Result<i32> {
         );
     }
     read_pid(&pidfile)
+}
+
+/// In a forked child before exec: makes `fds[i]` the inheritable fd `targets[i]`. Each is
+/// first moved above every target so no dup2 overwrites a source still to be placed.
+fn inherit_as(fds: &[std::os::fd::OwnedFd], targets: &[i32]) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let above = targets.iter().max().copied().unwrap_or(2) + 1;
+    let mut moved = Vec::with_capacity(fds.len());
+    for fd in fds {
+        // SAFETY: fcntl on an fd this child owns; the result is checked.
+        let m = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, above) };
+        if m < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        moved.push(m);
+    }
+    for (m, t) in moved.into_iter().zip(targets) {
+        // SAFETY: dup2 onto a target number; dup2 clears close-on-exec on the copy.
+        if unsafe { libc::dup2(m, *t) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// The pid in QEMU's pid file.
@@ -323,8 +400,9 @@ mod tests {
             tsc_khz: 2_596_140,
             accel: Accel::Tcg,
             net: None,
-            incoming: None,
+            incoming: false,
             ram: Ram::Default,
+            run_as: Some(1 << 20),
         }
     }
 
@@ -361,6 +439,16 @@ mod tests {
         assert!(cmdline.ends_with("wrenn.host=cl-x"));
         assert!(!a.iter().any(|s| s == "-netdev" || s == "-incoming"));
         assert!(a.iter().any(|s| s == "-daemonize"));
+        // Unprivileged under QEMU's seccomp filter once set up, its disk an fd set it can
+        // reopen from without a path.
+        assert_eq!(value_of(&a, "-runas"), ["1048576:1048576"]);
+        assert_eq!(value_of(&a, "-add-fd"), ["fd=3,set=1", "fd=4,set=1"]);
+        assert!(value_of(&a, "-drive")[0]
+            .starts_with("id=root,file=/dev/fdset/1,file.locking=off,format=qcow2"));
+        assert_eq!(
+            value_of(&a, "-sandbox"),
+            ["on,obsolete=deny,resourcecontrol=deny"]
+        );
     }
 
     #[test]
@@ -374,14 +462,14 @@ mod tests {
             gateway: "10.213.0.1".into(),
             dns: vec!["192.0.2.53".into()],
         });
-        v.incoming = Some("exec:zstd -dc /s".into());
+        v.incoming = true;
         let a = v.to_args();
         assert_eq!(value_of(&a, "-cpu"), ["host"]);
         assert_eq!(
             value_of(&a, "-netdev"),
             ["tap,id=n0,ifname=tap0,script=no,downscript=no"]
         );
-        assert_eq!(value_of(&a, "-incoming"), ["exec:zstd -dc /s"]);
+        assert_eq!(value_of(&a, "-incoming"), ["defer"]);
         assert!(v
             .cmdline()
             .ends_with("wrenn.ip=10.213.0.2/30 wrenn.gw=10.213.0.1 wrenn.dns=192.0.2.53"));
@@ -394,7 +482,7 @@ mod tests {
             path: "/w/ram".into(),
             share: false,
         };
-        v.incoming = Some("defer".into());
+        v.incoming = true;
         let a = v.to_args();
         assert_eq!(
             value_of(&a, "-M"),

@@ -4,6 +4,7 @@
 //! and reads lines until its `return` or `error`, skipping the asynchronous events QEMU
 //! interleaves (`STOP`, `MIGRATION`, ...).
 
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
 use std::time::Duration;
 
@@ -56,6 +57,17 @@ pub fn parse_reply(line: &str) -> anyhow::Result<Reply> {
     bail!("unknown QMP line: {line}")
 }
 
+/// `command` with `arguments` as one QMP line.
+fn command_line(command: &str, arguments: Option<Value>) -> anyhow::Result<Vec<u8>> {
+    let mut msg = json!({ "execute": command });
+    if let Some(a) = arguments {
+        msg["arguments"] = a;
+    }
+    let mut line = serde_json::to_vec(&msg).context("encode QMP command")?;
+    line.push(b'\n');
+    Ok(line)
+}
+
 /// A connected, negotiated QMP session.
 #[derive(Debug)]
 pub struct Qmp {
@@ -100,13 +112,47 @@ impl Qmp {
         command: &str,
         arguments: Option<Value>,
     ) -> anyhow::Result<Value> {
-        let mut msg = json!({ "execute": command });
-        if let Some(a) = arguments {
-            msg["arguments"] = a;
-        }
-        let mut line = serde_json::to_vec(&msg).context("encode QMP command")?;
-        line.push(b'\n');
+        let line = command_line(command, arguments)?;
         self.wr.write_all(&line).await.context("write QMP")?;
+        self.reply(command).await
+    }
+
+    /// Hands `fd` to QEMU under `name` (`getfd`, the fd riding the command as `SCM_RIGHTS`), for
+    /// an `fd:<name>` migration URI on this same connection: QEMU then reads or writes a
+    /// saved state without opening any host file itself.
+    pub async fn send_fd(&mut self, name: &str, fd: BorrowedFd<'_>) -> anyhow::Result<()> {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+        let line = command_line("getfd", Some(json!({ "fdname": name })))?;
+        let sock: &UnixStream = self.wr.as_ref();
+        let fds = [fd.as_raw_fd()];
+        let sent = loop {
+            sock.writable().await.context("write QMP")?;
+            let attempt = sock.try_io(tokio::io::Interest::WRITABLE, || {
+                sendmsg::<UnixAddr>(
+                    sock.as_raw_fd(),
+                    &[std::io::IoSlice::new(&line)],
+                    &[ControlMessage::ScmRights(&fds)],
+                    MsgFlags::MSG_NOSIGNAL,
+                    None,
+                )
+                .map_err(std::io::Error::from)
+            });
+            match attempt {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e).context("send fd over QMP"),
+            }
+        };
+        // The fd went with the first byte; the rest of a short write is plain.
+        self.wr
+            .write_all(&line[sent..])
+            .await
+            .context("write QMP")?;
+        self.reply("getfd").await.map(drop)
+    }
+
+    /// Reads until `command`'s answer, skipping events.
+    async fn reply(&mut self, command: &str) -> anyhow::Result<Value> {
         loop {
             match self.next().await? {
                 Reply::Return(v) => return Ok(v),

@@ -11,6 +11,8 @@
 //! data_dir/templates/<snapshot>/state           devices and RAM, zstd
 //! ```
 
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -46,13 +48,22 @@ pub struct SavedMeta {
     pub named_ram: bool,
 }
 
+/// A VM's saved devices (and RAM, unless it is in a RAM file) on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateFile {
+    /// The stream.
+    pub path: PathBuf,
+    /// zstd-compressed.
+    pub compressed: bool,
+}
+
 /// A saved machine a capsule starts as.
 #[derive(Debug, Clone)]
 pub struct Saved {
     /// Disk the clone's overlay goes over (qcow2).
     pub disk: PathBuf,
-    /// The `-incoming` URI reading devices (and RAM, unless in `ram_file`).
-    pub incoming: String,
+    /// Its devices (and RAM, unless in `ram_file`).
+    pub state: StateFile,
     /// What it was.
     pub meta: SavedMeta,
     /// Its RAM file (warm images): mapped private, not in the stream.
@@ -65,7 +76,10 @@ impl Saved {
         let meta: SavedMeta = serde_json::from_slice(&std::fs::read(dir.join(META)).ok()?).ok()?;
         Some(Self {
             disk: dir.join(DISK),
-            incoming: incoming_uri(&dir.join(STATE), meta.compressed),
+            state: StateFile {
+                path: dir.join(STATE),
+                compressed: meta.compressed,
+            },
             meta,
             ram_file: None,
         })
@@ -101,10 +115,10 @@ impl Start {
     }
 
     /// The state to load, if any.
-    pub fn incoming(&self) -> Option<String> {
+    pub fn incoming(&self) -> Option<StateFile> {
         match self {
             Self::Cold { .. } => None,
-            Self::Clone(s) => Some(s.incoming.clone()),
+            Self::Clone(s) => Some(s.state.clone()),
         }
     }
 
@@ -122,15 +136,6 @@ impl Start {
             Self::Cold { .. } => None,
             Self::Clone(s) => Some(s.meta.memory_mb),
         }
-    }
-}
-
-/// `exec:` URI reading a saved state file.
-pub fn incoming_uri(state: &Path, compressed: bool) -> String {
-    if compressed {
-        format!("exec:zstd -q -dc {}", state.display())
-    } else {
-        format!("exec:cat {}", state.display())
     }
 }
 
@@ -169,17 +174,73 @@ pub async fn flatten(disk: &Path, out: &Path) -> anyhow::Result<()> {
     .await
 }
 
-/// Starts loading a `-incoming defer` VM from `uri`, its RAM being the private mapping of the
-/// saved RAM file (`x-ignore-shared`: the stream holds devices only).
-pub async fn migrate_incoming_shared(qmp_sock: &Path, uri: &str) -> anyhow::Result<()> {
-    let mut q = qmp::Qmp::connect(qmp_sock).await?;
+/// Migration bandwidth cap (QEMU's default, 128 MiB/s, quadruples pause time).
+const MIGRATE_BANDWIDTH: u64 = 10 << 30;
+/// The fd name a state stream is handed to QEMU under.
+const STATE_FD: &str = "wrenn-state";
+/// How long the (de)compressor may take to finish after QEMU is done with the stream.
+const PIPE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Sets `x-ignore-shared` (RAM in a shared file stays out of the stream) on or off.
+async fn ignore_shared(q: &mut qmp::Qmp, on: bool) -> anyhow::Result<()> {
     q.execute(
         "migrate-set-capabilities",
-        Some(json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] })),
+        Some(json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": on }] })),
+    )
+    .await
+    .map(drop)
+}
+
+/// A zstd process on one end of a pipe whose other end QEMU gets.
+fn zstd(
+    args: &[&str],
+    qemu_end_is_stdin: bool,
+) -> anyhow::Result<(tokio::process::Child, OwnedFd)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+    let (ours, theirs) = if qemu_end_is_stdin { (r, w) } else { (w, r) };
+    let mut cmd = tokio::process::Command::new("zstd");
+    cmd.args(args).stderr(std::process::Stdio::inherit());
+    if qemu_end_is_stdin {
+        cmd.stdin(std::process::Stdio::from(ours))
+            .stdout(std::process::Stdio::null());
+    } else {
+        cmd.stdout(std::process::Stdio::from(ours))
+            .stdin(std::process::Stdio::null());
+    }
+    let child = cmd.kill_on_drop(true).spawn().context("start zstd")?;
+    Ok((child, theirs))
+}
+
+/// Starts loading a `-incoming defer` VM from `state`. QEMU reads it from an fd it is handed
+/// (the file, or a pipe from `zstd -d`), so it needs no access to the host's files. With
+/// `shared`, its RAM is the private mapping of the saved RAM file and the stream holds devices
+/// only (`x-ignore-shared`).
+pub async fn migrate_in(qmp_sock: &Path, state: &StateFile, shared: bool) -> anyhow::Result<()> {
+    let mut q = qmp::Qmp::connect(qmp_sock).await?;
+    if shared {
+        ignore_shared(&mut q, true).await?;
+    }
+    let path = state.path.display().to_string();
+    let (child, fd) = if state.compressed {
+        let (child, fd) = zstd(&["-q", "-dc", &path], false)?;
+        (Some(child), fd)
+    } else {
+        let f = std::fs::File::open(&state.path).with_context(|| format!("open {path}"))?;
+        (None, OwnedFd::from(f))
+    };
+    q.send_fd(STATE_FD, fd.as_fd()).await?;
+    drop(fd);
+    q.execute(
+        "migrate-incoming",
+        Some(json!({ "uri": format!("fd:{STATE_FD}") })),
     )
     .await?;
-    q.execute("migrate-incoming", Some(json!({ "uri": uri })))
-        .await?;
+    if let Some(mut child) = child {
+        // Reaped once QEMU has read the stream (or given up on it).
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(PIPE_TIMEOUT, child.wait()).await;
+        });
+    }
     Ok(())
 }
 
@@ -188,30 +249,76 @@ pub async fn migrate_incoming_shared(qmp_sock: &Path, uri: &str) -> anyhow::Resu
 /// without it) could not be read back.
 pub async fn clear_ignore_shared(qmp_sock: &Path) -> anyhow::Result<()> {
     let mut q = qmp::Qmp::connect(qmp_sock).await?;
-    q.execute(
-        "migrate-set-capabilities",
-        Some(json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": false }] })),
-    )
-    .await?;
-    Ok(())
+    ignore_shared(&mut q, false).await
 }
 
-/// Writes the stopped VM's state to `uri` (an `exec:` writer) and waits until QEMU says it
-/// completed; the VM stays stopped. With `ignore_shared`, RAM in a shared file is left out.
-pub async fn migrate_out(q: &mut qmp::Qmp, uri: &str, ignore_shared: bool) -> anyhow::Result<()> {
-    if ignore_shared {
-        q.execute(
-            "migrate-set-capabilities",
-            Some(json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] })),
-        )
-        .await?;
+/// Writes the stopped VM's state into `state` (through `zstd` when compressed) and waits until
+/// it is complete and on disk; the VM stays stopped. QEMU writes to an fd it is handed, so it
+/// needs no access to the host's files. With `shared`, RAM in a shared file is left out.
+pub async fn migrate_out(q: &mut qmp::Qmp, state: &StateFile, shared: bool) -> anyhow::Result<()> {
+    if shared {
+        ignore_shared(q, true).await?;
     }
     q.execute(
         "migrate-set-parameters",
-        Some(json!({ "max-bandwidth": 10u64 << 30 })),
+        Some(json!({ "max-bandwidth": MIGRATE_BANDWIDTH })),
     )
     .await?;
-    q.execute("migrate", Some(json!({ "uri": uri }))).await?;
+    let path = state.path.display().to_string();
+    let (child, fd) = if state.compressed {
+        let (child, fd) = zstd(&["-q", "-1", "-T1", "-f", "-o", &path], true)?;
+        (Some(child), fd)
+    } else {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&state.path)
+            .with_context(|| format!("create {path}"))?;
+        (None, OwnedFd::from(f))
+    };
+    let fd_for_sync = if child.is_none() {
+        Some(fd.try_clone().context("dup state fd")?)
+    } else {
+        None
+    };
+    q.send_fd(STATE_FD, fd.as_fd()).await?;
+    drop(fd);
+    let moved = async {
+        q.execute("migrate", Some(json!({ "uri": format!("fd:{STATE_FD}") })))
+            .await?;
+        wait_migrated(q).await
+    }
+    .await;
+    if let Err(e) = moved {
+        drop(child);
+        let _ = std::fs::remove_file(&state.path);
+        return Err(e);
+    }
+    // QEMU closed its end: the compressor sees the end of the stream and finishes the file.
+    if let Some(mut child) = child {
+        let status = tokio::time::timeout(PIPE_TIMEOUT, child.wait())
+            .await
+            .context("zstd did not finish")?
+            .context("wait for zstd")?;
+        if !status.success() {
+            let _ = std::fs::remove_file(&state.path);
+            bail!("zstd writing {path}: {status}");
+        }
+    }
+    let f = match fd_for_sync {
+        Some(fd) => std::fs::File::from(fd),
+        None => std::fs::File::open(&state.path).with_context(|| format!("open {path}"))?,
+    };
+    tokio::task::spawn_blocking(move || f.sync_all())
+        .await
+        .context("sync saved state")?
+        .with_context(|| format!("sync {path}"))
+}
+
+/// Polls an outgoing migration until QEMU says it completed.
+async fn wait_migrated(q: &mut qmp::Qmp) -> anyhow::Result<()> {
     let t0 = Instant::now();
     loop {
         let (status, error) = q.migrate_status().await?;
@@ -227,16 +334,6 @@ pub async fn migrate_out(q: &mut qmp::Qmp, uri: &str, ignore_shared: bool) -> an
             _ => tokio::time::sleep(Duration::from_millis(5)).await,
         }
     }
-}
-
-/// Flushes a file an `exec:` writer made (it may still be writing when QEMU says completed).
-pub async fn sync_file(path: &Path) -> anyhow::Result<()> {
-    tokio::fs::File::open(path)
-        .await
-        .with_context(|| format!("open {}", path.display()))?
-        .sync_all()
-        .await
-        .with_context(|| format!("sync {}", path.display()))
 }
 
 #[cfg(test)]
@@ -260,7 +357,13 @@ mod tests {
         .expect("write");
         let s = Saved::of_snapshot(d.path()).expect("saved");
         assert_eq!(s.meta, meta);
-        assert!(s.incoming.starts_with("exec:zstd -q -dc "));
+        assert_eq!(
+            s.state,
+            StateFile {
+                path: d.path().join(STATE),
+                compressed: true
+            }
+        );
         let start = Start::Clone(s);
         assert_eq!(start.ram(), Ram::Anon);
         assert_eq!(start.memory_mb(), Some(512));

@@ -54,11 +54,12 @@ impl MicroVmRuntime {
             q.execute("stop", None)
                 .await
                 .map_err(|e| host_err("stop vm", id, e))?;
-            let state = out.join(saved::STATE);
+            let state = saved::StateFile {
+                path: out.join(saved::STATE),
+                compressed: true,
+            };
             let copied = async {
-                let uri = format!("exec:zstd -q -1 -T1 > {}", state.display());
-                saved::migrate_out(&mut q, &uri, false).await?;
-                saved::sync_file(&state).await?;
+                saved::migrate_out(&mut q, &state, false).await?;
                 saved::flatten(&dir.join("disk.qcow2"), &out.join(saved::DISK)).await
             }
             .await;

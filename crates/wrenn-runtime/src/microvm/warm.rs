@@ -140,9 +140,11 @@ impl MicroVmRuntime {
         tokio::time::sleep(SETTLE).await;
         let mut q = qmp::Qmp::connect(&dir.join(files::QMP)).await?;
         q.execute("stop", None).await?;
-        let state = out.join(saved::STATE);
-        saved::migrate_out(&mut q, &format!("exec:cat > {}", state.display()), true).await?;
-        saved::sync_file(&state).await?;
+        let state = saved::StateFile {
+            path: out.join(saved::STATE),
+            compressed: false,
+        };
+        saved::migrate_out(&mut q, &state, true).await?;
         let _ = q.execute("quit", None).await;
         let _ = tokio::time::timeout(EXIT_TIMEOUT, live.watch.exited()).await;
         std::fs::rename(dir.join("disk.qcow2"), out.join(saved::DISK)).context("move warm disk")?;
@@ -199,7 +201,10 @@ fn load(dir: &Path) -> Option<Saved> {
         serde_json::from_slice(&std::fs::read(dir.join(saved::META)).ok()?).ok()?;
     Some(Saved {
         disk: dir.join(saved::DISK),
-        incoming: saved::incoming_uri(&dir.join(saved::STATE), meta.compressed),
+        state: saved::StateFile {
+            path: dir.join(saved::STATE),
+            compressed: meta.compressed,
+        },
         meta,
         ram_file: Some(dir.join(RAM)),
     })
