@@ -178,7 +178,7 @@ pub async fn flatten(disk: &Path, out: &Path) -> anyhow::Result<()> {
 const MIGRATE_BANDWIDTH: u64 = 10 << 30;
 /// The fd name a state stream is handed to QEMU under.
 const STATE_FD: &str = "wrenn-state";
-/// How long the (de)compressor may take to finish after QEMU is done with the stream.
+/// How long the compressor may take to finish after QEMU is done with the stream.
 const PIPE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Sets `x-ignore-shared` (RAM in a shared file stays out of the stream) on or off.
@@ -207,7 +207,12 @@ fn zstd(
         cmd.stdout(std::process::Stdio::from(ours))
             .stdin(std::process::Stdio::null());
     }
-    let child = cmd.kill_on_drop(true).spawn().context("start zstd")?;
+    // A compressor is killed with its handle (a failed save); a decompressor ends on its own
+    // once QEMU has read the stream or closed its end.
+    let child = cmd
+        .kill_on_drop(qemu_end_is_stdin)
+        .spawn()
+        .context("start zstd")?;
     Ok((child, theirs))
 }
 
@@ -238,7 +243,7 @@ pub async fn migrate_in(qmp_sock: &Path, state: &StateFile, shared: bool) -> any
     if let Some(mut child) = child {
         // Reaped once QEMU has read the stream (or given up on it).
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(PIPE_TIMEOUT, child.wait()).await;
+            let _ = child.wait().await;
         });
     }
     Ok(())
