@@ -24,12 +24,25 @@ pub enum Accel {
     Tcg,
 }
 
+/// Most host memory TCG keeps translated guest code in, MiB. QEMU's default is 1 GiB per VM,
+/// which a guest that runs much distinct code (a JIT, on purpose or not) fills on top of its
+/// RAM; a full cache is flushed and refilled instead.
+pub const TCG_CODE_CACHE_MB: u32 = 256;
+
 impl Accel {
     /// QEMU's name.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Kvm => "kvm",
             Self::Tcg => "tcg",
+        }
+    }
+
+    /// The `-accel` option.
+    pub fn option(self) -> String {
+        match self {
+            Self::Kvm => "kvm".into(),
+            Self::Tcg => format!("tcg,tb-size={TCG_CODE_CACHE_MB}"),
         }
     }
 }
@@ -148,12 +161,11 @@ impl VmArgs {
             format!("wrenn-{},process=wrenn-{}", self.id, self.id),
             "-M".into(),
             match self.ram {
-                Ram::Default => format!("microvm,accel={}", self.accel.as_str()),
-                _ => format!(
-                    "microvm,accel={},memory-backend={RAM_ID}",
-                    self.accel.as_str()
-                ),
+                Ram::Default => "microvm".into(),
+                _ => format!("microvm,memory-backend={RAM_ID}"),
             },
+            "-accel".into(),
+            self.accel.option(),
             "-cpu".into(),
             match self.accel {
                 Accel::Kvm => "host".into(),
@@ -275,7 +287,9 @@ pub fn confinement(id: u32) -> Vec<String> {
 pub fn probe_args(kernel: &Path, initrd: &Path, tsc_khz: u64, accel: Accel) -> Vec<String> {
     vec![
         "-M".into(),
-        format!("microvm,accel={}", accel.as_str()),
+        "microvm".into(),
+        "-accel".into(),
+        accel.option(),
         "-cpu".into(),
         match accel {
             Accel::Kvm => "host".into(),
@@ -416,7 +430,9 @@ mod tests {
     #[test]
     fn command_line_has_the_measured_boot_recipe() {
         let a = args().to_args();
-        assert_eq!(value_of(&a, "-M"), ["microvm,accel=tcg"]);
+        assert_eq!(value_of(&a, "-M"), ["microvm"]);
+        // TCG's code cache is bounded, not QEMU's 1 GiB default beside the guest's RAM.
+        assert_eq!(value_of(&a, "-accel"), ["tcg,tb-size=256"]);
         assert_eq!(value_of(&a, "-cpu"), ["max"]);
         assert_eq!(value_of(&a, "-m"), ["512"]);
         assert_eq!(value_of(&a, "-smp"), ["2"]);
@@ -465,6 +481,7 @@ mod tests {
         v.incoming = true;
         let a = v.to_args();
         assert_eq!(value_of(&a, "-cpu"), ["host"]);
+        assert_eq!(value_of(&a, "-accel"), ["kvm"]);
         assert_eq!(
             value_of(&a, "-netdev"),
             ["tap,id=n0,ifname=tap0,script=no,downscript=no"]
@@ -484,10 +501,7 @@ mod tests {
         };
         v.incoming = true;
         let a = v.to_args();
-        assert_eq!(
-            value_of(&a, "-M"),
-            ["microvm,accel=tcg,memory-backend=ram0"]
-        );
+        assert_eq!(value_of(&a, "-M"), ["microvm,memory-backend=ram0"]);
         assert_eq!(
             value_of(&a, "-object"),
             ["memory-backend-file,id=ram0,size=512M,mem-path=/w/ram,share=off"]
