@@ -132,8 +132,8 @@ def _as_uid(uid: int, *cmd: str) -> subprocess.CompletedProcess:
 
 def test_qemu_is_an_unprivileged_confined_process_of_its_own(make_capsule, server):
     """A guest that broke out into its QEMU would hold only QEMU's credentials: each VM's
-    QEMU runs as a host uid of its own (never root, no capabilities, no new privileges) under
-    QEMU's seccomp filter, and with those credentials the host's data, another VM's disk and
+    QEMU runs as a host uid of its own (never root, no capabilities, no new privileges, at most
+    512 tasks) under QEMU's seccomp filter, and with those credentials the host's data, another VM's disk and
     another VM's QEMU are out of reach. Resume starts QEMU the same way."""
     a, b = make_capsule(BUSYBOX), make_capsule(BUSYBOX)
     uid_of = {}
@@ -146,6 +146,9 @@ def test_qemu_is_an_unprivileged_confined_process_of_its_own(make_capsule, serve
         assert uid >= 1 << 20, uid
         assert int(st["CapEff"], 16) == 0 and int(st["CapPrm"], 16) == 0, st
         assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2", st
+        nproc = [l.split()[2:4] for l in Path(f"/proc/{pid}/limits").read_text().splitlines()
+                 if l.startswith("Max processes")]
+        assert nproc == [["512", "512"]], nproc
         uid_of[cap.capsule_id] = (uid, pid)
     assert len({u for u, _ in uid_of.values()}) == 2, uid_of
 

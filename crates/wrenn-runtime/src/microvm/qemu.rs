@@ -338,9 +338,13 @@ pub async fn start(args: &VmArgs, netns: Option<&Path>) -> anyhow::Result<i32> {
         let ro = std::fs::File::open(&args.disk)
             .with_context(|| format!("open {}", args.disk.display()))?;
         let fds = [rw, ro].map(std::os::fd::OwnedFd::from);
-        // SAFETY: between fork and exec only fcntl and dup2, which are async-signal-safe, run.
+        // SAFETY: between fork and exec only fcntl, dup2 and setrlimit, which are
+        // async-signal-safe, run.
         unsafe {
-            cmd.pre_exec(move || inherit_as(&fds, &DISK_FDS));
+            cmd.pre_exec(move || {
+                inherit_as(&fds, &DISK_FDS)?;
+                limit_tasks(MAX_TASKS)
+            });
         }
     }
     cmd.args(args.to_args())
@@ -362,6 +366,24 @@ pub async fn start(args: &VmArgs, netns: Option<&Path>) -> anyhow::Result<i32> {
         );
     }
     read_pid(&pidfile)
+}
+
+/// Most tasks (processes and threads) a confined QEMU's uid may have: QEMU needs a thread per
+/// vCPU and a few dozen more; a QEMU taken over by its guest cannot fork-bomb the host.
+pub const MAX_TASKS: u64 = 512;
+
+/// In a forked child before exec: `RLIMIT_NPROC` of `n`. Root ignores it; it binds once QEMU
+/// has dropped to its own uid, which no other process shares.
+fn limit_tasks(n: u64) -> std::io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: n,
+    };
+    // SAFETY: setrlimit with a valid struct; the result is checked.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NPROC, &lim) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// In a forked child before exec: makes `fds[i]` the inheritable fd `targets[i]`. Each is
