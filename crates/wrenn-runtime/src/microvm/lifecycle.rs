@@ -109,11 +109,12 @@ impl MicroVmRuntime {
                 .map_err(|e| host_err("set up host network", id, e))?;
         }
         private_dir(&dir).map_err(|e| host_err("create capsule dir", id, e))?;
+        let asked = super::guest_size(s.vcpus, s.memory_mb);
         let mut record = VmRecord {
             id: id.to_owned(),
             template: template.to_owned(),
-            vcpus: start.vcpus().unwrap_or(s.vcpus.max(1)),
-            memory_mb: start.memory_mb().unwrap_or(s.memory_mb.max(128)),
+            vcpus: start.vcpus().unwrap_or(asked.0),
+            memory_mb: start.memory_mb().unwrap_or(asked.1),
             net: CapsuleNet {
                 netns: id.to_owned(),
                 slot: None,
