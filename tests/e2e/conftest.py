@@ -299,6 +299,11 @@ class WrennServer:
         self.key_alpha = self.create_key("alpha")
         self.key_beta = self.create_key("beta")
 
+    @property
+    def capsules_dir(self) -> Path:
+        """Where the served runtime keeps its capsules' run directories."""
+        return self.data_dir / "microvm" / "capsules" if ON_MICROVM else self.data_dir / "capsules"
+
     # -- keys -----------------------------------------------------------------
     def create_key(self, team: str) -> str:
         out = subprocess.run(
