@@ -4,6 +4,7 @@ Environment:
   WRENN_BIN    server binary      (default target/debug/wrenn)
   WRENN_AGENT  static agent       (default target/x86_64-unknown-linux-gnu/release/wrenn-agent)
   WRENN_CACHE  template cache     (default /var/cache/wrenn)
+  WRENN_E2E_LOG_DIR  if set, each server log is copied there when the session ends
 
 The session fixture creates a fresh data dir, two API keys (teams `alpha` and `beta`), starts
 `wrenn serve` on a free 127.0.0.1 port, exports WRENN_BASE_URL / WRENN_API_KEY for the SDK, and
@@ -162,8 +163,36 @@ def skip_if_ws_unimplemented(exc: BaseException, what: str) -> None:
             pytest.skip(f"{what} not implemented by the server: 404 {body}")
 
 
+ON_MICROVM = os.environ.get("WRENN_RUNTIME") == "microvm"
+
+
+def container_only(reason: str) -> pytest.MarkDecorator:
+    """Skips a test of the container's own internals when the server runs microVMs."""
+    return pytest.mark.skipif(ON_MICROVM, reason=f"microvm: {reason}")
+
+
+def qemu_pids(capsule_id: str) -> list[int]:
+    """Host pids of the QEMU processes of capsule ``capsule_id`` (named ``wrenn-<id>``)."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmd and cmd[0].endswith(b"qemu-system-x86_64") and f"wrenn-{capsule_id}".encode() in b" ".join(cmd):
+            out.append(int(p.name))
+    return out
+
+
 def agent_pid(capsule_id: str) -> int:
-    """The host pid of the capsule's agent (its init), found by its cgroup."""
+    """The host process that runs the capsule's agent: the agent itself (its init, found by its
+    cgroup) in a container; under microvm the VM's QEMU, whose stop or death is the agent's."""
+    if ON_MICROVM:
+        pids = qemu_pids(capsule_id)
+        assert len(pids) == 1, f"QEMU processes of {capsule_id}: {pids}"
+        return pids[0]
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -269,6 +298,11 @@ class WrennServer:
         self._log = None
         self.key_alpha = self.create_key("alpha")
         self.key_beta = self.create_key("beta")
+
+    @property
+    def capsules_dir(self) -> Path:
+        """Where the served runtime keeps its capsules' run directories."""
+        return self.data_dir / "microvm" / "capsules" if ON_MICROVM else self.data_dir / "capsules"
 
     # -- keys -----------------------------------------------------------------
     def create_key(self, team: str) -> str:
@@ -434,6 +468,11 @@ def server() -> Iterator[WrennServer]:
             srv.stop()
         except AssertionError as exc:
             failure = str(exc)
+        log_dir = os.environ.get("WRENN_E2E_LOG_DIR")
+        if log_dir:
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):
+                shutil.copy2(srv.log_path, Path(log_dir) / f"{srv.data_dir.name}.log")
         mounted = mounts_under(srv.data_dir)
         if mounted:
             # Leave the dir alone: removing it under live mounts would destroy evidence (or worse).

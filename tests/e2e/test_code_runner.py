@@ -225,7 +225,7 @@ def _pooled_now(server) -> list[str]:
 
 def test_pooled_capsules_do_not_outlive_the_server(server, runner, restart_server):
     """Graceful stop destroys pooled capsules; after a crash, recovery removes them."""
-    capsules = server.data_dir / "capsules"
+    capsules = server.capsules_dir
 
     def live_pooled():
         return [i for i in _pooled_now(server) if (capsules / i).exists()]

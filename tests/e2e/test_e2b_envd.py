@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import ConcurrentCalls, agent_pid, poll
+from conftest import ConcurrentCalls, agent_pid, container_only, poll
 
 e2b = pytest.importorskip("e2b")
 from e2b import Sandbox  # noqa: E402
@@ -98,7 +98,13 @@ def test_sandbox_env_names_the_sandbox_and_sudo_works(sbx):
     assert r.stdout == "600 root\n", r
     with pytest.raises(CommandExitException):
         sbx.commands.run("cat /run/wrenn-envd/env.json")
-    # Passwordless sudo for `user` (E2B users install packages with it): capsule root, filtered.
+    # Passwordless sudo for `user` (E2B users install packages with it).
+    r = sbx.commands.run("sudo -n id -u")
+    assert r.stdout == "0\n", r
+
+
+@container_only("the seccomp filter is the container's boundary; the guest kernel's root is the VM's")
+def test_sudo_root_keeps_the_seccomp_filter(sbx):
     r = sbx.commands.run("sudo -n sh -c 'id -u; grep Seccomp: /proc/self/status'")
     assert r.stdout.split() == ["0", "Seccomp:", "2"], r
 

@@ -21,26 +21,11 @@ from wrenn import Capsule
 from wrenn.exceptions import WrennNotFoundError
 from wrenn.models import Status
 
-from conftest import BUSYBOX, poll
+from conftest import BUSYBOX, poll, qemu_pids as _qemu_pids
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("WRENN_RUNTIME") != "microvm", reason="needs WRENN_RUNTIME=microvm"
 )
-
-
-def _qemu_pids(cid: str) -> list[int]:
-    """Host pids of QEMU processes of capsule ``cid`` (named ``wrenn-<id>``)."""
-    out = []
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            cmd = (p / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if cmd and cmd[0].endswith(b"qemu-system-x86_64") and f"wrenn-{cid}".encode() in b" ".join(cmd):
-            out.append(int(p.name))
-    return out
 
 
 def _vm_dir(server, cid: str) -> Path:
@@ -356,3 +341,44 @@ def test_root_filesystem_is_the_disk_limit(capsule, api):
     size_kib = int(_sh(capsule, "df -k / | tail -n 1").split()[1])
     # ext4 keeps a few percent for its journal and tables.
     assert limit_mb * 1024 * 0.9 < size_kib <= limit_mb * 1024, (size_kib, limit_mb)
+
+
+def _guest_size(cap: Capsule) -> tuple[int, int]:
+    """The guest's online CPUs and its total memory in MiB as its kernel sees them."""
+    cpus, mem_kib = _sh(cap, "nproc; sed -n \"s/^MemTotal: *\\([0-9]*\\) kB/\\1/p\" /proc/meminfo").split()
+    return int(cpus), int(mem_kib) // 1024
+
+
+def test_a_request_below_the_guest_floor_is_recorded_at_the_size_the_vm_has(make_capsule, api):
+    """A VM gets at least 128 MiB; the record (and so the API and the usage figures) says so."""
+    cap = make_capsule(BUSYBOX, memory_mb=64)
+    body = api.get(f"/v1/capsules/{cap.capsule_id}").json()
+    assert body["memory_mb"] == 128, body
+    cpus, mem_mb = _guest_size(cap)
+    assert cpus == body["vcpus"]
+    # The kernel keeps a little for itself: MemTotal is a few MiB under the machine's RAM.
+    assert 64 < mem_mb <= 128, mem_mb
+
+
+def test_capsules_from_a_full_snapshot_have_and_report_its_size(wrenn_client, make_capsule, api):
+    """A saved machine's RAM cannot change size: a capsule made from a full snapshot has the
+    snapshot's vCPUs and memory whatever the request says (contract §5.1: the snapshot's values
+    override), and its record, the listing and the snapshot's template say the same."""
+    src = make_capsule(BUSYBOX, vcpus=2, memory_mb=256)
+    name = "e2e-size-" + src.capsule_id[-6:]
+    _snapshot(wrenn_client, src, name)
+    try:
+        tpl = next(t for t in wrenn_client.snapshots.list(type="snapshot") if t.name == name)
+        assert (tpl.vcpus, tpl.memory_mb) == (2, 256)
+        child = make_capsule(name, vcpus=1, memory_mb=512)
+        rec = api.get(f"/v1/capsules/{child.capsule_id}").json()
+        assert (rec["vcpus"], rec["memory_mb"]) == (2, 256), rec
+        listed = {c["id"]: c for c in api.get("/v1/capsules").json()}[child.capsule_id]
+        assert (listed["vcpus"], listed["memory_mb"]) == (2, 256), listed
+        cpus, mem_mb = _guest_size(child)
+        assert cpus == 2
+        assert 128 < mem_mb <= 256, mem_mb
+        child.destroy(wait=True)
+    finally:
+        with contextlib.suppress(WrennNotFoundError):
+            wrenn_client.snapshots.delete(name)

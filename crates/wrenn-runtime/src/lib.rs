@@ -140,6 +140,9 @@ pub struct SnapshotInfo {
     pub template: TemplateInfo,
     /// What it holds.
     pub kind: SnapshotKind,
+    /// The vCPUs and memory (MiB) every capsule made from it has, when the snapshot fixes them
+    /// (a saved machine's RAM cannot change size).
+    pub sizes: Option<(u32, u32)>,
 }
 
 /// A running capsule as the runtime reports it.
@@ -226,6 +229,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// The backend template `name` requires (its recipe's `runtime`), if any.
     fn template_backend(&self, _name: &str) -> Option<Backend> {
         None
+    }
+
+    /// The vCPUs and memory (MiB) a capsule asking for `vcpus` and `memory_mb` gets on
+    /// `backend` (`None`: the default one): a backend with a floor raises what is below it.
+    fn guest_size(&self, _backend: Option<Backend>, vcpus: u32, memory_mb: u32) -> (u32, u32) {
+        (vcpus, memory_mb)
     }
 
     /// Creates and starts a capsule from `spec.source`; returns once its agent answers

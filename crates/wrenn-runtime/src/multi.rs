@@ -116,6 +116,13 @@ impl Runtime for Runtimes {
         self.default_rt().template_backend(name)
     }
 
+    fn guest_size(&self, backend: Option<Backend>, vcpus: u32, memory_mb: u32) -> (u32, u32) {
+        match self.index(backend) {
+            Some(i) => self.backends[i].1.guest_size(None, vcpus, memory_mb),
+            None => (vcpus, memory_mb),
+        }
+    }
+
     fn template_user(&self, name: &str) -> Option<String> {
         self.backends
             .iter()

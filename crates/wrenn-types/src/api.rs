@@ -145,10 +145,11 @@ pub struct CreateCapsuleRequest {
     /// Template name.
     #[serde(default)]
     pub template: Option<String>,
-    /// CPUs; ≤ 0 → default.
+    /// CPUs; ≤ 0 → default. A snapshot template's own value wins.
     #[serde(default, deserialize_with = "crate::integral::option")]
     pub vcpus: Option<i64>,
-    /// Memory; ≤ 0 → default.
+    /// Memory, MiB; ≤ 0 → default. A snapshot template's own value wins; a microVM has at
+    /// least 128.
     #[serde(default, deserialize_with = "crate::integral::option")]
     pub memory_mb: Option<i64>,
     /// Inactivity timeout; negative → 0, 1..59 → 60.

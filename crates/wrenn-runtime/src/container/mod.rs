@@ -476,6 +476,7 @@ impl Runtime for ContainerRuntime {
         Ok(SnapshotInfo {
             template: made?,
             kind: SnapshotKind::Files,
+            sizes: None,
         })
     }
 

@@ -14,6 +14,7 @@ use super::{host_err, image, net, qemu, qmp, Live, MicroVmRuntime, Vm, VmRecord,
 use crate::container::net::{self as cnet, CapsuleNet};
 use crate::container::watch::InitWatch;
 use crate::container::{health, ids};
+use crate::templates::RunConfig;
 use crate::{
     services, sys, AgentEndpoint, CapsuleHandle, CapsuleSpec, CapsuleState, NetworkMode,
     RecoveryReport, ResourceKind, RuntimeError, Source,
@@ -25,12 +26,25 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 const MIGRATE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Deadline of one TCP connect of a service's port probe.
 const PORT_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Under TCG a template's service gets this many times its recipe's deadline: the recipes'
+/// deadlines are set for native speed, and Jupyter with its kernel took 40-90 s to start in an
+/// emulated guest on the 2-core development host.
+const TCG_SERVICE_DEADLINE_FACTOR: u64 = 4;
 /// The capsule's disk in its run dir.
 const DISK: &str = "disk.qcow2";
 /// Saved state while paused.
 const STATE: &str = "state";
 /// The recovery record.
 const RECORD: &str = "vm.json";
+
+/// Gives `run`'s services the time they need on `accel` (see [`TCG_SERVICE_DEADLINE_FACTOR`]).
+fn stretch_service_deadlines(run: &mut RunConfig, accel: qemu::Accel) {
+    if accel == qemu::Accel::Tcg {
+        for svc in &mut run.services {
+            svc.timeout_sec = svc.timeout_sec.saturating_mul(TCG_SERVICE_DEADLINE_FACTOR);
+        }
+    }
+}
 
 /// Capsule ids become paths, hostnames and netns names: keep them tame.
 fn valid_id(id: &str) -> bool {
@@ -86,7 +100,8 @@ impl MicroVmRuntime {
             return Err(RuntimeError::TemplateNotFound(template.to_owned()));
         }
         self.inner.templates.ensure(template).await?;
-        let run = self.inner.templates.run_config(template)?;
+        let mut run = self.inner.templates.run_config(template)?;
+        stretch_service_deadlines(&mut run, self.inner.cfg.accel);
         let tdir = self.inner.templates.dir_of(template);
         let disk_mb = s.disk_mb;
         let base = if let Start::Clone(saved) = &start {
@@ -106,11 +121,12 @@ impl MicroVmRuntime {
                 .map_err(|e| host_err("set up host network", id, e))?;
         }
         private_dir(&dir).map_err(|e| host_err("create capsule dir", id, e))?;
+        let asked = super::guest_size(s.vcpus, s.memory_mb);
         let mut record = VmRecord {
             id: id.to_owned(),
             template: template.to_owned(),
-            vcpus: start.vcpus().unwrap_or(s.vcpus.max(1)),
-            memory_mb: start.memory_mb().unwrap_or(s.memory_mb.max(128)),
+            vcpus: start.vcpus().unwrap_or(asked.0),
+            memory_mb: start.memory_mb().unwrap_or(asked.1),
             net: CapsuleNet {
                 netns: id.to_owned(),
                 slot: None,
@@ -647,5 +663,22 @@ mod tests {
         assert!(!valid_id("../x"));
         assert!(!valid_id(""));
         assert!(!valid_id("a b"));
+    }
+
+    #[test]
+    fn emulated_guests_get_longer_service_deadlines() {
+        let recipe: RunConfig = serde_json::from_value(serde_json::json!({
+            "services": [{"name": "jupyter", "cmd": "python3", "timeout_sec": 90}]
+        }))
+        .expect("parses");
+        let mut kvm = recipe.clone();
+        stretch_service_deadlines(&mut kvm, qemu::Accel::Kvm);
+        assert_eq!(kvm, recipe);
+        let mut tcg = recipe;
+        stretch_service_deadlines(&mut tcg, qemu::Accel::Tcg);
+        assert_eq!(
+            tcg.services[0].timeout_sec,
+            90 * TCG_SERVICE_DEADLINE_FACTOR
+        );
     }
 }

@@ -74,6 +74,14 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// (~5x the slowest TCG boot seen on the loaded 2-core host).
 pub const FIRST_BOOT_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The least memory a guest gets, MiB: the guest kernel and its agent need about this much.
+pub const MIN_MEMORY_MB: u32 = 128;
+
+/// The vCPUs and memory a guest asking for `vcpus` and `memory_mb` gets.
+fn guest_size(vcpus: u32, memory_mb: u32) -> (u32, u32) {
+    (vcpus.max(1), memory_mb.max(MIN_MEMORY_MB))
+}
+
 /// Where the microvm runtime keeps its files and finds its parts.
 #[derive(Debug, Clone)]
 pub struct MicroVmConfig {
@@ -475,6 +483,10 @@ impl Runtime for MicroVmRuntime {
 
     fn template_backend(&self, name: &str) -> Option<crate::Backend> {
         self.inner.templates.required_backend(name)
+    }
+
+    fn guest_size(&self, _: Option<crate::Backend>, vcpus: u32, memory_mb: u32) -> (u32, u32) {
+        guest_size(vcpus, memory_mb)
     }
 
     fn template_user(&self, name: &str) -> Option<String> {

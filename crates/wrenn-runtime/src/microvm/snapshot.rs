@@ -95,6 +95,7 @@ impl MicroVmRuntime {
         Ok(SnapshotInfo {
             template,
             kind: SnapshotKind::FullState,
+            sizes: Some((meta.vcpus, meta.memory_mb)),
         })
     }
 }

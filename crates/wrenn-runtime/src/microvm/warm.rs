@@ -51,7 +51,7 @@ impl MicroVmRuntime {
         }
         let template = s.source.name();
         self.inner.templates.ensure(template).await?;
-        let (vcpus, memory_mb) = (s.vcpus.max(1), s.memory_mb.max(128));
+        let (vcpus, memory_mb) = super::guest_size(s.vcpus, s.memory_mb);
         let fp = self.fingerprint(template, vcpus, memory_mb, s.disk_mb)?;
         let root = self.inner.cfg.data_dir.join("microvm/warm");
         let dir = root.join(format!("{template}-{memory_mb}m-{vcpus}c-{fp}"));

@@ -56,7 +56,12 @@ impl Capsules {
         let req = ValidCreate::try_from(req)?;
         let resolved = self.resolve_template(team_id, &req.template).await?;
         let backend = self.pick_backend(&req, &resolved.runtime_name)?;
-        let (vcpus, memory_mb) = resolved.sizes.unwrap_or((req.vcpus, req.memory_mb));
+        // A snapshot's sizes win over the request's (contract §5.1); the record holds what the
+        // backend gives.
+        let (vcpus, memory_mb) = match resolved.sizes {
+            Some(sizes) => sizes,
+            None => self.runtime.guest_size(backend, req.vcpus, req.memory_mb),
+        };
         // Warm capsules run on the default backend.
         let warm_template = match (resolved.sizes, backend) {
             (None, None) => Some(resolved.runtime_name.as_str()),

@@ -290,6 +290,7 @@ impl Runtime for FakeRuntime {
         Ok(SnapshotInfo {
             template: info,
             kind: SnapshotKind::Files,
+            sizes: None,
         })
     }
 
