@@ -57,7 +57,14 @@ impl MicroVmRuntime {
         s: &CapsuleSpec,
         ready: Duration,
     ) -> Result<CapsuleHandle, RuntimeError> {
+        let t0 = Instant::now();
         let start = self.start_of(s).await?;
+        tracing::debug!(
+            capsule = %s.id,
+            ms = t0.elapsed().as_secs_f64() * 1e3,
+            clone = matches!(start, Start::Clone(_)),
+            "microvm start chosen"
+        );
         self.create_vm_from(s, start, ready).await
     }
 
@@ -125,6 +132,7 @@ impl MicroVmRuntime {
             named_ram: start.ram() != Ram::Default,
         };
         let t0 = Instant::now();
+        let mut steps = Steps::new();
         let started = async {
             if s.network == NetworkMode::Egress {
                 record.net.slot = Some(
@@ -135,6 +143,7 @@ impl MicroVmRuntime {
             record
                 .save(&dir.join(RECORD))
                 .map_err(|e| host_err("write vm.json", id, e))?;
+            steps.mark("slot");
             let base_format = match &start {
                 Start::Clone(_) => "qcow2",
                 Start::Cold { .. } => "raw",
@@ -142,8 +151,15 @@ impl MicroVmRuntime {
             image::create_overlay(&base, base_format, &dir.join(DISK))
                 .await
                 .map_err(|e| host_err("create disk overlay", id, e))?;
+            steps.mark("overlay");
             let live = self
-                .boot(&mut record, start.ram(), start.incoming(), ready)
+                .boot(
+                    &mut record,
+                    start.ram(),
+                    start.incoming(),
+                    ready,
+                    &mut steps,
+                )
                 .await?;
             // A clone's services run already: they were saved running.
             if matches!(start, Start::Cold { .. }) && !run.services.is_empty() {
@@ -187,6 +203,7 @@ impl MicroVmRuntime {
         tracing::debug!(
             capsule = id,
             ms = t0.elapsed().as_secs_f64() * 1e3,
+            steps = %steps,
             "microvm created"
         );
         let pid = record.pid.unwrap_or(0);
@@ -219,6 +236,7 @@ impl MicroVmRuntime {
         ram: Ram,
         incoming: Option<String>,
         ready: Duration,
+        steps: &mut Steps,
     ) -> Result<Live, RuntimeError> {
         let id = record.id.clone();
         let id = id.as_str();
@@ -231,6 +249,7 @@ impl MicroVmRuntime {
                 .await
                 .map_err(|e| host_err("create network", id, e))?
         };
+        steps.mark("network");
         let restoring = incoming.clone();
         let cow = matches!(ram, Ram::File { share: false, .. });
         let incoming = incoming.map(|uri| if cow { "defer".to_owned() } else { uri });
@@ -254,6 +273,7 @@ impl MicroVmRuntime {
                 id: id.to_owned(),
                 source: e,
             })?;
+        steps.mark("qemu_start");
         record.pid = Some(pid);
         record.pid_start = sys::pid_start_time(pid);
         record.paused = false;
@@ -269,6 +289,7 @@ impl MicroVmRuntime {
                         id: id.to_owned(),
                         source: e,
                     })?;
+                steps.mark("migrate_incoming");
             }
             finish_incoming(&dir.join(files::QMP))
                 .await
@@ -276,6 +297,7 @@ impl MicroVmRuntime {
                     id: id.to_owned(),
                     source: e,
                 })?;
+            steps.mark("load_and_cont");
             if cow {
                 saved::clear_ignore_shared(&dir.join(files::QMP))
                     .await
@@ -288,6 +310,7 @@ impl MicroVmRuntime {
         let relay = self
             .start_relay(record)
             .map_err(|e| host_err("start agent relay", id, e))?;
+        steps.mark("relay_start");
         let w = watch.clone();
         health::wait_ready(&dir.join(AGENT_SOCKET_NAME), ready, move || w.alive())
             .await
@@ -295,6 +318,7 @@ impl MicroVmRuntime {
                 id: id.to_owned(),
                 waited_ms: waited.as_millis() as u64,
             })?;
+        steps.mark("agent_ready");
         Ok(Live {
             watch,
             relay: Arc::new(relay),
@@ -369,7 +393,11 @@ impl MicroVmRuntime {
         } else {
             Ram::Default
         };
-        let live = match self.boot(&mut record, ram, Some(uri), READY_TIMEOUT).await {
+        let mut steps = Steps::new();
+        let live = match self
+            .boot(&mut record, ram, Some(uri), READY_TIMEOUT, &mut steps)
+            .await
+        {
             Ok(l) => l,
             Err(e) => {
                 // Back to paused: the state file is still there.
@@ -383,6 +411,7 @@ impl MicroVmRuntime {
                 return Err(e);
             }
         };
+        tracing::debug!(capsule = id, steps = %steps, "microvm resumed");
         let _ = std::fs::remove_file(&state);
         self.lock().insert(
             id.to_owned(),
@@ -569,6 +598,41 @@ impl MicroVmRuntime {
                 None => CapsuleState::Running,
             },
         })
+    }
+}
+
+/// Milliseconds each step of a create or resume took, for the debug log.
+pub(super) struct Steps {
+    last: Instant,
+    done: Vec<(&'static str, f64)>,
+}
+
+impl Steps {
+    pub(super) fn new() -> Self {
+        Self {
+            last: Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    /// Ends step `name` now.
+    pub(super) fn mark(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.done
+            .push((name, (now - self.last).as_secs_f64() * 1e3));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Steps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (name, ms)) in self.done.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{name}={ms:.1}")?;
+        }
+        Ok(())
     }
 }
 
