@@ -37,7 +37,6 @@ use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompat
 use wrenn_types::agent::{SerialIdentity, SerialSync, SERIAL_MUX_ACK, SERIAL_MUX_HELLO};
 
 use crate::fdstream::FdStream;
-use crate::reaper::Reaper;
 
 /// Longest sleep while no host is connected before looking again (the host connecting wakes
 /// the guest earlier; this only bounds a missed wake-up).
@@ -72,10 +71,10 @@ pub struct SerialListener {
 
 impl SerialListener {
     /// Finds port `name` and starts the session loop in the background.
-    pub fn bind(name: &str, reaper: Arc<Reaper>) -> io::Result<Self> {
+    pub fn bind(name: &str) -> io::Result<Self> {
         let path = find_port(Path::new("/sys/class/virtio-ports"), name)?;
         let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
-        tokio::spawn(session_loop(path, tx, reaper));
+        tokio::spawn(session_loop(path, tx));
         Ok(Self {
             name: name.to_owned(),
             rx,
@@ -129,7 +128,7 @@ enum Ended {
     Closed,
 }
 
-async fn session_loop(path: PathBuf, tx: mpsc::Sender<yamux::Stream>, reaper: Arc<Reaper>) {
+async fn session_loop(path: PathBuf, tx: mpsc::Sender<yamux::Stream>) {
     loop {
         let fd = match open_port(&path) {
             Ok(fd) => fd,
@@ -139,7 +138,7 @@ async fn session_loop(path: PathBuf, tx: mpsc::Sender<yamux::Stream>, reaper: Ar
                 continue;
             }
         };
-        serve_port(fd, &tx, &reaper).await;
+        serve_port(fd, &tx).await;
         if tx.is_closed() {
             return;
         }
@@ -148,7 +147,7 @@ async fn session_loop(path: PathBuf, tx: mpsc::Sender<yamux::Stream>, reaper: Ar
 }
 
 /// Serves sessions on the open port `fd` until the port fails or the listener is gone.
-async fn serve_port(mut fd: OwnedFd, tx: &mpsc::Sender<yamux::Stream>, reaper: &Reaper) {
+async fn serve_port(mut fd: OwnedFd, tx: &mpsc::Sender<yamux::Stream>) {
     let (mut carry, mut reset) = (Vec::new(), false);
     loop {
         if carry.is_empty() {
@@ -167,14 +166,7 @@ async fn serve_port(mut fd: OwnedFd, tx: &mpsc::Sender<yamux::Stream>, reaper: &
                 return;
             }
         };
-        let ended = session(
-            Arc::clone(&port),
-            std::mem::take(&mut carry),
-            tx,
-            reaper,
-            reset,
-        )
-        .await;
+        let ended = session(Arc::clone(&port), std::mem::take(&mut carry), tx, reset).await;
         reset = false;
         match ended {
             Ended::NoHost => tracing::debug!("serial host not connected"),
@@ -245,7 +237,6 @@ async fn session(
     port: Arc<FdStream>,
     carry: Vec<u8>,
     tx: &mpsc::Sender<yamux::Stream>,
-    reaper: &Reaper,
     reset: bool,
 ) -> Ended {
     let new_host = Arc::new(Mutex::new(None));
@@ -259,6 +250,7 @@ async fn session(
     if reset {
         let _ = tokio::time::timeout(RESET_TIMEOUT, io.write_all(RESET)).await;
     }
+    let t0 = std::time::Instant::now();
     let pre = match read_hello(&mut io).await {
         Ok(Hello::NoHost) => return Ended::NoHost,
         Ok(Hello::Found(pre)) => pre,
@@ -266,16 +258,19 @@ async fn session(
     };
     // Before the ack: once the host hears it, it sends requests that may read the clock or
     // the network.
+    let hello_ms = t0.elapsed().as_secs_f64() * 1e3;
     if let Some(sync) = pre.sync {
         apply_sync(&sync);
     }
+    let t1 = std::time::Instant::now();
     if let Some(id) = pre.identity {
-        crate::identity::apply(&id, reaper).await;
+        crate::identity::apply(&id);
     }
+    let identity_ms = t1.elapsed().as_secs_f64() * 1e3;
     if let Err(e) = io.write_all(SERIAL_MUX_ACK.as_bytes()).await {
         return Ended::Lost(e);
     }
-    tracing::info!("serial host connected");
+    tracing::info!(hello_ms, identity_ms, "serial host connected");
     io.watch = Some(FrameWatch::default());
     let mut conn =
         yamux::Connection::new(io.compat(), yamux::Config::default(), yamux::Mode::Server);
