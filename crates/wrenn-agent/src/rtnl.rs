@@ -151,6 +151,68 @@ impl Rtnl {
 mod tests {
     use super::*;
 
+    fn ip(args: &[&str]) -> String {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .expect("run ip");
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// In a network namespace of its own (as root): a veth end is moved from one address and
+    /// gateway to another, as a restored guest's interface is.
+    #[test]
+    fn an_interface_moves_to_a_new_address_and_gateway() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP an_interface_moves_to_a_new_address_and_gateway: needs root");
+            return;
+        }
+        // unshare(CLONE_NEWNET) moves only this thread; `ip` processes it starts inherit it.
+        std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
+            ip(&["link", "set", "v1", "up"]);
+            let index = nix::net::if_::if_nametoindex("v0").expect("v0");
+            let old = Cidr::parse("10.213.0.6/30").expect("cidr");
+            let new = Cidr::parse("10.213.0.10/30").expect("cidr");
+            let mut nl = Rtnl::open().expect("rtnl");
+            nl.add_addr(index, old).expect("add old");
+            nl.set_up(index).expect("up");
+            nl.replace_default_route(index, Ipv4Addr::new(10, 213, 0, 5))
+                .expect("old route");
+            ip(&[
+                "neigh",
+                "replace",
+                "10.213.0.5",
+                "lladdr",
+                "02:00:00:00:00:05",
+                "dev",
+                "v0",
+            ]);
+            nl.del_addr(index, old).expect("del old");
+            nl.add_addr(index, new).expect("add new");
+            nl.add_addr(index, new).expect("add new again");
+            for gw in [Ipv4Addr::new(10, 213, 0, 5), Ipv4Addr::new(10, 213, 0, 9)] {
+                match nl.del_neigh(index, gw) {
+                    Ok(()) => {}
+                    Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}"),
+                }
+            }
+            nl.replace_default_route(index, Ipv4Addr::new(10, 213, 0, 9))
+                .expect("new route");
+            let addrs = ip(&["-4", "-o", "addr", "show", "dev", "v0"]);
+            assert!(addrs.contains("10.213.0.10/30"), "{addrs}");
+            assert!(!addrs.contains("10.213.0.6"), "{addrs}");
+            assert!(ip(&["link", "show", "v0"]).contains("UP"));
+            let routes = ip(&["-4", "route", "show", "default"]);
+            assert!(routes.contains("via 10.213.0.9 dev v0"), "{routes}");
+            assert!(!ip(&["neigh", "show", "dev", "v0"]).contains("10.213.0.5 "));
+        })
+        .join()
+        .expect("namespace thread");
+    }
+
     #[test]
     fn cidrs_parse() {
         assert_eq!(
