@@ -4,13 +4,17 @@ Prints one JSON object per line: name, n, p50/p90 ms (or a value), and the accel
 server logged. Run by `bench/microvm.sh`, which starts the server; needs WRENN_BASE_URL,
 WRENN_API_KEY and WRENN_DIR (the server's data dir, to read saved state sizes).
 
-  microvm.create_to_first_exec   create of a busybox capsule to its first `true`: a copy-on-write
-                                 clone of the template's warm image (made by a first, unmeasured
-                                 create); with --cold (a server run with --no-warm-templates),
-                                 a cold boot
+  microvm.create_to_first_exec   create of a busybox capsule to its first `true` (`Capsule()` then
+                                 `commands.run`, which the server holds while the capsule starts):
+                                 a copy-on-write clone of the template's warm image (made by a
+                                 first, unmeasured create); with --cold (a server run with
+                                 --no-warm-templates), a cold boot
+  microvm.create_to_first_exec_sdk_wait  the same with `Capsule(wait=True)`: the SDK polls the
+                                 status every 0.5 s, so this is quantised by its poll interval
   microvm.warm_image_first_create the first create, which makes the warm image
   microvm.exec_true              one `true` round trip through the agent channel
-  microvm.pause / .resume        a 512 MiB capsule that touched 256 MiB of memory
+  microvm.pause / .resume        a 512 MiB capsule that touched 256 MiB of memory (resume: `resume()`
+                                 then `commands.run`; `.resume_sdk_wait`: `resume(wait=True)` first)
   microvm.pause_bytes            bytes written per pause (zstd -1)
   microvm.rss_running_idle_mb    QEMU resident memory of an idle 512 MiB capsule
   microvm.rss_paused_mb          host memory of a paused capsule (no QEMU runs)
@@ -64,9 +68,9 @@ def main() -> None:
     args = ap.parse_args()
     data = Path(os.environ["WRENN_DIR"])
 
-    def create_to_first_exec() -> float:
+    def create_to_first_exec(sdk_wait: bool = False) -> float:
         t = time.perf_counter()
-        cap = Capsule(template="busybox", wait=True)
+        cap = Capsule(template="busybox", wait=sdk_wait)
         r = cap.commands.run("true")
         took = (time.perf_counter() - t) * 1e3
         assert r.exit_code == 0
@@ -78,6 +82,7 @@ def main() -> None:
         return
     emit("microvm.warm_image_first_create", value=round(create_to_first_exec(), 1))
     emit("microvm.create_to_first_exec", [create_to_first_exec() for _ in range(args.n)], warm_clone=True)
+    emit("microvm.create_to_first_exec_sdk_wait", [create_to_first_exec(True) for _ in range(args.n)], warm_clone=True)
 
     cap = Capsule(template="busybox", memory_mb=512, wait=True)
     try:
@@ -91,7 +96,7 @@ def main() -> None:
         emit("microvm.rss_running_idle_mb", value=round(qemu_rss_mb(cap.capsule_id), 1), memory_mb=512)
         # Touch 256 MiB so the saved state has something to carry.
         cap.commands.run("sh -c 'mkdir -p /dev/shm/b && dd if=/dev/urandom of=/dev/shm/b/x bs=1M count=256 2>/dev/null'", timeout=300)
-        pauses, resumes, sizes = [], [], []
+        pauses, resumes, resumes_wait, sizes = [], [], [], []
         for _ in range(args.n):
             t = time.perf_counter()
             cap.pause(wait=True)
@@ -100,11 +105,17 @@ def main() -> None:
             sizes.append(state.stat().st_size)
             rss_paused = qemu_rss_mb(cap.capsule_id)
             t = time.perf_counter()
-            cap.resume(wait=True)
+            cap.resume()
             cap.commands.run("true")
             resumes.append((time.perf_counter() - t) * 1e3)
+            cap.pause(wait=True)
+            t = time.perf_counter()
+            cap.resume(wait=True)
+            cap.commands.run("true")
+            resumes_wait.append((time.perf_counter() - t) * 1e3)
         emit("microvm.pause", pauses, memory_mb=512, touched_mb=256)
         emit("microvm.resume", resumes, memory_mb=512, touched_mb=256, to_first_exec=True)
+        emit("microvm.resume_sdk_wait", resumes_wait, memory_mb=512, touched_mb=256, to_first_exec=True)
         emit("microvm.pause_bytes", value=int(statistics.median(sizes)), compression="zstd -1")
         emit("microvm.rss_paused_mb", value=rss_paused)
     finally:

@@ -34,11 +34,15 @@ impl FdStream {
             socket: false,
         })
     }
-}
 
-impl AsyncRead for FdStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
+    /// The fd, no longer registered with the reactor.
+    pub fn into_inner(self) -> OwnedFd {
+        self.fd.into_inner()
+    }
+
+    /// [`AsyncRead::poll_read`] through a shared reference.
+    pub fn poll_read_shared(
+        &self,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
@@ -55,6 +59,27 @@ impl AsyncRead for FdStream {
             }
         }
     }
+
+    /// [`AsyncWrite::poll_write`] through a shared reference.
+    pub fn poll_write_shared(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        loop {
+            let mut guard = ready!(self.fd.poll_write_ready(cx))?;
+            match guard.try_io(|fd| sys::write_fd(fd.get_ref().as_fd(), buf)) {
+                Ok(r) => return Poll::Ready(r),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl AsyncRead for FdStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.poll_read_shared(cx, buf)
+    }
 }
 
 impl AsyncWrite for FdStream {
@@ -63,13 +88,7 @@ impl AsyncWrite for FdStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            let mut guard = ready!(self.fd.poll_write_ready(cx))?;
-            match guard.try_io(|fd| sys::write_fd(fd.get_ref().as_fd(), buf)) {
-                Ok(r) => return Poll::Ready(r),
-                Err(_would_block) => continue,
-            }
-        }
+        self.poll_write_shared(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -4,19 +4,16 @@
 //! connect; the guest applies it when it differs from the one it applied last (so a plain
 //! resume or a reconnect of the same capsule touches nothing).
 //!
-//! The interface is re-addressed with the `ip` applet of the busybox the init script leaves
-//! at [`BUSYBOX`] (the template's root filesystem may have no `ip`). Before the first connect
-//! the applied identity is what the init script set from the kernel command line, so a cold
-//! boot runs nothing.
+//! The interface is re-addressed over rtnetlink (see `rtnl`). Before the first connect the
+//! applied identity is what the init script set from the kernel command line, so a cold boot
+//! changes nothing.
 
 use std::sync::Mutex;
 
 use wrenn_types::agent::SerialIdentity;
 
-use crate::reaper::Reaper;
+use crate::rtnl::{Cidr, Rtnl};
 
-/// The static busybox on the guest's read-only agent tmpfs.
-const BUSYBOX: &str = "/.wrenn/busybox";
 /// The guest's network interface.
 const IFACE: &str = "eth0";
 
@@ -25,7 +22,7 @@ static APPLIED: Mutex<Option<SerialIdentity>> = Mutex::new(None);
 
 /// Applies what in `id` differs from the identity applied last. Failures are logged: serving
 /// matters more.
-pub async fn apply(id: &SerialIdentity, reaper: &Reaper) {
+pub fn apply(id: &SerialIdentity) {
     let last = APPLIED
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -34,6 +31,7 @@ pub async fn apply(id: &SerialIdentity, reaper: &Reaper) {
     if &last == id {
         return;
     }
+    let t0 = std::time::Instant::now();
     if last.hostname != id.hostname {
         if let Err(e) = nix::unistd::sethostname(&id.hostname) {
             tracing::warn!(error = %e, "cannot set the hostname");
@@ -48,26 +46,22 @@ pub async fn apply(id: &SerialIdentity, reaper: &Reaper) {
         let conf: String = id.dns.iter().map(|d| format!("nameserver {d}\n")).collect();
         replace_file("/etc/resolv.conf", &conf);
     }
+    let files_ms = t0.elapsed().as_secs_f64() * 1e3;
     if let Some(addr) = id.addr.as_deref().filter(|_| {
         // Only a new address or route: re-adding the same one would disturb open connections.
         last.addr != id.addr || last.gateway != id.gateway
     }) {
-        let mut steps: Vec<Vec<&str>> = vec![
-            vec!["addr", "flush", "dev", IFACE],
-            vec!["addr", "add", addr, "dev", IFACE],
-            vec!["link", "set", IFACE, "up"],
-            vec!["neigh", "flush", "dev", IFACE],
-        ];
-        if let Some(gw) = &id.gateway {
-            steps.push(vec!["route", "replace", "default", "via", gw]);
-        }
-        for args in steps {
-            if let Err(e) = ip(&args, reaper).await {
-                tracing::warn!(error = %e, ?args, "cannot re-address the network");
-            }
+        if let Err(e) = readdress(&last, addr, id.gateway.as_deref()) {
+            tracing::warn!(error = %e, addr, "cannot re-address the network");
         }
     }
-    tracing::info!(hostname = %id.hostname, addr = ?id.addr, "identity applied");
+    tracing::info!(
+        hostname = %id.hostname,
+        addr = ?id.addr,
+        files_ms,
+        ms = t0.elapsed().as_secs_f64() * 1e3,
+        "identity applied"
+    );
     *APPLIED.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.clone());
 }
 
@@ -111,19 +105,37 @@ fn from_cmdline(cmdline: &str) -> SerialIdentity {
     id
 }
 
-/// Runs `busybox ip ARGS` through the agent's reaper (which owns `waitpid`).
-async fn ip(args: &[&str], reaper: &Reaper) -> std::io::Result<()> {
-    let mut cmd = std::process::Command::new(BUSYBOX);
-    cmd.arg("ip")
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let (_child, exit) = reaper.spawn(&mut cmd)?;
-    match exit.await {
-        Ok(0) => Ok(()),
-        Ok(code) => Err(std::io::Error::other(format!("ip exited with {code}"))),
-        Err(_) => Err(std::io::Error::other("ip: no exit status")),
+/// Moves [`IFACE`] from the address and gateway of `last` to `addr` and `gateway`. The
+/// neighbour entries of both gateways go: a slot used again has the same gateway address
+/// behind a new link-layer address.
+fn readdress(last: &SerialIdentity, addr: &str, gateway: Option<&str>) -> std::io::Result<()> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_owned());
+    let new = Cidr::parse(addr).ok_or_else(|| bad(addr))?;
+    let index = nix::net::if_::if_nametoindex(IFACE)?;
+    let mut nl = Rtnl::open()?;
+    if let Some(old) = last.addr.as_deref().and_then(Cidr::parse) {
+        if old != new {
+            ignore_missing(nl.del_addr(index, old))?;
+        }
+    }
+    nl.add_addr(index, new)?;
+    nl.set_up(index)?;
+    for gw in [last.gateway.as_deref(), gateway].into_iter().flatten() {
+        if let Ok(ip) = gw.parse() {
+            ignore_missing(nl.del_neigh(index, ip))?;
+        }
+    }
+    if let Some(gw) = gateway {
+        nl.replace_default_route(index, gw.parse().map_err(|_| bad(gw))?)?;
+    }
+    Ok(())
+}
+
+/// `r`, with "there was nothing to remove" as success.
+fn ignore_missing(r: std::io::Result<()>) -> std::io::Result<()> {
+    match r {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EADDRNOTAVAIL)) => Ok(()),
+        r => r,
     }
 }
 

@@ -25,6 +25,7 @@ mod launch;
 mod processes;
 mod pty;
 mod reaper;
+mod rtnl;
 mod serial;
 mod server;
 mod spawn;
@@ -298,7 +299,7 @@ async fn serve(
     };
     let serial = match &args.serial {
         Some(name) => Some(
-            serial::SerialListener::bind(name, Arc::clone(&state.reaper))
+            serial::SerialListener::bind(name)
                 .map_err(|e| format!("cannot serve on serial port {name}: {e}"))?,
         ),
         None => None,

@@ -68,7 +68,14 @@ impl MicroVmRuntime {
         s: &CapsuleSpec,
         ready: Duration,
     ) -> Result<CapsuleHandle, RuntimeError> {
+        let t0 = Instant::now();
         let start = self.start_of(s).await?;
+        tracing::debug!(
+            capsule = %s.id,
+            ms = t0.elapsed().as_secs_f64() * 1e3,
+            clone = matches!(start, Start::Clone(_)),
+            "microvm start chosen"
+        );
         self.create_vm_from(s, start, ready).await
     }
 
@@ -139,6 +146,7 @@ impl MicroVmRuntime {
             ids: None,
         };
         let t0 = Instant::now();
+        let mut steps = Steps::new();
         let started = async {
             record.ids = Some(
                 ids::claim_range(&self.owner(), id)
@@ -153,6 +161,7 @@ impl MicroVmRuntime {
             record
                 .save(&dir.join(RECORD))
                 .map_err(|e| host_err("write vm.json", id, e))?;
+            steps.mark("slot");
             let base_format = match &start {
                 Start::Clone(_) => "qcow2",
                 Start::Cold { .. } => "raw",
@@ -160,8 +169,15 @@ impl MicroVmRuntime {
             image::create_overlay(&base, base_format, &dir.join(DISK))
                 .await
                 .map_err(|e| host_err("create disk overlay", id, e))?;
+            steps.mark("overlay");
             let live = self
-                .boot(&mut record, start.ram(), start.incoming(), ready)
+                .boot(
+                    &mut record,
+                    start.ram(),
+                    start.incoming(),
+                    ready,
+                    &mut steps,
+                )
                 .await?;
             // A clone's services run already: they were saved running.
             if matches!(start, Start::Cold { .. }) && !run.services.is_empty() {
@@ -204,6 +220,7 @@ impl MicroVmRuntime {
         tracing::debug!(
             capsule = id,
             ms = t0.elapsed().as_secs_f64() * 1e3,
+            steps = %steps,
             "microvm created"
         );
         let pid = record.pid.unwrap_or(0);
@@ -236,6 +253,7 @@ impl MicroVmRuntime {
         ram: Ram,
         incoming: Option<StateFile>,
         ready: Duration,
+        steps: &mut Steps,
     ) -> Result<Live, RuntimeError> {
         let id = record.id.clone();
         let id = id.as_str();
@@ -248,6 +266,7 @@ impl MicroVmRuntime {
                 .await
                 .map_err(|e| host_err("create network", id, e))?
         };
+        steps.mark("network");
         let cow = matches!(ram, Ram::File { share: false, .. });
         let args = VmArgs {
             id: id.to_owned(),
@@ -270,6 +289,7 @@ impl MicroVmRuntime {
                 id: id.to_owned(),
                 source: e,
             })?;
+        steps.mark("qemu_start");
         record.pid = Some(pid);
         record.pid_start = sys::pid_start_time(pid);
         record.paused = false;
@@ -284,12 +304,14 @@ impl MicroVmRuntime {
                     id: id.to_owned(),
                     source: e,
                 })?;
+            steps.mark("migrate_incoming");
             finish_incoming(&dir.join(files::QMP))
                 .await
                 .map_err(|e| RuntimeError::Launch {
                     id: id.to_owned(),
                     source: e,
                 })?;
+            steps.mark("load_and_cont");
             if cow {
                 saved::clear_ignore_shared(&dir.join(files::QMP))
                     .await
@@ -302,6 +324,7 @@ impl MicroVmRuntime {
         let relay = self
             .start_relay(record)
             .map_err(|e| host_err("start agent relay", id, e))?;
+        steps.mark("relay_start");
         let w = watch.clone();
         health::wait_ready(&dir.join(AGENT_SOCKET_NAME), ready, move || w.alive())
             .await
@@ -309,6 +332,7 @@ impl MicroVmRuntime {
                 id: id.to_owned(),
                 waited_ms: waited.as_millis() as u64,
             })?;
+        steps.mark("agent_ready");
         Ok(Live {
             watch,
             relay: Arc::new(relay),
@@ -382,8 +406,15 @@ impl MicroVmRuntime {
         } else {
             Ram::Default
         };
+        let mut steps = Steps::new();
         let live = match self
-            .boot(&mut record, ram, Some(saved_state), READY_TIMEOUT)
+            .boot(
+                &mut record,
+                ram,
+                Some(saved_state),
+                READY_TIMEOUT,
+                &mut steps,
+            )
             .await
         {
             Ok(l) => l,
@@ -399,6 +430,7 @@ impl MicroVmRuntime {
                 return Err(e);
             }
         };
+        tracing::debug!(capsule = id, steps = %steps, "microvm resumed");
         let _ = std::fs::remove_file(&state);
         self.lock().insert(
             id.to_owned(),
@@ -594,6 +626,41 @@ impl MicroVmRuntime {
                 None => CapsuleState::Running,
             },
         })
+    }
+}
+
+/// Milliseconds each step of a create or resume took, for the debug log.
+pub(super) struct Steps {
+    last: Instant,
+    done: Vec<(&'static str, f64)>,
+}
+
+impl Steps {
+    pub(super) fn new() -> Self {
+        Self {
+            last: Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    /// Ends step `name` now.
+    pub(super) fn mark(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.done
+            .push((name, (now - self.last).as_secs_f64() * 1e3));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Steps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (name, ms)) in self.done.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{name}={ms:.1}")?;
+        }
+        Ok(())
     }
 }
 

@@ -90,8 +90,14 @@ async fn run(serial: PathBuf, listener: UnixListener, identity: Option<SerialIde
     let sessions = async {
         let mut backoff = Duration::from_millis(5);
         loop {
+            let t0 = std::time::Instant::now();
             match connect(&serial, identity.as_ref()).await {
                 Ok(sock) => {
+                    tracing::debug!(
+                        serial = %serial.display(),
+                        ms = t0.elapsed().as_secs_f64() * 1e3,
+                        "agent channel acknowledged"
+                    );
                     backoff = Duration::from_millis(5);
                     let conn = yamux::Connection::new(
                         sock.compat(),

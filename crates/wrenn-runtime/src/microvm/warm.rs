@@ -19,9 +19,12 @@
 //! Every memory size and vCPU count used gets its own image: a clone's RAM must be the saved
 //! RAM. Capsules without a network boot cold (a clone has the saved VM's devices).
 //!
+//! When an image is made, the images of the same template, memory and vCPUs with another
+//! fingerprint are removed unless a capsule's disk (a running or paused clone) backs onto one.
+//!
 //! # Limitations
-//! Images of an old fingerprint stay on disk until removed by hand (running clones may still
-//! read them).
+//! An old image still backing a capsule stays until the next image of its kind is made after
+//! that capsule is gone.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -34,6 +37,7 @@ use super::qemu::{self, files, Ram};
 use super::saved::{self, Saved, SavedMeta, Start};
 use super::{qmp, MicroVmRuntime};
 use crate::{CapsuleSpec, NetworkMode};
+use wrenn_agent_client::AgentClient;
 
 /// The RAM file in a warm image.
 const RAM: &str = "ram";
@@ -78,6 +82,16 @@ impl MicroVmRuntime {
                     secs = t0.elapsed().as_secs_f64(),
                     "warm image made"
                 );
+                let kind = format!("{template}-{memory_mb}m-{vcpus}c-");
+                let capsules = self.inner.cfg.data_dir.join("microvm/capsules");
+                for old in stale_images(&root, &kind, &dir, &backing_files(&capsules)) {
+                    match std::fs::remove_dir_all(&old) {
+                        Ok(()) => tracing::info!(image = %old.display(), "old warm image removed"),
+                        Err(error) => {
+                            tracing::warn!(%error, image = %old.display(), "cannot remove old warm image");
+                        }
+                    }
+                }
                 Ok(load(&dir))
             }
             Err(e) => {
@@ -110,8 +124,10 @@ impl MicroVmRuntime {
             path: out.join(RAM),
             share: true,
         };
-        self.create_vm_from(&spec, Start::Cold { ram }, super::READY_TIMEOUT)
+        let handle = self
+            .create_vm_from(&spec, Start::Cold { ram }, super::READY_TIMEOUT)
             .await?;
+        warm_up(&handle.agent).await;
         let saved = self.save_warm(&id, out).await;
         let vm = self.lock().remove(&id);
         if let Some(vm) = vm {
@@ -191,6 +207,19 @@ impl MicroVmRuntime {
     }
 }
 
+/// Runs a shell once in the warm VM before it is saved, so every clone finds the shell in its
+/// page cache and the agent's exec path touched (the clone's first exec is the one a user
+/// waits for). A failure only costs that.
+async fn warm_up(agent: &crate::AgentEndpoint) {
+    let req = wrenn_types::agent::ExecRequest::from(wrenn_types::agent::ProcessSpec::new(
+        "/bin/sh",
+        ["-c", "true"],
+    ));
+    if let Err(error) = AgentClient::new(agent.clone()).exec(&req).await {
+        tracing::warn!(%error, "warm-up exec in the warm vm failed");
+    }
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -210,6 +239,58 @@ fn load(dir: &Path) -> Option<Saved> {
     })
 }
 
+/// Warm images in `root` of the same kind (name prefix `kind`: template, memory, vCPUs) as
+/// `current` but of another fingerprint that no disk in `backing` backs onto (a running or
+/// paused clone's overlay reads its image's disk; a running clone also maps its RAM file).
+fn stale_images(root: &Path, kind: &str, current: &Path, backing: &[PathBuf]) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix(kind))
+                .is_some_and(|fp| !fp.is_empty() && !fp.contains('-'))
+        })
+        .filter(|p| p != current && !backing.iter().any(|b| b.starts_with(p)))
+        .collect()
+}
+
+/// The backing files of the capsules' disks under `capsules` (`<id>/disk.qcow2`).
+fn backing_files(capsules: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(capsules) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| qcow2_backing(&e.path().join("disk.qcow2")))
+        .collect()
+}
+
+/// The backing file a qcow2 image names in its header, if any.
+fn qcow2_backing(image: &Path) -> Option<PathBuf> {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::ffi::OsStringExt;
+    let mut f = std::fs::File::open(image).ok()?;
+    let mut head = [0u8; 20];
+    f.read_exact(&mut head).ok()?;
+    if &head[..4] != b"QFI\xfb" {
+        return None;
+    }
+    let offset = u64::from_be_bytes(head[8..16].try_into().ok()?);
+    let len = u32::from_be_bytes(head[16..20].try_into().ok()?);
+    if offset == 0 || len == 0 || len > 1023 {
+        return None;
+    }
+    f.seek(SeekFrom::Start(offset)).ok()?;
+    let mut name = vec![0u8; len as usize];
+    f.read_exact(&mut name).ok()?;
+    Some(PathBuf::from(std::ffi::OsString::from_vec(name)))
+}
+
 /// `prog` on `PATH` (itself when not found, so its metadata read fails clearly).
 fn which(prog: &str) -> PathBuf {
     std::env::var_os("PATH")
@@ -218,4 +299,40 @@ fn which(prog: &str) -> PathBuf {
         .map(|d| d.join(prog))
         .find(|p| p.is_file())
         .unwrap_or_else(|| PathBuf::from(prog))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_unreferenced_images_of_the_same_kind_are_stale() {
+        let d = crate::test_utils::Scratch::new("warm-gc");
+        let root = d.path().join("warm");
+        for name in [
+            "busybox-512m-1c-aaaa",
+            "busybox-512m-1c-bbbb",
+            "busybox-512m-1c-cccc",
+            "busybox-1024m-1c-dddd",
+            "busybox-512m-1c-x-y",
+            ".build-eeee-1",
+        ] {
+            std::fs::create_dir_all(root.join(name)).expect("mkdir");
+        }
+        let base = root.join("busybox-512m-1c-bbbb").join(saved::DISK);
+        std::fs::write(&base, b"").expect("base");
+        let capsules = d.path().join("capsules");
+        std::fs::create_dir_all(capsules.join("cl-1")).expect("mkdir");
+        crate::microvm::image::create_overlay(&base, "raw", &capsules.join("cl-1/disk.qcow2"))
+            .await
+            .expect("overlay");
+        let backing = backing_files(&capsules);
+        assert_eq!(backing, std::slice::from_ref(&base));
+        let current = root.join("busybox-512m-1c-cccc");
+        assert_eq!(
+            stale_images(&root, "busybox-512m-1c-", &current, &backing),
+            [root.join("busybox-512m-1c-aaaa")]
+        );
+        assert!(qcow2_backing(&base).is_none());
+    }
 }
