@@ -11,21 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BUSYBOX, WrennServer, assert_error, capsule_ids, poll, wait_status
-
-
-def _qemu_pids(cid: str) -> list[int]:
-    out = []
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            cmd = (p / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if cmd and cmd[0].endswith(b"qemu-system-x86_64") and f"wrenn-{cid}".encode() in b" ".join(cmd):
-            out.append(int(p.name))
-    return out
+from conftest import BUSYBOX, WrennServer, assert_error, capsule_ids, poll, qemu_pids as _qemu_pids, wait_status
 
 
 def _run(client, cid: str, script: str) -> str:

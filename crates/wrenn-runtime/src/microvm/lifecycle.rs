@@ -283,12 +283,13 @@ impl MicroVmRuntime {
             ram,
             run_as: record.ids.map(ids::host_base),
         };
+        let launch = |source| RuntimeError::Launch {
+            id: id.to_owned(),
+            source,
+        };
         let pid = qemu::start(&args, Some(&record.net.netns_path()))
             .await
-            .map_err(|e| RuntimeError::Launch {
-                id: id.to_owned(),
-                source: e,
-            })?;
+            .map_err(launch)?;
         steps.mark("qemu_start");
         record.pid = Some(pid);
         record.pid_start = sys::pid_start_time(pid);
@@ -300,25 +301,16 @@ impl MicroVmRuntime {
         if let Some(state) = incoming {
             saved::migrate_in(&dir.join(files::QMP), &state, cow)
                 .await
-                .map_err(|e| RuntimeError::Launch {
-                    id: id.to_owned(),
-                    source: e,
-                })?;
+                .map_err(launch)?;
             steps.mark("migrate_incoming");
             finish_incoming(&dir.join(files::QMP))
                 .await
-                .map_err(|e| RuntimeError::Launch {
-                    id: id.to_owned(),
-                    source: e,
-                })?;
+                .map_err(launch)?;
             steps.mark("load_and_cont");
             if cow {
                 saved::clear_ignore_shared(&dir.join(files::QMP))
                     .await
-                    .map_err(|e| RuntimeError::Launch {
-                        id: id.to_owned(),
-                        source: e,
-                    })?;
+                    .map_err(launch)?;
             }
         }
         let relay = self

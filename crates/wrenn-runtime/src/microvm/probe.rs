@@ -5,7 +5,7 @@
 //! the guest kernel and `/dev/kvm`, so it is kept in `cache_dir/microvm/kvm-probe.json` with
 //! those as its key, and a start with the same key reuses it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -48,17 +48,6 @@ fn identity(path: &Path) -> String {
     }
 }
 
-/// The first `name` on `PATH`, or `name` itself.
-fn on_path(name: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join(name))
-                .find(|c| c.is_file())
-        })
-        .unwrap_or_else(|| PathBuf::from(name))
-}
-
 impl ProbeKey {
     /// The key on this host now.
     pub(super) fn current(kernel: &Path) -> Self {
@@ -66,7 +55,7 @@ impl ProbeKey {
             boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
                 .map(|s| s.trim().to_owned())
                 .unwrap_or_default(),
-            qemu: identity(&on_path(super::qemu::QEMU)),
+            qemu: identity(&super::qemu::binary()),
             kernel: identity(kernel),
             kvm: identity(Path::new("/dev/kvm")),
         }
@@ -104,7 +93,7 @@ mod tests {
     use super::*;
 
     /// A fresh cache dir with its `microvm` subdirectory.
-    fn cache(name: &str) -> PathBuf {
+    fn cache(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("wrenn-probe-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("microvm")).expect("mkdir");

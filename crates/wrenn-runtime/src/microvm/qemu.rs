@@ -24,6 +24,18 @@ pub enum Accel {
     Tcg,
 }
 
+/// The [`QEMU`] that runs: the first on `PATH` (or the bare name, so reading its metadata
+/// fails clearly).
+pub fn binary() -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(QEMU))
+                .find(|c| c.is_file())
+        })
+        .unwrap_or_else(|| PathBuf::from(QEMU))
+}
+
 /// Most host memory TCG keeps translated guest code in, MiB. QEMU's default is 1 GiB per VM,
 /// which a guest that runs much distinct code (a JIT, on purpose or not) fills on top of its
 /// RAM; a full cache is flushed and refilled instead.

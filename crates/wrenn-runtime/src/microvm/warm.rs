@@ -199,7 +199,7 @@ impl MicroVmRuntime {
     fn boot_parts_hash(&self) -> anyhow::Result<String> {
         let mut h = Sha256::new();
         h.update(std::fs::read(&self.inner.initrd).context("read initramfs")?);
-        for p in [self.inner.kernel.vmlinux.as_path(), &which(qemu::QEMU)] {
+        for p in [self.inner.kernel.vmlinux.as_path(), &qemu::binary()] {
             let m = std::fs::metadata(p).with_context(|| format!("stat {}", p.display()))?;
             h.update(format!("{} {} {}\n", p.display(), m.len(), m.mtime()));
         }
@@ -289,16 +289,6 @@ fn qcow2_backing(image: &Path) -> Option<PathBuf> {
     let mut name = vec![0u8; len as usize];
     f.read_exact(&mut name).ok()?;
     Some(PathBuf::from(std::ffi::OsString::from_vec(name)))
-}
-
-/// `prog` on `PATH` (itself when not found, so its metadata read fails clearly).
-fn which(prog: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join(prog))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from(prog))
 }
 
 #[cfg(test)]
