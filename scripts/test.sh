@@ -38,8 +38,8 @@ bash scripts/e2e-venv.sh .venv
 
 # The suite also runs with WRENN_RUNTIME=microvm (far longer under TCG: 34 min here); CI runs
 # its core: create/pause/resume/destroy, commands, files, PTY, restarts with running and paused
-# VMs, a stopped and a killed VM, the guest's disk, all through the official SDK (74 tests,
-# 5-6 min under TCG here, plus ~1.3 min for test_pty and test_harden; the sigterm restarts are
+# VMs, a stopped and a killed VM, the guest's disk, all through the official SDK (101 tests,
+# 4-5 min under TCG here, test_pty and test_harden included; the sigterm restarts are
 # server logic the sigkill ones cover for the VM, and the process-table cap takes 80 s of TCG).
 echo "==> the core of the end-to-end tests against the microVM runtime (TCG)"
 WRENN_RUNTIME=microvm .venv/bin/python -m pytest -q -p no:cacheprovider -m "not slow" \
