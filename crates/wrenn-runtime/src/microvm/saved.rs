@@ -283,11 +283,6 @@ pub async fn migrate_out(q: &mut qmp::Qmp, state: &StateFile, shared: bool) -> a
             .with_context(|| format!("create {path}"))?;
         (None, OwnedFd::from(f))
     };
-    let fd_for_sync = if child.is_none() {
-        Some(fd.try_clone().context("dup state fd")?)
-    } else {
-        None
-    };
     q.send_fd(STATE_FD, fd.as_fd()).await?;
     drop(fd);
     let moved = async {
@@ -312,10 +307,8 @@ pub async fn migrate_out(q: &mut qmp::Qmp, state: &StateFile, shared: bool) -> a
             bail!("zstd writing {path}: {status}");
         }
     }
-    let f = match fd_for_sync {
-        Some(fd) => std::fs::File::from(fd),
-        None => std::fs::File::open(&state.path).with_context(|| format!("open {path}"))?,
-    };
+    // fsync through any fd of the file flushes it (the writer's may be zstd's).
+    let f = std::fs::File::open(&state.path).with_context(|| format!("open {path}"))?;
     tokio::task::spawn_blocking(move || f.sync_all())
         .await
         .context("sync saved state")?
