@@ -9,6 +9,10 @@ WRENN_API_KEY and WRENN_DIR (the server's data dir, to read saved state sizes).
                                  a copy-on-write clone of the template's warm image (made by a
                                  first, unmeasured create); with --cold (a server run with
                                  --no-warm-templates), a cold boot
+                                 with --pooled (a server keeping one warm busybox capsule,
+                                 `--warm busybox=1`), a pool hit: the create is handed a capsule
+                                 cloned (and warmed up by one exec) ahead, and each create waits
+                                 first until the pool has refilled
   microvm.create_to_first_exec_sdk_wait  the same with `Capsule(wait=True)`: the SDK polls the
                                  status every 0.5 s, so this is quantised by its poll interval
   microvm.warm_image_first_create the first create, which makes the warm image
@@ -65,6 +69,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=5)
     ap.add_argument("--cold", action="store_true", help="the server boots capsules cold: measure only that")
+    ap.add_argument("--pooled", type=Path, metavar="LOG", help="the server pools busybox: measure pool hits (LOG: its log)")
     args = ap.parse_args()
     data = Path(os.environ["WRENN_DIR"])
 
@@ -77,6 +82,24 @@ def main() -> None:
         cap.destroy(wait=True)
         return took
 
+    if args.pooled:
+
+        def pooled(made: int) -> float:
+            deadline = time.monotonic() + 300
+            while args.pooled.read_text().count("warm capsule ready") <= made:
+                assert time.monotonic() < deadline, "the pool did not refill"
+                time.sleep(0.1)
+            t = time.perf_counter()
+            cap = Capsule(template="busybox")
+            r = cap.commands.run("true")
+            took = (time.perf_counter() - t) * 1e3
+            assert r.exit_code == 0
+            assert (cap.info.metadata or {}).get("warm_pool") == "true", cap.info.metadata
+            cap.destroy(wait=True)
+            return took
+
+        emit("microvm.create_to_first_exec", [pooled(i) for i in range(args.n)], pool_hit=True)
+        return
     if args.cold:
         emit("microvm.create_to_first_exec", [create_to_first_exec() for _ in range(args.n)], cold_boot=True)
         return

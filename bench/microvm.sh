@@ -17,7 +17,7 @@ dir=$(mktemp -d /tmp/wrenn-bench-microvm.XXXXXX)
 port=$((20000 + RANDOM % 20000))
 key=$("$WRENN_BIN" key create --dir "$dir" --team bench)
 "$WRENN_BIN" serve --runtime microvm --listen 127.0.0.1:$port --dir "$dir" --cache-dir "$WRENN_CACHE" \
-  --agent "$agent" --no-prebuild --warm code-runner-beta=0 2>"$dir/server.log" &
+  --agent "$agent" --no-prebuild --warm code-runner-beta=0,code-interpreter-v1=0 2>"$dir/server.log" &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$dir"' EXIT
 for _ in $(seq 300); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
@@ -30,8 +30,17 @@ ACCEL="${accel:-unknown}" WRENN_DIR="$dir" WRENN_BASE_URL="http://127.0.0.1:$por
 # Cold boots beside: the same server without warm templates.
 kill $server; wait $server 2>/dev/null || true
 "$WRENN_BIN" serve --runtime microvm --listen 127.0.0.1:$port --dir "$dir" --cache-dir "$WRENN_CACHE" \
-  --agent "$agent" --no-prebuild --no-warm-templates --warm code-runner-beta=0 2>>"$dir/server.log" &
+  --agent "$agent" --no-prebuild --no-warm-templates --warm code-runner-beta=0,code-interpreter-v1=0 2>>"$dir/server.log" &
 server=$!
 for _ in $(seq 300); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
 ACCEL="${accel:-unknown}" WRENN_DIR="$dir" WRENN_BASE_URL="http://127.0.0.1:$port" WRENN_API_KEY="$key" \
   "$py" bench/microvm.py --n "${N:-5}" --cold
+
+# Pool hits beside: the same server keeping one warm busybox capsule ready (`--warm busybox=1`).
+kill $server; wait $server 2>/dev/null || true
+"$WRENN_BIN" serve --runtime microvm --listen 127.0.0.1:$port --dir "$dir" --cache-dir "$WRENN_CACHE" \
+  --agent "$agent" --no-prebuild --warm code-runner-beta=0,code-interpreter-v1=0,busybox=1 2>"$dir/pool.log" &
+server=$!
+for _ in $(seq 300); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
+ACCEL="${accel:-unknown}" WRENN_DIR="$dir" WRENN_BASE_URL="http://127.0.0.1:$port" WRENN_API_KEY="$key" \
+  "$py" bench/microvm.py --n "${N:-5}" --pooled "$dir/pool.log"

@@ -161,6 +161,24 @@ pub struct CapsuleHandle {
     pub guest: Option<wrenn_types::agent::Health>,
 }
 
+impl CapsuleHandle {
+    /// Runs one `sh -c true` in the capsule, so that its next exec finds the shell in the page
+    /// cache and the agent's exec path run once (under TCG: translated). A failure only costs
+    /// that, and is logged.
+    pub async fn warm_up(&self) {
+        let req = wrenn_types::agent::ExecRequest::from(wrenn_types::agent::ProcessSpec::new(
+            "/bin/sh",
+            ["-c", "true"],
+        ));
+        if let Err(error) = wrenn_agent_client::AgentClient::new(self.agent.clone())
+            .exec(&req)
+            .await
+        {
+            tracing::warn!(id = %self.id, %error, "warm-up exec failed");
+        }
+    }
+}
+
 /// Live resource use of one capsule.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ResourceUsage {

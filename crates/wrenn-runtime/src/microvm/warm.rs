@@ -37,7 +37,6 @@ use super::qemu::{self, files, Ram};
 use super::saved::{self, Saved, SavedMeta, Start};
 use super::{qmp, MicroVmRuntime};
 use crate::{CapsuleSpec, NetworkMode};
-use wrenn_agent_client::AgentClient;
 
 /// The RAM file in a warm image.
 const RAM: &str = "ram";
@@ -127,7 +126,9 @@ impl MicroVmRuntime {
         let handle = self
             .create_vm_from(&spec, Start::Cold { ram }, super::READY_TIMEOUT)
             .await?;
-        warm_up(&handle.agent).await;
+        // Saved after one exec, so every clone finds the shell in its page cache and the
+        // agent's exec path touched (a clone's first exec is the one a user waits for).
+        handle.warm_up().await;
         let saved = self.save_warm(&id, out).await;
         let vm = self.lock().remove(&id);
         if let Some(vm) = vm {
@@ -204,19 +205,6 @@ impl MicroVmRuntime {
             h.update(format!("{} {} {}\n", p.display(), m.len(), m.mtime()));
         }
         Ok(hex(&h.finalize()))
-    }
-}
-
-/// Runs a shell once in the warm VM before it is saved, so every clone finds the shell in its
-/// page cache and the agent's exec path touched (the clone's first exec is the one a user
-/// waits for). A failure only costs that.
-async fn warm_up(agent: &crate::AgentEndpoint) {
-    let req = wrenn_types::agent::ExecRequest::from(wrenn_types::agent::ProcessSpec::new(
-        "/bin/sh",
-        ["-c", "true"],
-    ));
-    if let Err(error) = AgentClient::new(agent.clone()).exec(&req).await {
-        tracing::warn!(%error, "warm-up exec in the warm vm failed");
     }
 }
 
