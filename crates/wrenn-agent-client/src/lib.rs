@@ -233,13 +233,16 @@ impl AgentClient {
         wait: Wait,
     ) -> Result<Response<Incoming>, AgentError> {
         let stream = self.connect().await?;
+        // (An HTTP/1 handshake does no I/O.)
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(transport)?;
+        // The connection task owns the request body; it outlives the call only to stream an
+        // answer's body (see the end).
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
         let exchange = async {
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(transport)?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
             let mut req = Request::builder()
                 .method(method)
                 .uri(path_and_query)
@@ -256,23 +259,28 @@ impl AgentClient {
             let body = collect_truncated(resp.into_body(), self.limits.error).await?;
             Err(api_error(status, &body))
         };
-        match wait {
-            Wait::For(after) => {
-                tokio::time::timeout(after, exchange)
-                    .await
-                    .unwrap_or(Err(AgentError::Timeout {
+        let answer =
+            match wait {
+                Wait::For(after) => tokio::time::timeout(after, exchange).await.unwrap_or(Err(
+                    AgentError::Timeout {
                         phase: Phase::Answer,
                         after,
-                    }))
-            }
-            Wait::Upload(upload) => {
-                let after = self.deadlines.request;
-                tokio::select! {
-                    r = exchange => r,
-                    phase = upload.stalled(after) => Err(AgentError::Timeout { phase, after }),
+                    },
+                )),
+                Wait::Upload(upload) => {
+                    let after = self.deadlines.request;
+                    tokio::select! {
+                        r = exchange => r,
+                        phase = upload.stalled(after) => Err(AgentError::Timeout { phase, after }),
+                    }
                 }
-            }
+            };
+        // A failed call ends its connection: a task stuck writing to a stopped agent would
+        // otherwise hold the request body for ever, and with it whoever feeds that body.
+        if answer.is_err() {
+            conn.abort();
         }
+        answer
     }
 
     /// [`Wait::For`] the request deadline.
@@ -667,6 +675,27 @@ mod tests {
         let chunk = Bytes::from(vec![0u8; 1 << 16]);
         let endless = futures_util::stream::repeat_with(move || Ok(chunk.clone()));
         times_out(client.write("/x", endless), Phase::Upload, request).await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_stalled_upload_lets_go_of_its_body() {
+        // A caller pumping an upload through a bounded channel (as the API's multipart
+        // handler does) must see the channel close once the call gave up on the agent, or it
+        // would wait on a full channel for ever and never answer its own client.
+        let (client, dir) = fake_agent(Answer::Silent).await;
+        let client = client.with_deadlines(short());
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+        let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let pump = tokio::spawn(async move {
+            let chunk = Bytes::from(vec![0u8; 1 << 16]);
+            while tx.send(Ok(chunk.clone())).await.is_ok() {}
+        });
+        times_out(client.write("/x", body), Phase::Upload, short().request).await;
+        tokio::time::timeout(Duration::from_secs(5), pump)
+            .await
+            .expect("the body was dropped with the call")
+            .expect("pump");
         let _ = std::fs::remove_dir_all(dir);
     }
 
