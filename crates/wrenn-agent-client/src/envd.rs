@@ -7,7 +7,6 @@ use bytes::Bytes;
 use http::{header, Method, Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
-use hyper_util::rt::TokioIo;
 use wrenn_types::envd::{EnvdConfig, ENVD_CONFIG_PATH, ENVD_PATH_PREFIX};
 
 use crate::deadline::{Upload, Watched};
@@ -43,20 +42,18 @@ impl AgentClient {
         parts
             .headers
             .insert(header::HOST, http::HeaderValue::from_static("localhost"));
-        let stream = self.connect().await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(transport)?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let (mut sender, conn) = self.http1().await?;
         let upload = Upload::new();
         let body = Watched::new(body, Arc::clone(&upload));
         let after = self.deadlines().request;
-        tokio::select! {
+        let answer = tokio::select! {
             r = sender.send_request(Request::from_parts(parts, body)) => r.map_err(transport),
             phase = upload.stalled(after) => Err(AgentError::Timeout { phase, after }),
+        };
+        if answer.is_err() {
+            conn.abort();
         }
+        answer
     }
 }
 

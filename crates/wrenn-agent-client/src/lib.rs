@@ -232,16 +232,7 @@ impl AgentClient {
         body: ReqBody,
         wait: Wait,
     ) -> Result<Response<Incoming>, AgentError> {
-        let stream = self.connect().await?;
-        // (An HTTP/1 handshake does no I/O.)
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(transport)?;
-        // The connection task owns the request body; it outlives the call only to stream an
-        // answer's body (see the end).
-        let conn = tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let (mut sender, conn) = self.http1().await?;
         let exchange = async {
             let mut req = Request::builder()
                 .method(method)
@@ -275,12 +266,39 @@ impl AgentClient {
                     }
                 }
             };
-        // A failed call ends its connection: a task stuck writing to a stopped agent would
-        // otherwise hold the request body for ever, and with it whoever feeds that body.
         if answer.is_err() {
             conn.abort();
         }
         answer
+    }
+
+    /// Connects and starts an HTTP/1 connection on its own task. That task owns the request
+    /// body and outlives the call only to stream an answer's body, so a failed call must abort
+    /// it: stuck writing to a stopped agent, it would otherwise hold the body for ever, and
+    /// with it whoever feeds that body.
+    pub(crate) async fn http1<B>(
+        &self,
+    ) -> Result<
+        (
+            hyper::client::conn::http1::SendRequest<B>,
+            tokio::task::JoinHandle<()>,
+        ),
+        AgentError,
+    >
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let stream = self.connect().await?;
+        // (An HTTP/1 handshake does no I/O.)
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(transport)?;
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok((sender, conn))
     }
 
     /// [`Wait::For`] the request deadline.
@@ -685,17 +703,34 @@ mod tests {
         // would wait on a full channel for ever and never answer its own client.
         let (client, dir) = fake_agent(Answer::Silent).await;
         let client = client.with_deadlines(short());
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
-        let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
-        let pump = tokio::spawn(async move {
-            let chunk = Bytes::from(vec![0u8; 1 << 16]);
-            while tx.send(Ok(chunk.clone())).await.is_ok() {}
-        });
+        let pumped = || {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+            let pump = tokio::spawn(async move {
+                let chunk = Bytes::from(vec![0u8; 1 << 16]);
+                while tx.send(Ok(chunk.clone())).await.is_ok() {}
+            });
+            (
+                futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)),
+                pump,
+            )
+        };
+        let let_go = |pump: tokio::task::JoinHandle<()>| async move {
+            tokio::time::timeout(Duration::from_secs(5), pump)
+                .await
+                .expect("the body was dropped with the call")
+                .expect("pump");
+        };
+        let (body, pump) = pumped();
         times_out(client.write("/x", body), Phase::Upload, short().request).await;
-        tokio::time::timeout(Duration::from_secs(5), pump)
-            .await
-            .expect("the body was dropped with the call")
-            .expect("pump");
+        let_go(pump).await;
+        // The same for a forwarded envd call.
+        let (body, pump) = pumped();
+        let req = Request::post("/files")
+            .body(StreamBody::new(body.map_ok(Frame::data)))
+            .expect("request");
+        let call = async { client.forward_envd(req).await.map(|_| ()) };
+        times_out(call, Phase::Upload, short().request).await;
+        let_go(pump).await;
         let _ = std::fs::remove_dir_all(dir);
     }
 
