@@ -274,11 +274,11 @@ pub(crate) async fn forward(
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("handshake with {addr}: {e}"))?;
-    tokio::spawn(async move {
+    let conn = ConnTask(Some(tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(error = %e, "proxied connection ended");
         }
-    });
+    })));
 
     let upgrading = req.headers().contains_key(header::UPGRADE);
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
@@ -322,6 +322,7 @@ pub(crate) async fn forward(
             });
         }
         let (parts, _) = resp.into_parts();
+        conn.keep();
         return Ok(Response::from_parts(parts, Body::empty()));
     }
 
@@ -342,12 +343,67 @@ pub(crate) async fn forward(
     for h in HOP_BY_HOP {
         parts.headers.remove(h);
     }
+    conn.keep();
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// The task driving a proxied connection. It owns the client's request body, so it is aborted
+/// when the exchange fails or its caller goes away before the answer's head: stuck writing to
+/// a capsule that stopped reading, it would otherwise hold the body and the connection for
+/// ever. Once the head is in, the task streams the answer's body (or the upgrade) and lives on.
+struct ConnTask(Option<tokio::task::JoinHandle<()>>);
+
+impl ConnTask {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for ConnTask {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_forward_given_up_lets_go_of_the_request_body() {
+        // A capsule's server that accepts and never reads.
+        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = upstream.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = upstream.accept().await {
+                held.push(conn);
+            }
+        });
+        let (tx, mut rx) =
+            tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(8);
+        let pump = tokio::spawn(async move {
+            let chunk = axum::body::Bytes::from(vec![0u8; 1 << 16]);
+            while tx.send(Ok(chunk.clone())).await.is_ok() {}
+        });
+        let body = Body::from_stream(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+        let req = Request::post("/upload").body(body).expect("request");
+        // The client goes away before any answer.
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(300),
+            forward(Ipv4Addr::LOCALHOST, port, req),
+        )
+        .await;
+        assert!(gave_up.is_err(), "the capsule never answers");
+        tokio::time::timeout(Duration::from_secs(5), pump)
+            .await
+            .expect("the body was dropped with the forward")
+            .expect("pump");
+    }
 
     #[test]
     fn hosts_are_told_apart() {
