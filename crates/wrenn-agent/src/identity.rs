@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use wrenn_types::agent::SerialIdentity;
 
-use crate::rtnl::{Cidr, Rtnl};
+use wrenn_rtnl::{Cidr, Rtnl};
 
 /// The guest's network interface.
 const IFACE: &str = "eth0";

@@ -25,7 +25,6 @@ mod launch;
 mod processes;
 mod pty;
 mod reaper;
-mod rtnl;
 mod serial;
 mod server;
 mod spawn;

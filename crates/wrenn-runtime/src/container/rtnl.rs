@@ -9,21 +9,11 @@
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use netlink_packet_core::{
-    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
-};
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags};
-use netlink_packet_route::link::{LinkInfo, LinkMessage};
-use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
-};
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
+use wrenn_rtnl::{Cidr, Rtnl};
 
 /// Where named network namespaces are bound (as `ip netns` does).
 pub const NETNS_DIR: &str = "/run/netns";
@@ -45,76 +35,16 @@ const CAPSULE_IF: &str = "eth0";
 /// Prefix length of a slot's network.
 const PREFIX: u8 = 30;
 
-/// A netlink route socket in the namespace of the thread that opened it.
-struct Rtnl {
-    sock: Socket,
-    seq: u32,
+/// `r`, its error saying what failed.
+fn what<T>(r: io::Result<T>, what: &str) -> io::Result<T> {
+    r.map_err(|e| io::Error::new(e.kind(), format!("{what}: {e}")))
 }
 
-impl Rtnl {
-    fn open() -> io::Result<Self> {
-        let mut sock = Socket::new(NETLINK_ROUTE)?;
-        sock.bind_auto()?;
-        Ok(Self { sock, seq: 0 })
-    }
-
-    /// Sends `msg` with `flags | NLM_F_REQUEST | NLM_F_ACK` and waits for its acknowledgement.
-    fn request(&mut self, msg: RouteNetlinkMessage, flags: u16, what: &str) -> io::Result<()> {
-        let mut req = NetlinkMessage::from(msg);
-        self.seq += 1;
-        req.header.flags = flags | NLM_F_REQUEST | NLM_F_ACK;
-        req.header.sequence_number = self.seq;
-        req.finalize();
-        let mut buf = vec![0u8; req.buffer_len()];
-        req.serialize(&mut buf);
-        self.sock.send(&buf, 0)?;
-        let mut rx = vec![0u8; 8192];
-        loop {
-            let n = self.sock.recv(&mut &mut rx[..], 0)?;
-            let mut off = 0;
-            while off < n {
-                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rx[off..n])
-                    .map_err(|e| io::Error::other(format!("{what}: bad netlink reply: {e}")))?;
-                let len = reply.header.length as usize;
-                if reply.header.sequence_number == self.seq {
-                    if let NetlinkPayload::Error(e) = reply.payload {
-                        return match e.code {
-                            None => Ok(()),
-                            Some(code) => {
-                                let os = io::Error::from_raw_os_error(-code.get());
-                                Err(io::Error::new(os.kind(), format!("{what}: {os}")))
-                            }
-                        };
-                    }
-                }
-                if len == 0 {
-                    break;
-                }
-                off += len;
-            }
-        }
-    }
-
-    fn set_up(&mut self, index: u32, what: &str) -> io::Result<()> {
-        let mut link = LinkMessage::default();
-        link.header.index = index;
-        link.header.flags |= LinkFlags::Up;
-        link.header.change_mask |= LinkFlags::Up;
-        self.request(RouteNetlinkMessage::SetLink(link), 0, what)
-    }
-
-    fn add_addr(&mut self, index: u32, addr: Ipv4Addr, what: &str) -> io::Result<()> {
-        let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet;
-        msg.header.prefix_len = PREFIX;
-        msg.header.index = index;
-        msg.attributes.push(AddressAttribute::Local(addr.into()));
-        msg.attributes.push(AddressAttribute::Address(addr.into()));
-        self.request(
-            RouteNetlinkMessage::NewAddress(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
-            what,
-        )
+/// `addr` in its slot's /30.
+fn slot_addr(addr: Ipv4Addr) -> Cidr {
+    Cidr {
+        addr,
+        prefix: PREFIX,
     }
 }
 
@@ -207,85 +137,29 @@ fn setup_in_thread(
     )
     .map_err(|e| anyhow::anyhow!("bind network namespace at {}: {e}", path.display()))?;
     let mut ns = Rtnl::open()?;
-    ns.set_up(index_of("lo")?, "set lo up")?;
+    what(ns.set_up(index_of("lo")?), "set lo up")?;
     if let Some(v) = veth {
         let ns_file = std::fs::File::open(path)?;
-        let mut peer = LinkMessage::default();
-        peer.attributes
-            .push(LinkAttribute::IfName(CAPSULE_IF.to_owned()));
-        peer.attributes
-            .push(LinkAttribute::NetNsFd(ns_file.as_raw_fd()));
-        let mut link = LinkMessage::default();
-        link.attributes
-            .push(LinkAttribute::IfName(v.host_name.clone()));
-        link.attributes.push(LinkAttribute::LinkInfo(vec![
-            LinkInfo::Kind(InfoKind::Veth),
-            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
-        ]));
-        host.request(
-            RouteNetlinkMessage::NewLink(link),
-            NLM_F_CREATE | NLM_F_EXCL,
+        what(
+            host.add_veth(&v.host_name, CAPSULE_IF, ns_file.as_fd()),
             "add veth pair",
         )?;
         drop(ns_file);
-        // The host end's index, asked of the host's namespace through its socket.
-        let host_index = host_index(&mut host, &v.host_name)?;
-        host.add_addr(host_index, v.host, "address host end")?;
-        host.set_up(host_index, "set host end up")?;
-        let eth0 = index_of(CAPSULE_IF)?;
-        ns.add_addr(eth0, v.capsule, "address eth0")?;
-        ns.set_up(eth0, "set eth0 up")?;
-        let mut route = RouteMessage::default();
-        route.header.address_family = AddressFamily::Inet;
-        route.header.table = RouteHeader::RT_TABLE_MAIN;
-        route.header.protocol = RouteProtocol::Boot;
-        route.header.scope = RouteScope::Universe;
-        route.header.kind = RouteType::Unicast;
-        route
-            .attributes
-            .push(RouteAttribute::Gateway(RouteAddress::Inet(v.host)));
-        route.attributes.push(RouteAttribute::Oif(eth0));
-        ns.request(
-            RouteNetlinkMessage::NewRoute(route),
-            NLM_F_CREATE | NLM_F_EXCL,
-            "add default route",
+        // The host end's index, asked of the host's namespace through its socket (the thread
+        // has left it).
+        let host_index = what(
+            host.link_index(&v.host_name),
+            &format!("find {}", v.host_name),
         )?;
+        what(
+            host.add_addr(host_index, slot_addr(v.host)),
+            "address host end",
+        )?;
+        what(host.set_up(host_index), "set host end up")?;
+        let eth0 = index_of(CAPSULE_IF)?;
+        what(ns.add_addr(eth0, slot_addr(v.capsule)), "address eth0")?;
+        what(ns.set_up(eth0), "set eth0 up")?;
+        what(ns.replace_default_route(eth0, v.host), "add default route")?;
     }
     then()
-}
-
-/// Index of the host-side link `name`, through a socket of the host's namespace (the calling
-/// thread has left it).
-fn host_index(host: &mut Rtnl, name: &str) -> io::Result<u32> {
-    let mut msg = LinkMessage::default();
-    msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
-    let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetLink(msg));
-    host.seq += 1;
-    req.header.flags = NLM_F_REQUEST;
-    req.header.sequence_number = host.seq;
-    req.finalize();
-    let mut buf = vec![0u8; req.buffer_len()];
-    req.serialize(&mut buf);
-    host.sock.send(&buf, 0)?;
-    let mut rx = vec![0u8; 16384];
-    loop {
-        let n = host.sock.recv(&mut &mut rx[..], 0)?;
-        let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rx[..n])
-            .map_err(|e| io::Error::other(format!("find {name}: bad netlink reply: {e}")))?;
-        if reply.header.sequence_number != host.seq {
-            continue;
-        }
-        return match reply.payload {
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => Ok(l.header.index),
-            NetlinkPayload::Error(e) => Err(io::Error::other(format!(
-                "find {name}: {}",
-                e.code
-                    .map(|c| io::Error::from_raw_os_error(-c.get()).to_string())
-                    .unwrap_or_default()
-            ))),
-            other => Err(io::Error::other(format!(
-                "find {name}: unexpected reply {other:?}"
-            ))),
-        };
-    }
 }
