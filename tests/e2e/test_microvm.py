@@ -105,6 +105,18 @@ def _status(pid: int) -> dict[str, str]:
     return out
 
 
+def _cgroups(cid: str) -> list[Path]:
+    """The capsule's cgroup directories in every hierarchy (v1) or the unified one (v2)."""
+    root = Path("/sys/fs/cgroup")
+    return [d for d in [*root.glob(f"*/wrenn/{cid}"), root / "wrenn" / cid] if d.is_dir()]
+
+
+def _memory_cgroup(cid: str) -> tuple[Path, str]:
+    """The capsule's memory cgroup and the name of its limit file."""
+    v1 = Path(f"/sys/fs/cgroup/memory/wrenn/{cid}")
+    return (v1, "memory.limit_in_bytes") if v1.is_dir() else (Path(f"/sys/fs/cgroup/wrenn/{cid}"), "memory.max")
+
+
 def _as_uid(uid: int, *cmd: str) -> subprocess.CompletedProcess:
     """``cmd`` with exactly the credentials of a confined QEMU: ``uid``:``uid``, no groups,
     no capabilities."""
@@ -134,6 +146,13 @@ def test_qemu_is_an_unprivileged_confined_process_of_its_own(make_capsule, serve
         nproc = [l.split()[2:4] for l in Path(f"/proc/{pid}/limits").read_text().splitlines()
                  if l.startswith("Max processes")]
         assert nproc == [["512", "512"]], nproc
+        # A cgroup of its own: host memory bounded by guest RAM plus QEMU's own (TCG's code
+        # cache, devices), tasks by 512.
+        mem, limit_file = _memory_cgroup(cap.capsule_id)
+        assert str(pid) in (mem / "cgroup.procs").read_text().split(), mem
+        guest = cap.info.memory_mb << 20
+        limit = int((mem / limit_file).read_text())
+        assert guest < limit <= guest + (512 << 20), (guest, limit)
         uid_of[cap.capsule_id] = (uid, pid)
     assert len({u for u, _ in uid_of.values()}) == 2, uid_of
 
@@ -147,12 +166,31 @@ def test_qemu_is_an_unprivileged_confined_process_of_its_own(make_capsule, serve
     r = _as_uid(ua, "kill", "-0", str(pid_b))
     assert r.returncode != 0, f"uid {ua} could signal another VM's QEMU: {r}"
 
+    # Whatever runs with QEMU's credentials in its cgroup cannot take more host memory than
+    # the group's limit: it is killed, and the VM lives on.
+    mem, limit_file = _memory_cgroup(a.capsule_id)
+    over = int((mem / limit_file).read_text()) + (256 << 20)
+    hog = subprocess.run(
+        ["sh", "-c", f"echo $$ > {mem}/cgroup.procs && exec setpriv --reuid={ua} --regid={ua} "
+         f"--clear-groups --inh-caps=-all --no-new-privs dd if=/dev/zero of=/dev/null bs={over} count=1"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert hog.returncode == -9, hog
+    assert _sh(a, "echo alive").strip() == "alive"
+
     a.pause(wait=True)
+    assert not _cgroups(a.capsule_id), "a paused VM keeps no cgroup"
     a.resume(wait=True)
     (pid,) = _qemu_pids(a.capsule_id)
     st = _status(pid)
     assert st["Uid"].split()[0] == str(ua) and st["Seccomp"] == "2", st
+    assert str(pid) in (_memory_cgroup(a.capsule_id)[0] / "cgroup.procs").read_text().split()
     assert _sh(a, "echo back").strip() == "back"
+
+    c = Capsule(template=BUSYBOX, wait=True)
+    assert _cgroups(c.capsule_id)
+    c.destroy(wait=True)
+    assert not _cgroups(c.capsule_id), "a destroyed VM leaves no cgroup"
 
 
 def test_a_guest_flooding_its_console_costs_the_host_no_disk(capsule, server):
@@ -180,6 +218,7 @@ def _ends_in_error_leaving_nothing(cap: Capsule, server, how: str, links: set[st
     poll(lambda: not _qemu_pids(cid), timeout=30, what=f"no qemu after {how}")
     poll(lambda: not _vm_dir(server, cid).exists(), timeout=30, what=f"no vm dir after {how}")
     assert not Path(f"/run/netns/{cid}").exists(), how
+    assert not _cgroups(cid), f"{how}: cgroups left: {_cgroups(cid)}"
     assert _host_links() <= links, f"{how}: host links left: {_host_links() - links}"
 
 

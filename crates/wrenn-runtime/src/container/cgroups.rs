@@ -150,6 +150,50 @@ impl CapsuleCgroup {
         }
     }
 
+    /// Makes the group for a process the runtime starts itself (a microVM's QEMU; libcontainer
+    /// makes a container's): in the memory, pids and cpuacct hierarchies on v1, one group with
+    /// the memory and pids controllers on v2. Memory is limited to `memory_bytes` and tasks to
+    /// `pids`. Answers its `cgroup.procs` files open for writing, for [`join_in_child`].
+    pub(crate) fn create(&self, memory_bytes: u64, pids: u64) -> io::Result<Vec<std::fs::File>> {
+        let open = |dir: &Path| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(dir.join("cgroup.procs"))
+        };
+        match self.version {
+            CgroupVersion::V1 => {
+                let mut procs = Vec::new();
+                for (controller, file, value) in [
+                    ("memory", "memory.limit_in_bytes", memory_bytes.to_string()),
+                    ("pids", "pids.max", pids.to_string()),
+                    ("cpuacct", "", String::new()),
+                ] {
+                    let dir = self.v1(controller);
+                    std::fs::create_dir_all(&dir)?;
+                    if !file.is_empty() {
+                        write_in(&dir, file, &value)?;
+                    }
+                    procs.push(open(&dir)?);
+                }
+                Ok(procs)
+            }
+            CgroupVersion::V2 => {
+                // Controllers are handed down one level at a time (writing what is on is a
+                // no-op).
+                let parent = self.root.join(CGROUP_PARENT);
+                std::fs::create_dir_all(&parent)?;
+                for dir in [self.root.as_path(), parent.as_path()] {
+                    write_in(dir, "cgroup.subtree_control", "+memory +pids")?;
+                }
+                let dir = self.v2();
+                std::fs::create_dir_all(&dir)?;
+                write_in(&dir, "memory.max", &memory_bytes.to_string())?;
+                write_in(&dir, "pids.max", &pids.to_string())?;
+                Ok(vec![open(&dir)?])
+            }
+        }
+    }
+
     /// Whether the cgroup exists at all.
     pub(crate) fn exists(&self) -> bool {
         match self.version {
@@ -303,6 +347,28 @@ impl CapsuleCgroup {
         }
         Ok(())
     }
+}
+
+/// In a forked child before exec: moves the child into the groups whose `cgroup.procs` `procs`
+/// are (from [`CapsuleCgroup::create`]). Only write(2), which is async-signal-safe.
+pub(crate) fn join_in_child(procs: &[std::os::fd::OwnedFd]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    for fd in procs {
+        // SAFETY: a write of one byte from a static buffer to an open fd; the result is checked.
+        if unsafe { libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) } != 1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn write_in(dir: &Path, file: &str, value: &str) -> io::Result<()> {
+    std::fs::write(dir.join(file), value).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("write {value} to {file} in {}: {e}", dir.display()),
+        )
+    })
 }
 
 /// `rmdir` that retries while the kernel still reports the group busy (tasks just reaped).

@@ -1,5 +1,6 @@
 //! Create, pause, resume, destroy and recover: the verbs that start or end QEMU processes.
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use wrenn_types::agent::AGENT_SOCKET_NAME;
 use super::qemu::{files, Ram, VmArgs};
 use super::saved::{self, Start, StateFile};
 use super::{host_err, image, net, qemu, qmp, Live, MicroVmRuntime, Vm, VmRecord, READY_TIMEOUT};
+use crate::container::cgroups::CapsuleCgroup;
 use crate::container::net::{self as cnet, CapsuleNet};
 use crate::container::watch::InitWatch;
 use crate::container::{health, ids};
@@ -287,9 +289,20 @@ impl MicroVmRuntime {
             id: id.to_owned(),
             source,
         };
-        let pid = qemu::start(&args, Some(&record.net.netns_path()))
-            .await
-            .map_err(launch)?;
+        let cgroup = self
+            .cgroup(id)
+            .create(
+                qemu::memory_limit(args.accel, args.memory_mb),
+                qemu::MAX_TASKS,
+            )
+            .map_err(|e| host_err("create cgroup", id, e))?;
+        let pid = qemu::start(
+            &args,
+            Some(&record.net.netns_path()),
+            cgroup.into_iter().map(OwnedFd::from).collect(),
+        )
+        .await
+        .map_err(launch)?;
         steps.mark("qemu_start");
         record.pid = Some(pid);
         record.pid_start = sys::pid_start_time(pid);
@@ -367,6 +380,7 @@ impl MicroVmRuntime {
             }
             let _ = tokio::time::timeout(EXIT_TIMEOUT, live.watch.exited()).await;
         }
+        self.remove_cgroup(id);
         record.pid = None;
         record.pid_start = None;
         record.paused = true;
@@ -415,6 +429,7 @@ impl MicroVmRuntime {
                 if let Some(pid) = record.pid.take() {
                     let _ = sys::sigkill(pid);
                 }
+                self.remove_cgroup(id);
                 record.pid_start = None;
                 record.paused = true;
                 let _ = record.save(&dir.join(RECORD));
@@ -485,6 +500,9 @@ impl MicroVmRuntime {
                 }
             }
         }
+        self.cgroup(&record.id)
+            .kill_and_remove(EXIT_TIMEOUT)
+            .context("remove cgroup")?;
         net::destroy(&record.net).await.context("remove network")?;
         if let Some(slot) = record.net.slot {
             cnet::release_slot(slot);
@@ -497,6 +515,18 @@ impl MicroVmRuntime {
             std::fs::remove_dir_all(&dir).context("remove capsule dir")?;
         }
         Ok(())
+    }
+
+    /// The cgroups QEMU of capsule `id` runs in.
+    pub(super) fn cgroup(&self, id: &str) -> CapsuleCgroup {
+        CapsuleCgroup::new(self.inner.cgroups, id)
+    }
+
+    /// Removes the cgroups of a QEMU that has ended (its VM paused, or a resume failed).
+    fn remove_cgroup(&self, id: &str) {
+        if let Err(error) = self.cgroup(id).kill_and_remove(EXIT_TIMEOUT) {
+            tracing::warn!(capsule = id, %error, "removing the cgroup of a stopped qemu");
+        }
     }
 
     pub(super) async fn recover_vms(

@@ -191,6 +191,8 @@ struct Inner {
     /// Per-capsule verbs (pause, resume, destroy) never overlap.
     busy: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     host_net: tokio::sync::OnceCell<crate::container::net::HostNet>,
+    /// The host's cgroup layout (each QEMU runs in a group of its own).
+    cgroups: crate::container::cgroups::CgroupVersion,
 }
 
 pub(crate) fn host_err(step: &'static str, id: &str, e: impl Into<anyhow::Error>) -> RuntimeError {
@@ -232,6 +234,8 @@ impl MicroVmRuntime {
         .map_err(|e| err("write guest initramfs", e))?;
         let tsc_khz = guest::tsc_khz(Duration::from_millis(50))
             .map_err(|e| err("measure TSC rate", e.into()))?;
+        let cgroups = crate::container::cgroups::CgroupVersion::detect()
+            .map_err(|e| err("detect cgroup layout", e.into()))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 templates: Templates::new(
@@ -248,6 +252,7 @@ impl MicroVmRuntime {
                 warm_lock: tokio::sync::Mutex::new(()),
                 warm_parts: std::sync::OnceLock::new(),
                 busy: Mutex::new(HashMap::new()),
+                cgroups,
                 host_net: tokio::sync::OnceCell::new(),
                 cfg,
             }),

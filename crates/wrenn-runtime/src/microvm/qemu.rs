@@ -328,9 +328,13 @@ pub fn probe_args(kernel: &Path, initrd: &Path, tsc_khz: u64, accel: Accel) -> V
     ]
 }
 
-/// Starts QEMU (inside the network namespace at `netns`, if given) and returns its pid once it
-/// has daemonized.
-pub async fn start(args: &VmArgs, netns: Option<&Path>) -> anyhow::Result<i32> {
+/// Starts QEMU (inside the network namespace at `netns`, if given, and in the cgroups whose
+/// `cgroup.procs` `cgroup` holds) and returns its pid once it has daemonized.
+pub async fn start(
+    args: &VmArgs,
+    netns: Option<&Path>,
+    cgroup: Vec<std::os::fd::OwnedFd>,
+) -> anyhow::Result<i32> {
     let pidfile = args.dir.join(files::PID);
     let _ = std::fs::remove_file(&pidfile);
     let mut cmd = match netns {
@@ -341,23 +345,30 @@ pub async fn start(args: &VmArgs, netns: Option<&Path>) -> anyhow::Result<i32> {
         }
         None => tokio::process::Command::new(QEMU),
     };
-    if args.run_as.is_some() {
-        let rw = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&args.disk)
-            .with_context(|| format!("open {}", args.disk.display()))?;
-        let ro = std::fs::File::open(&args.disk)
-            .with_context(|| format!("open {}", args.disk.display()))?;
-        let fds = [rw, ro].map(std::os::fd::OwnedFd::from);
-        // SAFETY: between fork and exec only fcntl, dup2 and setrlimit, which are
-        // async-signal-safe, run.
-        unsafe {
-            cmd.pre_exec(move || {
-                inherit_as(&fds, &DISK_FDS)?;
-                limit_tasks(MAX_TASKS)
-            });
+    let disk = match args.run_as {
+        Some(_) => {
+            let rw = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&args.disk)
+                .with_context(|| format!("open {}", args.disk.display()))?;
+            let ro = std::fs::File::open(&args.disk)
+                .with_context(|| format!("open {}", args.disk.display()))?;
+            Some([rw, ro].map(std::os::fd::OwnedFd::from))
         }
+        None => None,
+    };
+    // SAFETY: between fork and exec only write, fcntl, dup2 and setrlimit, which are
+    // async-signal-safe, run.
+    unsafe {
+        cmd.pre_exec(move || {
+            crate::container::cgroups::join_in_child(&cgroup)?;
+            if let Some(fds) = &disk {
+                inherit_as(fds, &DISK_FDS)?;
+                limit_tasks(MAX_TASKS)?;
+            }
+            Ok(())
+        });
     }
     cmd.args(args.to_args())
         .stdin(Stdio::null())
@@ -378,6 +389,21 @@ pub async fn start(args: &VmArgs, netns: Option<&Path>) -> anyhow::Result<i32> {
         );
     }
     read_pid(&pidfile)
+}
+
+/// Host memory QEMU itself may use beside guest RAM and TCG's code cache (device emulation,
+/// I/O buffers, a migration stream), MiB.
+pub const OVERHEAD_MB: u64 = 256;
+
+/// The memory limit of a VM's cgroup, bytes: guest RAM, TCG's code cache and [`OVERHEAD_MB`].
+/// The guest cannot reach it through QEMU's normal work; a QEMU taken over by its guest cannot
+/// go past it.
+pub fn memory_limit(accel: Accel, guest_mb: u32) -> u64 {
+    let code_cache = match accel {
+        Accel::Tcg => u64::from(TCG_CODE_CACHE_MB),
+        Accel::Kvm => 0,
+    };
+    (u64::from(guest_mb) + code_cache + OVERHEAD_MB) << 20
 }
 
 /// Most tasks (processes and threads) a confined QEMU's uid may have: QEMU needs a thread per
@@ -467,6 +493,9 @@ mod tests {
         assert_eq!(value_of(&a, "-M"), ["microvm"]);
         // TCG's code cache is bounded, not QEMU's 1 GiB default beside the guest's RAM.
         assert_eq!(value_of(&a, "-accel"), ["tcg,tb-size=256"]);
+        // The cgroup's memory limit: guest RAM, the code cache (TCG only), QEMU's own.
+        assert_eq!(memory_limit(Accel::Tcg, 512), 1024 << 20);
+        assert_eq!(memory_limit(Accel::Kvm, 512), 768 << 20);
         assert_eq!(value_of(&a, "-cpu"), ["max"]);
         assert_eq!(value_of(&a, "-m"), ["512"]);
         assert_eq!(value_of(&a, "-smp"), ["2"]);
