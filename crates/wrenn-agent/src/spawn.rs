@@ -328,3 +328,24 @@ fn spawn_error(spec: &ProcessSpec, source: io::Error) -> SpawnError {
 pub fn new_tag(prefix: &str) -> String {
     format!("{prefix}{:08x}", rand::random::<u32>())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::find_program;
+
+    #[test]
+    fn a_bare_name_is_the_first_regular_file_on_the_path_and_a_path_is_itself() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir_all(a.join("tool")).expect("a dir named like the program");
+        std::fs::create_dir_all(&b).expect("mkdir");
+        std::fs::write(b.join("tool"), "").expect("write");
+        let path = format!("/nonexistent::{}:{}/", a.display(), b.display());
+        assert_eq!(
+            find_program("tool", &path),
+            Some(format!("{}/tool", b.display()))
+        );
+        assert_eq!(find_program("missing", &path), None);
+        assert_eq!(find_program("./tool", ""), Some("./tool".to_owned()));
+    }
+}
