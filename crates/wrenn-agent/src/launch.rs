@@ -61,21 +61,19 @@ pub fn launch_io(
     let mut spawned = spawn::spawn(&state.reaper, spec, io)?;
     let pid = spawned.pid;
     let stdin = spawned
-        .child
         .stdin
         .take()
-        .map(|s| pipe::Sender::from_owned_fd(s.into()))
+        .map(pipe::Sender::from_owned_fd)
         .transpose()
         .map_err(LaunchError::WatchPipes);
     let pipes = spawned
-        .child
         .stdout
         .take()
-        .zip(spawned.child.stderr.take())
+        .zip(spawned.stderr.take())
         .ok_or(LaunchError::MissingPipes)
         .and_then(|(o, e)| {
-            let o = pipe::Receiver::from_owned_fd(o.into());
-            let e = pipe::Receiver::from_owned_fd(e.into());
+            let o = pipe::Receiver::from_owned_fd(o);
+            let e = pipe::Receiver::from_owned_fd(e);
             o.and_then(|o| e.map(|e| (o, e)))
                 .map_err(LaunchError::WatchPipes)
         })

@@ -67,6 +67,19 @@ impl Reaper {
         }
     }
 
+    /// Runs `start` (which starts a child and returns its pid) and registers for the child's
+    /// exit status, atomically with respect to reaping.
+    pub fn spawn_with(
+        &self,
+        start: impl FnOnce() -> std::io::Result<i32>,
+    ) -> std::io::Result<(i32, ExitReceiver)> {
+        let mut waiters = self.lock();
+        let pid = start()?;
+        let (tx, rx) = oneshot::channel();
+        waiters.insert(pid, tx);
+        Ok((pid, rx))
+    }
+
     /// Runs the reaper loop forever.
     pub fn start(self: &Arc<Self>) -> std::io::Result<()> {
         let mut sigchld = signal(SignalKind::child())?;

@@ -4,9 +4,12 @@
 //! in the parent before the fork; the child only runs [`sys::child_setup`]. Every child leads its
 //! own session and process group, so kills and deadlines hit all its descendants.
 
+use std::collections::BTreeMap;
+use std::ffi::CString;
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use wrenn_types::agent::ProcessSpec;
 use wrenn_types::error::AgentErrorCode;
@@ -105,13 +108,17 @@ pub enum ChildIo {
     Pty(std::os::fd::OwnedFd),
 }
 
-/// A started child. Its exit status comes only through `exit` (never wait on `child`).
+/// A started child. Its exit status comes only through `exit`.
 #[derive(Debug)]
 pub struct Spawned {
     /// Process id (also its process group id).
     pub pid: u32,
-    /// The std handle, for its stdout/stderr pipes only.
-    pub child: Child,
+    /// The write end of its stdin pipe ([`ChildIo::PipesWithStdin`]).
+    pub stdin: Option<OwnedFd>,
+    /// The read end of its stdout pipe (not with a PTY).
+    pub stdout: Option<OwnedFd>,
+    /// The read end of its stderr pipe (not with a PTY).
+    pub stderr: Option<OwnedFd>,
     /// Exit code from the reaper.
     pub exit: ExitReceiver,
 }
@@ -146,6 +153,17 @@ pub fn spawn(reaper: &Reaper, spec: &ProcessSpec, io: ChildIo) -> Result<Spawned
         return Err(SpawnError::NotRoot { user: user.name });
     };
 
+    if credentials.is_none() && !matches!(io, ChildIo::Pty(_)) {
+        // The common case needs only a new session: no fork of the agent (see
+        // `sys::spawn_session`).
+        return spawn_piped(
+            reaper,
+            spec,
+            &user,
+            &cwd,
+            matches!(io, ChildIo::PipesWithStdin),
+        );
+    }
     let mut cmd = Command::new(&spec.cmd);
     cmd.args(&spec.args)
         .env_clear()
@@ -186,41 +204,148 @@ pub fn spawn(reaper: &Reaper, spec: &ProcessSpec, io: ChildIo) -> Result<Spawned
     // parent keeps no slave fd and the master sees EIO once the session's processes are gone.
     let (child, exit) = reaper
         .spawn(&mut cmd)
-        .map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => SpawnError::CommandNotFound {
-                cmd: spec.cmd.clone(),
-            },
-            io::ErrorKind::PermissionDenied => SpawnError::NotExecutable {
-                cmd: spec.cmd.clone(),
-                source,
-            },
-            _ if matches!(
-                source.raw_os_error(),
-                Some(libc::ENOEXEC) | Some(libc::EISDIR) | Some(libc::ENOTDIR)
-            ) =>
-            {
-                SpawnError::NotExecutable {
-                    cmd: spec.cmd.clone(),
-                    source,
-                }
-            }
-            _ => SpawnError::Io {
-                cmd: spec.cmd.clone(),
-                source,
-            },
-        })?;
+        .map_err(|source| spawn_error(spec, source))?;
     let mut child = child;
-    if !keep_stdin {
-        drop(child.stdin.take());
-    }
+    let stdin = child.stdin.take().map(OwnedFd::from);
     Ok(Spawned {
         pid: child.id(),
-        child,
+        stdin: stdin.filter(|_| keep_stdin),
+        stdout: child.stdout.take().map(OwnedFd::from),
+        stderr: child.stderr.take().map(OwnedFd::from),
         exit,
     })
+}
+
+/// [`spawn`] with stdio pipes and the agent's own credentials, through
+/// [`sys::spawn_session`]. `cmd` without a `/` is looked up in the child's `PATH`.
+fn spawn_piped(
+    reaper: &Reaper,
+    spec: &ProcessSpec,
+    user: &users::User,
+    cwd: &str,
+    keep_stdin: bool,
+) -> Result<Spawned, SpawnError> {
+    let io_err = |source| SpawnError::Io {
+        cmd: spec.cmd.clone(),
+        source,
+    };
+    let mut env: BTreeMap<&str, &str> = BTreeMap::new();
+    env.insert("PATH", DEFAULT_PATH);
+    env.insert("HOME", &user.home);
+    env.insert("USER", &user.name);
+    env.insert("LOGNAME", &user.name);
+    env.insert("LANG", "C.UTF-8");
+    for (k, v) in &spec.envs {
+        env.insert(k, v);
+    }
+    let program =
+        find_program(&spec.cmd, env.get("PATH").copied().unwrap_or("")).ok_or_else(|| {
+            SpawnError::CommandNotFound {
+                cmd: spec.cmd.clone(),
+            }
+        })?;
+    let nul = |s: &str| {
+        CString::new(s).map_err(|_| {
+            io_err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a NUL byte in cmd, args, envs or cwd",
+            ))
+        })
+    };
+    let program = nul(&program)?;
+    let argv = std::iter::once(spec.cmd.as_str())
+        .chain(spec.args.iter().map(String::as_str))
+        .map(nul)
+        .collect::<Result<Vec<_>, _>>()?;
+    let envp = env
+        .iter()
+        .map(|(k, v)| nul(&format!("{k}={v}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cwd = nul(cwd)?;
+    let (stdin_r, stdin_w) = sys::pipe().map_err(io_err)?;
+    let (stdout_r, stdout_w) = sys::pipe().map_err(io_err)?;
+    let (stderr_r, stderr_w) = sys::pipe().map_err(io_err)?;
+    let (pid, exit) = reaper
+        .spawn_with(|| {
+            sys::spawn_session(&sys::SessionSpawn {
+                program: &program,
+                argv: &argv,
+                envp: &envp,
+                cwd: &cwd,
+                stdio: [stdin_r.as_fd(), stdout_w.as_fd(), stderr_w.as_fd()],
+            })
+        })
+        .map_err(|source| spawn_error(spec, source))?;
+    Ok(Spawned {
+        pid: pid as u32,
+        stdin: keep_stdin.then_some(stdin_w),
+        stdout: Some(stdout_r),
+        stderr: Some(stderr_r),
+        exit,
+    })
+}
+
+/// Where `cmd` runs from: itself when it names a path, else the first regular file of that
+/// name in `path`'s directories.
+fn find_program(cmd: &str, path: &str) -> Option<String> {
+    if cmd.contains('/') {
+        return Some(cmd.to_owned());
+    }
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| format!("{}/{cmd}", d.trim_end_matches('/')))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file()))
+}
+
+/// The [`SpawnError`] of a failed start of `spec`.
+fn spawn_error(spec: &ProcessSpec, source: io::Error) -> SpawnError {
+    match source.kind() {
+        io::ErrorKind::NotFound => SpawnError::CommandNotFound {
+            cmd: spec.cmd.clone(),
+        },
+        io::ErrorKind::PermissionDenied => SpawnError::NotExecutable {
+            cmd: spec.cmd.clone(),
+            source,
+        },
+        _ if matches!(
+            source.raw_os_error(),
+            Some(libc::ENOEXEC) | Some(libc::EISDIR) | Some(libc::ENOTDIR)
+        ) =>
+        {
+            SpawnError::NotExecutable {
+                cmd: spec.cmd.clone(),
+                source,
+            }
+        }
+        _ => SpawnError::Io {
+            cmd: spec.cmd.clone(),
+            source,
+        },
+    }
 }
 
 /// A fresh `prefix` + 8 lowercase hex digits tag.
 pub fn new_tag(prefix: &str) -> String {
     format!("{prefix}{:08x}", rand::random::<u32>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_program;
+
+    #[test]
+    fn a_bare_name_is_the_first_regular_file_on_the_path_and_a_path_is_itself() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir_all(a.join("tool")).expect("a dir named like the program");
+        std::fs::create_dir_all(&b).expect("mkdir");
+        std::fs::write(b.join("tool"), "").expect("write");
+        let path = format!("/nonexistent::{}:{}/", a.display(), b.display());
+        assert_eq!(
+            find_program("tool", &path),
+            Some(format!("{}/tool", b.display()))
+        );
+        assert_eq!(find_program("missing", &path), None);
+        assert_eq!(find_program("./tool", ""), Some("./tool".to_owned()));
+    }
 }

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use wrenn_agent_client::AgentClient;
-use wrenn_types::agent::AGENT_SOCKET_NAME;
+use wrenn_types::agent::{Health, AGENT_SOCKET_NAME};
 
 use super::qemu::{files, Ram, VmArgs};
-use super::saved::{self, Start, StateFile};
+use super::saved::{self, Saved, Start, StateFile};
 use super::{host_err, image, net, qemu, qmp, Live, MicroVmRuntime, Vm, VmRecord, READY_TIMEOUT};
 use crate::container::cgroups::CapsuleCgroup;
 use crate::container::net::{self as cnet, CapsuleNet};
@@ -164,15 +164,17 @@ impl MicroVmRuntime {
                 .save(&dir.join(RECORD))
                 .map_err(|e| host_err("write vm.json", id, e))?;
             steps.mark("slot");
-            let base_format = match &start {
-                Start::Clone(_) => "qcow2",
-                Start::Cold { .. } => "raw",
-            };
-            image::create_overlay(&base, base_format, &dir.join(DISK))
-                .await
-                .map_err(|e| host_err("create disk overlay", id, e))?;
+            match &start {
+                Start::Clone(Saved {
+                    overlay: Some(prepared),
+                    ..
+                }) => image::copy_overlay(&base, prepared, &dir.join(DISK)).await,
+                Start::Clone(_) => image::create_overlay(&base, "qcow2", &dir.join(DISK)).await,
+                Start::Cold { .. } => image::create_overlay(&base, "raw", &dir.join(DISK)).await,
+            }
+            .map_err(|e| host_err("create disk overlay", id, e))?;
             steps.mark("overlay");
-            let live = self
+            let (live, guest) = self
                 .boot(
                     &mut record,
                     start.ram(),
@@ -198,11 +200,11 @@ impl MicroVmRuntime {
                 })
                 .await?;
             }
-            Ok::<_, RuntimeError>(live)
+            Ok::<_, RuntimeError>((live, guest))
         }
         .await;
-        let live = match started {
-            Ok(live) => live,
+        let (live, guest) = match started {
+            Ok(started) => started,
             Err(e) => {
                 if matches!(e, RuntimeError::AgentNotReady { .. }) {
                     let console = self.console(id).await;
@@ -241,14 +243,14 @@ impl MicroVmRuntime {
             },
             ip,
             init_pid: pid,
-            guest: None,
+            guest,
         })
     }
 
     /// Starts QEMU for `record` with guest RAM `ram` (fresh, or from the saved state
     /// `incoming`; into private RAM-file clones with `x-ignore-shared`), the relay, and waits
-    /// for the agent. The network namespace is made when missing (first boot, or a resume
-    /// after a host reboot).
+    /// for the agent, whose health answer it returns. The network namespace is made when
+    /// missing (first boot, or a resume after a host reboot).
     pub(super) async fn boot(
         &self,
         record: &mut VmRecord,
@@ -256,7 +258,7 @@ impl MicroVmRuntime {
         incoming: Option<StateFile>,
         ready: Duration,
         steps: &mut Steps,
-    ) -> Result<Live, RuntimeError> {
+    ) -> Result<(Live, Option<Health>), RuntimeError> {
         let id = record.id.clone();
         let id = id.as_str();
         let dir = self.capsule_dir(id);
@@ -331,17 +333,20 @@ impl MicroVmRuntime {
             .map_err(|e| host_err("start agent relay", id, e))?;
         steps.mark("relay_start");
         let w = watch.clone();
-        health::wait_ready(&dir.join(AGENT_SOCKET_NAME), ready, move || w.alive())
+        let (_, guest) = health::wait_ready(&dir.join(AGENT_SOCKET_NAME), ready, move || w.alive())
             .await
             .map_err(|waited| RuntimeError::AgentNotReady {
                 id: id.to_owned(),
                 waited_ms: waited.as_millis() as u64,
             })?;
         steps.mark("agent_ready");
-        Ok(Live {
-            watch,
-            relay: Arc::new(relay),
-        })
+        Ok((
+            Live {
+                watch,
+                relay: Arc::new(relay),
+            },
+            guest,
+        ))
     }
 
     pub(super) async fn pause_vm(&self, id: &str) -> Result<(), RuntimeError> {
@@ -413,7 +418,7 @@ impl MicroVmRuntime {
             Ram::Default
         };
         let mut steps = Steps::new();
-        let live = match self
+        let (live, _) = match self
             .boot(
                 &mut record,
                 ram,

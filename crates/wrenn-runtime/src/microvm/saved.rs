@@ -68,6 +68,9 @@ pub struct Saved {
     pub meta: SavedMeta,
     /// Its RAM file (warm images): mapped private, not in the stream.
     pub ram_file: Option<PathBuf>,
+    /// Where a ready-made overlay over `disk` is kept for clones to copy (warm images; see
+    /// [`super::image::copy_overlay`]).
+    pub overlay: Option<PathBuf>,
 }
 
 impl Saved {
@@ -82,6 +85,7 @@ impl Saved {
             },
             meta,
             ram_file: None,
+            overlay: None,
         })
     }
 }

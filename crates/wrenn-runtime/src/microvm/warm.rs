@@ -11,6 +11,7 @@
 //!     state        devices
 //!     disk.qcow2   the warm VM's writes over the template image
 //!     vmstate.json what it was (see `saved::SavedMeta`)
+//!     overlay.qcow2 an empty overlay over disk.qcow2, copied as each clone's disk
 //! ```
 //!
 //! A warm image is made on the first create of its template with that guest size (that create
@@ -40,6 +41,8 @@ use crate::{CapsuleSpec, NetworkMode};
 
 /// The RAM file in a warm image.
 const RAM: &str = "ram";
+/// The overlay over the warm disk that clones copy, made by the first clone.
+const OVERLAY: &str = "overlay.qcow2";
 /// How long the guest gets to see its host leave before it is saved, so a clone's agent waits
 /// for a new host instead of holding the saved session.
 const SETTLE: Duration = Duration::from_millis(300);
@@ -224,6 +227,7 @@ fn load(dir: &Path) -> Option<Saved> {
         },
         meta,
         ram_file: Some(dir.join(RAM)),
+        overlay: Some(dir.join(OVERLAY)),
     })
 }
 
