@@ -7,7 +7,16 @@ no JSON re-encoding of every message in between.
 
 Routes: `POST /execute` (an NDJSON stream, one line per kernel message, flushed as produced),
 `GET|POST /contexts`, `DELETE /contexts/{id}`, `POST /contexts/{id}/restart`, `GET /health`
-(200 once the default python context runs code; the template's readiness probe).
+(200 once the default python context runs code and a spare kernel is ready; the template's
+readiness probe).
+
+A context is an id over the kernel it currently runs on. The service keeps one spare kernel,
+started and past its start-up lines (the numpy, pandas and matplotlib imports: ~1 s in a
+container, ~15 s in an emulated microVM guest): a new context, a restart and a context whose
+kernel died take it, under the context's own id, and the next spare starts in the background.
+Kernels start one at a time: a take finds the spare still starting and waits for it rather than
+starting a second one next to it. A warm image (saved once the capsule is ready) and the
+capsules of the warm pool therefore hold a ready spare too.
 
 The sandbox's default environment (create's `envVars`, `E2B_SANDBOX_ID`, ...) reaches envd,
 which this service cannot call (no TCP listener in the capsule); the agent also writes it to
@@ -20,6 +29,7 @@ import datetime
 import json
 import os
 import queue
+import signal
 import time
 
 import tornado.httpclient
@@ -43,6 +53,9 @@ POLL_SEC = 0.5
 # After an interrupt (the client went away), how long the cell may take to stop.
 DRAIN_SEC = 10.0
 PYTHON_NAMES = (None, "", "python", "python3")
+# How long a starting kernel may take to answer kernel_info (it runs its start-up lines first).
+# Spares start in the background, and in an emulated guest on a loaded host a start took 40-90 s.
+KERNEL_START_SEC = 180
 
 # Jupyter MIME type -> key of a `result` line; anything else goes under `extra`.
 MIME_KEYS = {
@@ -102,7 +115,7 @@ class Gone(Exception):
     """The kernel's process went away during a cell."""
 
 
-async def jupyter(method, path, body=None):
+async def jupyter(method, path, body=None, missing_ok=False):
     """Calls Jupyter Server's REST API; returns the decoded JSON body (or None)."""
     req = tornado.httpclient.HTTPRequest(
         JUPYTER + path,
@@ -111,7 +124,12 @@ async def jupyter(method, path, body=None):
         headers={"Content-Type": "application/json"},
         request_timeout=60,
     )
-    resp = await tornado.httpclient.AsyncHTTPClient().fetch(req)
+    try:
+        resp = await tornado.httpclient.AsyncHTTPClient().fetch(req)
+    except tornado.httpclient.HTTPClientError as e:
+        if missing_ok and e.code == 404:
+            return None
+        raise
     return json.loads(resp.body) if resp.body else None
 
 
@@ -145,24 +163,27 @@ def result_line(content, main):
     return out
 
 
-class Context:
-    """One kernel, its client, and the lock that runs its cells one at a time."""
+class Kernel:
+    """One Jupyter kernel of the `wrenn` kernelspec, with its client and its process id."""
 
-    def __init__(self, kernel_id, cwd):
+    def __init__(self, kernel_id):
         self.id = kernel_id
-        self.language = "python"
-        self.cwd = cwd
         self.client = None
         self.pid = None
-        # The sandbox environment this kernel has (None: not applied since it started).
-        self.sandbox_env = None
-        self.lock = asyncio.Lock()
 
-    def json(self):
-        return {"id": self.id, "language": self.language, "cwd": self.cwd}
+    @classmethod
+    async def start(cls):
+        """Starts a kernel through Jupyter Server and returns it once it runs code."""
+        kernel = cls((await jupyter("POST", "/api/kernels", {"name": KERNEL}))["id"])
+        try:
+            await kernel.connect()
+        except BaseException:
+            await kernel.shutdown()
+            raise
+        return kernel
 
-    async def ready(self):
-        """Connects (first use) and runs the init cell (first use, after a restart or a loss)."""
+    async def connect(self):
+        """Connects (first use) and waits for the process (first use, after a loss)."""
         if self.client is None:
             conn = os.path.join(jupyter_runtime_dir(), f"kernel-{self.id}.json")
             deadline = time.monotonic() + 30
@@ -176,18 +197,16 @@ class Context:
             self.client = client
         if self.pid is None:
             await self.kernel_info()
-            reply = await self.silent(
-                INIT.format(cwd=json.dumps(self.cwd)), {"pid": "__import__('os').getpid()"}
-            )
+            reply = await self.silent("", {"pid": "__import__('os').getpid()"})
             if reply.get("status") != "ok":
-                raise RuntimeError(f"init cell failed: {reply.get('evalue', reply)}")
+                raise RuntimeError(f"kernel {self.id}: {reply.get('evalue', reply)}")
             self.pid = int(reply["user_expressions"]["pid"]["data"]["text/plain"])
 
     async def kernel_info(self):
         """Waits until the kernel answers kernel_info (it has started and run its exec_lines).
 
         (jupyter_client's wait_for_ready judges a fresh client's heartbeat too early.)"""
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + KERNEL_START_SEC
         while True:
             msg_id = self.client.kernel_info()
             try:
@@ -226,10 +245,58 @@ class Context:
         except (OSError, IndexError):
             return False
 
-    def lost(self):
-        """Forgets the kernel's process: the next cell waits for it and runs init again."""
+    def kill(self):
+        """Kills the kernel's process (Jupyter Server restarts it unless it is shut down)."""
+        if self.alive():
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    async def shutdown(self):
+        """Ends the kernel at once and removes it from Jupyter Server (which would otherwise
+        restart a dead one)."""
+        if self.client is not None:
+            self.client.stop_channels()
+            self.client = None
+        self.kill()
         self.pid = None
+        await jupyter("DELETE", f"/api/kernels/{self.id}", missing_ok=True)
+
+
+class Context:
+    """A context: its id, its cwd, the kernel it runs on, and the lock that runs its cells one
+    at a time. The id stays when the kernel is replaced (restart, loss)."""
+
+    def __init__(self, context_id, cwd, kernel):
+        self.id = context_id
+        self.language = "python"
+        self.cwd = cwd
+        self.kernel = kernel
+        # Whether the kernel has this context's cwd (a taken spare has not yet).
+        self.initialized = False
+        # The sandbox environment the kernel has (None: not applied since it started).
         self.sandbox_env = None
+        self.lock = asyncio.Lock()
+
+    def json(self):
+        return {"id": self.id, "language": self.language, "cwd": self.cwd}
+
+    def use(self, kernel):
+        """Puts the context on `kernel` (a fresh one); returns the kernel it ran on."""
+        old, self.kernel = self.kernel, kernel
+        self.initialized = False
+        self.sandbox_env = None
+        return old
+
+    async def ready(self):
+        """Makes sure the kernel runs and has the context's cwd (first use, after a swap)."""
+        await self.kernel.connect()
+        if not self.initialized:
+            reply = await self.kernel.silent(INIT.format(cwd=json.dumps(self.cwd)))
+            if reply.get("status") != "ok":
+                raise RuntimeError(f"init cell failed: {reply.get('evalue', reply)}")
+            self.initialized = True
 
     async def apply_sandbox_env(self):
         """Brings the kernel's environment up to the sandbox's, if that changed."""
@@ -238,7 +305,7 @@ class Context:
             return
         gone = sorted(set(self.sandbox_env or {}) - set(env))
         code = APPLY_SANDBOX_ENV.format(env=json.dumps(env), gone=json.dumps(gone))
-        reply = await self.silent(code)
+        reply = await self.kernel.silent(code)
         if reply.get("status") != "ok":
             why = reply.get("evalue", reply)
             raise RuntimeError(f"cannot set the sandbox environment: {why}")
@@ -248,29 +315,30 @@ class Context:
         """Runs `code`, calling `emit(line)` for each output; `gone()` says the caller left."""
         await self.ready()
         await self.apply_sandbox_env()
+        kernel = self.kernel
         if env_vars:
-            await self.silent(SET_ENV.format(env=json.dumps(env_vars)))
+            await kernel.silent(SET_ENV.format(env=json.dumps(env_vars)))
         try:
-            msg_id = self.client.execute(code, store_history=True, allow_stdin=False)
+            msg_id = kernel.client.execute(code, store_history=True, allow_stdin=False)
             await self.stream(msg_id, emit, gone)
         finally:
-            if env_vars and self.alive():
-                await self.silent(RESTORE_ENV)
+            if env_vars and kernel.alive():
+                await kernel.silent(RESTORE_ENV)
 
     async def stream(self, msg_id, emit, gone):
+        kernel = self.kernel
         last = time.monotonic()
         interrupted = None
         while True:
             try:
-                msg = await self.client.get_iopub_msg(timeout=POLL_SEC)
+                msg = await kernel.client.get_iopub_msg(timeout=POLL_SEC)
             except queue.Empty:
                 msg = None
-            if not self.alive():
-                self.lost()
+            if not kernel.alive():
                 raise Gone()
             if interrupted is None and gone():
                 interrupted = time.monotonic()
-                await jupyter("POST", f"/api/kernels/{self.id}/interrupt")
+                await jupyter("POST", f"/api/kernels/{kernel.id}/interrupt")
             if interrupted is not None and time.monotonic() - interrupted > DRAIN_SEC:
                 return
             if msg is None:
@@ -302,38 +370,65 @@ class Context:
                 await emit(out)
                 last = time.monotonic()
 
-    async def close(self):
-        if self.client is not None:
-            self.client.stop_channels()
-            self.client = None
-
 
 class Contexts:
-    """Every context of this service; the default python one is the pre-started kernel."""
+    """Every context of this service, and the spare kernel; the default python context is the
+    kernel start-jupyter.py pre-started."""
 
     def __init__(self):
         self.by_id = {}
         self.default = None
         self.ready = False
+        # The spare kernel: a task that starts it (None while none is being started).
+        self.spare = None
+        # Held while a spare is taken: a second taker waits for the next spare.
+        self.taking = asyncio.Lock()
 
     async def start(self):
-        """Adopts the kernel start-jupyter.py pre-started (warm imports), once it is ready."""
+        """Adopts the kernel start-jupyter.py pre-started (warm imports) once it is ready, then
+        starts the spare; ready when both are."""
         while not os.path.exists(JUPYTER_READY):
             await asyncio.sleep(0.02)
         kernels = await jupyter("GET", "/api/kernels")
         kid = next((k["id"] for k in kernels if k.get("name") == KERNEL), None)
-        if kid is None:
-            kid = (await jupyter("POST", "/api/kernels", {"name": KERNEL}))["id"]
-        ctx = Context(kid, DEFAULT_CWD)
+        kernel = Kernel(kid) if kid is not None else await Kernel.start()
+        ctx = Context(kernel.id, DEFAULT_CWD, kernel)
         await ctx.ready()
-        self.by_id[kid] = ctx
+        self.by_id[ctx.id] = ctx
         self.default = ctx
+        self.refill()
+        await self.spare
         self.ready = True
-        print(f"code-interpreter: ready, default context {kid}", flush=True)
+        print(f"code-interpreter: ready, default context {ctx.id}, spare kernel", flush=True)
+
+    def refill(self):
+        """Starts the next spare in the background unless one is being started."""
+        if self.spare is None:
+            self.spare = asyncio.create_task(Kernel.start())
+
+    async def take(self):
+        """The spare kernel, waiting for it while it starts; the next one starts after."""
+        async with self.taking:
+            while True:
+                self.refill()
+                task = self.spare
+                try:
+                    kernel = await asyncio.shield(task)
+                except Exception:
+                    self.spare = None
+                    raise
+                self.spare = None
+                if kernel.alive():
+                    break
+                # The idle spare died (out of memory?): start another one.
+                await kernel.shutdown()
+        self.refill()
+        return kernel
 
     async def create(self, cwd):
-        kernel = await jupyter("POST", "/api/kernels", {"name": KERNEL})
-        ctx = Context(kernel["id"], cwd or DEFAULT_CWD)
+        kernel = await self.take()
+        # The first kernel's id names the context for good.
+        ctx = Context(kernel.id, cwd or DEFAULT_CWD, kernel)
         self.by_id[ctx.id] = ctx
         await ctx.ready()
         return ctx
@@ -345,14 +440,20 @@ class Contexts:
 
     async def remove(self, ctx):
         self.by_id.pop(ctx.id, None)
-        await ctx.close()
-        await jupyter("DELETE", f"/api/kernels/{ctx.id}")
+        # A cell still running ends (its caller gets UnexpectedEndOfExecution).
+        ctx.kernel.kill()
+        async with ctx.lock:
+            await ctx.kernel.shutdown()
+
+    async def replace(self, ctx):
+        """Puts `ctx` on the spare kernel and ends the one it ran on (caller holds ctx.lock)."""
+        await ctx.kernel.shutdown()
+        ctx.use(await self.take())
+        await ctx.ready()
 
     async def restart(self, ctx):
         async with ctx.lock:
-            await jupyter("POST", f"/api/kernels/{ctx.id}/restart")
-            ctx.lost()
-            await ctx.ready()
+            await self.replace(ctx)
 
 
 class Handler(tornado.web.RequestHandler):
@@ -443,6 +544,13 @@ class Execute(Handler):
                         "traceback": "",
                     }
                 )
+                if not self.closed:
+                    self.finish()
+                # The context goes on with the spare kernel (unless it was deleted meanwhile);
+                # its next cell waits for that.
+                if self.contexts.by_id.get(ctx.id) is ctx:
+                    await self.contexts.replace(ctx)
+                return
         if not self.closed:
             self.finish()
 
