@@ -53,6 +53,13 @@ POLL_SEC = 0.5
 # After an interrupt (the client went away), how long the cell may take to stop.
 DRAIN_SEC = 10.0
 PYTHON_NAMES = (None, "", "python", "python3")
+# What one more kernel needs: a started kernel's PSS is ~99 MiB in a microVM guest (~85 MiB of
+# it its own), and a user's cells need room beside it. A spare is kept only while this much
+# memory is available: in a 512 MiB guest (470 MiB usable) the default context's kernel and the
+# spare leave ~170 MiB, so the spare is refilled after one more context and not after a second
+# (those start a kernel when asked, as without a spare).
+KERNEL_MIB = 100
+SPARE_HEADROOM_MIB = 64
 # How long a starting kernel may take to answer kernel_info (it runs its start-up lines first).
 # Spares start in the background, and in an emulated guest on a loaded host a start took 40-90 s.
 KERNEL_START_SEC = 180
@@ -109,6 +116,58 @@ def sandbox_env():
             _sandbox_env["env"] = {str(k): str(v) for k, v in env.items()}
         _sandbox_env["key"] = key
     return _sandbox_env["env"]
+
+
+def _read_int(path):
+    try:
+        with open(path, encoding="ascii") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _inactive_file(stat_path, key):
+    try:
+        with open(stat_path, encoding="ascii") as f:
+            for row in f:
+                name, _, value = row.partition(" ")
+                if name == key:
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def available_mib():
+    """Memory this capsule can still use, MiB: the guest's MemAvailable, or less when a
+    cgroup limit (a container capsule's) is closer; reclaimable file pages count as free."""
+    avail = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for row in f:
+                if row.startswith("MemAvailable:"):
+                    avail = int(row.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    limits = (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current",
+         "/sys/fs/cgroup/memory.stat", "inactive_file"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+         "/sys/fs/cgroup/memory/memory.stat", "total_inactive_file"),
+    )
+    for limit_path, usage_path, stat_path, key in limits:
+        limit, usage = _read_int(limit_path), _read_int(usage_path)
+        if limit is None or usage is None or limit >= 1 << 60:
+            continue
+        left = limit - usage + _inactive_file(stat_path, key)
+        avail = left if avail is None else min(avail, left)
+    return None if avail is None else avail // (1024 * 1024)
+
+
+def room_for_a_spare():
+    """Whether a spare kernel fits with room left for the user's cells (unknown: yes)."""
+    avail = available_mib()
+    return avail is None or avail >= KERNEL_MIB + SPARE_HEADROOM_MIB
 
 
 class Gone(Exception):
@@ -396,21 +455,26 @@ class Contexts:
         await ctx.ready()
         self.by_id[ctx.id] = ctx
         self.default = ctx
-        self.refill()
-        await self.spare
+        if self.refill():
+            await self.spare
         self.ready = True
-        print(f"code-interpreter: ready, default context {ctx.id}, spare kernel", flush=True)
+        spare = "a spare kernel" if self.spare else f"no spare kernel ({available_mib()} MiB free)"
+        print(f"code-interpreter: ready, default context {ctx.id}, {spare}", flush=True)
 
     def refill(self):
-        """Starts the next spare in the background unless one is being started."""
-        if self.spare is None:
+        """Starts the next spare in the background unless one is being started or the memory
+        is short; says whether there is a spare (ready or starting)."""
+        if self.spare is None and room_for_a_spare():
             self.spare = asyncio.create_task(Kernel.start())
+        return self.spare is not None
 
     async def take(self):
         """The spare kernel, waiting for it while it starts; the next one starts after."""
         async with self.taking:
             while True:
-                self.refill()
+                if self.spare is None:
+                    # No spare (memory was short): this take starts the kernel it waits for.
+                    self.spare = asyncio.create_task(Kernel.start())
                 task = self.spare
                 try:
                     kernel = await asyncio.shield(task)
@@ -444,6 +508,7 @@ class Contexts:
         ctx.kernel.kill()
         async with ctx.lock:
             await ctx.kernel.shutdown()
+        self.refill()
 
     async def replace(self, ctx):
         """Puts `ctx` on the spare kernel and ends the one it ran on (caller holds ctx.lock)."""
