@@ -216,6 +216,37 @@ def test_contexts_create_list_restart_delete(ci):
     assert ci.http.delete(f"/contexts/{ctx['id']}").status_code == 404
 
 
+def test_a_new_context_takes_the_spare_kernel(server, ci, ci_capsule):
+    """The service keeps one started kernel beyond its contexts' (the capsule came ready, or
+    from the warm pool, with it): a new context runs on that kernel, and the next spare starts."""
+    jupyter = httpx.Client(
+        base_url=server.base_url,
+        headers={"Host": f"8888-{ci_capsule}.127.0.0.1:{server.port}", "X-API-Key": server.key_alpha},
+        timeout=30,
+    )
+
+    def kernels() -> set[str]:
+        r = jupyter.get("/api/kernels")
+        assert r.status_code == 200, r.text
+        return {k["id"] for k in r.json()}
+
+    contexts = {c["id"] for c in ci.http.get("/contexts").json()}
+    # (A context deleted by an earlier test had the next spare started just after.)
+    def one_spare() -> set[str] | None:
+        k = kernels()
+        return k if len(k - contexts) == 1 else None
+
+    before = poll(one_spare, timeout=180, interval=1, what="one kernel beyond the contexts'")
+    (spare,) = before - contexts
+    r = ci.http.post("/contexts", json={})
+    assert r.status_code == 200, r.text
+    assert r.json()["id"] == spare
+    poll(lambda: len(kernels() - contexts - {spare}) == 1, timeout=180, interval=1,
+         what="the next spare kernel")
+    assert ci.http.delete(f"/contexts/{spare}").status_code // 100 == 2
+    jupyter.close()
+
+
 def test_contexts_created_at_once_then_restarted_and_lost_keep_their_ids(ci):
     """Two contexts asked for at once both start (the second waits for the spare kernel being
     started after the first took one); a restart and a kernel killed by its cell put a context
