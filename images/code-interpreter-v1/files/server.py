@@ -7,8 +7,8 @@ no JSON re-encoding of every message in between.
 
 Routes: `POST /execute` (an NDJSON stream, one line per kernel message, flushed as produced),
 `GET|POST /contexts`, `DELETE /contexts/{id}`, `POST /contexts/{id}/restart`, `GET /health`
-(200 once the default python context runs code and a spare kernel is ready; the template's
-readiness probe).
+(200 once the default python context runs code and the spare kernel, if the memory has room
+for one, has started; the template's readiness probe).
 
 A context is an id over the kernel it currently runs on. The service keeps one spare kernel,
 started and past its start-up lines (the numpy, pandas and matplotlib imports: ~1 s in a
