@@ -216,6 +216,70 @@ def test_contexts_create_list_restart_delete(ci):
     assert ci.http.delete(f"/contexts/{ctx['id']}").status_code == 404
 
 
+def test_a_new_context_takes_the_spare_kernel(server, ci, ci_capsule):
+    """The service keeps one started kernel beyond its contexts' (the capsule came ready, or
+    from the warm pool, with it): a new context runs on that kernel, and the next spare starts."""
+    jupyter = httpx.Client(
+        base_url=server.base_url,
+        headers={"Host": f"8888-{ci_capsule}.127.0.0.1:{server.port}", "X-API-Key": server.key_alpha},
+        timeout=30,
+    )
+
+    def kernels() -> set[str]:
+        r = jupyter.get("/api/kernels")
+        assert r.status_code == 200, r.text
+        return {k["id"] for k in r.json()}
+
+    contexts = {c["id"] for c in ci.http.get("/contexts").json()}
+    # (A context deleted by an earlier test had the next spare started just after.)
+    def one_spare() -> set[str] | None:
+        k = kernels()
+        return k if len(k - contexts) == 1 else None
+
+    before = poll(one_spare, timeout=180, interval=1, what="one kernel beyond the contexts'")
+    (spare,) = before - contexts
+    r = ci.http.post("/contexts", json={})
+    assert r.status_code == 200, r.text
+    assert r.json()["id"] == spare
+    poll(lambda: len(kernels() - contexts - {spare}) == 1, timeout=180, interval=1,
+         what="the next spare kernel")
+    assert ci.http.delete(f"/contexts/{spare}").status_code // 100 == 2
+    jupyter.close()
+
+
+def test_contexts_created_at_once_then_restarted_and_lost_keep_their_ids(ci):
+    """Two contexts asked for at once both start (the second waits for the spare kernel being
+    started after the first took one); a restart and a kernel killed by its cell put a context
+    on a new kernel process under the same id, in its cwd, with its state gone, and leave the
+    other context alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(lambda d: ci.http.post("/contexts", json={"cwd": d}), ["/tmp", "/srv"]))
+    assert [r.status_code for r in got] == [200, 200], [r.text for r in got]
+    a, b = (r.json() for r in got)
+    assert a["id"] != b["id"] and (a["cwd"], b["cwd"]) == ("/tmp", "/srv")
+    pid = "import os; mark = {!r}; (os.getcwd(), os.getpid())"
+    a_pid = eval(main_text(ci.run(pid.format("a"), context_id=a["id"])))
+    b_pid = eval(main_text(ci.run(pid.format("b"), context_id=b["id"])))
+    assert a_pid[0] == "/tmp" and b_pid[0] == "/srv" and a_pid[1] != b_pid[1]
+    probe = "import os; (os.getcwd(), os.getpid(), globals().get('mark'))"
+
+    assert ci.http.post(f"/contexts/{a['id']}/restart").status_code // 100 == 2
+    cwd, new_pid, mark = eval(main_text(ci.run(probe, context_id=a["id"])))
+    assert (cwd, mark) == ("/tmp", None) and new_pid != a_pid[1]
+    assert main_text(ci.run(probe, context_id=b["id"])) == repr(("/srv", b_pid[1], "b"))
+
+    msgs = [m for _, m in ci.lines("import os; os.kill(os.getpid(), 9)", context_id=b["id"])]
+    assert [m["name"] for m in of(msgs, "error")] == ["UnexpectedEndOfExecution"], msgs
+    cwd, new_pid, mark = eval(main_text(ci.run(probe, context_id=b["id"])))
+    assert (cwd, mark) == ("/srv", None) and new_pid != b_pid[1]
+    ids = [c["id"] for c in ci.http.get("/contexts").json()]
+    assert a["id"] in ids and b["id"] in ids
+    for c in (a, b):
+        assert ci.http.delete(f"/contexts/{c['id']}").status_code // 100 == 2
+
+
 def test_bad_requests_are_clear_4xx(ci):
     r = ci.http.post("/execute", json={"code": "1", "language": "r"})
     assert r.status_code == 400 and "python" in r.text, r.text
@@ -232,7 +296,7 @@ def test_lost_kernel_is_unexpected_end_then_usable(ci):
     msgs = [m for _, m in ci.lines("import os, signal; os.kill(os.getpid(), signal.SIGKILL)")]
     (err,) = of(msgs, "error")
     assert err["name"] == "UnexpectedEndOfExecution", msgs
-    # Jupyter Server restarts the kernel; the next cell waits for it and runs in /home/user.
+    # The context goes on with the spare kernel; the next cell runs in /home/user.
     msgs = ci.run("import os; os.getcwd()")
     assert main_text(msgs) == "/home/user", msgs
 

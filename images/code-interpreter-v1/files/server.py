@@ -7,7 +7,16 @@ no JSON re-encoding of every message in between.
 
 Routes: `POST /execute` (an NDJSON stream, one line per kernel message, flushed as produced),
 `GET|POST /contexts`, `DELETE /contexts/{id}`, `POST /contexts/{id}/restart`, `GET /health`
-(200 once the default python context runs code; the template's readiness probe).
+(200 once the default python context runs code and the spare kernel, if the memory has room
+for one, has started; the template's readiness probe).
+
+A context is an id over the kernel it currently runs on. The service keeps one spare kernel,
+started and past its start-up lines (the numpy, pandas and matplotlib imports: ~1 s in a
+container, ~15 s in an emulated microVM guest): a new context, a restart and a context whose
+kernel died take it, under the context's own id, and the next spare starts in the background.
+Kernels start one at a time: a take finds the spare still starting and waits for it rather than
+starting a second one next to it. A warm image (saved once the capsule is ready) and the
+capsules of the warm pool therefore hold a ready spare too.
 
 The sandbox's default environment (create's `envVars`, `E2B_SANDBOX_ID`, ...) reaches envd,
 which this service cannot call (no TCP listener in the capsule); the agent also writes it to
@@ -20,6 +29,7 @@ import datetime
 import json
 import os
 import queue
+import signal
 import time
 
 import tornado.httpclient
@@ -43,6 +53,16 @@ POLL_SEC = 0.5
 # After an interrupt (the client went away), how long the cell may take to stop.
 DRAIN_SEC = 10.0
 PYTHON_NAMES = (None, "", "python", "python3")
+# What one more kernel needs: a started kernel's PSS is ~99 MiB in a microVM guest (~85 MiB of
+# it its own), and a user's cells need room beside it. A spare is kept only while this much
+# memory is available: in a 512 MiB guest (470 MiB usable) the default context's kernel and the
+# spare leave ~170 MiB, so the spare is refilled after one more context and not after a second
+# (those start a kernel when asked, as without a spare).
+KERNEL_MIB = 100
+SPARE_HEADROOM_MIB = 64
+# How long a starting kernel may take to answer kernel_info (it runs its start-up lines first).
+# Spares start in the background, and in an emulated guest on a loaded host a start took 40-90 s.
+KERNEL_START_SEC = 180
 
 # Jupyter MIME type -> key of a `result` line; anything else goes under `extra`.
 MIME_KEYS = {
@@ -98,11 +118,63 @@ def sandbox_env():
     return _sandbox_env["env"]
 
 
+def _read_int(path):
+    try:
+        with open(path, encoding="ascii") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _inactive_file(stat_path, key):
+    try:
+        with open(stat_path, encoding="ascii") as f:
+            for row in f:
+                name, _, value = row.partition(" ")
+                if name == key:
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def available_mib():
+    """Memory this capsule can still use, MiB: the guest's MemAvailable, or less when a
+    cgroup limit (a container capsule's) is closer; reclaimable file pages count as free."""
+    avail = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for row in f:
+                if row.startswith("MemAvailable:"):
+                    avail = int(row.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    limits = (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current",
+         "/sys/fs/cgroup/memory.stat", "inactive_file"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+         "/sys/fs/cgroup/memory/memory.stat", "total_inactive_file"),
+    )
+    for limit_path, usage_path, stat_path, key in limits:
+        limit, usage = _read_int(limit_path), _read_int(usage_path)
+        if limit is None or usage is None or limit >= 1 << 60:
+            continue
+        left = limit - usage + _inactive_file(stat_path, key)
+        avail = left if avail is None else min(avail, left)
+    return None if avail is None else avail // (1024 * 1024)
+
+
+def room_for_a_spare():
+    """Whether a spare kernel fits with room left for the user's cells (unknown: yes)."""
+    avail = available_mib()
+    return avail is None or avail >= KERNEL_MIB + SPARE_HEADROOM_MIB
+
+
 class Gone(Exception):
     """The kernel's process went away during a cell."""
 
 
-async def jupyter(method, path, body=None):
+async def jupyter(method, path, body=None, missing_ok=False):
     """Calls Jupyter Server's REST API; returns the decoded JSON body (or None)."""
     req = tornado.httpclient.HTTPRequest(
         JUPYTER + path,
@@ -111,7 +183,12 @@ async def jupyter(method, path, body=None):
         headers={"Content-Type": "application/json"},
         request_timeout=60,
     )
-    resp = await tornado.httpclient.AsyncHTTPClient().fetch(req)
+    try:
+        resp = await tornado.httpclient.AsyncHTTPClient().fetch(req)
+    except tornado.httpclient.HTTPClientError as e:
+        if missing_ok and e.code == 404:
+            return None
+        raise
     return json.loads(resp.body) if resp.body else None
 
 
@@ -145,24 +222,27 @@ def result_line(content, main):
     return out
 
 
-class Context:
-    """One kernel, its client, and the lock that runs its cells one at a time."""
+class Kernel:
+    """One Jupyter kernel of the `wrenn` kernelspec, with its client and its process id."""
 
-    def __init__(self, kernel_id, cwd):
+    def __init__(self, kernel_id):
         self.id = kernel_id
-        self.language = "python"
-        self.cwd = cwd
         self.client = None
         self.pid = None
-        # The sandbox environment this kernel has (None: not applied since it started).
-        self.sandbox_env = None
-        self.lock = asyncio.Lock()
 
-    def json(self):
-        return {"id": self.id, "language": self.language, "cwd": self.cwd}
+    @classmethod
+    async def start(cls):
+        """Starts a kernel through Jupyter Server and returns it once it runs code."""
+        kernel = cls((await jupyter("POST", "/api/kernels", {"name": KERNEL}))["id"])
+        try:
+            await kernel.connect()
+        except BaseException:
+            await kernel.shutdown()
+            raise
+        return kernel
 
-    async def ready(self):
-        """Connects (first use) and runs the init cell (first use, after a restart or a loss)."""
+    async def connect(self):
+        """Connects (first use) and waits for the process (first use, after a loss)."""
         if self.client is None:
             conn = os.path.join(jupyter_runtime_dir(), f"kernel-{self.id}.json")
             deadline = time.monotonic() + 30
@@ -176,18 +256,16 @@ class Context:
             self.client = client
         if self.pid is None:
             await self.kernel_info()
-            reply = await self.silent(
-                INIT.format(cwd=json.dumps(self.cwd)), {"pid": "__import__('os').getpid()"}
-            )
+            reply = await self.silent("", {"pid": "__import__('os').getpid()"})
             if reply.get("status") != "ok":
-                raise RuntimeError(f"init cell failed: {reply.get('evalue', reply)}")
+                raise RuntimeError(f"kernel {self.id}: {reply.get('evalue', reply)}")
             self.pid = int(reply["user_expressions"]["pid"]["data"]["text/plain"])
 
     async def kernel_info(self):
         """Waits until the kernel answers kernel_info (it has started and run its exec_lines).
 
         (jupyter_client's wait_for_ready judges a fresh client's heartbeat too early.)"""
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + KERNEL_START_SEC
         while True:
             msg_id = self.client.kernel_info()
             try:
@@ -226,10 +304,58 @@ class Context:
         except (OSError, IndexError):
             return False
 
-    def lost(self):
-        """Forgets the kernel's process: the next cell waits for it and runs init again."""
+    def kill(self):
+        """Kills the kernel's process (Jupyter Server restarts it unless it is shut down)."""
+        if self.alive():
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    async def shutdown(self):
+        """Ends the kernel at once and removes it from Jupyter Server (which would otherwise
+        restart a dead one)."""
+        if self.client is not None:
+            self.client.stop_channels()
+            self.client = None
+        self.kill()
         self.pid = None
+        await jupyter("DELETE", f"/api/kernels/{self.id}", missing_ok=True)
+
+
+class Context:
+    """A context: its id, its cwd, the kernel it runs on, and the lock that runs its cells one
+    at a time. The id stays when the kernel is replaced (restart, loss)."""
+
+    def __init__(self, context_id, cwd, kernel):
+        self.id = context_id
+        self.language = "python"
+        self.cwd = cwd
+        self.kernel = kernel
+        # Whether the kernel has this context's cwd (a taken spare has not yet).
+        self.initialized = False
+        # The sandbox environment the kernel has (None: not applied since it started).
         self.sandbox_env = None
+        self.lock = asyncio.Lock()
+
+    def json(self):
+        return {"id": self.id, "language": self.language, "cwd": self.cwd}
+
+    def use(self, kernel):
+        """Puts the context on `kernel` (a fresh one); returns the kernel it ran on."""
+        old, self.kernel = self.kernel, kernel
+        self.initialized = False
+        self.sandbox_env = None
+        return old
+
+    async def ready(self):
+        """Makes sure the kernel runs and has the context's cwd (first use, after a swap)."""
+        await self.kernel.connect()
+        if not self.initialized:
+            reply = await self.kernel.silent(INIT.format(cwd=json.dumps(self.cwd)))
+            if reply.get("status") != "ok":
+                raise RuntimeError(f"init cell failed: {reply.get('evalue', reply)}")
+            self.initialized = True
 
     async def apply_sandbox_env(self):
         """Brings the kernel's environment up to the sandbox's, if that changed."""
@@ -238,7 +364,7 @@ class Context:
             return
         gone = sorted(set(self.sandbox_env or {}) - set(env))
         code = APPLY_SANDBOX_ENV.format(env=json.dumps(env), gone=json.dumps(gone))
-        reply = await self.silent(code)
+        reply = await self.kernel.silent(code)
         if reply.get("status") != "ok":
             why = reply.get("evalue", reply)
             raise RuntimeError(f"cannot set the sandbox environment: {why}")
@@ -248,29 +374,30 @@ class Context:
         """Runs `code`, calling `emit(line)` for each output; `gone()` says the caller left."""
         await self.ready()
         await self.apply_sandbox_env()
+        kernel = self.kernel
         if env_vars:
-            await self.silent(SET_ENV.format(env=json.dumps(env_vars)))
+            await kernel.silent(SET_ENV.format(env=json.dumps(env_vars)))
         try:
-            msg_id = self.client.execute(code, store_history=True, allow_stdin=False)
+            msg_id = kernel.client.execute(code, store_history=True, allow_stdin=False)
             await self.stream(msg_id, emit, gone)
         finally:
-            if env_vars and self.alive():
-                await self.silent(RESTORE_ENV)
+            if env_vars and kernel.alive():
+                await kernel.silent(RESTORE_ENV)
 
     async def stream(self, msg_id, emit, gone):
+        kernel = self.kernel
         last = time.monotonic()
         interrupted = None
         while True:
             try:
-                msg = await self.client.get_iopub_msg(timeout=POLL_SEC)
+                msg = await kernel.client.get_iopub_msg(timeout=POLL_SEC)
             except queue.Empty:
                 msg = None
-            if not self.alive():
-                self.lost()
+            if not kernel.alive():
                 raise Gone()
             if interrupted is None and gone():
                 interrupted = time.monotonic()
-                await jupyter("POST", f"/api/kernels/{self.id}/interrupt")
+                await jupyter("POST", f"/api/kernels/{kernel.id}/interrupt")
             if interrupted is not None and time.monotonic() - interrupted > DRAIN_SEC:
                 return
             if msg is None:
@@ -302,38 +429,70 @@ class Context:
                 await emit(out)
                 last = time.monotonic()
 
-    async def close(self):
-        if self.client is not None:
-            self.client.stop_channels()
-            self.client = None
-
 
 class Contexts:
-    """Every context of this service; the default python one is the pre-started kernel."""
+    """Every context of this service, and the spare kernel; the default python context is the
+    kernel start-jupyter.py pre-started."""
 
     def __init__(self):
         self.by_id = {}
         self.default = None
         self.ready = False
+        # The spare kernel: a task that starts it (None while none is being started).
+        self.spare = None
+        # Held while a spare is taken: a second taker waits for the next spare.
+        self.taking = asyncio.Lock()
 
     async def start(self):
-        """Adopts the kernel start-jupyter.py pre-started (warm imports), once it is ready."""
+        """Adopts the kernel start-jupyter.py pre-started (warm imports) once it is ready, then
+        starts the spare; ready when both are."""
         while not os.path.exists(JUPYTER_READY):
             await asyncio.sleep(0.02)
         kernels = await jupyter("GET", "/api/kernels")
         kid = next((k["id"] for k in kernels if k.get("name") == KERNEL), None)
-        if kid is None:
-            kid = (await jupyter("POST", "/api/kernels", {"name": KERNEL}))["id"]
-        ctx = Context(kid, DEFAULT_CWD)
+        kernel = Kernel(kid) if kid is not None else await Kernel.start()
+        ctx = Context(kernel.id, DEFAULT_CWD, kernel)
         await ctx.ready()
-        self.by_id[kid] = ctx
+        self.by_id[ctx.id] = ctx
         self.default = ctx
+        if self.refill():
+            await self.spare
         self.ready = True
-        print(f"code-interpreter: ready, default context {kid}", flush=True)
+        spare = "a spare kernel" if self.spare else f"no spare kernel ({available_mib()} MiB free)"
+        print(f"code-interpreter: ready, default context {ctx.id}, {spare}", flush=True)
+
+    def refill(self):
+        """Starts the next spare in the background unless one is being started or the memory
+        is short; says whether there is a spare (ready or starting)."""
+        if self.spare is None and room_for_a_spare():
+            self.spare = asyncio.create_task(Kernel.start())
+        return self.spare is not None
+
+    async def take(self):
+        """The spare kernel, waiting for it while it starts; the next one starts after."""
+        async with self.taking:
+            while True:
+                if self.spare is None:
+                    # No spare (memory was short): this take starts the kernel it waits for.
+                    self.spare = asyncio.create_task(Kernel.start())
+                task = self.spare
+                try:
+                    kernel = await asyncio.shield(task)
+                except Exception:
+                    self.spare = None
+                    raise
+                self.spare = None
+                if kernel.alive():
+                    break
+                # The idle spare died (out of memory?): start another one.
+                await kernel.shutdown()
+        self.refill()
+        return kernel
 
     async def create(self, cwd):
-        kernel = await jupyter("POST", "/api/kernels", {"name": KERNEL})
-        ctx = Context(kernel["id"], cwd or DEFAULT_CWD)
+        kernel = await self.take()
+        # The first kernel's id names the context for good.
+        ctx = Context(kernel.id, cwd or DEFAULT_CWD, kernel)
         self.by_id[ctx.id] = ctx
         await ctx.ready()
         return ctx
@@ -345,14 +504,21 @@ class Contexts:
 
     async def remove(self, ctx):
         self.by_id.pop(ctx.id, None)
-        await ctx.close()
-        await jupyter("DELETE", f"/api/kernels/{ctx.id}")
+        # A cell still running ends (its caller gets UnexpectedEndOfExecution).
+        ctx.kernel.kill()
+        async with ctx.lock:
+            await ctx.kernel.shutdown()
+        self.refill()
+
+    async def replace(self, ctx):
+        """Puts `ctx` on the spare kernel and ends the one it ran on (caller holds ctx.lock)."""
+        await ctx.kernel.shutdown()
+        ctx.use(await self.take())
+        await ctx.ready()
 
     async def restart(self, ctx):
         async with ctx.lock:
-            await jupyter("POST", f"/api/kernels/{ctx.id}/restart")
-            ctx.lost()
-            await ctx.ready()
+            await self.replace(ctx)
 
 
 class Handler(tornado.web.RequestHandler):
@@ -443,6 +609,13 @@ class Execute(Handler):
                         "traceback": "",
                     }
                 )
+                if not self.closed:
+                    self.finish()
+                # The context goes on with the spare kernel (unless it was deleted meanwhile);
+                # its next cell waits for that.
+                if self.contexts.by_id.get(ctx.id) is ctx:
+                    await self.contexts.replace(ctx)
+                return
         if not self.closed:
             self.finish()
 
