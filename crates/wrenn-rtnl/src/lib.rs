@@ -61,18 +61,24 @@ impl Rtnl {
         Ok(Self { sock, seq: 0 })
     }
 
-    /// Index of the link named `name` in the socket's namespace.
-    pub fn link_index(&mut self, name: &str) -> io::Result<u32> {
-        let mut msg = LinkMessage::default();
-        msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
-        let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetLink(msg));
+    /// Sends `msg` with `flags` under the next sequence number.
+    fn send(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
+        let mut req = NetlinkMessage::from(msg);
         self.seq += 1;
-        req.header.flags = NLM_F_REQUEST;
+        req.header.flags = flags;
         req.header.sequence_number = self.seq;
         req.finalize();
         let mut buf = vec![0u8; req.buffer_len()];
         req.serialize(&mut buf);
         self.sock.send(&buf, 0)?;
+        Ok(())
+    }
+
+    /// Index of the link named `name` in the socket's namespace.
+    pub fn link_index(&mut self, name: &str) -> io::Result<u32> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        self.send(RouteNetlinkMessage::GetLink(msg), NLM_F_REQUEST)?;
         let mut rx = vec![0u8; 16384];
         loop {
             let n = self.sock.recv(&mut &mut rx[..], 0)?;
@@ -95,14 +101,7 @@ impl Rtnl {
     /// Sends `msg` as a request with `flags` (plus `NLM_F_REQUEST | NLM_F_ACK`) and waits for
     /// its acknowledgement; a refusal is the kernel's errno.
     pub fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
-        let mut req = NetlinkMessage::from(msg);
-        self.seq += 1;
-        req.header.flags = flags | NLM_F_REQUEST | NLM_F_ACK;
-        req.header.sequence_number = self.seq;
-        req.finalize();
-        let mut buf = vec![0u8; req.buffer_len()];
-        req.serialize(&mut buf);
-        self.sock.send(&buf, 0)?;
+        self.send(msg, flags | NLM_F_REQUEST | NLM_F_ACK)?;
         let mut rx = vec![0u8; 8192];
         loop {
             let n = self.sock.recv(&mut &mut rx[..], 0)?;
