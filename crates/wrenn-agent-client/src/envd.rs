@@ -50,8 +50,8 @@ impl AgentClient {
             r = sender.send_request(Request::from_parts(parts, body)) => r.map_err(transport),
             phase = upload.stalled(after) => Err(AgentError::Timeout { phase, after }),
         };
-        if answer.is_err() {
-            conn.abort();
+        if answer.is_ok() {
+            conn.keep();
         }
         answer
     }

@@ -266,25 +266,16 @@ impl AgentClient {
                     }
                 }
             };
-        if answer.is_err() {
-            conn.abort();
+        if answer.is_ok() {
+            conn.keep();
         }
         answer
     }
 
-    /// Connects and starts an HTTP/1 connection on its own task. That task owns the request
-    /// body and outlives the call only to stream an answer's body, so a failed call must abort
-    /// it: stuck writing to a stopped agent, it would otherwise hold the body for ever, and
-    /// with it whoever feeds that body.
+    /// Connects and starts an HTTP/1 connection on its own task (see [`ConnTask`]).
     pub(crate) async fn http1<B>(
         &self,
-    ) -> Result<
-        (
-            hyper::client::conn::http1::SendRequest<B>,
-            tokio::task::JoinHandle<()>,
-        ),
-        AgentError,
-    >
+    ) -> Result<(hyper::client::conn::http1::SendRequest<B>, ConnTask), AgentError>
     where
         B: Body + Send + 'static,
         B::Data: Send,
@@ -298,7 +289,7 @@ impl AgentClient {
         let conn = tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok((sender, conn))
+        Ok((sender, ConnTask(Some(conn))))
     }
 
     /// [`Wait::For`] the request deadline.
@@ -489,6 +480,27 @@ impl AgentClient {
 }
 
 /// How [`AgentClient::send`] waits for the answer's head.
+/// The task driving one connection to the agent. It owns the request body and outlives the
+/// call only to stream an answer's body, so it is aborted when the call fails or its caller
+/// goes away, unless [`ConnTask::keep`] was called: stuck writing to a stopped agent, it would
+/// otherwise hold the body for ever, and with it whoever feeds that body.
+pub(crate) struct ConnTask(Option<tokio::task::JoinHandle<()>>);
+
+impl ConnTask {
+    /// Lets the task run on (the answer's head is in).
+    pub(crate) fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for ConnTask {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
 enum Wait {
     /// At most this long.
     For(Duration),

@@ -39,11 +39,15 @@ impl Reaper {
 
     /// Spawns `cmd` and registers for its exit status, atomically with respect to reaping.
     pub fn spawn(&self, cmd: &mut Command) -> std::io::Result<(Child, ExitReceiver)> {
-        let mut waiters = self.lock();
-        let child = cmd.spawn()?;
-        let (tx, rx) = oneshot::channel();
-        // Pids are positive and fit in i32 (pid_max ≤ 2^22).
-        waiters.insert(child.id() as i32, tx);
+        let mut child = None;
+        let (_, rx) = self.spawn_with(|| {
+            let c = cmd.spawn()?;
+            // Pids are positive and fit in i32 (pid_max ≤ 2^22).
+            let pid = c.id() as i32;
+            child = Some(c);
+            Ok(pid)
+        })?;
+        let child = child.ok_or_else(|| std::io::Error::other("spawned no child"))?;
         Ok((child, rx))
     }
 

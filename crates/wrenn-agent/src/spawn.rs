@@ -167,12 +167,7 @@ pub fn spawn(reaper: &Reaper, spec: &ProcessSpec, io: ChildIo) -> Result<Spawned
     let mut cmd = Command::new(&spec.cmd);
     cmd.args(&spec.args)
         .env_clear()
-        .env("PATH", DEFAULT_PATH)
-        .env("HOME", &user.home)
-        .env("USER", &user.name)
-        .env("LOGNAME", &user.name)
-        .env("LANG", "C.UTF-8")
-        .envs(&spec.envs)
+        .envs(child_env(spec, &user))
         .current_dir(&cwd);
     let setup = ChildSetup {
         controlling_tty: matches!(io, ChildIo::Pty(_)),
@@ -229,15 +224,7 @@ fn spawn_piped(
         cmd: spec.cmd.clone(),
         source,
     };
-    let mut env: BTreeMap<&str, &str> = BTreeMap::new();
-    env.insert("PATH", DEFAULT_PATH);
-    env.insert("HOME", &user.home);
-    env.insert("USER", &user.name);
-    env.insert("LOGNAME", &user.name);
-    env.insert("LANG", "C.UTF-8");
-    for (k, v) in &spec.envs {
-        env.insert(k, v);
-    }
+    let env = child_env(spec, user);
     let program =
         find_program(&spec.cmd, env.get("PATH").copied().unwrap_or("")).ok_or_else(|| {
             SpawnError::CommandNotFound {
@@ -283,6 +270,19 @@ fn spawn_piped(
         stderr: Some(stderr_r),
         exit,
     })
+}
+
+/// A child's whole environment: the login basics for `user`, then `spec`'s own (which win).
+fn child_env<'a>(spec: &'a ProcessSpec, user: &'a users::User) -> BTreeMap<&'a str, &'a str> {
+    let mut env = BTreeMap::from([
+        ("PATH", DEFAULT_PATH),
+        ("HOME", user.home.as_str()),
+        ("USER", user.name.as_str()),
+        ("LOGNAME", user.name.as_str()),
+        ("LANG", "C.UTF-8"),
+    ]);
+    env.extend(spec.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    env
 }
 
 /// Where `cmd` runs from: itself when it names a path, else the first regular file of that
