@@ -280,6 +280,40 @@ def test_contexts_created_at_once_then_restarted_and_lost_keep_their_ids(ci):
         assert ci.http.delete(f"/contexts/{c['id']}").status_code // 100 == 2
 
 
+def test_a_kernel_killed_while_idle_stays_dead_and_its_context_moves_on(server, ci, ci_capsule):
+    """Jupyter Server does not restart a dead kernel behind the service: a restart racing the
+    service's removal of that kernel once left a context on a process without its cwd. A context
+    whose kernel was killed while idle reports the loss on its next cell and runs the one after
+    on a new kernel, in its cwd, with its state gone."""
+    ctx = ci.http.post("/contexts", json={"cwd": "/srv"}).json()
+    kid = ctx["id"]
+    pid = int(main_text(ci.run("import os; mark = 1; os.getpid()", context_id=kid)))
+    # The kernel's command line names its connection file (a context's id is its first
+    # kernel's); the bracket keeps the pattern from matching the shell running it.
+    running = f"grep -l 'kernel-[{kid[0]}]{kid[1:]}.json' /proc/[0-9]*/cmdline 2>/dev/null; true"
+    with server.client(server.key_alpha) as api:
+
+        def sh(script: str) -> str:
+            body = {"cmd": "/bin/bash", "args": ["-c", script]}
+            r = api.post(f"/v1/capsules/{ci_capsule}/exec", json=body)
+            assert r.status_code == 200 and r.json()["exit_code"] == 0, r.text
+            return r.json()["stdout"].strip()
+
+        assert sh(running) == f"/proc/{pid}/cmdline"
+        sh(f"kill -9 {pid}")
+        # Jupyter Server's restarter looks at its kernels every 3 s.
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            assert sh(running) == "", "Jupyter Server restarted the killed kernel"
+            time.sleep(1)
+    msgs = [m for _, m in ci.lines("mark", context_id=kid)]
+    assert [m["name"] for m in of(msgs, "error")] == ["UnexpectedEndOfExecution"], msgs
+    probe = "import os; (os.getcwd(), os.getpid(), globals().get('mark'))"
+    cwd, new_pid, mark = eval(main_text(ci.run(probe, context_id=kid)))
+    assert (cwd, mark) == ("/srv", None) and new_pid != pid
+    assert ci.http.delete(f"/contexts/{kid}").status_code // 100 == 2
+
+
 def test_bad_requests_are_clear_4xx(ci):
     r = ci.http.post("/execute", json={"code": "1", "language": "r"})
     assert r.status_code == 400 and "python" in r.text, r.text

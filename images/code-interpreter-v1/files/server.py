@@ -14,6 +14,8 @@ A context is an id over the kernel it currently runs on. The service keeps one s
 started and past its start-up lines (the numpy, pandas and matplotlib imports: ~1 s in a
 container, ~15 s in an emulated microVM guest): a new context, a restart and a context whose
 kernel died take it, under the context's own id, and the next spare starts in the background.
+Jupyter Server does not restart dead kernels (files/jupyter_server_config.json): a context finds
+its kernel gone on its next cell, which reports the loss, and moves on to the spare.
 Kernels start one at a time: a take finds the spare still starting and waits for it rather than
 starting a second one next to it. A warm image (saved once the capsule is ready) and the
 capsules of the warm pool therefore hold a ready spare too.
@@ -171,7 +173,8 @@ def room_for_a_spare():
 
 
 class Gone(Exception):
-    """The kernel's process went away during a cell."""
+    """The kernel's process went away (during a cell, or before it: Jupyter Server does not
+    restart it)."""
 
 
 async def jupyter(method, path, body=None, missing_ok=False):
@@ -288,8 +291,10 @@ class Kernel:
             if left <= 0:
                 raise RuntimeError("the kernel did not answer a silent cell")
             try:
-                msg = await self.client.get_shell_msg(timeout=left)
+                msg = await self.client.get_shell_msg(timeout=min(left, POLL_SEC))
             except queue.Empty:
+                if self.pid is not None and not self.alive():
+                    raise Gone() from None
                 continue
             if msg["parent_header"].get("msg_id") == msg_id:
                 return msg["content"]
@@ -305,7 +310,8 @@ class Kernel:
             return False
 
     def kill(self):
-        """Kills the kernel's process (Jupyter Server restarts it unless it is shut down)."""
+        """Kills the kernel's process (Jupyter Server keeps the kernel, dead, until it is shut
+        down: the template turns its automatic restarts off)."""
         if self.alive():
             try:
                 os.kill(self.pid, signal.SIGKILL)
@@ -313,14 +319,17 @@ class Kernel:
                 pass
 
     async def shutdown(self):
-        """Ends the kernel at once and removes it from Jupyter Server (which would otherwise
-        restart a dead one)."""
+        """Ends the kernel's process at once and removes the kernel from Jupyter Server. Never
+        raises: the process is gone either way, and whoever ends a kernel moves on."""
         if self.client is not None:
             self.client.stop_channels()
             self.client = None
         self.kill()
         self.pid = None
-        await jupyter("DELETE", f"/api/kernels/{self.id}", missing_ok=True)
+        try:
+            await jupyter("DELETE", f"/api/kernels/{self.id}", missing_ok=True)
+        except Exception as e:  # noqa: BLE001 (logged; the kernel's process is already gone)
+            print(f"code-interpreter: removing kernel {self.id}: {e!r}", flush=True)
 
 
 class Context:
@@ -331,31 +340,28 @@ class Context:
         self.id = context_id
         self.language = "python"
         self.cwd = cwd
+        # None after a replacement failed: the next cell takes a kernel first.
         self.kernel = kernel
-        # Whether the kernel has this context's cwd (a taken spare has not yet).
-        self.initialized = False
-        # The sandbox environment the kernel has (None: not applied since it started).
+        # The kernel process that has this context's cwd (None: none yet). Keyed by process, so
+        # that no process ever runs a cell of the context without it, whatever replaced it.
+        self.init_pid = None
+        # The sandbox environment that process has (None: not applied since it started).
         self.sandbox_env = None
         self.lock = asyncio.Lock()
 
     def json(self):
         return {"id": self.id, "language": self.language, "cwd": self.cwd}
 
-    def use(self, kernel):
-        """Puts the context on `kernel` (a fresh one); returns the kernel it ran on."""
-        old, self.kernel = self.kernel, kernel
-        self.initialized = False
-        self.sandbox_env = None
-        return old
-
     async def ready(self):
-        """Makes sure the kernel runs and has the context's cwd (first use, after a swap)."""
+        """Makes sure the kernel runs and its process has the context's cwd (first use, after
+        a swap)."""
         await self.kernel.connect()
-        if not self.initialized:
+        if self.init_pid != self.kernel.pid:
+            self.sandbox_env = None
             reply = await self.kernel.silent(INIT.format(cwd=json.dumps(self.cwd)))
             if reply.get("status") != "ok":
                 raise RuntimeError(f"init cell failed: {reply.get('evalue', reply)}")
-            self.initialized = True
+            self.init_pid = self.kernel.pid
 
     async def apply_sandbox_env(self):
         """Brings the kernel's environment up to the sandbox's, if that changed."""
@@ -371,7 +377,8 @@ class Context:
         self.sandbox_env = env
 
     async def execute(self, code, env_vars, emit, gone):
-        """Runs `code`, calling `emit(line)` for each output; `gone()` says the caller left."""
+        """Runs `code`, calling `emit(line)` for each output; `gone()` says the caller left.
+        The caller holds the lock and has made sure the context has a kernel."""
         await self.ready()
         await self.apply_sandbox_env()
         kernel = self.kernel
@@ -504,17 +511,29 @@ class Contexts:
 
     async def remove(self, ctx):
         self.by_id.pop(ctx.id, None)
-        # A cell still running ends (its caller gets UnexpectedEndOfExecution).
-        ctx.kernel.kill()
+        if ctx.kernel is not None:
+            # A cell still running ends (its caller gets UnexpectedEndOfExecution).
+            ctx.kernel.kill()
         async with ctx.lock:
-            await ctx.kernel.shutdown()
+            if ctx.kernel is not None:
+                await ctx.kernel.shutdown()
         self.refill()
 
     async def replace(self, ctx):
-        """Puts `ctx` on the spare kernel and ends the one it ran on (caller holds ctx.lock)."""
-        await ctx.kernel.shutdown()
-        ctx.use(await self.take())
+        """Ends the kernel `ctx` ran on (if any) and puts the context on the spare (caller holds
+        ctx.lock). Should taking the spare fail, the context is left without a kernel, and its
+        next cell tries again: never on the old kernel's id, which Jupyter Server may have
+        given a new process."""
+        if ctx.kernel is not None:
+            old, ctx.kernel = ctx.kernel, None
+            await old.shutdown()
+        ctx.kernel = await self.take()
         await ctx.ready()
+
+    async def ensure_kernel(self, ctx):
+        """Puts a context left without a kernel by a failed replacement on one (lock held)."""
+        if ctx.kernel is None:
+            await self.replace(ctx)
 
     async def restart(self, ctx):
         async with ctx.lock:
@@ -598,6 +617,7 @@ class Execute(Handler):
                 self.closed = True
 
         async with ctx.lock:
+            await self.contexts.ensure_kernel(ctx)
             try:
                 await ctx.execute(code, env_vars, emit, lambda: self.closed)
             except Gone:
@@ -605,7 +625,8 @@ class Execute(Handler):
                     {
                         "type": "error",
                         "name": "UnexpectedEndOfExecution",
-                        "value": "the kernel died during the execution (out of memory?)",
+                        "value": "the kernel died (out of memory?); the context goes on with"
+                        " a new kernel, without its state",
                         "traceback": "",
                     }
                 )
