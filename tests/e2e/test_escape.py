@@ -154,6 +154,72 @@ def test_root_in_a_capsule_cannot_leave_it(make_capsule, host_unchanged):
     assert got["chroot_escape_ptrace_1"] in ("EPERM", "ESRCH"), got["chroot_escape_ptrace_1"]
 
 
+CGROUP_PROBE = r'''
+import ctypes, errno, json, os
+libc = ctypes.CDLL(None, use_errno=True)
+v2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+mem = "/sys/fs/cgroup" if v2 else "/sys/fs/cgroup/memory"
+limit = os.path.join(mem, "memory.max" if v2 else "memory.limit_in_bytes")
+out = {"v2": v2, "limit": open(limit).read().strip(), "top": sorted(os.listdir("/sys/fs/cgroup"))}
+out["procs"] = sorted(int(p) for p in open(os.path.join(mem, "cgroup.procs")).read().split())
+out["mine"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+def try_(name, fn):
+    try:
+        fn()
+        out[name] = "ok"
+    except OSError as e:
+        out[name] = errno.errorcode.get(e.errno, str(e.errno))
+def w(path, data):
+    with open(path, "w") as f:
+        f.write(data)
+try_("write_limit", lambda: w(limit, "-1" if not v2 else "max"))
+try_("write_procs", lambda: w(os.path.join(mem, "cgroup.procs"), str(os.getpid())))
+try_("mkdir_child", lambda: os.mkdir(os.path.join(mem, "child")))
+try_("write_top", lambda: w("/sys/fs/cgroup/planted", "x"))
+out["parent"] = sorted(os.listdir(os.path.join(mem, "..")))
+def sc(name, nr, *args):
+    r = libc.syscall(nr, *args)
+    out[name] = "ok" if r >= 0 else errno.errorcode.get(ctypes.get_errno(), str(ctypes.get_errno()))
+MS_REMOUNT, MS_BIND = 32, 4096
+sc("remount_rw", 165, None, mem.encode(), None, MS_REMOUNT | MS_BIND, None)
+sc("remount_top_rw", 165, None, b"/sys/fs/cgroup", None, MS_REMOUNT, None)
+sc("umount", 166, mem.encode(), 2)
+out["limit_after"] = open(limit).read().strip()
+print(json.dumps(out))
+'''
+
+
+@CONTAINER_BOUNDARY
+def test_a_capsule_reads_its_own_cgroups_and_cannot_change_them(make_capsule, host_unchanged):
+    """/sys/fs/cgroup shows the capsule its own groups (a JVM or the code interpreter sizes
+    itself from them; /proc/meminfo shows the host), read-only: root cannot write a limit, move
+    a process, make a child group, plant a file, remount or unmount them, nor climb to the
+    parent group; the host's limit is unchanged."""
+    cap = make_capsule(MINIMAL, vcpus=1, memory_mb=256)
+    host_limit = next(
+        p for p in (
+            Path(f"/sys/fs/cgroup/memory/wrenn/{cap.capsule_id}/memory.limit_in_bytes"),
+            Path(f"/sys/fs/cgroup/wrenn/{cap.capsule_id}/memory.max"),
+        ) if p.exists()
+    )
+    before = host_limit.read_text()
+    r = run_py(cap, CGROUP_PROBE)
+    assert r.exit_code == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["limit"] == str(256 << 20) == got["limit_after"] == before.strip(), got
+    # Its own processes and no other (the probe's pids, in its pid namespace).
+    assert set(got["procs"]) <= set(got["mine"]) and 1 in got["procs"], got
+    if not got["v2"]:
+        assert got["top"] == ["cpu", "cpuacct", "memory", "pids"], got["top"]
+        # `..` of its memory group is the read-only tmpfs, not the host's `wrenn` group.
+        assert got["parent"] == got["top"], got["parent"]
+    for name in ("write_limit", "write_procs", "mkdir_child", "write_top"):
+        assert got[name] in ("EROFS", "EACCES", "EPERM"), f"{name}: {got[name]}"
+    for name in ("remount_rw", "remount_top_rw", "umount"):
+        assert got[name] in ("EPERM", "EACCES"), f"{name}: {got[name]}"
+    assert host_limit.read_text() == before
+
+
 def test_capsule_cannot_reach_the_api_server_or_the_host(make_capsule, server, host_unchanged):
     cap = make_capsule(MINIMAL)
     script = f'''

@@ -13,6 +13,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::launcher::CgroupView;
 use crate::sys;
 
 /// Root of all cgroup hierarchies.
@@ -132,6 +133,22 @@ impl CapsuleCgroup {
 
     fn v2(&self) -> PathBuf {
         self.root.join(CGROUP_PARENT).join(&self.id)
+    }
+
+    /// The directories the capsule sees at its `/sys/fs/cgroup` (the launcher binds them
+    /// read-only): on v1 those of the controllers that size a program (cpu, cpuacct, memory,
+    /// pids) where the host has them.
+    pub(crate) fn view(&self) -> CgroupView {
+        match self.version {
+            CgroupVersion::V2 => CgroupView::Unified(self.v2()),
+            CgroupVersion::V1 => CgroupView::PerController(
+                ["cpu", "cpuacct", "memory", "pids"]
+                    .into_iter()
+                    .filter(|c| self.root.join(c).is_dir())
+                    .map(|c| (c.to_owned(), self.v1(c)))
+                    .collect(),
+            ),
+        }
     }
 
     /// Every existing directory of this capsule, in any hierarchy.

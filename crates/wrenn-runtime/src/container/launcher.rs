@@ -19,8 +19,9 @@
 //!    no rights over a namespace the host owns) and allows unprivileged ICMP echo sockets in
 //!    it (`net.ipv4.ping_group_range`, as Docker: ping without CAP_NET_RAW).
 //!    Then, in a mount namespace of its own, it clears `nosuid` on the capsule's root path
-//!    (see [`allow_setuid_inside`]) and mounts a sysfs of that namespace read-only at the
-//!    capsule's `/sys` (see [`mount_sysfs`]).
+//!    (see [`allow_setuid_inside`]), mounts a sysfs of that namespace read-only at the
+//!    capsule's `/sys` (see [`mount_sysfs`]) and the capsule's own cgroups, read-only, at its
+//!    `/sys/fs/cgroup` (see [`mount_cgroups`]).
 //! 5. The launcher builds and starts the container (detached; the container's own stdio is
 //!    /dev/null, never the reply pipe, so nothing keeps that pipe open after the launcher exits).
 //! 6. The launcher writes one JSON [`LaunchReply`] line to stdout and exits 0 (1 on error),
@@ -63,9 +64,22 @@ pub struct LaunchRequest {
     pub netns: PathBuf,
     /// Where the capsule's `/sys` is mounted (its root path's `sys`), see [`mount_sysfs`].
     pub sysfs: PathBuf,
+    /// The capsule's own cgroup directories, shown read-only at its `/sys/fs/cgroup`, see
+    /// [`mount_cgroups`].
+    pub cgroups: CgroupView,
     /// The capsule's root path (the bind of its overlay that the spec names), honouring
     /// setuid in the launcher's mount namespace only, see [`allow_setuid_inside`].
     pub rootfs: PathBuf,
+}
+
+/// Which of the capsule's cgroup directories its `/sys/fs/cgroup` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CgroupView {
+    /// cgroup v2: the capsule's one directory is `/sys/fs/cgroup` itself.
+    Unified(PathBuf),
+    /// cgroup v1: `(controller, directory)`, each at `/sys/fs/cgroup/<controller>`.
+    PerController(Vec<(String, PathBuf)>),
 }
 
 /// Result of one launch.
@@ -218,6 +232,63 @@ fn mount_sysfs(target: &Path) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// Shows the capsule its own cgroups at `sys/fs/cgroup` under `sysfs`: binds of the host's
+/// directories of the capsule (which are made here if libcontainer has not made them yet; it
+/// uses them as they are), read-only, `nosuid,nodev,noexec`. On v1 they sit on a small
+/// read-only tmpfs, one per controller, as Docker shows them.
+///
+/// Tools that size themselves to the memory they may use (a JVM's heap, the code
+/// interpreter's spare kernel) read these files: `/proc/meminfo` shows the host. A read-only
+/// bind cannot be written, and capsule root cannot make it writable or unmount it (the mounts
+/// are locked in its less privileged mount namespace): it reads its own limits and usage, and
+/// nothing above its own group.
+fn mount_cgroups(sysfs: &Path, view: &CgroupView) -> Result<(), BoxError> {
+    use nix::mount::{mount, MsFlags};
+    let target = sysfs.join("fs/cgroup");
+    let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let bind_ro = |from: &Path, to: &Path| -> Result<(), BoxError> {
+        std::fs::create_dir_all(from).map_err(|e| format!("create {}: {e}", from.display()))?;
+        mount(Some(from), to, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(|e| format!("bind {}: {e}", from.display()))?;
+        mount(
+            None::<&str>,
+            to,
+            None::<&str>,
+            ro | MsFlags::MS_BIND | MsFlags::MS_REMOUNT,
+            None::<&str>,
+        )
+        .map_err(|e| format!("make {} read-only: {e}", to.display()))?;
+        Ok(())
+    };
+    match view {
+        CgroupView::Unified(dir) => bind_ro(dir, &target),
+        CgroupView::PerController(dirs) => {
+            mount(
+                Some("tmpfs"),
+                &target,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("mode=755,size=64k"),
+            )
+            .map_err(|e| format!("mount tmpfs at /sys/fs/cgroup: {e}"))?;
+            for (controller, dir) in dirs {
+                let at = target.join(controller);
+                std::fs::create_dir(&at).map_err(|e| format!("create {}: {e}", at.display()))?;
+                bind_ro(dir, &at)?;
+            }
+            mount(
+                None::<&str>,
+                &target,
+                None::<&str>,
+                ro | MsFlags::MS_REMOUNT,
+                Some("mode=755,size=64k"),
+            )
+            .map_err(|e| format!("make /sys/fs/cgroup read-only: {e}"))?;
+            Ok(())
+        }
+    }
+}
+
 /// Each step is marked in `steps`.
 fn launch(req: &LaunchRequest, steps: &mut Steps) -> Result<i32, BoxError> {
     use libcontainer::container::builder::ContainerBuilder;
@@ -231,6 +302,7 @@ fn launch(req: &LaunchRequest, steps: &mut Steps) -> Result<i32, BoxError> {
     private_mount_namespace()?;
     allow_setuid_inside(&req.rootfs)?;
     mount_sysfs(&req.sysfs)?;
+    mount_cgroups(&req.sysfs, &req.cgroups)?;
     steps.mark("mounts");
     let null = || {
         std::fs::OpenOptions::new()

@@ -192,6 +192,7 @@ impl ContainerRuntime {
                 agent_socket: dirs.agent_socket(),
                 netns: record.net.netns_path(),
                 sysfs: dirs.run_root().join("sys"),
+                cgroups: self.cgroup(id).view(),
                 rootfs: dirs.run_root(),
             })
             .await
