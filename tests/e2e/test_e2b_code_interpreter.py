@@ -314,6 +314,48 @@ def test_a_kernel_killed_while_idle_stays_dead_and_its_context_moves_on(server, 
     assert ci.http.delete(f"/contexts/{kid}").status_code // 100 == 2
 
 
+def test_no_memory_for_another_kernel_is_a_clear_503(server):
+    """A context asked for when there is no spare kernel and one more would not fit is refused
+    with a 503 that says so (started anyway, the kernel pushed a 512 MiB guest into thrashing);
+    once memory is free again, the same request starts a kernel."""
+    with server.client(server.key_alpha) as api:
+        r = api.post("/v1/capsules", json={"template": CI, "memory_mb": 512})
+        assert r.status_code == 202, r.text
+        cid = r.json()["id"]
+        try:
+            wait_status(api, cid, {"running"}, timeout=600)
+            it = Interpreter(server, cid)
+            # The service's own measure of free memory, from its module.
+            free = (
+                "import importlib.util as u; s = u.spec_from_file_location('ci',"
+                " '/opt/wrenn/code-interpreter.py'); m = u.module_from_spec(s);"
+                " s.loader.exec_module(m); m.available_mib()"
+            )
+            avail = int(main_text(it.run(free)))
+            assert avail < 400, avail
+            # Fill the memory but 40 MiB (touched pages), then take the spare if there is one.
+            it.run(f"ballast = b'x' * ({avail} - 40) * 2**20")
+            assert int(main_text(it.run(free))) < 100
+            made = []
+            for _ in range(2):
+                r = it.http.post("/contexts", json={})
+                if r.status_code != 200:
+                    break
+                made.append(r.json()["id"])
+            assert r.status_code == 503, (made, r.status_code, r.text)
+            assert "not enough memory for another kernel" in r.text, r.text
+            assert len(made) <= 1, made
+            it.run("del ballast")
+            r = it.http.post("/contexts", json={"cwd": "/tmp"})
+            assert r.status_code == 200, r.text
+            made.append(r.json()["id"])
+            assert main_text(it.run("import os; os.getcwd()", context_id=made[-1])) == "/tmp"
+            it.http.close()
+        finally:
+            api.delete(f"/v1/capsules/{cid}")
+            wait_status(api, cid, {"stopped"}, timeout=60)
+
+
 def test_bad_requests_are_clear_4xx(ci):
     r = ci.http.post("/execute", json={"code": "1", "language": "r"})
     assert r.status_code == 400 and "python" in r.text, r.text

@@ -172,6 +172,17 @@ def room_for_a_spare():
     return avail is None or avail >= KERNEL_MIB + SPARE_HEADROOM_MIB
 
 
+class NoRoom(Exception):
+    """A kernel was asked for, there is no spare, and one more does not fit in memory: started
+    anyway, it would push a swapless guest into thrashing or wake the OOM killer."""
+
+    def __init__(self, avail):
+        super().__init__(
+            f"not enough memory for another kernel: {avail} MiB free, a kernel needs about"
+            f" {KERNEL_MIB} MiB; delete a context, or create the sandbox with more memory"
+        )
+
+
 class Gone(Exception):
     """The kernel's process went away (during a cell, or before it: Jupyter Server does not
     restart it)."""
@@ -480,7 +491,11 @@ class Contexts:
         async with self.taking:
             while True:
                 if self.spare is None:
-                    # No spare (memory was short): this take starts the kernel it waits for.
+                    # No spare (memory was short): this take starts the kernel it waits for,
+                    # if it fits.
+                    avail = available_mib()
+                    if avail is not None and avail < KERNEL_MIB:
+                        raise NoRoom(avail)
                     self.spare = asyncio.create_task(Kernel.start())
                 task = self.spare
                 try:
@@ -565,7 +580,17 @@ class Handler(tornado.web.RequestHandler):
     def write_error(self, status_code, **kwargs):
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         exc = kwargs.get("exc_info", (None, None))[1]
+        if isinstance(exc, NoRoom):
+            self.set_status(503)
+            self.finish(str(exc))
+            return
         self.finish(f"{self._reason}: {exc}" if exc else self._reason)
+
+    def log_exception(self, typ, value, tb):
+        if isinstance(value, NoRoom):
+            print(f"code-interpreter: {self.request.method} {self.request.path}: {value}", flush=True)
+            return
+        super().log_exception(typ, value, tb)
 
 
 class Health(Handler):
