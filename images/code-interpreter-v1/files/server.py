@@ -17,7 +17,9 @@ kernel died take it, under the context's own id, and the next spare starts in th
 Jupyter Server does not restart dead kernels (files/jupyter_server_config.json): a context finds
 its kernel gone on its next cell, which reports the loss, and moves on to the spare.
 Kernels start one at a time: a take finds the spare still starting and waits for it rather than
-starting a second one next to it. A warm image (saved once the capsule is ready) and the
+starting a second one next to it. The spare yields to the user's cells: it is shut down when
+free memory runs low (and is the OOM killer's first pick), and comes back once there is room;
+with no spare and no room for one more kernel, a new context is a 503 that says so. A warm image (saved once the capsule is ready) and the
 capsules of the warm pool therefore hold a ready spare too.
 
 The sandbox's default environment (create's `envVars`, `E2B_SANDBOX_ID`, ...) reaches envd,
@@ -62,6 +64,13 @@ PYTHON_NAMES = (None, "", "python", "python3")
 # (those start a kernel when asked, as without a spare).
 KERNEL_MIB = 100
 SPARE_HEADROOM_MIB = 64
+# Below this much free memory the spare is shut down, its memory the user's cells'; it comes
+# back once KERNEL_MIB + SPARE_HEADROOM_MIB are free again. Checked every MEMORY_POLL_SEC: a
+# cell whose memory grows over seconds gets the spare's, one that takes it at once meets the OOM
+# killer, which takes the spare first where its score can outweigh the cell's kernel (see
+# SPARE_OOM_SCORE_ADJ).
+RELEASE_SPARE_MIB = 64
+MEMORY_POLL_SEC = 0.5
 # How long a starting kernel may take to answer kernel_info (it runs its start-up lines first).
 # Spares start in the background, and in an emulated guest on a loaded host a start took 40-90 s.
 KERNEL_START_SEC = 180
@@ -166,6 +175,22 @@ def available_mib():
     return None if avail is None else avail // (1024 * 1024)
 
 
+def set_oom_score_adj(pid, value):
+    """Sets a process's OOM score adjustment (logged, not raised, when it cannot)."""
+    try:
+        with open(f"/proc/{pid}/oom_score_adj", "w", encoding="ascii") as f:
+            f.write(str(value))
+    except OSError as e:
+        print(f"code-interpreter: oom_score_adj of {pid}: {e}", flush=True)
+
+
+# Every kernel starts with this service's OOM score adjustment (Jupyter Server's children);
+# a spare's is raised to the maximum and brought back here when a context takes it. Lowering it
+# back needs no privilege: never below what a privileged writer last set (the capsule's level).
+OWN_OOM_SCORE_ADJ = _read_int("/proc/self/oom_score_adj") or 0
+SPARE_OOM_SCORE_ADJ = 1000
+
+
 def room_for_a_spare():
     """Whether a spare kernel fits with room left for the user's cells (unknown: yes)."""
     avail = available_mib()
@@ -245,14 +270,18 @@ class Kernel:
         self.pid = None
 
     @classmethod
-    async def start(cls):
-        """Starts a kernel through Jupyter Server and returns it once it runs code."""
+    async def start(cls, spare=False):
+        """Starts a kernel through Jupyter Server and returns it once it runs code. A spare is
+        the OOM killer's first pick in the capsule: memory a user's cell needs comes from the
+        idle spare (~85 MiB of its own), not from a context's kernel."""
         kernel = cls((await jupyter("POST", "/api/kernels", {"name": KERNEL}))["id"])
         try:
             await kernel.connect()
         except BaseException:
             await kernel.shutdown()
             raise
+        if spare:
+            set_oom_score_adj(kernel.pid, SPARE_OOM_SCORE_ADJ)
         return kernel
 
     async def connect(self):
@@ -475,6 +504,7 @@ class Contexts:
         self.default = ctx
         if self.refill():
             await self.spare
+        asyncio.create_task(self.watch_memory())
         self.ready = True
         spare = "a spare kernel" if self.spare else f"no spare kernel ({available_mib()} MiB free)"
         print(f"code-interpreter: ready, default context {ctx.id}, {spare}", flush=True)
@@ -483,8 +513,27 @@ class Contexts:
         """Starts the next spare in the background unless one is being started or the memory
         is short; says whether there is a spare (ready or starting)."""
         if self.spare is None and room_for_a_spare():
-            self.spare = asyncio.create_task(Kernel.start())
+            self.spare = asyncio.create_task(Kernel.start(spare=True))
         return self.spare is not None
+
+    async def watch_memory(self):
+        """Shuts the idle spare down when free memory runs low, and starts the next one once
+        there is room again."""
+        while True:
+            await asyncio.sleep(MEMORY_POLL_SEC)
+            task = self.spare
+            if task is None:
+                self.refill()
+                continue
+            if not task.done() or task.cancelled() or task.exception() is not None:
+                continue
+            avail = available_mib()
+            if avail is None or avail >= RELEASE_SPARE_MIB or self.taking.locked():
+                continue
+            # (A take that got this kernel meanwhile finds it dead and starts another.)
+            self.spare = None
+            await task.result().shutdown()
+            print(f"code-interpreter: shut the spare kernel down, {avail} MiB free", flush=True)
 
     async def take(self):
         """The spare kernel, waiting for it while it starts; the next one starts after."""
@@ -505,8 +554,10 @@ class Contexts:
                     raise
                 self.spare = None
                 if kernel.alive():
+                    set_oom_score_adj(kernel.pid, OWN_OOM_SCORE_ADJ)
                     break
-                # The idle spare died (out of memory?): start another one.
+                # The idle spare died (the OOM killer's first pick): start another one, if it
+                # fits.
                 await kernel.shutdown()
         self.refill()
         return kernel
