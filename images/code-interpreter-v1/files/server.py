@@ -17,10 +17,11 @@ kernel died take it, under the context's own id, and the next spare starts in th
 Jupyter Server does not restart dead kernels (files/jupyter_server_config.json): a context finds
 its kernel gone on its next cell, which reports the loss, and moves on to the spare.
 Kernels start one at a time: a take finds the spare still starting and waits for it rather than
-starting a second one next to it. The spare yields to the user's cells: it is shut down when
-free memory runs low (and is the OOM killer's first pick), and comes back once there is room;
-with no spare and no room for one more kernel, a new context is a 503 that says so. A warm image (saved once the capsule is ready) and the
-capsules of the warm pool therefore hold a ready spare too.
+starting a second one next to it. A warm image (saved once the capsule is ready) and the
+capsules of the warm pool therefore hold a ready spare too. The spare yields to the user's
+cells: it is shut down when free memory runs low (and is the OOM killer's first pick), and
+comes back once there is room; with no spare and no room for one more kernel, a new context is
+a 503 that says so.
 
 The sandbox's default environment (create's `envVars`, `E2B_SANDBOX_ID`, ...) reaches envd,
 which this service cannot call (no TCP listener in the capsule); the agent also writes it to
