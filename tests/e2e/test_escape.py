@@ -17,7 +17,9 @@ import pytest
 
 from conftest import MINIMAL, poll
 
-ATTACKS = r'''
+# The start of every probe run as capsule root: `sc` (a raw syscall) and `try_` (a call) record
+# "ok" or the errno's name under `out[name]`; `w` writes a file.
+PROBE = r'''
 import ctypes, errno, json, os, socket, sys
 libc = ctypes.CDLL(None, use_errno=True)
 out = {}
@@ -30,6 +32,12 @@ def try_(name, fn):
         out[name] = "ok"
     except OSError as e:
         out[name] = errno.errorcode.get(e.errno, str(e.errno))
+def w(path, data="1"):
+    with open(path, "w") as f:
+        f.write(data)
+'''
+
+ATTACKS = PROBE + r'''
 sc("mount", 165, b"none", b"/mnt", b"tmpfs", 0, None)
 sc("umount_root", 166, b"/", 2)
 sc("unshare_user", 272, 0x10000000)
@@ -60,9 +68,6 @@ sc("chroot_escape_ptrace_1", 101, 16, 1, None, None)
 try_("raw_socket", lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP))
 try_("packet_socket", lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0))
 try_("vsock_socket", lambda: socket.socket(40, socket.SOCK_STREAM, 0))
-def w(path, data="1"):
-    with open(path, "w") as f:
-        f.write(data)
 try_("write_proc_sys", lambda: w("/proc/sys/kernel/hostname", "pwned"))
 try_("write_proc_sysrq", lambda: w("/proc/sysrq-trigger", "h"))
 try_("write_sys", lambda: w("/sys/kernel/mm/transparent_hugepage/enabled", "never"))
@@ -154,32 +159,18 @@ def test_root_in_a_capsule_cannot_leave_it(make_capsule, host_unchanged):
     assert got["chroot_escape_ptrace_1"] in ("EPERM", "ESRCH"), got["chroot_escape_ptrace_1"]
 
 
-CGROUP_PROBE = r'''
-import ctypes, errno, json, os
-libc = ctypes.CDLL(None, use_errno=True)
+CGROUP_PROBE = PROBE + r'''
 v2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
 mem = "/sys/fs/cgroup" if v2 else "/sys/fs/cgroup/memory"
 limit = os.path.join(mem, "memory.max" if v2 else "memory.limit_in_bytes")
-out = {"v2": v2, "limit": open(limit).read().strip(), "top": sorted(os.listdir("/sys/fs/cgroup"))}
+out.update(v2=v2, limit=open(limit).read().strip(), top=sorted(os.listdir("/sys/fs/cgroup")))
 out["procs"] = sorted(int(p) for p in open(os.path.join(mem, "cgroup.procs")).read().split())
 out["mine"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
-def try_(name, fn):
-    try:
-        fn()
-        out[name] = "ok"
-    except OSError as e:
-        out[name] = errno.errorcode.get(e.errno, str(e.errno))
-def w(path, data):
-    with open(path, "w") as f:
-        f.write(data)
 try_("write_limit", lambda: w(limit, "-1" if not v2 else "max"))
 try_("write_procs", lambda: w(os.path.join(mem, "cgroup.procs"), str(os.getpid())))
 try_("mkdir_child", lambda: os.mkdir(os.path.join(mem, "child")))
 try_("write_top", lambda: w("/sys/fs/cgroup/planted", "x"))
 out["parent"] = sorted(os.listdir(os.path.join(mem, "..")))
-def sc(name, nr, *args):
-    r = libc.syscall(nr, *args)
-    out[name] = "ok" if r >= 0 else errno.errorcode.get(ctypes.get_errno(), str(ctypes.get_errno()))
 MS_REMOUNT, MS_BIND = 32, 4096
 sc("remount_rw", 165, None, mem.encode(), None, MS_REMOUNT | MS_BIND, None)
 sc("remount_top_rw", 165, None, b"/sys/fs/cgroup", None, MS_REMOUNT, None)
