@@ -352,14 +352,15 @@ def test_memory_pressure_costs_the_spare_then_a_new_kernel_is_a_clear_503(server
             # The default context's kernel and the spare (ready with the capsule).
             assert main_text(it.run("kernels(), m.available_mib() < 400")) == "(2, True)"
             pid = main_text(it.run("os.getpid()"))
-            # Grow (touched pages, 40 MiB/s) until the spare is gone, then fill all but 50 MiB.
-            # Had this kernel been killed instead, the cell would end with an error.
+            # Grow (touched pages, 20 MiB/s: 10 MiB per check of the service, which has 64 MiB
+            # of slack) until the spare is gone, then fill all but 50 MiB. Had this kernel been
+            # killed instead, the cell would end with an error.
             msgs = it.run(
                 "import time\n"
                 "ballast = []\n"
                 "while kernels() == 2 and len(ballast) < 256:\n"
                 "    ballast.append(b'x' * (4 << 20))\n"
-                "    time.sleep(0.1)\n"
+                "    time.sleep(0.2)\n"
                 "while m.available_mib() > 50 and len(ballast) < 1024:\n"
                 "    ballast.append(b'x' * (4 << 20))\n"
                 "kernels(), m.available_mib() <= 50"
