@@ -70,6 +70,16 @@ def main_text(msgs: list[dict]) -> str | None:
     return next((m.get("text") for m in of(msgs, "result") if m["is_main_result"]), None)
 
 
+def _bash(api: httpx.Client, cid: str, script: str, user: str | None = None) -> dict:
+    """`bash -c script` in capsule `cid` through the Wrenn API's exec; its answer."""
+    body = {"cmd": "/bin/bash", "args": ["-c", script]}
+    if user:
+        body["user"] = user
+    r = api.post(f"/v1/capsules/{cid}/exec", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
 def _start(api: httpx.Client, template: str) -> str:
     r = api.post("/v1/capsules", json={"template": template})
     assert r.status_code == 202, r.text
@@ -294,10 +304,9 @@ def test_a_kernel_killed_while_idle_stays_dead_and_its_context_moves_on(server, 
     with server.client(server.key_alpha) as api:
 
         def sh(script: str) -> str:
-            body = {"cmd": "/bin/bash", "args": ["-c", script]}
-            r = api.post(f"/v1/capsules/{ci_capsule}/exec", json=body)
-            assert r.status_code == 200 and r.json()["exit_code"] == 0, r.text
-            return r.json()["stdout"].strip()
+            r = _bash(api, ci_capsule, script)
+            assert r["exit_code"] == 0, r
+            return r["stdout"].strip()
 
         assert sh(running) == f"/proc/{pid}/cmdline"
         sh(f"kill -9 {pid}")
@@ -406,21 +415,12 @@ def test_base_has_user_with_home_and_sudo_rights(server):
     with server.client(server.key_alpha) as api:
         cid = _start(api, BASE)
         try:
-
-            def sh(script: str, user: str | None = None) -> dict:
-                body = {"cmd": "/bin/bash", "args": ["-c", script]}
-                if user:
-                    body["user"] = user
-                r = api.post(f"/v1/capsules/{cid}/exec", json=body)
-                assert r.status_code == 200, r.text
-                return r.json()
-
-            r = sh("id; echo HOME=$HOME; pwd; stat -c '%U %a' /home/user", user="user")
+            r = _bash(api, cid, "id; echo HOME=$HOME; pwd; stat -c '%U %a' /home/user", "user")
             assert r["exit_code"] == 0, r
             out = r["stdout"]
             assert "uid=1000(user)" in out and "(sudo)" in out, out
             assert "HOME=/home/user" in out and "\nuser 7" in out, out
-            r = sh("visudo -c && sudo -l -U user && which sha256sum git curl python3")
+            r = _bash(api, cid, "visudo -c && sudo -l -U user && which sha256sum git curl python3")
             assert r["exit_code"] == 0, r
             assert "(ALL : ALL) NOPASSWD: ALL" in r["stdout"], r["stdout"]
         finally:

@@ -244,6 +244,8 @@ fn mount_sysfs(target: &Path) -> Result<(), BoxError> {
 /// nothing above its own group.
 fn mount_cgroups(sysfs: &Path, view: &CgroupView) -> Result<(), BoxError> {
     use nix::mount::{mount, MsFlags};
+    // The v1 tmpfs only holds one directory per controller.
+    const TMPFS: &str = "mode=755,size=64k";
     let target = sysfs.join("fs/cgroup");
     let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let bind_ro = |from: &Path, to: &Path| -> Result<(), BoxError> {
@@ -268,7 +270,7 @@ fn mount_cgroups(sysfs: &Path, view: &CgroupView) -> Result<(), BoxError> {
                 &target,
                 Some("tmpfs"),
                 MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-                Some("mode=755,size=64k"),
+                Some(TMPFS),
             )
             .map_err(|e| format!("mount tmpfs at /sys/fs/cgroup: {e}"))?;
             for (controller, dir) in dirs {
@@ -281,7 +283,7 @@ fn mount_cgroups(sysfs: &Path, view: &CgroupView) -> Result<(), BoxError> {
                 &target,
                 None::<&str>,
                 ro | MsFlags::MS_REMOUNT,
-                Some("mode=755,size=64k"),
+                Some(TMPFS),
             )
             .map_err(|e| format!("make /sys/fs/cgroup read-only: {e}"))?;
             Ok(())
